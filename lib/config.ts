@@ -1,0 +1,79 @@
+import path from 'node:path';
+import { writeQuorum } from './quorum.js';
+
+// Node configuration from the environment. Every limit is a named number with a default; bad values
+// stop the node at start with a message that says what to change.
+
+export interface Config {
+  serverId: string;
+  host: string;
+  port: number;
+  /** How peers and clients reach this node; also its identity in the protocol. */
+  selfUrl: string;
+  dataDir: string;
+  peerUrls: string[];
+  quorum: number;
+  clusterSecret: string;
+  prepareTimeoutMs: number;
+  commitTimeoutMs: number;
+  commitResends: number;
+  peerTimeoutMs: number;
+  syncIntervalMs: number;
+  heartbeatIntervalMs: number;
+  maxBodyBytes: number;
+}
+
+export const DEV_CLUSTER_SECRET = 'quorum-git-dev-secret';
+
+function int(env: NodeJS.ProcessEnv, key: string, fallback: number, min = 0): number {
+  const raw = env[key];
+  if (raw === undefined || raw === '') return fallback;
+  if (!/^\d+$/.test(raw) || Number(raw) < min) throw new Error(`${key} must be an integer >= ${min}, got '${raw}'`);
+  return Number(raw);
+}
+
+function normalizeUrl(key: string, raw: string): string {
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new Error(`${key}: '${raw}' is not a URL (expected e.g. http://127.0.0.1:3002)`);
+  }
+  if (url.protocol !== 'http:') throw new Error(`${key}: '${raw}' must be an http:// URL`);
+  return url.origin;
+}
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const port = int(env, 'PORT', 3001, 1);
+  if (port > 65535) throw new Error(`PORT must be at most 65535, got ${port}`);
+  const host = env.HOST || '127.0.0.1';
+  const serverId = env.SERVER_ID || `server-${port}`;
+  if (!/^[A-Za-z0-9._-]{1,64}$/.test(serverId)) throw new Error(`SERVER_ID must be 1-64 characters of [A-Za-z0-9._-], got '${serverId}'`);
+  const selfUrl = normalizeUrl('PUBLIC_URL', env.PUBLIC_URL || `http://${host.includes(':') ? `[${host}]` : host}:${port}`);
+  const peerUrls = (env.PEER_URLS ?? '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s !== '')
+    .map((s) => normalizeUrl('PEER_URLS', s));
+  if (new Set(peerUrls).size !== peerUrls.length) throw new Error('PEER_URLS lists a peer twice');
+  if (peerUrls.includes(selfUrl)) throw new Error(`PEER_URLS must not include this node itself (${selfUrl})`);
+  const clusterSize = peerUrls.length + 1;
+  const quorum = writeQuorum(clusterSize, env.QUORUM ? int(env, 'QUORUM', 0, 1) : undefined);
+  return {
+    serverId,
+    host,
+    port,
+    selfUrl,
+    dataDir: path.resolve(env.DATA_DIR || path.join('data', serverId)),
+    peerUrls,
+    quorum,
+    clusterSecret: env.CLUSTER_SECRET || DEV_CLUSTER_SECRET,
+    prepareTimeoutMs: int(env, 'PREPARE_TIMEOUT_MS', 3000, 1),
+    commitTimeoutMs: int(env, 'COMMIT_TIMEOUT_MS', 3000, 1),
+    commitResends: int(env, 'COMMIT_RESENDS', 5),
+    peerTimeoutMs: int(env, 'PEER_TIMEOUT_MS', 5000, 1),
+    syncIntervalMs: int(env, 'SYNC_INTERVAL_MS', 2000, 10),
+    heartbeatIntervalMs: int(env, 'HEARTBEAT_INTERVAL_MS', 1000, 10),
+    maxBodyBytes: int(env, 'MAX_BODY_BYTES', 16 * 1024, 64),
+  };
+}

@@ -1,0 +1,118 @@
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { runGit } from './git.js';
+
+// Where repositories live on disk, and the file-system half of create and delete.
+//
+//   DATA_DIR/repos/<owner>/<name>.git   served: the only tree node-git-server ever sees
+//   DATA_DIR/staging/<txnId>.git        prepared creates: complete bare repos, invisible and unclonable
+//   DATA_DIR/trash/<id>                 deleted repos on their way out
+//   DATA_DIR/template.git               made once by `git init --bare`; every create copies it
+//
+// Commit is a rename, so a repo appears whole or not at all. Every step is idempotent: a commit
+// replayed after a crash finds the repo already in place and the staging gone, and does nothing.
+
+export const INITIAL_BRANCH = 'main';
+
+export class RepoStore {
+  readonly reposRoot: string;
+  private readonly stagingRoot: string;
+  private readonly trashRoot: string;
+  private readonly templateDir: string;
+
+  constructor(dataDir: string) {
+    this.reposRoot = path.join(dataDir, 'repos');
+    this.stagingRoot = path.join(dataDir, 'staging');
+    this.trashRoot = path.join(dataDir, 'trash');
+    this.templateDir = path.join(dataDir, 'template.git');
+  }
+
+  /** Creates the layout and the template; removes staging the log does not know about and old trash. */
+  async init(keepStaging: ReadonlySet<string>): Promise<void> {
+    await Promise.all([this.reposRoot, this.stagingRoot, this.trashRoot].map((d) => fs.mkdir(d, { recursive: true })));
+    try {
+      await fs.access(path.join(this.templateDir, 'HEAD'));
+    } catch {
+      const tmp = `${this.templateDir}.tmp`;
+      await fs.rm(tmp, { recursive: true, force: true });
+      // An empty --template: no sample hooks or description to copy into every repo.
+      await runGit(['init', '--quiet', '--bare', `--initial-branch=${INITIAL_BRANCH}`, '--template=', tmp]);
+      await runGit(['config', 'receive.denyDeleteCurrent', 'false'], { cwd: tmp });
+      await fs.rename(tmp, this.templateDir);
+    }
+    for (const entry of await fs.readdir(this.stagingRoot)) {
+      if (!keepStaging.has(entry.replace(/\.git$/, ''))) await fs.rm(path.join(this.stagingRoot, entry), { recursive: true, force: true });
+    }
+    await this.emptyTrash();
+  }
+
+  repoPath(repoId: string): string {
+    const [owner, name] = repoId.split('/') as [string, string];
+    return path.join(this.reposRoot, owner, `${name}.git`);
+  }
+
+  private stagePath(txnId: string): string {
+    return path.join(this.stagingRoot, `${txnId}.git`);
+  }
+
+  async exists(repoId: string): Promise<boolean> {
+    try {
+      await fs.access(path.join(this.repoPath(repoId), 'HEAD'));
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  async stageCreate(txnId: string): Promise<void> {
+    const target = this.stagePath(txnId);
+    await fs.rm(target, { recursive: true, force: true });
+    await fs.cp(this.templateDir, target, { recursive: true });
+  }
+
+  async commitCreate(txnId: string, repoId: string): Promise<void> {
+    const staged = this.stagePath(txnId);
+    const target = this.repoPath(repoId);
+    await fs.mkdir(path.dirname(target), { recursive: true });
+    try {
+      await fs.rename(staged, target);
+    } catch (err) {
+      // Replayed commit: already renamed into place.
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT' && (await this.exists(repoId))) return;
+      throw err;
+    }
+  }
+
+  async discard(txnId: string): Promise<void> {
+    await fs.rm(this.stagePath(txnId), { recursive: true, force: true });
+  }
+
+  async remove(repoId: string, reason: string): Promise<void> {
+    const source = this.repoPath(repoId);
+    const trash = path.join(this.trashRoot, `${reason}-${path.basename(path.dirname(source))}-${path.basename(source)}-${process.hrtime.bigint()}`);
+    try {
+      await fs.rename(source, trash);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw err;
+    }
+    // The rename is the delete; reclaiming the space may lag behind. Empty owner folders stay: removing
+    // one could race a create under the same owner.
+    void fs.rm(trash, { recursive: true, force: true }).catch(() => undefined);
+  }
+
+  /** Makes a fresh empty repo appear at the repo's path, replacing what was there. */
+  async recreate(repoId: string, reason: string): Promise<void> {
+    await this.remove(repoId, reason);
+    const staged = this.stagePath(`${reason}-${process.hrtime.bigint()}`);
+    await fs.cp(this.templateDir, staged, { recursive: true });
+    await fs.mkdir(path.dirname(this.repoPath(repoId)), { recursive: true });
+    await fs.rename(staged, this.repoPath(repoId));
+  }
+
+  private async emptyTrash(): Promise<void> {
+    for (const entry of await fs.readdir(this.trashRoot)) {
+      await fs.rm(path.join(this.trashRoot, entry), { recursive: true, force: true });
+    }
+  }
+}

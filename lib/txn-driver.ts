@@ -1,0 +1,320 @@
+import type { Logger } from './logger.js';
+import type { PeerClient } from './peer-client.js';
+import type { RepoStore } from './repo-store.js';
+import type { TxnLog } from './txn-log.js';
+import {
+  CoordinatorTxn,
+  Participant,
+  resolveInDoubt,
+  type CatalogEntry,
+  type CoordinatorEffect,
+  type CoordinatorResult,
+  type NodeId,
+  type ParticipantEffect,
+  type PeerAnswer,
+  type QueryOutcome,
+  type TxnMessage,
+  type TxnOp,
+  type Vote,
+} from './txn-core.js';
+
+// Carries out what the pure protocol core (txn-core.ts) decides: the disk, the network and the
+// timers live here. Effects run in the order the core returns them, persist before send before reply.
+
+export interface Clock {
+  now(): number;
+  setTimeout(fn: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+}
+
+export const systemClock: Clock = {
+  now: () => Date.now(),
+  setTimeout: (fn, ms) => setTimeout(fn, ms),
+  clearTimeout: (handle) => clearTimeout(handle as NodeJS.Timeout),
+};
+
+export interface TxnTimeouts {
+  prepareTimeoutMs: number;
+  commitTimeoutMs: number;
+  commitResends: number;
+}
+
+export interface TxnDriverOptions {
+  self: NodeId;
+  peers: readonly NodeId[];
+  quorum: number;
+  log: TxnLog;
+  store: RepoStore;
+  client: PeerClient;
+  logger: Logger;
+  clock: Clock;
+  newTxnId: () => string;
+  timeouts: TxnTimeouts;
+}
+
+interface ActiveTxn {
+  coord: CoordinatorTxn;
+  requestId: string;
+  timers: Map<string, unknown>;
+  resolve: (result: CoordinatorResult) => void;
+}
+
+export class TxnDriver {
+  readonly participant = new Participant();
+  private readonly options: TxnDriverOptions;
+  private readonly active = new Map<string, ActiveTxn>();
+  /** File-system work on one repo runs one step at a time, in arrival order. */
+  private readonly repoChains = new Map<string, Promise<void>>();
+
+  constructor(options: TxnDriverOptions) {
+    this.options = options;
+  }
+
+  get nodes(): NodeId[] {
+    return [this.options.self, ...this.options.peers];
+  }
+
+  /** Replays the log, prepares the store, then tries once to settle transactions left in doubt. */
+  async start(): Promise<void> {
+    const entries = await this.options.log.replay();
+    for (const entry of entries) this.participant.replay(entry);
+    await this.options.log.open();
+    const keep = new Set(this.participant.inDoubt().map((t) => t.txnId));
+    await this.options.store.init(keep);
+    // Make the served tree agree with the catalog: a crash between an fs step and its log line
+    // leaves a difference only in the direction the log already records as decided.
+    for (const [repoId, entry] of Object.entries(this.participant.catalog())) {
+      if (this.participant.lockedBy(repoId)) continue;
+      const present = await this.options.store.exists(repoId);
+      if (entry.state === 'live' && !present) await this.options.store.recreate(repoId, 'repair');
+      if (entry.state === 'deleted' && present) await this.options.store.remove(repoId, 'repair');
+    }
+    this.options.logger.info('transaction log replayed', { entries: entries.length, in_doubt: keep.size });
+  }
+
+  /** Runs one create or delete as coordinator; resolves with the outcome the client should hear. */
+  runTxn(op: TxnOp, requestId: string): Promise<CoordinatorResult> {
+    const { self, quorum, timeouts, newTxnId } = this.options;
+    const coord = new CoordinatorTxn({ txnId: newTxnId(), op, self, nodes: this.nodes, quorum, ...timeouts });
+    return new Promise((resolve) => {
+      const txn: ActiveTxn = { coord, requestId, timers: new Map(), resolve };
+      this.active.set(coord.txnId, txn);
+      this.options.logger.info('txn started', { txn_id: coord.txnId, request_id: requestId, op: op.kind, repo_id: op.repoId });
+      void this.runCoordinatorEffects(txn, coord.start());
+    });
+  }
+
+  private async runCoordinatorEffects(txn: ActiveTxn, effects: CoordinatorEffect[]): Promise<void> {
+    const { coord } = txn;
+    for (const effect of effects) {
+      switch (effect.type) {
+        case 'persist':
+          try {
+            await this.options.log.append(effect.entry);
+          } catch (err) {
+            // Without a durable decision nothing may be sent; the participants will ask and abort.
+            this.options.logger.error('cannot log decision; txn left to presumed abort', { txn_id: coord.txnId, err });
+            this.finish(txn, { outcome: 'aborted', code: 'quorum_unreachable', failed: [this.options.self] });
+            return;
+          }
+          if (effect.entry.t === 'decision') {
+            this.participant.recordDecision(coord.txnId, effect.entry.outcome, effect.entry.epoch);
+            this.options.logger.info('txn decided', { txn_id: coord.txnId, outcome: effect.entry.outcome, epoch: effect.entry.epoch });
+          }
+          break;
+        case 'send':
+          void this.deliver(txn, effect.to, effect.msg);
+          break;
+        case 'setTimer': {
+          const previous = txn.timers.get(effect.name);
+          if (previous !== undefined) this.options.clock.clearTimeout(previous);
+          txn.timers.set(
+            effect.name,
+            this.options.clock.setTimeout(() => void this.runCoordinatorEffects(txn, coord.onTimer(effect.name)), effect.ms),
+          );
+          break;
+        }
+        case 'reply':
+          txn.resolve(effect.result);
+          break;
+        case 'done':
+          for (const handle of txn.timers.values()) this.options.clock.clearTimeout(handle);
+          this.active.delete(coord.txnId);
+          break;
+      }
+    }
+  }
+
+  private finish(txn: ActiveTxn, result: CoordinatorResult): void {
+    for (const handle of txn.timers.values()) this.options.clock.clearTimeout(handle);
+    this.active.delete(txn.coord.txnId);
+    txn.resolve(result);
+  }
+
+  /** Sends one protocol message, to ourselves in-process or to a peer over HTTP, and feeds back the answer. */
+  private async deliver(txn: ActiveTxn, to: NodeId, msg: TxnMessage): Promise<void> {
+    const { coord } = txn;
+    let vote: Vote;
+    try {
+      vote = to === this.options.self ? await this.handleMessage(msg) : await this.options.client.sendTxn(to, msg, txn.requestId);
+    } catch (err) {
+      this.options.logger.warn('peer did not answer', { txn_id: coord.txnId, peer: to, msg: msg.type, err: (err as Error).message });
+      vote = { vote: 'no', code: 'unreachable' };
+    }
+    if (msg.type === 'prepare') await this.runCoordinatorEffects(txn, coord.onVote(to, vote));
+    else if (msg.type === 'commitTxn' && vote.vote === 'yes') await this.runCoordinatorEffects(txn, coord.onAck(to));
+  }
+
+  /** A protocol message for this node as participant (from a peer, or from ourselves as coordinator). */
+  async handleMessage(msg: TxnMessage): Promise<Vote> {
+    switch (msg.type) {
+      case 'prepare': {
+        const effects = this.participant.onPrepare(msg);
+        return this.runParticipantEffects(effects, msg.txnId);
+      }
+      case 'commitTxn':
+        return this.runParticipantEffects(this.participant.onCommit(msg.txnId, msg.epoch), msg.txnId);
+      case 'abortTxn':
+        return this.runParticipantEffects(this.participant.onAbort(msg.txnId), msg.txnId);
+    }
+  }
+
+  private async runParticipantEffects(effects: ParticipantEffect[], txnId: string): Promise<Vote> {
+    let vote: Vote = { vote: 'no', code: 'refused' };
+    const staging = effects.some((e) => e.type === 'stage');
+    for (const effect of effects) {
+      try {
+        await this.runParticipantEffect(effect);
+      } catch (err) {
+        this.options.logger.error('participant step failed', { txn_id: txnId, step: effect.type, err });
+        if (staging) return this.runParticipantEffects(this.participant.onPrepareFailed(txnId), txnId);
+        // A failed apply leaves the outcome logged-in-doubt: the transaction stays prepared and
+        // recovery retries it, so the vote is not an acknowledgement.
+        return { vote: 'no', code: 'stage_failed' };
+      }
+      if (effect.type === 'reply') vote = effect.vote;
+    }
+    if (staging) {
+      this.participant.onPrepared(txnId);
+      // An abort that overtook the prepare leaves the staging behind; clean it now.
+      if (this.participant.status(txnId) === 'aborted') await this.options.store.discard(txnId);
+    }
+    return vote;
+  }
+
+  private async runParticipantEffect(effect: ParticipantEffect): Promise<void> {
+    const { store, log } = this.options;
+    switch (effect.type) {
+      case 'stage':
+        if (effect.op.kind === 'create') await store.stageCreate(effect.txnId);
+        return;
+      case 'apply':
+        await this.withRepo(effect.op.repoId, () =>
+          effect.op.kind === 'create' ? store.commitCreate(effect.txnId, effect.op.repoId) : store.remove(effect.op.repoId, effect.txnId),
+        );
+        return;
+      case 'discard':
+        await store.discard(effect.txnId);
+        return;
+      case 'sync':
+        await this.withRepo(effect.repoId, () =>
+          effect.to.state === 'live' ? store.recreate(effect.repoId, 'sync') : store.remove(effect.repoId, 'sync'),
+        );
+        return;
+      case 'persist':
+        await log.append(effect.entry);
+        return;
+      case 'reply':
+        return;
+    }
+  }
+
+  private withRepo(repoId: string, fn: () => Promise<void>): Promise<void> {
+    const previous = this.repoChains.get(repoId) ?? Promise.resolve();
+    const next = previous.then(fn, fn);
+    const tail = next.catch(() => undefined);
+    this.repoChains.set(repoId, tail);
+    void tail.then(() => {
+      if (this.repoChains.get(repoId) === tail) this.repoChains.delete(repoId);
+    });
+    return next;
+  }
+
+  /** Answers another node's question about a transaction (recovery). */
+  async handleQuery(txnId: string, refuse: boolean, asCoordinator: boolean): Promise<{ outcome: QueryOutcome; epoch?: number }> {
+    if (asCoordinator && this.participant.decision(txnId) === undefined) {
+      if (this.active.has(txnId)) return { outcome: 'pending' };
+      // Presumed abort: we coordinated this transaction, have no decision and no longer run it, so it
+      // never committed. Logging the abort first makes the answer final.
+      const op = this.participant.inDoubt().find((t) => t.txnId === txnId)?.op ?? { kind: 'create', repoId: '' };
+      await this.options.log.append({ t: 'decision', txnId, outcome: 'abort', op });
+      this.participant.recordDecision(txnId, 'abort');
+      return { outcome: 'aborted' };
+    }
+    const answer = this.participant.onQuery(txnId, refuse);
+    for (const effect of answer.effects) await this.runParticipantEffect(effect);
+    return { outcome: answer.outcome, ...(answer.epoch === undefined ? {} : { epoch: answer.epoch }) };
+  }
+
+  /** Asks the coordinator and the peers about every transaction left prepared here, and settles what it can. */
+  async resolveInDoubtOnce(): Promise<number> {
+    let settled = 0;
+    for (const txn of this.participant.inDoubt()) {
+      if (this.active.has(txn.txnId)) continue;
+      let epoch: number | undefined;
+      const ask = async (node: NodeId, asCoordinator: boolean): Promise<PeerAnswer> => {
+        try {
+          const answer =
+            node === this.options.self
+              ? await this.handleQuery(txn.txnId, !asCoordinator, asCoordinator)
+              : await this.options.client.queryTxn(node, txn.txnId, { refuse: !asCoordinator, asCoordinator });
+          if (answer.outcome === 'committed' && answer.epoch !== undefined) epoch = answer.epoch;
+          return answer.outcome;
+        } catch {
+          return 'unreachable';
+        }
+      };
+      const coordinator = await ask(txn.coordinator, true);
+      const peers: PeerAnswer[] = [];
+      if (coordinator !== 'committed' && coordinator !== 'aborted') {
+        for (const node of this.nodes) if (node !== txn.coordinator && node !== this.options.self) peers.push(await ask(node, false));
+      }
+      const verdict = resolveInDoubt({ coordinator, peers }, this.nodes.length, this.options.quorum);
+      this.options.logger.info('in-doubt txn', { txn_id: txn.txnId, coordinator, peers, verdict });
+      if (verdict === 'commit' && epoch !== undefined) {
+        await this.runParticipantEffects(this.participant.onCommit(txn.txnId, epoch), txn.txnId);
+        settled += 1;
+      } else if (verdict === 'abort') {
+        await this.runParticipantEffects(this.participant.onAbort(txn.txnId), txn.txnId);
+        settled += 1;
+      }
+    }
+    return settled;
+  }
+
+  /** Anti-entropy: adopt newer repo states from reachable peers (missed creates and deletes). */
+  async syncOnce(): Promise<number> {
+    const newest = new Map<string, CatalogEntry>();
+    for (const peer of this.options.peers) {
+      let catalog: Record<string, CatalogEntry>;
+      try {
+        catalog = await this.options.client.catalog(peer);
+      } catch {
+        continue;
+      }
+      for (const [repoId, entry] of Object.entries(catalog)) {
+        const best = newest.get(repoId);
+        if (best === undefined || entry.epoch > best.epoch) newest.set(repoId, entry);
+      }
+    }
+    let applied = 0;
+    for (const [repoId, entry] of newest) {
+      const effects = this.participant.onPeerState(repoId, entry);
+      if (effects.length === 0) continue;
+      for (const effect of effects) await this.runParticipantEffect(effect);
+      this.options.logger.info('caught up', { repo_id: repoId, state: entry.state, epoch: entry.epoch });
+      applied += 1;
+    }
+    return applied;
+  }
+}
