@@ -421,6 +421,20 @@ export class Participant {
   }
 
   /**
+   * The question asked of the coordinator about its own transaction. With no decision logged and the
+   * transaction no longer running here (we restarted, or gave up on it), it never committed: log the
+   * abort first so the answer is final (presumed abort).
+   */
+  onCoordinatorQuery(txnId: string, stillRunning: boolean): { outcome: QueryOutcome; epoch?: number; effects: ParticipantEffect[] } {
+    const decision = this.decisions.get(txnId);
+    if (decision) return this.onQuery(txnId, false);
+    if (stillRunning) return { outcome: 'pending', effects: [] };
+    const op = this.txns.get(txnId)?.op ?? { kind: 'create', repoId: '' };
+    this.decisions.set(txnId, { outcome: 'abort' });
+    return { outcome: 'aborted', effects: [{ type: 'persist', entry: { t: 'decision', txnId, outcome: 'abort', op } }] };
+  }
+
+  /**
    * Anti-entropy: adopt a peer's state for a repo when its epoch is newer than ours and we are not in
    * the middle of a transaction on it.
    */

@@ -242,16 +242,9 @@ export class TxnDriver {
 
   /** Answers another node's question about a transaction (recovery). */
   async handleQuery(txnId: string, refuse: boolean, asCoordinator: boolean): Promise<{ outcome: QueryOutcome; epoch?: number }> {
-    if (asCoordinator && this.participant.decision(txnId) === undefined) {
-      if (this.active.has(txnId)) return { outcome: 'pending' };
-      // Presumed abort: we coordinated this transaction, have no decision and no longer run it, so it
-      // never committed. Logging the abort first makes the answer final.
-      const op = this.participant.inDoubt().find((t) => t.txnId === txnId)?.op ?? { kind: 'create', repoId: '' };
-      await this.options.log.append({ t: 'decision', txnId, outcome: 'abort', op });
-      this.participant.recordDecision(txnId, 'abort');
-      return { outcome: 'aborted' };
-    }
-    const answer = this.participant.onQuery(txnId, refuse);
+    const answer = asCoordinator
+      ? this.participant.onCoordinatorQuery(txnId, this.active.has(txnId))
+      : this.participant.onQuery(txnId, refuse);
     for (const effect of answer.effects) await this.runParticipantEffect(effect);
     return { outcome: answer.outcome, ...(answer.epoch === undefined ? {} : { epoch: answer.epoch }) };
   }
