@@ -1,4 +1,4 @@
-import { randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
+import { randomBytes, randomInt, randomUUID, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
 import os from 'node:os';
 import type { Config } from './config.js';
@@ -17,6 +17,8 @@ import { TxnLog } from './txn-log.js';
 // the background loops (peer heartbeat, recovery of in-doubt transactions, anti-entropy).
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,64}$/;
+const BUSY_RETRIES = 3;
+const BUSY_BACKOFF_MS = 15;
 
 interface PeerStatus {
   url: string;
@@ -243,7 +245,14 @@ export class QuorumGitNode {
   }
 
   private async replicate(op: TxnOp, requestId: string, res: http.ServerResponse): Promise<void> {
-    const result = await this.driver.runTxn(op, requestId);
+    // Two coordinators that lock the same name on different nodes can both lose (repo_busy) when no
+    // third node breaks the tie; each retries after a random pause, and the second attempt of the
+    // loser then finds the winner's repo (repo_exists).
+    let result = await this.driver.runTxn(op, requestId);
+    for (let attempt = 1; attempt <= BUSY_RETRIES && result.outcome === 'aborted' && result.code === 'repo_busy'; attempt += 1) {
+      await new Promise((resolve) => setTimeout(resolve, randomInt(BUSY_BACKOFF_MS * attempt, BUSY_BACKOFF_MS * attempt * 3)));
+      result = await this.driver.runTxn(op, requestId);
+    }
     if (result.outcome === 'aborted') {
       const failedPeers = result.failed.filter((n) => n !== this.url);
       switch (result.code) {
