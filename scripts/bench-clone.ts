@@ -1,0 +1,263 @@
+import { existsSync, promises as fs } from 'node:fs';
+import path from 'node:path';
+import {
+  HOST,
+  PROJECT_ROOT,
+  createRepo,
+  envInt,
+  freePort,
+  getJson,
+  git,
+  gitClientEnv,
+  makeTempDir,
+  median,
+  round,
+  runMain,
+  spawnTracked,
+  startCluster,
+  stopProcess,
+  table,
+  timed,
+  waitFor,
+} from './bench-support.js';
+import { DEFAULT_FIXTURE, ensureFixture, formatKiB } from './gen-fixture.js';
+
+// `npm run bench:clone`: how fast a quorum-git node serves a clone of a large repository, against
+// git's own `git http-backend` behind nginx + fcgiwrap serving the same bytes.
+//
+// 1. the fixture (.bench/fixture.git, made by gen-fixture if missing) is pushed into a fresh repo on a
+//    3-node cluster, through node-1;
+// 2. node-1's copy of the repo is copied into a project root served by git-http-backend, so both
+//    servers read the very same pack files (same bitmaps or none);
+// 3. `git clone --bare -q` from each, alternating, one warm-up each and RUNS (default 5) timed runs.
+// Prints a table and a final JSON line. Settings (env): RUNS, FIXTURE (path), CLONE_PROTOCOL (0|1|2:
+// force the client's protocol.version for both servers; default: git's default, v2).
+
+const HTTP_BACKEND = '/usr/lib/git-core/git-http-backend';
+const REPO_ID = 'bench/fixture';
+
+function findBinary(name: string): string {
+  for (const dir of ['/usr/sbin', '/usr/bin', '/usr/local/sbin', '/usr/local/bin', ...(process.env.PATH ?? '').split(':')]) {
+    const candidate = path.join(dir, name);
+    if (dir && existsSync(candidate)) return candidate;
+  }
+  throw new Error(`${name} not found: run \`npm run bench:setup\` (bash scripts/bench-setup.sh) first`);
+}
+
+/** nginx (one worker, as root) → fcgiwrap → git-http-backend, on a free loopback port. */
+async function startHttpBackend(work: string, projectRoot: string, serverEnv: Record<string, string>): Promise<{ url: string; stop: () => Promise<void> }> {
+  const nginx = findBinary('nginx');
+  const fcgiwrap = findBinary('fcgiwrap');
+  if (!existsSync(HTTP_BACKEND)) throw new Error(`${HTTP_BACKEND} is missing`);
+  const dir = path.join(work, 'nginx');
+  await fs.mkdir(path.join(dir, 'logs'), { recursive: true });
+  const socket = path.join(work, 'fcgi.sock');
+  const fcgi = spawnTracked(fcgiwrap, ['-c', '4', '-s', `unix:${socket}`], {
+    group: true,
+    env: { PATH: process.env.PATH, ...serverEnv },
+    logFile: path.join(work, 'fcgiwrap.log'),
+  });
+  await waitFor('fcgiwrap socket', async () => existsSync(socket), 10_000, 50);
+
+  const port = await freePort();
+  const params: Record<string, string> = {
+    SCRIPT_FILENAME: HTTP_BACKEND,
+    GIT_PROJECT_ROOT: projectRoot,
+    GIT_HTTP_EXPORT_ALL: '1',
+    PATH_INFO: '$uri',
+    QUERY_STRING: '$query_string',
+    REQUEST_METHOD: '$request_method',
+    CONTENT_TYPE: '$content_type',
+    CONTENT_LENGTH: '$content_length',
+    HTTP_GIT_PROTOCOL: '$http_git_protocol',
+    HTTP_CONTENT_ENCODING: '$http_content_encoding',
+    REMOTE_ADDR: '$remote_addr',
+    SERVER_PROTOCOL: '$server_protocol',
+    GATEWAY_INTERFACE: 'CGI/1.1',
+    PATH: process.env.PATH ?? '/usr/bin:/bin',
+    ...serverEnv,
+  };
+  const conf = `# written by scripts/bench-clone.ts
+user root;
+daemon off;
+worker_processes 1;
+pid ${dir}/nginx.pid;
+error_log ${dir}/logs/error.log warn;
+events { worker_connections 256; }
+http {
+  access_log off;
+  client_body_temp_path ${dir}/client_body;
+  fastcgi_temp_path ${dir}/fastcgi;
+  proxy_temp_path ${dir}/proxy;
+  uwsgi_temp_path ${dir}/uwsgi;
+  scgi_temp_path ${dir}/scgi;
+  client_max_body_size 0;
+  server {
+    listen ${HOST}:${port};
+    location / {
+      fastcgi_pass unix:${socket};
+${Object.entries(params)
+  .map(([k, v]) => `      fastcgi_param ${k} "${v}";`)
+  .join('\n')}
+    }
+  }
+}
+`;
+  const confFile = path.join(dir, 'nginx.conf');
+  await fs.writeFile(confFile, conf);
+  const ngx = spawnTracked(nginx, ['-p', dir, '-c', confFile, '-e', path.join(dir, 'logs', 'error.log')], {
+    group: true,
+    logFile: path.join(work, 'nginx.log'),
+  });
+  const url = `http://${HOST}:${port}`;
+  await waitFor(
+    'nginx',
+    async () => {
+      if (ngx.child.exitCode !== null) throw new Error(`nginx exited; see ${dir}/logs/error.log`);
+      const res = await fetch(`${url}/`, { signal: AbortSignal.timeout(1000) });
+      await res.arrayBuffer();
+      return true;
+    },
+    10_000,
+  );
+  return {
+    url,
+    stop: async () => {
+      await stopProcess(ngx.child, 3000);
+      await stopProcess(fcgi.child, 3000);
+    },
+  };
+}
+
+async function sizePack(dir: string, env: NodeJS.ProcessEnv): Promise<number> {
+  const out = (await git(['count-objects', '-v'], { ...env, GIT_DIR: dir })).stdout;
+  return Number(/^size-pack: (\d+)$/m.exec(out)?.[1] ?? NaN);
+}
+
+async function refLines(args: string[], env: NodeJS.ProcessEnv, cwd?: string): Promise<string[]> {
+  const out = (await git(args, env, { cwd })).stdout;
+  return out
+    .split('\n')
+    .filter((l) => l && !l.endsWith('^{}') && !l.endsWith('\tHEAD'))
+    .map((l) => l.replace(/\s+/, ' '))
+    .sort();
+}
+
+async function main(): Promise<void> {
+  const runs = envInt('RUNS', 5);
+  const protocol = process.env.CLONE_PROTOCOL;
+  if (protocol !== undefined && !['0', '1', '2'].includes(protocol)) throw new Error(`CLONE_PROTOCOL must be 0, 1 or 2, got '${protocol}'`);
+  const fixtureDir = path.resolve(PROJECT_ROOT, process.env.FIXTURE ?? DEFAULT_FIXTURE);
+  const fixture = await ensureFixture(fixtureDir);
+  process.stderr.write(`fixture: ${fixture.commits} commits, ${fixture.refs} refs, ${formatKiB(fixture.sizePackKiB)} packed\n`);
+
+  const work = makeTempDir('qg-clone-');
+  const clientEnv = gitClientEnv(path.join(work, 'client-home'));
+  // Both servers run git with the same (empty) configuration.
+  const serverHome = path.join(work, 'server-home');
+  await fs.mkdir(serverHome, { recursive: true });
+  const serverEnv = { HOME: serverHome, GIT_CONFIG_NOSYSTEM: '1' };
+
+  const cluster = await startCluster({ env: serverEnv });
+  const pushNode = cluster.nodes[0]!;
+  process.stderr.write(`cluster: ${cluster.urls.join(' ')}\n`);
+  await createRepo(pushNode.url, REPO_ID);
+  const nodeUrl = `${pushNode.url}/${REPO_ID}.git`;
+
+  const push = await timed(() => git(['push', '--quiet', '--mirror', nodeUrl], { ...clientEnv, GIT_DIR: fixtureDir }, { timeoutMs: 600_000 }));
+  process.stderr.write(`push --mirror through ${pushNode.name}: ${(push.ms / 1000).toFixed(2)} s\n`);
+  const expected = await refLines(['for-each-ref', '--format=%(objectname) %(refname)'], { ...clientEnv, GIT_DIR: fixtureDir });
+  await waitFor(
+    'pushed refs visible on node-1',
+    async () => JSON.stringify(await refLines(['ls-remote', nodeUrl], clientEnv)) === JSON.stringify(expected),
+    60_000,
+    500,
+  );
+
+  // Serve node-1's copy with git-http-backend so both servers read identical files.
+  const info = await getJson(`${pushNode.url}/repos/${REPO_ID}`);
+  const nodeRepoPath = (info.body as { path?: string }).path;
+  if (info.status !== 200 || !nodeRepoPath || !existsSync(nodeRepoPath)) {
+    throw new Error(`cannot find node-1's copy of ${REPO_ID}: ${info.status} ${JSON.stringify(info.body)}`);
+  }
+  const projectRoot = path.join(work, 'git-root');
+  const servedCopy = path.join(projectRoot, `${REPO_ID}.git`);
+  await fs.mkdir(path.dirname(servedCopy), { recursive: true });
+  await fs.cp(nodeRepoPath, servedCopy, { recursive: true });
+  const packs = (await fs.readdir(path.join(nodeRepoPath, 'objects', 'pack'))).filter((f) => f.endsWith('.pack')).length;
+  const bitmaps = (await fs.readdir(path.join(nodeRepoPath, 'objects', 'pack'))).filter((f) => f.endsWith('.bitmap')).length;
+  const servedKiB = await sizePack(nodeRepoPath, clientEnv);
+  process.stderr.write(`served repo: ${formatKiB(servedKiB)} in ${packs} pack(s), ${bitmaps} bitmap(s)\n`);
+
+  const backend = await startHttpBackend(work, projectRoot, serverEnv);
+  const httpUrl = `${backend.url}/${REPO_ID}.git`;
+  const check = await refLines(['ls-remote', httpUrl], clientEnv);
+  if (JSON.stringify(check) !== JSON.stringify(expected)) throw new Error('git-http-backend does not serve the pushed refs');
+
+  const targets = [
+    { name: 'quorum-git node', key: 'node', url: nodeUrl, times: [] as number[] },
+    { name: 'nginx+git-http-backend', key: 'http_backend', url: httpUrl, times: [] as number[] },
+  ];
+  const protoArgs = protocol === undefined ? [] : ['-c', `protocol.version=${protocol}`];
+  const clones = path.join(work, 'clones');
+  await fs.mkdir(clones, { recursive: true });
+  let clonedKiB = NaN;
+  // Run 0 is a warm-up (page cache, first-spawn costs); the order alternates every run.
+  for (let i = 0; i <= runs; i += 1) {
+    const order = i % 2 === 0 ? targets : [...targets].reverse();
+    for (const target of order) {
+      const dest = path.join(clones, `${target.key}-${i}.git`);
+      const { ms } = await timed(() => git([...protoArgs, 'clone', '--bare', '-q', target.url, dest], clientEnv, { timeoutMs: 600_000 }));
+      if (i === 0) {
+        const got = await refLines(['for-each-ref', '--format=%(objectname) %(refname)'], { ...clientEnv, GIT_DIR: dest });
+        if (JSON.stringify(got) !== JSON.stringify(expected)) throw new Error(`clone from ${target.name} does not match the fixture`);
+        clonedKiB = await sizePack(dest, clientEnv);
+      } else {
+        target.times.push(ms / 1000);
+      }
+      process.stderr.write(`${i === 0 ? 'warm-up' : `run ${i}/${runs}`}  ${target.name.padEnd(24)} ${(ms / 1000).toFixed(3)} s\n`);
+      await fs.rm(dest, { recursive: true, force: true });
+    }
+  }
+  await backend.stop();
+  await cluster.stop();
+
+  const [node, http] = targets as [(typeof targets)[0], (typeof targets)[0]];
+  const nodeMedian = median(node.times);
+  const httpMedian = median(http.times);
+  const ratio = nodeMedian / httpMedian;
+  const mb = (clonedKiB * 1024) / 1e6;
+  process.stdout.write(
+    '\n' +
+      table(
+        ['server', 'runs', 'median s', 'min s', 'max s', 'MB/s'],
+        targets.map((t) => [
+          t.name,
+          t.times.length,
+          median(t.times).toFixed(3),
+          Math.min(...t.times).toFixed(3),
+          Math.max(...t.times).toFixed(3),
+          (mb / median(t.times)).toFixed(1),
+        ]),
+      ) +
+      `\n\nratio node / http-backend (median): ${ratio.toFixed(3)}x   (clone of ${fixture.commits} commits, ${mb.toFixed(1)} MB pack, protocol ${protocol ?? 'default'})\n`,
+  );
+  process.stdout.write(
+    JSON.stringify({
+      bench: 'clone',
+      runs,
+      protocol: protocol ?? 'default',
+      commits: fixture.commits,
+      refs: fixture.refs,
+      pack_mb: round(mb, 2),
+      push_s: round(push.ms / 1000),
+      node_median_s: round(nodeMedian),
+      http_backend_median_s: round(httpMedian),
+      ratio: round(ratio),
+      node_s: node.times.map((t) => round(t)),
+      http_backend_s: http.times.map((t) => round(t)),
+    }) + '\n',
+  );
+}
+
+runMain('bench-clone', main, envInt('BENCH_DEADLINE_S', 1800) * 1000);

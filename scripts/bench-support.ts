@@ -1,0 +1,487 @@
+import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { createWriteStream, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+// Shared by the benchmark scripts: free ports, a local cluster of real `quorum-git serve` processes,
+// helper processes that are always cleaned up (normal end, failure, Ctrl-C), running git with an
+// isolated configuration, and timing statistics. Everything binds to 127.0.0.1 only.
+
+export const HOST = '127.0.0.1';
+/** dist/scripts/ → repo root. */
+export const PROJECT_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const CLI = path.join(PROJECT_ROOT, 'dist', 'lib', 'cli.js');
+
+// ---------------------------------------------------------------------------------------------
+// Cleanup: every child process and temp dir registered here is removed when the script ends, however
+// it ends. Children are killed by their own pid (process group when detached), never by name.
+
+const children = new Set<ChildProcess>();
+/** Children spawned as leaders of their own process group: signals go to the whole group. */
+const groups = new WeakSet<ChildProcess>();
+/** Process groups not yet known to be gone, killed at exit even if their leader already exited. */
+const groupPids = new Set<number>();
+
+function signal(child: ChildProcess, sig: NodeJS.Signals): void {
+  if (child.pid === undefined) return;
+  try {
+    if (groups.has(child)) process.kill(-child.pid, sig);
+    else child.kill(sig);
+  } catch {
+    // already gone
+  }
+}
+const tempDirs = new Set<string>();
+const cleanups: Array<() => Promise<void> | void> = [];
+let cleaningUp: Promise<void> | undefined;
+
+function killHard(child: ChildProcess): void {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  signal(child, 'SIGKILL');
+}
+
+/** Registers an async cleanup step, run (last registered first) before children are killed. */
+export function onCleanup(fn: () => Promise<void> | void): void {
+  cleanups.push(fn);
+}
+
+export function cleanup(): Promise<void> {
+  cleaningUp ??= (async () => {
+    for (const fn of cleanups.reverse()) {
+      try {
+        await withTimeout(Promise.resolve(fn()), 10_000, 'cleanup step');
+      } catch (err) {
+        process.stderr.write(`cleanup: ${(err as Error).message}\n`);
+      }
+    }
+    await Promise.all([...children].map((c) => stopProcess(c, 3000)));
+    for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
+  })();
+  return cleaningUp;
+}
+
+process.on('exit', () => {
+  // Last resort, synchronous: nothing may outlive the script.
+  for (const child of children) killHard(child);
+  for (const pid of groupPids) {
+    try {
+      process.kill(-pid, 'SIGKILL');
+    } catch {
+      // gone
+    }
+  }
+  if (process.env.BENCH_KEEP_TMP !== '1') for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
+});
+for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+  process.once(signal, () => {
+    process.stderr.write(`\n${signal}: cleaning up\n`);
+    void cleanup().finally(() => process.exit(130));
+  });
+}
+
+/** Runs main, always cleans up, exits non-zero on failure. A hard deadline bounds the whole run. */
+export function runMain(name: string, main: () => Promise<void>, deadlineMs: number): void {
+  const deadline = setTimeout(() => {
+    process.stderr.write(`${name}: gave up after ${Math.round(deadlineMs / 1000)} s\n`);
+    void cleanup().finally(() => process.exit(3));
+  }, deadlineMs);
+  deadline.unref();
+  main().then(
+    async () => {
+      await cleanup();
+      process.exit(0);
+    },
+    async (err: unknown) => {
+      process.stderr.write(`${name} failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+      await cleanup();
+      process.exit(1);
+    },
+  );
+}
+
+export function makeTempDir(prefix: string): string {
+  // Short paths: unix socket paths are limited to ~107 bytes.
+  const dir = mkdtempSync(path.join(os.tmpdir(), prefix));
+  if (process.env.BENCH_KEEP_TMP !== '1') tempDirs.add(dir);
+  return dir;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+export interface SpawnedProcess {
+  child: ChildProcess;
+  /** Resolves with the exit code (or signal) when the process ends. */
+  exited: Promise<number | string>;
+  logFile?: string;
+}
+
+/**
+ * Spawns a long-running helper whose stdout/stderr go to `logFile` (or are discarded). With `group`,
+ * it leads its own process group and is stopped together with the workers it forks (nginx, fcgiwrap).
+ */
+export function spawnTracked(
+  command: string,
+  args: string[],
+  options: SpawnOptions & { logFile?: string; group?: boolean } = {},
+): SpawnedProcess {
+  const { logFile, group, ...spawnOptions } = options;
+  const child = spawn(command, args, {
+    stdio: ['ignore', logFile ? 'pipe' : 'ignore', logFile ? 'pipe' : 'ignore'],
+    detached: group === true,
+    ...spawnOptions,
+  });
+  children.add(child);
+  if (group && child.pid !== undefined) {
+    groups.add(child);
+    groupPids.add(child.pid);
+  }
+  if (logFile) {
+    const out = createWriteStream(logFile, { flags: 'a' });
+    child.stdout?.pipe(out, { end: false });
+    child.stderr?.pipe(out, { end: false });
+  }
+  const exited = new Promise<number | string>((resolve) => {
+    child.once('error', (err) => {
+      children.delete(child);
+      resolve(`spawn error: ${err.message}`);
+    });
+    child.once('exit', (code, signal) => {
+      children.delete(child);
+      resolve(signal ?? code ?? -1);
+    });
+  });
+  return { child, exited, logFile };
+}
+
+/** SIGTERM (to the group for group leaders), then SIGKILL after `graceMs`. */
+export async function stopProcess(child: ChildProcess, graceMs = 5000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) {
+    // A group leader that is gone may have left workers behind.
+    if (groups.has(child)) {
+      signal(child, 'SIGKILL');
+      if (child.pid !== undefined) groupPids.delete(child.pid);
+    }
+    return;
+  }
+  const done = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  signal(child, 'SIGTERM');
+  const timer = setTimeout(() => killHard(child), graceMs);
+  await Promise.race([done, sleep(graceMs + 1000)]);
+  clearTimeout(timer);
+  if (groups.has(child)) {
+    signal(child, 'SIGKILL');
+    if (child.pid !== undefined) groupPids.delete(child.pid);
+  }
+}
+
+export interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+  ms: number;
+}
+
+/** Runs a command to completion with a timeout; rejects on non-zero exit unless `allowFail`. */
+export function run(
+  command: string,
+  args: string[],
+  options: { cwd?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number; allowFail?: boolean; input?: string } = {},
+): Promise<RunResult> {
+  const timeoutMs = options.timeoutMs ?? 120_000;
+  return new Promise((resolve, reject) => {
+    const started = process.hrtime.bigint();
+    const child = spawn(command, args, { cwd: options.cwd, env: options.env ?? process.env, stdio: ['pipe', 'pipe', 'pipe'] });
+    children.add(child);
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout!.on('data', (c: Buffer) => out.push(c));
+    child.stderr!.on('data', (c: Buffer) => err.push(c));
+    child.stdin!.on('error', () => undefined);
+    child.stdin!.end(options.input ?? '');
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      killHard(child);
+    }, timeoutMs);
+    child.once('error', (e) => {
+      clearTimeout(timer);
+      children.delete(child);
+      reject(new Error(`${command}: ${e.message}`));
+    });
+    child.once('close', (code, signal) => {
+      clearTimeout(timer);
+      children.delete(child);
+      const result: RunResult = {
+        code: code ?? -1,
+        stdout: Buffer.concat(out).toString('utf8'),
+        stderr: Buffer.concat(err).toString('utf8'),
+        ms: Number(process.hrtime.bigint() - started) / 1e6,
+      };
+      if (timedOut) reject(new Error(`${command} ${args.join(' ')}: timed out after ${timeoutMs} ms`));
+      else if (result.code !== 0 && !options.allowFail) {
+        reject(new Error(`${command} ${args.join(' ')} exited ${signal ?? code}: ${result.stderr.trim().slice(-2000)}`));
+      } else resolve(result);
+    });
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// git clients with no user or system configuration
+
+/** An environment for git clients: isolated HOME, no system config, no prompts, no proxies. */
+export function gitClientEnv(home: string, extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+  mkdirSync(home, { recursive: true });
+  const env: NodeJS.ProcessEnv = {
+    PATH: process.env.PATH,
+    HOME: home,
+    XDG_CONFIG_HOME: path.join(home, '.config'),
+    GIT_CONFIG_NOSYSTEM: '1',
+    GIT_TERMINAL_PROMPT: '0',
+    GIT_ASKPASS: '',
+    LANG: 'C',
+    LC_ALL: 'C',
+    ...extra,
+  };
+  return env;
+}
+
+export function git(args: string[], env: NodeJS.ProcessEnv, options: { cwd?: string; timeoutMs?: number } = {}): Promise<RunResult> {
+  return run('git', args, { env, cwd: options.cwd, timeoutMs: options.timeoutMs ?? 600_000 });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ports and HTTP
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.unref();
+    server.once('error', reject);
+    server.listen(0, HOST, () => {
+      const address = server.address();
+      const port = typeof address === 'object' && address ? address.port : 0;
+      server.close(() => (port ? resolve(port) : reject(new Error('no free port'))));
+    });
+  });
+}
+
+/** Distinct free ports (asked for all at once so the same one is not handed out twice). */
+export async function freePorts(count: number): Promise<number[]> {
+  const servers: net.Server[] = [];
+  try {
+    const ports: number[] = [];
+    for (let i = 0; i < count; i += 1) {
+      const server = net.createServer();
+      servers.push(server);
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(0, HOST, () => resolve());
+      });
+      const address = server.address();
+      if (typeof address !== 'object' || !address) throw new Error('no free port');
+      ports.push(address.port);
+    }
+    return ports;
+  } finally {
+    await Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+  }
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+export async function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`${what}: timed out after ${ms} ms`)), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Polls `check` until it returns true (errors count as false) or the deadline passes. */
+export async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs: number, intervalMs = 100): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let lastError = '';
+  for (;;) {
+    try {
+      if (await check()) return;
+    } catch (err) {
+      lastError = (err as Error).message;
+    }
+    if (Date.now() > deadline) throw new Error(`${what}: not ready after ${timeoutMs} ms${lastError ? ` (${lastError})` : ''}`);
+    await sleep(intervalMs);
+  }
+}
+
+export async function getJson(url: string, timeoutMs = 2000): Promise<{ status: number; body: unknown }> {
+  const res = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
+  const text = await res.text();
+  let body: unknown = text;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    // not JSON
+  }
+  return { status: res.status, body };
+}
+
+export async function postJson(url: string, payload: unknown, timeoutMs = 30_000): Promise<{ status: number; body: unknown }> {
+  const res = await fetch(url, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify(payload),
+    signal: AbortSignal.timeout(timeoutMs),
+  });
+  const text = await res.text();
+  let body: unknown = text;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    // not JSON
+  }
+  return { status: res.status, body };
+}
+
+// ---------------------------------------------------------------------------------------------
+// A local cluster of real nodes
+
+export interface ClusterNode {
+  name: string;
+  url: string;
+  port: number;
+  dataDir: string;
+  process: SpawnedProcess;
+}
+
+export interface Cluster {
+  nodes: ClusterNode[];
+  urls: string[];
+  root: string;
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts `size` nodes (`node dist/lib/cli.js serve`) on free loopback ports with fresh data dirs under
+ * a temp dir, and waits until every node answers /health and sees all its peers.
+ */
+export async function startCluster(options: { size?: number; env?: NodeJS.ProcessEnv; readyTimeoutMs?: number } = {}): Promise<Cluster> {
+  const size = options.size ?? 3;
+  const root = makeTempDir('qg-bench-');
+  const ports = await freePorts(size);
+  const urls = ports.map((p) => `http://${HOST}:${p}`);
+  const secret = randomBytes(16).toString('hex');
+  const nodes: ClusterNode[] = ports.map((port, i) => {
+    const name = `node-${i + 1}`;
+    const dataDir = path.join(root, name);
+    mkdirSync(dataDir, { recursive: true });
+    const proc = spawnTracked(process.execPath, [CLI, 'serve'], {
+      cwd: PROJECT_ROOT,
+      env: {
+        ...process.env,
+        LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? 'warn',
+        PORT: String(port),
+        HOST,
+        SERVER_ID: name,
+        DATA_DIR: dataDir,
+        PEER_URLS: urls.filter((_, j) => j !== i).join(','),
+        CLUSTER_SECRET: secret,
+        ...options.env,
+      },
+      logFile: path.join(root, `${name}.log`),
+    });
+    return { name, url: urls[i]!, port, dataDir, process: proc };
+  });
+  let stopped = false;
+  const stop = async (): Promise<void> => {
+    if (stopped) return;
+    stopped = true;
+    await Promise.all(nodes.map((n) => stopProcess(n.process.child, 5000)));
+  };
+  onCleanup(stop);
+  const died = Promise.race(
+    nodes.map((n) => n.process.exited.then((code) => Promise.reject(new Error(`${n.name} exited (${code}) during start; see ${n.process.logFile}`)))),
+  );
+  died.catch(() => undefined);
+  await Promise.race([
+    died,
+    Promise.all(
+      nodes.map((n) =>
+        waitFor(
+          `${n.name} /health`,
+          async () => {
+            const { status, body } = await getJson(`${n.url}/health`, 1000);
+            return status === 200 && (body as { peers_reachable?: number }).peers_reachable === size - 1;
+          },
+          options.readyTimeoutMs ?? 30_000,
+        ),
+      ),
+    ),
+  ]);
+  return { nodes, urls, root, stop };
+}
+
+/** Creates a repo through the management API; returns the response body. */
+export async function createRepo(url: string, repoId: string): Promise<unknown> {
+  const { status, body } = await postJson(`${url}/repos`, { repo_id: repoId });
+  if (status !== 201) throw new Error(`POST ${url}/repos ${repoId}: ${status} ${JSON.stringify(body)}`);
+  return body;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timing and statistics
+
+export function nowMs(): number {
+  return Number(process.hrtime.bigint()) / 1e6;
+}
+
+export async function timed<T>(fn: () => Promise<T>): Promise<{ ms: number; value: T }> {
+  const started = nowMs();
+  const value = await fn();
+  return { ms: nowMs() - started, value };
+}
+
+/** Nearest-rank percentile (p in 0..100) of unsorted numbers. */
+export function percentile(values: readonly number[], p: number): number {
+  if (values.length === 0) return NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  const rank = Math.min(sorted.length, Math.max(1, Math.ceil((p / 100) * sorted.length)));
+  return sorted[rank - 1]!;
+}
+
+export function median(values: readonly number[]): number {
+  if (values.length === 0) return NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
+export function round(value: number, digits = 3): number {
+  const f = 10 ** digits;
+  return Math.round(value * f) / f;
+}
+
+export function envInt(name: string, fallback: number, min = 1): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return fallback;
+  if (!/^\d+$/.test(raw) || Number(raw) < min) throw new Error(`${name} must be an integer >= ${min}, got '${raw}'`);
+  return Number(raw);
+}
+
+/** Formats rows as a fixed-width text table. */
+export function table(header: string[], rows: Array<Array<string | number>>): string {
+  const cells = [header, ...rows.map((r) => r.map(String))];
+  const widths = header.map((_, i) => Math.max(...cells.map((r) => (r[i] ?? '').length)));
+  const line = (r: string[]): string => r.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
+  return [line(cells[0]!), widths.map((w) => '-'.repeat(w)).join('  '), ...cells.slice(1).map(line)].join('\n');
+}
