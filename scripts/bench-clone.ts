@@ -1,11 +1,9 @@
 import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
 import {
-  HOST,
   PROJECT_ROOT,
   createRepo,
   envInt,
-  freePort,
   getJson,
   git,
   gitClientEnv,
@@ -13,9 +11,8 @@ import {
   median,
   round,
   runMain,
-  spawnTracked,
   startCluster,
-  stopProcess,
+  startHttpBackend,
   table,
   timed,
   waitFor,
@@ -33,101 +30,7 @@ import { DEFAULT_FIXTURE, ensureFixture, formatKiB } from './gen-fixture.js';
 // Prints a table and a final JSON line. Settings (env): RUNS, FIXTURE (path), CLONE_PROTOCOL (0|1|2:
 // force the client's protocol.version for both servers; default: git's default, v2).
 
-const HTTP_BACKEND = '/usr/lib/git-core/git-http-backend';
 const REPO_ID = 'bench/fixture';
-
-function findBinary(name: string): string {
-  for (const dir of ['/usr/sbin', '/usr/bin', '/usr/local/sbin', '/usr/local/bin', ...(process.env.PATH ?? '').split(':')]) {
-    const candidate = path.join(dir, name);
-    if (dir && existsSync(candidate)) return candidate;
-  }
-  throw new Error(`${name} not found: run \`npm run bench:setup\` (bash scripts/bench-setup.sh) first`);
-}
-
-/** nginx (one worker, as root) → fcgiwrap → git-http-backend, on a free loopback port. */
-async function startHttpBackend(work: string, projectRoot: string, serverEnv: Record<string, string>): Promise<{ url: string; stop: () => Promise<void> }> {
-  const nginx = findBinary('nginx');
-  const fcgiwrap = findBinary('fcgiwrap');
-  if (!existsSync(HTTP_BACKEND)) throw new Error(`${HTTP_BACKEND} is missing`);
-  const dir = path.join(work, 'nginx');
-  await fs.mkdir(path.join(dir, 'logs'), { recursive: true });
-  const socket = path.join(work, 'fcgi.sock');
-  const fcgi = spawnTracked(fcgiwrap, ['-c', '4', '-s', `unix:${socket}`], {
-    group: true,
-    env: { PATH: process.env.PATH, ...serverEnv },
-    logFile: path.join(work, 'fcgiwrap.log'),
-  });
-  await waitFor('fcgiwrap socket', async () => existsSync(socket), 10_000, 50);
-
-  const port = await freePort();
-  const params: Record<string, string> = {
-    SCRIPT_FILENAME: HTTP_BACKEND,
-    GIT_PROJECT_ROOT: projectRoot,
-    GIT_HTTP_EXPORT_ALL: '1',
-    PATH_INFO: '$uri',
-    QUERY_STRING: '$query_string',
-    REQUEST_METHOD: '$request_method',
-    CONTENT_TYPE: '$content_type',
-    CONTENT_LENGTH: '$content_length',
-    HTTP_GIT_PROTOCOL: '$http_git_protocol',
-    HTTP_CONTENT_ENCODING: '$http_content_encoding',
-    REMOTE_ADDR: '$remote_addr',
-    SERVER_PROTOCOL: '$server_protocol',
-    GATEWAY_INTERFACE: 'CGI/1.1',
-    PATH: process.env.PATH ?? '/usr/bin:/bin',
-    ...serverEnv,
-  };
-  const conf = `# written by scripts/bench-clone.ts
-user root;
-daemon off;
-worker_processes 1;
-pid ${dir}/nginx.pid;
-error_log ${dir}/logs/error.log warn;
-events { worker_connections 256; }
-http {
-  access_log off;
-  client_body_temp_path ${dir}/client_body;
-  fastcgi_temp_path ${dir}/fastcgi;
-  proxy_temp_path ${dir}/proxy;
-  uwsgi_temp_path ${dir}/uwsgi;
-  scgi_temp_path ${dir}/scgi;
-  client_max_body_size 0;
-  server {
-    listen ${HOST}:${port};
-    location / {
-      fastcgi_pass unix:${socket};
-${Object.entries(params)
-  .map(([k, v]) => `      fastcgi_param ${k} "${v}";`)
-  .join('\n')}
-    }
-  }
-}
-`;
-  const confFile = path.join(dir, 'nginx.conf');
-  await fs.writeFile(confFile, conf);
-  const ngx = spawnTracked(nginx, ['-p', dir, '-c', confFile, '-e', path.join(dir, 'logs', 'error.log')], {
-    group: true,
-    logFile: path.join(work, 'nginx.log'),
-  });
-  const url = `http://${HOST}:${port}`;
-  await waitFor(
-    'nginx',
-    async () => {
-      if (ngx.child.exitCode !== null) throw new Error(`nginx exited; see ${dir}/logs/error.log`);
-      const res = await fetch(`${url}/`, { signal: AbortSignal.timeout(1000) });
-      await res.arrayBuffer();
-      return true;
-    },
-    10_000,
-  );
-  return {
-    url,
-    stop: async () => {
-      await stopProcess(ngx.child, 3000);
-      await stopProcess(fcgi.child, 3000);
-    },
-  };
-}
 
 async function sizePack(dir: string, env: NodeJS.ProcessEnv): Promise<number> {
   const out = (await git(['count-objects', '-v'], { ...env, GIT_DIR: dir })).stdout;

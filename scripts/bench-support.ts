@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createWriteStream, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, promises as fs, rmSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -373,10 +373,15 @@ export interface Cluster {
 
 /**
  * Starts `size` nodes (`node dist/lib/cli.js serve`) on free loopback ports with fresh data dirs under
- * a temp dir, and waits until every node answers /health and sees all its peers.
+ * a temp dir, and waits until every node answers /health and sees all its peers. Node logs (LOG_LEVEL
+ * BENCH_LOG_LEVEL, default warn) go to <root>/node-<i>.log; BENCH_KEEP_TMP=1 keeps them.
  */
-export async function startCluster(options: { size?: number; env?: NodeJS.ProcessEnv; readyTimeoutMs?: number } = {}): Promise<Cluster> {
+export async function startCluster(
+  options: { size?: number; env?: NodeJS.ProcessEnv; nodeArgs?: string[]; readyTimeoutMs?: number } = {},
+): Promise<Cluster> {
   const size = options.size ?? 3;
+  // e.g. BENCH_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/prof' (not allowed in NODE_OPTIONS).
+  const nodeArgs = options.nodeArgs ?? (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
   const root = makeTempDir('qg-bench-');
   const ports = await freePorts(size);
   const urls = ports.map((p) => `http://${HOST}:${p}`);
@@ -385,7 +390,7 @@ export async function startCluster(options: { size?: number; env?: NodeJS.Proces
     const name = `node-${i + 1}`;
     const dataDir = path.join(root, name);
     mkdirSync(dataDir, { recursive: true });
-    const proc = spawnTracked(process.execPath, [CLI, 'serve'], {
+    const proc = spawnTracked(process.execPath, [...nodeArgs, CLI, 'serve'], {
       cwd: PROJECT_ROOT,
       env: {
         ...process.env,
@@ -484,4 +489,105 @@ export function table(header: string[], rows: Array<Array<string | number>>): st
   const widths = header.map((_, i) => Math.max(...cells.map((r) => (r[i] ?? '').length)));
   const line = (r: string[]): string => r.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
   return [line(cells[0]!), widths.map((w) => '-'.repeat(w)).join('  '), ...cells.slice(1).map(line)].join('\n');
+}
+
+// ---------------------------------------------------------------------------------------------
+// The reference server: git's own http-backend behind nginx and fcgiwrap
+
+export const HTTP_BACKEND = '/usr/lib/git-core/git-http-backend';
+export function findBinary(name: string): string {
+  for (const dir of ['/usr/sbin', '/usr/bin', '/usr/local/sbin', '/usr/local/bin', ...(process.env.PATH ?? '').split(':')]) {
+    const candidate = path.join(dir, name);
+    if (dir && existsSync(candidate)) return candidate;
+  }
+  throw new Error(`${name} not found: run \`npm run bench:setup\` (bash scripts/bench-setup.sh) first`);
+}
+
+/**
+ * nginx (one worker, as root, default fastcgi buffering) → fcgiwrap → git-http-backend serving every
+ * repo under `projectRoot` (GIT_HTTP_EXPORT_ALL), on a free loopback port. `serverEnv` is passed to
+ * git (e.g. HOME, GIT_CONFIG_NOSYSTEM).
+ */
+export async function startHttpBackend(work: string, projectRoot: string, serverEnv: Record<string, string>): Promise<{ url: string; stop: () => Promise<void> }> {
+  const nginx = findBinary('nginx');
+  const fcgiwrap = findBinary('fcgiwrap');
+  if (!existsSync(HTTP_BACKEND)) throw new Error(`${HTTP_BACKEND} is missing`);
+  const dir = path.join(work, 'nginx');
+  await fs.mkdir(path.join(dir, 'logs'), { recursive: true });
+  const socket = path.join(work, 'fcgi.sock');
+  const fcgi = spawnTracked(fcgiwrap, ['-c', '4', '-s', `unix:${socket}`], {
+    group: true,
+    env: { PATH: process.env.PATH, ...serverEnv },
+    logFile: path.join(work, 'fcgiwrap.log'),
+  });
+  await waitFor('fcgiwrap socket', async () => existsSync(socket), 10_000, 50);
+
+  const port = await freePort();
+  const params: Record<string, string> = {
+    SCRIPT_FILENAME: HTTP_BACKEND,
+    GIT_PROJECT_ROOT: projectRoot,
+    GIT_HTTP_EXPORT_ALL: '1',
+    PATH_INFO: '$uri',
+    QUERY_STRING: '$query_string',
+    REQUEST_METHOD: '$request_method',
+    CONTENT_TYPE: '$content_type',
+    CONTENT_LENGTH: '$content_length',
+    HTTP_GIT_PROTOCOL: '$http_git_protocol',
+    HTTP_CONTENT_ENCODING: '$http_content_encoding',
+    REMOTE_ADDR: '$remote_addr',
+    SERVER_PROTOCOL: '$server_protocol',
+    GATEWAY_INTERFACE: 'CGI/1.1',
+    PATH: process.env.PATH ?? '/usr/bin:/bin',
+    ...serverEnv,
+  };
+  const conf = `# written by scripts/bench-support.ts
+user root;
+daemon off;
+worker_processes 1;
+pid ${dir}/nginx.pid;
+error_log ${dir}/logs/error.log warn;
+events { worker_connections 256; }
+http {
+  access_log off;
+  client_body_temp_path ${dir}/client_body;
+  fastcgi_temp_path ${dir}/fastcgi;
+  proxy_temp_path ${dir}/proxy;
+  uwsgi_temp_path ${dir}/uwsgi;
+  scgi_temp_path ${dir}/scgi;
+  client_max_body_size 0;
+  server {
+    listen ${HOST}:${port};
+    location / {
+      fastcgi_pass unix:${socket};
+${Object.entries(params)
+  .map(([k, v]) => `      fastcgi_param ${k} "${v}";`)
+  .join('\n')}
+    }
+  }
+}
+`;
+  const confFile = path.join(dir, 'nginx.conf');
+  await fs.writeFile(confFile, conf);
+  const ngx = spawnTracked(nginx, ['-p', dir, '-c', confFile, '-e', path.join(dir, 'logs', 'error.log')], {
+    group: true,
+    logFile: path.join(work, 'nginx.log'),
+  });
+  const url = `http://${HOST}:${port}`;
+  await waitFor(
+    'nginx',
+    async () => {
+      if (ngx.child.exitCode !== null) throw new Error(`nginx exited; see ${dir}/logs/error.log`);
+      const res = await fetch(`${url}/`, { signal: AbortSignal.timeout(1000) });
+      await res.arrayBuffer();
+      return true;
+    },
+    10_000,
+  );
+  return {
+    url,
+    stop: async () => {
+      await stopProcess(ngx.child, 3000);
+      await stopProcess(fcgi.child, 3000);
+    },
+  };
 }
