@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { envInt, getJson, nowMs, percentile, postJson, round, runMain, startCluster, table } from './bench-support.js';
+import { envInt, getJson, nowMs, percentile, postJson, round, runMain, sleep, startCluster, table } from './bench-support.js';
 
 // `npm run bench:create`: repo creates per second on a 3-node cluster. CONCURRENCY (default 8) clients
 // POST /repos with distinct names, round-robin across the nodes, until TOTAL (default 400) creates
@@ -50,28 +50,41 @@ async function main(): Promise<void> {
   const elapsedS = (nowMs() - started) / 1000;
   const sent = next;
 
-  // Every node should list every created repo (those that missed a commit catch up by anti-entropy).
-  const counts = await Promise.all(
-    urls.map(async (u) => {
-      const { body } = await getJson(`${u}/repos`, 10_000);
-      const repos = (body as { repos?: unknown[] }).repos ?? [];
-      return repos.filter((r) => String(typeof r === 'string' ? r : (r as { repo_id?: string }).repo_id).startsWith(`bench-${runId}/`)).length;
-    }),
-  );
+  // Every node should end up listing every created repo: those that missed a commit catch up by
+  // anti-entropy. Counted right after the last create, then polled (up to CONVERGE_S) until equal.
+  const ok = latencies.length;
+  const listed = (): Promise<number[]> =>
+    Promise.all(
+      urls.map(async (u) => {
+        const { body } = await getJson(`${u}/repos`, 10_000);
+        const repos = (body as { repos?: unknown[] }).repos ?? [];
+        return repos.filter((r) => String(typeof r === 'string' ? r : (r as { repo_id?: string }).repo_id).startsWith(`bench-${runId}/`)).length;
+      }),
+    );
+  const afterRun = await listed();
+  let counts = afterRun;
+  const convergeStarted = nowMs();
+  const convergeDeadline = convergeStarted + envInt('CONVERGE_S', 15) * 1000;
+  while (counts.some((c) => c < ok) && nowMs() < convergeDeadline) {
+    await sleep(100);
+    counts = await listed();
+  }
+  const convergedMs = counts.every((c) => c >= ok) ? nowMs() - convergeStarted : NaN;
   await cluster.stop();
 
-  const ok = latencies.length;
   const errorCount = sent - ok;
   const rate = ok / elapsedS;
   const p50 = percentile(latencies, 50);
   const p99 = percentile(latencies, 99);
+  const max = latencies.length ? Math.max(...latencies) : NaN;
   process.stdout.write(
     '\n' +
       table(
         ['creates', 'ok', 'errors', 'seconds', 'creates/s', 'p50 ms', 'p99 ms', 'max ms'],
-        [[sent, ok, errorCount, elapsedS.toFixed(2), rate.toFixed(1), p50.toFixed(1), p99.toFixed(1), Math.max(...latencies).toFixed(1)]],
+        [[sent, ok, errorCount, elapsedS.toFixed(2), rate.toFixed(1), p50.toFixed(1), p99.toFixed(1), max.toFixed(1)]],
       ) +
-      `\n\n${concurrency} clients, round-robin over ${urls.length} nodes; repos listed per node: ${counts.join(', ')}\n` +
+      `\n\n${concurrency} clients, round-robin over ${urls.length} nodes; repos listed per node right after: ${afterRun.join(', ')}; ` +
+      `${Number.isNaN(convergedMs) ? `NOT converged: ${counts.join(', ')}` : `all nodes list all ${ok} after ${convergedMs.toFixed(0)} ms`}\n` +
       (errors.size ? `errors: ${[...errors].map(([k, v]) => `${k} x${v}`).join(', ')}\n` : ''),
   );
   process.stdout.write(
@@ -87,8 +100,10 @@ async function main(): Promise<void> {
       creates_per_s: round(rate, 1),
       p50_ms: round(p50, 1),
       p99_ms: round(p99, 1),
-      max_ms: round(Math.max(...latencies), 1),
+      max_ms: round(max, 1),
+      listed_per_node_after_run: afterRun,
       listed_per_node: counts,
+      converged_ms: Number.isNaN(convergedMs) ? null : round(convergedMs, 0),
     }) + '\n',
   );
 }
