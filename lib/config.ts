@@ -21,6 +21,14 @@ export interface Config {
   syncIntervalMs: number;
   heartbeatIntervalMs: number;
   maxBodyBytes: number;
+  maxRefsPerPush: number;
+  maxPackBytes: number;
+  pushLockTimeoutMs: number;
+  /** Per-peer timeout of the freshness check that precedes every read. */
+  readCheckTimeoutMs: number;
+  catchUpTimeoutMs: number;
+  /** Opt-in: serve a possibly stale local copy when fewer than R nodes answer (labelled so). */
+  allowStaleReads: boolean;
 }
 
 export const DEV_CLUSTER_SECRET = 'quorum-git-dev-secret';
@@ -75,5 +83,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     syncIntervalMs: int(env, 'SYNC_INTERVAL_MS', 2000, 10),
     heartbeatIntervalMs: int(env, 'HEARTBEAT_INTERVAL_MS', 1000, 10),
     maxBodyBytes: int(env, 'MAX_BODY_BYTES', 16 * 1024, 64),
+    maxRefsPerPush: int(env, 'MAX_REFS_PER_PUSH', 100_000, 1),
+    maxPackBytes: int(env, 'MAX_PACK_BYTES', 16 * 1024 ** 3, 1),
+    pushLockTimeoutMs: int(env, 'PUSH_LOCK_TIMEOUT_MS', 120_000, 1),
+    readCheckTimeoutMs: int(env, 'READ_CHECK_TIMEOUT_MS', 1000, 1),
+    catchUpTimeoutMs: int(env, 'CATCH_UP_TIMEOUT_MS', 120_000, 1),
+    allowStaleReads: env.ALLOW_STALE_READS === '1' || env.ALLOW_STALE_READS === 'true',
   };
 }

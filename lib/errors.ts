@@ -18,6 +18,9 @@ export type ErrorCode =
   | 'unauthorized'
   | 'quorum_unreachable'
   | 'txn_in_doubt'
+  | 'replica_behind'
+  | 'read_quorum_unreachable'
+  | 'peer_unavailable'
   | 'internal';
 
 export const statusByCode = {
@@ -36,6 +39,9 @@ export const statusByCode = {
   unauthorized: 401,
   quorum_unreachable: 503,
   txn_in_doubt: 503,
+  replica_behind: 503,
+  read_quorum_unreachable: 503,
+  peer_unavailable: 502,
   internal: 500,
 } as const satisfies Record<ErrorCode, number>;
 

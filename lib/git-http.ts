@@ -20,6 +20,8 @@ export class GitHttp {
   private readonly git: InstanceType<typeof Git>;
   private readonly logger: Logger;
   private readonly running = new Set<ChildProcess>();
+  /** receive-pack processes by pid: the pre-receive hook names its parent, and a push's own commit waits for its exit. */
+  private readonly exits = new Map<number, Promise<void>>();
 
   constructor(repoPath: (repoId: string) => string, logger: Logger) {
     this.logger = logger;
@@ -50,6 +52,18 @@ export class GitHttp {
     action.on('error', (err: Error) => log.warn('git request stream error', { err: err.message }));
     action.on('service', (child: ChildProcess) => {
       this.running.add(child);
+      if (service === 'receive-pack' && child.pid !== undefined) {
+        const pid = child.pid;
+        this.exits.set(
+          pid,
+          new Promise<void>((resolve) =>
+            child.once('exit', () => {
+              this.exits.delete(pid);
+              resolve();
+            }),
+          ),
+        );
+      }
       child.stdin?.on('error', (err) => log.debug('git stdin closed', { err: err.message }));
       child.stdout?.on('error', (err) => log.debug('git stdout closed', { err: err.message }));
       child.once('exit', () => this.running.delete(child));
@@ -61,6 +75,10 @@ export class GitHttp {
       });
     });
     action.accept();
+  }
+
+  receivePackExit(pid: number): Promise<void> | undefined {
+    return this.exits.get(pid);
   }
 
   /** Stops every git process still running (node shutdown). */

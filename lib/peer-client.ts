@@ -1,4 +1,6 @@
+import { createReadStream } from 'node:fs';
 import http from 'node:http';
+import path from 'node:path';
 import got, { type Got } from 'got';
 import type { CatalogEntry, NodeId, QueryOutcome, TxnMessage, Vote } from './txn-core.js';
 
@@ -8,10 +10,21 @@ import type { CatalogEntry, NodeId, QueryOutcome, TxnMessage, Vote } from './txn
 
 export const SECRET_HEADER = 'x-quorum-secret';
 export const REQUEST_ID_HEADER = 'x-request-id';
+export const PACK_UPLOAD_TIMEOUT_MS = 60 * 60_000;
 
 export interface PeerClientOptions {
   secret: string;
   requestTimeoutMs: number;
+}
+
+export interface RepoStateAnswer {
+  repo_id: string;
+  live: boolean;
+  epoch: number;
+  generation: number;
+  behind: boolean;
+  refs?: Record<string, string>;
+  head?: string;
 }
 
 export interface PeerInfo {
@@ -22,8 +35,10 @@ export interface PeerInfo {
 export class PeerClient {
   private readonly got: Got;
   private readonly agent: http.Agent;
+  private readonly idleTimeoutMs: number;
 
   constructor(options: PeerClientOptions) {
+    this.idleTimeoutMs = options.requestTimeoutMs;
     this.agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
     this.got = got.extend({
       headers: { [SECRET_HEADER]: options.secret },
@@ -44,12 +59,32 @@ export class PeerClient {
       .json<Vote>();
   }
 
-  async queryTxn(node: NodeId, txnId: string, opts: { refuse: boolean; asCoordinator: boolean }): Promise<{ outcome: QueryOutcome; epoch?: number }> {
+  async queryTxn(node: NodeId, txnId: string, opts: { refuse: boolean; asCoordinator: boolean }): Promise<{ outcome: QueryOutcome; epoch?: number; generation?: number }> {
     return this.got
       .get(`${node}/internal/txn/${encodeURIComponent(txnId)}`, {
         searchParams: { refuse: opts.refuse ? '1' : '0', coordinator: opts.asCoordinator ? '1' : '0' },
       })
-      .json<{ outcome: QueryOutcome; epoch?: number }>();
+      .json<{ outcome: QueryOutcome; epoch?: number; generation?: number }>();
+  }
+
+  /** Streams one pack file of a push to a peer, ahead of the prepare (never buffered whole). */
+  async uploadPackFile(node: NodeId, txnId: string, file: string, requestId: string): Promise<void> {
+    await this.got.put(`${node}/internal/push/${encodeURIComponent(txnId)}/${path.basename(file)}`, {
+      body: createReadStream(file),
+      headers: { [REQUEST_ID_HEADER]: requestId, 'content-type': 'application/octet-stream' },
+      // A large pack takes as long as it takes; a stalled one is cut after the idle timeout.
+      timeout: { request: PACK_UPLOAD_TIMEOUT_MS, socket: this.idleTimeoutMs },
+    });
+  }
+
+  /** A replica's version of one repo (and its refs, for catch-up). */
+  async repoState(node: NodeId, repoId: string, withRefs: boolean, timeoutMs?: number): Promise<RepoStateAnswer> {
+    return this.got
+      .get(`${node}/internal/repo-state/${repoId}`, {
+        searchParams: { refs: withRefs ? '1' : '0' },
+        ...(timeoutMs === undefined ? {} : { timeout: { request: timeoutMs } }),
+      })
+      .json<RepoStateAnswer>();
   }
 
   async catalog(node: NodeId): Promise<Record<string, CatalogEntry>> {

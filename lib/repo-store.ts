@@ -19,17 +19,19 @@ export class RepoStore {
   private readonly stagingRoot: string;
   private readonly trashRoot: string;
   private readonly templateDir: string;
+  private readonly incomingRoot: string;
 
   constructor(dataDir: string) {
     this.reposRoot = path.join(dataDir, 'repos');
     this.stagingRoot = path.join(dataDir, 'staging');
     this.trashRoot = path.join(dataDir, 'trash');
     this.templateDir = path.join(dataDir, 'template.git');
+    this.incomingRoot = path.join(dataDir, 'incoming');
   }
 
   /** Creates the layout and the template; removes staging the log does not know about and old trash. */
   async init(keepStaging: ReadonlySet<string>): Promise<void> {
-    await Promise.all([this.reposRoot, this.stagingRoot, this.trashRoot].map((d) => fs.mkdir(d, { recursive: true })));
+    await Promise.all([this.reposRoot, this.stagingRoot, this.trashRoot, this.incomingRoot].map((d) => fs.mkdir(d, { recursive: true })));
     try {
       await fs.access(path.join(this.templateDir, 'HEAD'));
     } catch {
@@ -40,8 +42,10 @@ export class RepoStore {
       await runGit(['config', 'receive.denyDeleteCurrent', 'false'], { cwd: tmp });
       await fs.rename(tmp, this.templateDir);
     }
-    for (const entry of await fs.readdir(this.stagingRoot)) {
-      if (!keepStaging.has(entry.replace(/\.git$/, ''))) await fs.rm(path.join(this.stagingRoot, entry), { recursive: true, force: true });
+    for (const root of [this.stagingRoot, this.incomingRoot]) {
+      for (const entry of await fs.readdir(root)) {
+        if (!keepStaging.has(entry.replace(/\.git$/, ''))) await fs.rm(path.join(root, entry), { recursive: true, force: true });
+      }
     }
     await this.emptyTrash();
   }
@@ -83,8 +87,22 @@ export class RepoStore {
     }
   }
 
+  /** Where a peer's shipped pack for a push transaction waits for the prepare. */
+  incomingDir(txnId: string): string {
+    return path.join(this.incomingRoot, txnId);
+  }
+
+  /** Maps a served repo's directory (as git hooks see it) back to its id, or undefined. */
+  repoIdOf(dir: string): string | undefined {
+    const rel = path.relative(this.reposRoot, path.resolve(dir));
+    const m = /^([^/]+)\/([^/]+)\.git$/.exec(rel);
+    return m ? `${m[1]}/${m[2]}` : undefined;
+  }
+
+  /** Drops whatever a transaction staged: a prepared create, or a push's shipped pack not yet installed. */
   async discard(txnId: string): Promise<void> {
     await fs.rm(this.stagePath(txnId), { recursive: true, force: true });
+    await fs.rm(this.incomingDir(txnId), { recursive: true, force: true });
   }
 
   async remove(repoId: string, reason: string): Promise<void> {

@@ -1,4 +1,5 @@
 import { QuorumGitError } from './errors.js';
+import { PACK_FILE } from './git-refs.js';
 import { formatRepoId, parseRepoParts } from './repo-id.js';
 
 // Classifies every request before anything else sees it. Pure: a method and a raw URL in, a route
@@ -16,6 +17,9 @@ export type Route =
   | { kind: 'internalCatalog' }
   | { kind: 'internalTxn'; step: 'prepare' | 'commit' | 'abort' }
   | { kind: 'internalQuery'; txnId: string; refuse: boolean; asCoordinator: boolean }
+  | { kind: 'internalHook' }
+  | { kind: 'internalPackUpload'; txnId: string; file: string }
+  | { kind: 'internalRepoState'; repoId: string; withRefs: boolean }
   | { kind: 'gitInfoRefs'; repoId: string; service: GitService }
   | { kind: 'gitRpc'; repoId: string; service: GitService };
 
@@ -69,6 +73,13 @@ export function route(method: string, rawUrl: string): Route {
     if (second === 'txn' && segments.length === 3 && (third === 'prepare' || third === 'commit' || third === 'abort')) {
       if (method !== 'POST') throw methodNotAllowed(method, 'POST');
       return { kind: 'internalTxn', step: third };
+    }
+    if (second === 'hooks' && third === 'pre-receive' && segments.length === 3 && method === 'POST') return { kind: 'internalHook' };
+    if (second === 'push' && segments.length === 4 && method === 'PUT' && TXN_ID.test(third!) && PACK_FILE.test(rest[0]!)) {
+      return { kind: 'internalPackUpload', txnId: third!, file: rest[0]! };
+    }
+    if (second === 'repo-state' && segments.length === 4 && method === 'GET') {
+      return { kind: 'internalRepoState', repoId: formatRepoId(parseRepoParts(third!, rest[0]!)), withRefs: query.get('refs') === '1' };
     }
     if (second === 'txn' && segments.length === 3 && method === 'GET' && TXN_ID.test(third!)) {
       return { kind: 'internalQuery', txnId: third!, refuse: query.get('refuse') === '1', asCoordinator: query.get('coordinator') === '1' };

@@ -12,6 +12,17 @@ import { route, type Route } from './router.js';
 import type { NodeId, TxnMessage, TxnOp } from './txn-core.js';
 import { TxnDriver, systemClock, type Clock } from './txn-driver.js';
 import { TxnLog } from './txn-log.js';
+import { createWriteStream, promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { createProxyServer, type ProxyServer } from 'http-proxy-3';
+import { CatchUp, DIRECT_HEADER } from './catch-up.js';
+import { readHead, readRefs } from './git-refs.js';
+import { applyGitEnvironment, installHooks } from './hooks.js';
+import { PushService } from './push-service.js';
+import { readQuorum } from './quorum.js';
+import { pickCoordinator, planRead, type ReplicaAnswer } from './routing.js';
 
 // One node: the HTTP server that wires router, management API, internal API and git together, and
 // the background loops (peer heartbeat, recovery of in-doubt transactions, anti-entropy).
@@ -35,6 +46,10 @@ export class QuorumGitNode {
   private readonly client: PeerClient;
   private readonly driver: TxnDriver;
   private readonly gitHttp: GitHttp;
+  private readonly pushService: PushService;
+  private readonly catchUpper: CatchUp;
+  private readonly proxy: ProxyServer;
+  private readonly proxyAgent = new http.Agent({ keepAlive: true, maxSockets: 256 });
   private readonly server: http.Server;
   private readonly peers = new Map<NodeId, PeerStatus>();
   private readonly timers: NodeJS.Timeout[] = [];
@@ -62,6 +77,27 @@ export class QuorumGitNode {
       timeouts: { prepareTimeoutMs: config.prepareTimeoutMs, commitTimeoutMs: config.commitTimeoutMs, commitResends: config.commitResends },
     });
     this.gitHttp = new GitHttp((repoId) => this.store.repoPath(repoId), logger);
+    this.pushService = new PushService({
+      driver: this.driver,
+      store: this.store,
+      client: this.client,
+      logger,
+      quorum: config.quorum,
+      limits: { maxRefsPerPush: config.maxRefsPerPush, pushLockTimeoutMs: config.pushLockTimeoutMs, localApplyTimeoutMs: config.commitTimeoutMs * 10 },
+      newTxnId: () => `${config.serverId}-${clock.now().toString(36)}-${randomBytes(6).toString('hex')}`,
+      receivePackExit: (pid) => this.gitHttp.receivePackExit(pid),
+    });
+    this.catchUpper = new CatchUp({
+      driver: this.driver,
+      store: this.store,
+      client: this.client,
+      logger,
+      peers: config.peerUrls,
+      secret: config.clusterSecret,
+      timeoutMs: config.catchUpTimeoutMs,
+    });
+    // Streams both ways without buffering; no timeout of its own (a long clone is not an error).
+    this.proxy = createProxyServer({ agent: this.proxyAgent, xfwd: true });
     for (const url of config.peerUrls) this.peers.set(url, { url, server_id: null, reachable: false, last_seen: null });
     this.server = http.createServer({ requestTimeout: 0, keepAliveTimeout: 5_000 }, (req, res) => this.handle(req, res));
     // Long pushes and clones must not be cut off; idle sockets are still reaped by keepAliveTimeout.
@@ -73,6 +109,9 @@ export class QuorumGitNode {
   }
 
   async start(): Promise<void> {
+    const hookHost = this.config.host === '0.0.0.0' || this.config.host === '::' ? '127.0.0.1' : this.config.host.includes(':') ? `[${this.config.host}]` : this.config.host;
+    const hooksDir = await installHooks(this.config.dataDir, `http://${hookHost}:${this.config.port}/internal/hooks/pre-receive`, this.config.clusterSecret);
+    applyGitEnvironment(process.env, hooksDir);
     await this.driver.start();
     await new Promise<void>((resolve, reject) => {
       this.server.once('error', reject);
@@ -104,7 +143,8 @@ export class QuorumGitNode {
 
   private async catchUp(): Promise<void> {
     await this.driver.resolveInDoubtOnce();
-    await this.driver.syncOnce();
+    const behind = await this.driver.syncOnce();
+    for (const repoId of behind) await this.catchUpper.request(repoId);
   }
 
   private async heartbeat(): Promise<void> {
@@ -147,6 +187,8 @@ export class QuorumGitNode {
     await closed;
     await this.background.catch(() => undefined);
     this.client.close();
+    this.proxy.close();
+    this.proxyAgent.destroy();
     this.logger.info('node stopped');
   }
 
@@ -228,20 +270,163 @@ export class QuorumGitNode {
       }
       case 'internalQuery':
         return this.send(res, 200, await this.driver.handleQuery(target.txnId, target.refuse, target.asCoordinator));
-      case 'gitInfoRefs':
-      case 'gitRpc': {
-        // Existence is decided by the catalog, and a repo locked by a transaction (being deleted or
-        // created) is not served until the outcome is known.
-        const repoId = target.repoId;
-        if (!this.driver.participant.isLive(repoId) || !(await this.store.exists(repoId))) {
-          throw new QuorumGitError('repo_not_found', 'repository not found');
-        }
-        if (target.kind === 'gitInfoRefs') return this.gitHttp.infoRefs(req, res, repoId, target.service);
-        return this.gitHttp.rpc(req, res, repoId, target.service, log);
-      }
-      case 'createRepo' as never:
+      case 'internalHook': {
+        const body = await this.readBody(req, this.config.maxRefsPerPush * 300);
+        const pid = Number(req.headers['x-receive-pack-pid']);
+        const verdict = await this.pushService.preReceive({
+          gitDir: String(req.headers['x-git-dir'] ?? ''),
+          quarantine: String(req.headers['x-quarantine'] ?? ''),
+          receivePackPid: Number.isInteger(pid) && pid > 0 ? pid : undefined,
+          body: body.toString('utf8'),
+          requestId,
+        });
+        res.writeHead(verdict.ok ? 200 : 409, { 'content-type': 'text/plain; charset=utf-8' });
+        res.end(verdict.message);
         return;
+      }
+      case 'internalPackUpload':
+        return this.receivePackFile(req, res, target.txnId, target.file);
+      case 'internalRepoState':
+        return this.send(res, 200, await this.repoState(target.repoId, target.withRefs));
+      case 'gitInfoRefs':
+      case 'gitRpc':
+        return this.serveGit(req, res, target.repoId, target.service, target.kind, log);
     }
+  }
+
+  /**
+   * Git over smart HTTP. Pushes go to the repo's coordinator (proxied there when they arrive
+   * elsewhere); the coordinator first makes sure its own copy is current. Reads are served here only
+   * when our copy is at the newest version among R nodes, else proxied to a node that is, while
+   * we catch up in the background. A peer's `direct` request (catch-up, or a proxied read) is served
+   * from our own copy.
+   */
+  private async serveGit(
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    repoId: string,
+    service: 'upload-pack' | 'receive-pack',
+    kind: 'gitInfoRefs' | 'gitRpc',
+    log: Logger,
+  ): Promise<void> {
+    const fromPeer = this.isPeer(req);
+    const serveLocal = async (): Promise<void> => {
+      if (!this.driver.participant.isLive(repoId) || !(await this.store.exists(repoId))) {
+        throw new QuorumGitError('repo_not_found', 'repository not found');
+      }
+      if (kind === 'gitInfoRefs') return this.gitHttp.infoRefs(req, res, repoId, service);
+      return this.gitHttp.rpc(req, res, repoId, service, log);
+    };
+    if (fromPeer && req.headers[DIRECT_HEADER] === '1') return serveLocal();
+    if (service === 'receive-pack' && !fromPeer) {
+      const coordinator = pickCoordinator(repoId, this.liveNodes());
+      if (coordinator !== undefined && coordinator !== this.url) return this.forward(req, res, coordinator, log, false);
+    }
+    let plan = await this.planRead(repoId);
+    if (service === 'receive-pack' && plan.action === 'proxy') {
+      // The coordinator must be current before it advertises refs to a pusher.
+      await this.catchUpper.request(repoId);
+      plan = await this.planRead(repoId);
+      if (plan.action === 'proxy') throw new QuorumGitError('replica_behind', 'this repository is catching up on the coordinating node; push again in a moment');
+    }
+    switch (plan.action) {
+      case 'local':
+        return serveLocal();
+      case 'not_found':
+        throw new QuorumGitError('repo_not_found', 'repository not found');
+      case 'proxy':
+        void this.catchUpper.request(repoId);
+        return this.forward(req, res, plan.to, log, true);
+      case 'unavailable':
+        if (this.config.allowStaleReads && service === 'upload-pack') {
+          log.warn('serving a possibly stale copy (ALLOW_STALE_READS)', { repo_id: repoId });
+          res.setHeader('x-quorum-possibly-stale', 'true');
+          return serveLocal();
+        }
+        throw new QuorumGitError(
+          'read_quorum_unreachable',
+          `cannot confirm this copy is current: reached ${plan.reached} of the ${plan.needed} nodes needed; unreachable: ${plan.unreachable.join(', ') || 'none'}`,
+        );
+    }
+  }
+
+  /** The nodes believed up (by heartbeat), ourselves included. */
+  private liveNodes(): NodeId[] {
+    return [this.url, ...[...this.peers.values()].filter((p) => p.reachable).map((p) => p.url)];
+  }
+
+  private async planRead(repoId: string): Promise<ReturnType<typeof planRead>> {
+    const own = await this.repoState(repoId, false);
+    const self: ReplicaAnswer & { reachable: true } = { node: this.url, reachable: true, live: own.live, version: own, behind: own.behind };
+    const n = this.driver.nodes.length;
+    const r = readQuorum(n, this.config.quorum);
+    if (r <= 1) return own.live ? { action: 'local' } : { action: 'not_found' };
+    const peers = await Promise.all(
+      this.config.peerUrls.map(async (node): Promise<ReplicaAnswer> => {
+        try {
+          const s = await this.client.repoState(node, repoId, false, this.config.readCheckTimeoutMs);
+          return { node, reachable: true, live: s.live, version: s, behind: s.behind };
+        } catch {
+          return { node, reachable: false };
+        }
+      }),
+    );
+    return planRead(self, peers, r);
+  }
+
+  private async repoState(repoId: string, withRefs: boolean): Promise<Record<string, unknown> & { live: boolean; epoch: number; generation: number; behind: boolean }> {
+    const entry = this.driver.participant.repo(repoId);
+    const live = entry?.state === 'live';
+    const state = { repo_id: repoId, live, epoch: entry?.epoch ?? 0, generation: entry?.generation ?? 0, behind: false };
+    if (!withRefs || !live) return state;
+    const repoPath = this.store.repoPath(repoId);
+    return this.driver.withRepoResult(repoId, async () => {
+      // Read under the repo's queue so refs and generation belong together.
+      const version = this.driver.participant.versionOf(repoId);
+      const [refs, head] = await Promise.all([readRefs(repoPath), readHead(repoPath)]);
+      return { ...state, ...version, refs, head };
+    });
+  }
+
+  private forward(req: http.IncomingMessage, res: http.ServerResponse, target: NodeId, log: Logger, direct: boolean): void {
+    log.info('proxying', { to: target, direct });
+    const headers: Record<string, string> = { [SECRET_HEADER]: this.config.clusterSecret, [REQUEST_ID_HEADER]: String(res.getHeader(REQUEST_ID_HEADER)) };
+    if (direct) headers[DIRECT_HEADER] = '1';
+    this.proxy.web(req, res, { target, headers }, (err) => {
+      log.warn('proxy failed', { to: target, err: (err as Error).message });
+      if (!res.headersSent) this.fail(res, new QuorumGitError('peer_unavailable', `the node serving this request (${target}) did not answer; try again`), log);
+      else res.destroy();
+    });
+  }
+
+  private isPeer(req: http.IncomingMessage): boolean {
+    const given = Buffer.from(String(req.headers[SECRET_HEADER] ?? ''));
+    const expected = Buffer.from(this.config.clusterSecret);
+    return given.length === expected.length && timingSafeEqual(given, expected);
+  }
+
+  /** A peer streams one file of a push's pack to us ahead of the prepare; bounded, never buffered. */
+  private async receivePackFile(req: http.IncomingMessage, res: http.ServerResponse, txnId: string, file: string): Promise<void> {
+    const dir = this.store.incomingDir(txnId);
+    await fsp.mkdir(dir, { recursive: true });
+    const tmp = path.join(dir, `${file}.tmp`);
+    let size = 0;
+    const limit = this.config.maxPackBytes;
+    const counter = new Transform({
+      transform(chunk: Buffer, _enc, done) {
+        size += chunk.length;
+        if (size > limit) done(new QuorumGitError('body_too_large', `pack exceeds ${limit} bytes`));
+        else done(null, chunk);
+      },
+    });
+    try {
+      await pipeline(req, counter, createWriteStream(tmp));
+      await fsp.rename(tmp, path.join(dir, file));
+    } catch (err) {
+      await fsp.rm(tmp, { force: true });
+      throw err;
+    }
+    this.send(res, 204);
   }
 
   private async replicate(op: TxnOp, requestId: string, res: http.ServerResponse): Promise<void> {
@@ -262,6 +447,8 @@ export class QuorumGitNode {
           throw new QuorumGitError('repo_not_found', `repository ${op.repoId} does not exist`);
         case 'repo_busy':
           throw new QuorumGitError('repo_busy', `repository ${op.repoId} is being changed by another request; retry`);
+        case 'stale':
+        case 'ref_conflict':
         case 'quorum_unreachable':
           throw new QuorumGitError(
             'quorum_unreachable',
@@ -296,15 +483,19 @@ export class QuorumGitNode {
   }
 
   private authorizePeer(req: http.IncomingMessage): void {
-    const given = Buffer.from(String(req.headers[SECRET_HEADER] ?? ''));
-    const expected = Buffer.from(this.config.clusterSecret);
-    if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
-      throw new QuorumGitError('unauthorized', 'internal API: missing or wrong cluster secret');
+    if (!this.isPeer(req)) throw new QuorumGitError('unauthorized', 'internal API: missing or wrong cluster secret');
+  }
+
+  private async readJson(req: http.IncomingMessage): Promise<unknown> {
+    const text = (await this.readBody(req, this.config.maxBodyBytes)).toString('utf8');
+    try {
+      return JSON.parse(text);
+    } catch {
+      throw new QuorumGitError('invalid_json', 'the body is not valid JSON');
     }
   }
 
-  private readJson(req: http.IncomingMessage): Promise<unknown> {
-    const limit = this.config.maxBodyBytes;
+  private readBody(req: http.IncomingMessage, limit: number): Promise<Buffer> {
     const declared = Number(req.headers['content-length'] ?? 0);
     if (declared > limit) {
       req.resume();
@@ -323,13 +514,7 @@ export class QuorumGitNode {
         if (!failed) chunks.push(chunk);
       });
       req.on('end', () => {
-        if (failed) return;
-        const text = Buffer.concat(chunks).toString('utf8');
-        try {
-          resolve(JSON.parse(text));
-        } catch {
-          reject(new QuorumGitError('invalid_json', 'the body is not valid JSON'));
-        }
+        if (!failed) resolve(Buffer.concat(chunks));
       });
       req.on('error', (err) => reject(new QuorumGitError('invalid_body', 'the request body could not be read', { cause: err })));
     });

@@ -23,37 +23,73 @@
 import { voteResult } from './quorum.js';
 
 export type NodeId = string;
-export type TxnOpKind = 'create' | 'delete';
-export interface TxnOp {
-  kind: TxnOpKind;
-  repoId: string;
+export const ZERO_OID = '0000000000000000000000000000000000000000';
+
+/** One ref change of a push, as git's pre-receive hook reports it. */
+export interface RefUpdate {
+  ref: string;
+  old: string;
+  new: string;
 }
 
-export type NoVoteCode = 'repo_exists' | 'repo_not_found' | 'repo_busy' | 'refused' | 'unreachable' | 'stage_failed';
-export type Vote = { vote: 'yes'; epoch: number } | { vote: 'no'; code: NoVoteCode };
+/** A repo's version on one node: its incarnation (create/delete) and the pushes committed since. */
+export interface RepoVersion {
+  epoch: number;
+  generation: number;
+}
+
+export type TxnOp =
+  | { kind: 'create' | 'delete'; repoId: string }
+  | {
+      kind: 'push';
+      repoId: string;
+      updates: RefUpdate[];
+      /** The version every participant must be at: a replica at another version is stale or ahead. */
+      base: RepoVersion;
+      /** Where HEAD must point after the push (first push into a repo whose HEAD names no branch). */
+      head?: string;
+    };
+export type TxnOpKind = TxnOp['kind'];
+
+export type NoVoteCode =
+  | 'repo_exists'
+  | 'repo_not_found'
+  | 'repo_busy'
+  | 'refused'
+  | 'unreachable'
+  | 'stage_failed'
+  | 'stale'
+  | 'ref_conflict';
+export type Vote = { vote: 'yes'; epoch: number; generation: number } | { vote: 'no'; code: NoVoteCode; detail?: string };
 
 export type TxnMessage =
   | { type: 'prepare'; txnId: string; op: TxnOp; coordinator: NodeId }
-  | { type: 'commitTxn'; txnId: string; epoch: number }
+  | { type: 'commitTxn'; txnId: string; epoch: number; generation: number }
   | { type: 'abortTxn'; txnId: string };
 
 export type LogEntry =
   | { t: 'prepared'; txnId: string; op: TxnOp; coordinator: NodeId }
-  | { t: 'committed'; txnId: string; epoch: number }
+  | { t: 'committed'; txnId: string; epoch: number; generation?: number }
   | { t: 'aborted'; txnId: string }
   | { t: 'refused'; txnId: string }
-  | { t: 'decision'; txnId: string; outcome: 'commit' | 'abort'; op: TxnOp; epoch?: number }
-  | { t: 'synced'; repoId: string; state: RepoState; epoch: number };
+  | { t: 'decision'; txnId: string; outcome: 'commit' | 'abort'; op: TxnOp; epoch?: number; generation?: number }
+  | { t: 'synced'; repoId: string; state: RepoState; epoch: number; generation?: number };
 
 export type RepoState = 'live' | 'deleted';
-export interface CatalogEntry {
+export interface CatalogEntry extends RepoVersion {
   state: RepoState;
-  epoch: number;
 }
 
+/** Orders two versions of one repo: negative when a is older. */
+export function compareVersions(a: RepoVersion, b: RepoVersion): number {
+  return a.epoch !== b.epoch ? a.epoch - b.epoch : a.generation - b.generation;
+}
+
+export type AbortCode = 'repo_exists' | 'repo_not_found' | 'repo_busy' | 'quorum_unreachable' | 'stale' | 'ref_conflict';
+
 export type CoordinatorResult =
-  | { outcome: 'committed'; epoch: number; confirmed: NodeId[]; yes: NodeId[] }
-  | { outcome: 'aborted'; code: 'repo_exists' | 'repo_not_found' | 'repo_busy' | 'quorum_unreachable'; failed: NodeId[] };
+  | { outcome: 'committed'; epoch: number; generation: number; confirmed: NodeId[]; behind: NodeId[] }
+  | { outcome: 'aborted'; code: AbortCode; failed: NodeId[]; detail?: string };
 
 export type CoordinatorTimer = 'prepare' | 'commit';
 
@@ -76,6 +112,10 @@ export interface CoordinatorOptions {
   commitResends: number;
 }
 
+// A push differs in one way: the coordinator's own replica is committed by git receive-pack after the
+// pre-receive hook returns, so the coordinator's yes vote is required, counts towards the quorum, and
+// its acknowledgement is not waited for (it could not come before the reply it would be waiting on).
+
 export class CoordinatorTxn {
   readonly txnId: string;
   readonly op: TxnOp;
@@ -84,6 +124,7 @@ export class CoordinatorTxn {
   private readonly acks = new Set<NodeId>();
   private phase: 'idle' | 'collecting' | 'committing' | 'aborted' | 'done' = 'idle';
   private epoch = 0;
+  private generation = 0;
   private replied = false;
   private resendsLeft: number;
 
@@ -94,10 +135,8 @@ export class CoordinatorTxn {
     this.resendsLeft = options.commitResends;
   }
 
-  get decided(): 'commit' | 'abort' | undefined {
-    if (this.phase === 'committing' || (this.phase === 'done' && this.epoch > 0)) return 'commit';
-    if (this.phase === 'aborted' || this.phase === 'done') return 'abort';
-    return undefined;
+  private get selfCommitsLater(): boolean {
+    return this.op.kind === 'push';
   }
 
   start(): CoordinatorEffect[] {
@@ -116,48 +155,37 @@ export class CoordinatorTxn {
     if (this.phase === 'committing') {
       // A yes that arrives after the decision still gets the commit, so the voter is not left in doubt.
       this.votes.set(from, vote);
-      if (vote.vote === 'no') return this.maybeDone();
-      return [{ type: 'send', to: from, msg: { type: 'commitTxn', txnId: this.txnId, epoch: this.epoch } }];
+      if (vote.vote === 'no') return [];
+      return [{ type: 'send', to: from, msg: this.commitMessage() }];
     }
     if (this.phase !== 'collecting') return [];
     this.votes.set(from, vote);
+    const { self, nodes, quorum } = this.options;
+    if (this.selfCommitsLater && from === self && vote.vote === 'no') return this.decideAbort();
     const { yes, no } = this.tally();
-    const result = voteResult(yes.length, no.length, this.options.nodes.length, this.options.quorum);
-    if (result === 'won') return this.decideCommit(yes);
+    const result = voteResult(yes.length, no.length, nodes.length, quorum);
     if (result === 'lost') return this.decideAbort();
+    if (result === 'won' && (!this.selfCommitsLater || yes.includes(self))) return this.decideCommit(yes);
     return [];
   }
 
   onAck(from: NodeId): CoordinatorEffect[] {
     if (this.phase !== 'committing' || this.acks.has(from) || !this.yesVoters().includes(from)) return [];
     this.acks.add(from);
-    const effects: CoordinatorEffect[] = [];
-    // The client hears back once a quorum applied the change and so has the coordinator, if it voted
-    // yes: a clone from the node that answered must find the repo.
-    const { self } = this.options;
-    const selfSettled = this.acks.has(self) || this.votes.get(self)?.vote === 'no';
-    if (!this.replied && this.acks.size >= this.options.quorum && selfSettled) effects.push(this.replyCommitted());
-    return [...effects, ...this.maybeDone()];
-  }
-
-  /** Done once every node has voted and every yes voter has acknowledged the commit. */
-  private maybeDone(): CoordinatorEffect[] {
-    if (this.phase !== 'committing' || this.votes.size < this.options.nodes.length || this.acks.size < this.yesVoters().length) return [];
-    this.phase = 'done';
-    const effects: CoordinatorEffect[] = this.replied ? [] : [this.replyCommitted()];
-    return [...effects, { type: 'done' }];
+    return this.progress(false);
   }
 
   onTimer(name: CoordinatorTimer): CoordinatorEffect[] {
     if (name === 'prepare' && this.phase === 'collecting') return this.decideAbort();
     if (name === 'commit' && this.phase === 'committing') {
-      // The decision is durable; the change will reach every yes voter (they ask us if we stop
-      // resending). Report what is confirmed so far rather than keep the client waiting.
-      const effects: CoordinatorEffect[] = this.replied ? [] : [this.replyCommitted()];
-      const pending = this.yesVoters().filter((n) => !this.acks.has(n));
+      // The decision is durable and reaches every yes voter eventually (they ask us once we stop
+      // resending); tell the client what is confirmed so far instead of keeping it waiting.
+      const effects = this.progress(true);
+      if (this.phase !== 'committing') return effects;
+      const pending = this.pendingAcks();
       if (this.resendsLeft > 0 && pending.length > 0) {
         this.resendsLeft -= 1;
-        for (const to of pending) effects.push({ type: 'send', to, msg: { type: 'commitTxn', txnId: this.txnId, epoch: this.epoch } });
+        for (const to of pending) effects.push({ type: 'send', to, msg: this.commitMessage() });
         effects.push({ type: 'setTimer', name: 'commit', ms: this.options.commitTimeoutMs });
       } else {
         this.phase = 'done';
@@ -166,6 +194,10 @@ export class CoordinatorTxn {
       return effects;
     }
     return [];
+  }
+
+  private commitMessage(): TxnMessage {
+    return { type: 'commitTxn', txnId: this.txnId, epoch: this.epoch, generation: this.generation };
   }
 
   private tally(): { yes: NodeId[]; no: NodeId[] } {
@@ -179,18 +211,66 @@ export class CoordinatorTxn {
     return this.tally().yes;
   }
 
+  /** Yes voters whose commit is not acknowledged (for a push, the coordinator's own is not awaited). */
+  private pendingAcks(): NodeId[] {
+    return this.yesVoters().filter((n) => !this.acks.has(n) && !(this.selfCommitsLater && n === this.options.self));
+  }
+
+  private confirmed(): NodeId[] {
+    const nodes = [...this.acks];
+    if (this.selfCommitsLater && !this.acks.has(this.options.self)) nodes.unshift(this.options.self);
+    return nodes;
+  }
+
+  /**
+   * Replies once a quorum has committed and every yes voter has acknowledged (or, when the commit
+   * timer fires, with what is confirmed by then); done once nothing is left to wait for.
+   */
+  private progress(timerFired: boolean): CoordinatorEffect[] {
+    const effects: CoordinatorEffect[] = [];
+    const { self, quorum } = this.options;
+    const selfSettled = this.selfCommitsLater || this.acks.has(self) || this.votes.get(self)?.vote === 'no';
+    const enough = this.confirmed().length >= quorum && selfSettled;
+    const allAcked = this.pendingAcks().length === 0;
+    if (!this.replied && ((enough && allAcked) || timerFired)) {
+      this.replied = true;
+      const confirmed = this.confirmed();
+      effects.push({
+        type: 'reply',
+        result: {
+          outcome: 'committed',
+          epoch: this.epoch,
+          generation: this.generation,
+          confirmed,
+          behind: this.options.nodes.filter((n) => !confirmed.includes(n)),
+        },
+      });
+    }
+    if (allAcked && this.votes.size === this.options.nodes.length) {
+      this.phase = 'done';
+      effects.push({ type: 'done' });
+    }
+    return effects;
+  }
+
   private decideCommit(yes: NodeId[]): CoordinatorEffect[] {
     this.phase = 'committing';
-    let highest = 0;
-    for (const node of yes) {
-      const vote = this.votes.get(node);
-      if (vote?.vote === 'yes') highest = Math.max(highest, vote.epoch);
+    if (this.op.kind === 'push') {
+      this.epoch = this.op.base.epoch;
+      this.generation = this.op.base.generation + 1;
+    } else {
+      let highest = 0;
+      for (const node of yes) {
+        const vote = this.votes.get(node);
+        if (vote?.vote === 'yes') highest = Math.max(highest, vote.epoch);
+      }
+      this.epoch = highest + 1;
+      this.generation = 0;
     }
-    this.epoch = highest + 1;
     const { txnId, op } = this;
     return [
-      { type: 'persist', entry: { t: 'decision', txnId, outcome: 'commit', op, epoch: this.epoch } },
-      ...yes.map((to): CoordinatorEffect => ({ type: 'send', to, msg: { type: 'commitTxn', txnId, epoch: this.epoch } })),
+      { type: 'persist', entry: { t: 'decision', txnId, outcome: 'commit', op, epoch: this.epoch, generation: this.generation } },
+      ...yes.map((to): CoordinatorEffect => ({ type: 'send', to, msg: this.commitMessage() })),
       { type: 'setTimer', name: 'commit', ms: this.options.commitTimeoutMs },
     ];
   }
@@ -213,53 +293,72 @@ export class CoordinatorTxn {
 
   private abortResult(): CoordinatorResult {
     const failed: NodeId[] = [];
-    let conflict: 'repo_exists' | 'repo_not_found' | 'repo_busy' | undefined;
+    let conflict: { code: AbortCode; detail?: string } | undefined;
+    // The most telling reason wins: a conflict the user can act on before "busy" or "stale".
+    const rank: Partial<Record<NoVoteCode, number>> = { ref_conflict: 4, repo_exists: 3, repo_not_found: 3, stale: 2, repo_busy: 1, refused: 1 };
     for (const node of this.options.nodes) {
       const vote = this.votes.get(node);
       if (vote === undefined || (vote.vote === 'no' && (vote.code === 'unreachable' || vote.code === 'stage_failed'))) {
         failed.push(node);
-      } else if (vote.vote === 'no' && (vote.code === 'repo_exists' || vote.code === 'repo_not_found')) {
-        conflict = vote.code;
-      } else if (vote.vote === 'no' && conflict === undefined) {
-        conflict = 'repo_busy';
+      } else if (vote.vote === 'no') {
+        const code: AbortCode = vote.code === 'refused' ? 'repo_busy' : (vote.code as AbortCode);
+        if (conflict === undefined || (rank[vote.code] ?? 0) > (rank[conflict.code as NoVoteCode] ?? 0)) {
+          conflict = { code, ...(vote.detail === undefined ? {} : { detail: vote.detail }) };
+        }
       }
     }
-    return { outcome: 'aborted', code: conflict ?? 'quorum_unreachable', failed };
-  }
-
-  private replyCommitted(): CoordinatorEffect {
-    this.replied = true;
-    return { type: 'reply', result: { outcome: 'committed', epoch: this.epoch, confirmed: [...this.acks], yes: this.yesVoters() } };
+    // With a quorum of nodes reachable, a refusal is the reason; otherwise the quorum is.
+    const reachable = this.options.nodes.length - failed.length;
+    if (conflict && (reachable >= this.options.quorum || conflict.code === 'ref_conflict')) {
+      return { outcome: 'aborted', code: conflict.code, failed, ...(conflict.detail === undefined ? {} : { detail: conflict.detail }) };
+    }
+    return { outcome: 'aborted', code: 'quorum_unreachable', failed };
   }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Participant: every node, the coordinator included, is one.
 
-export type TxnStatus = 'preparing' | 'prepared' | 'committed' | 'aborted' | 'refused';
+export type TxnStatus = 'preparing' | 'prepared' | 'committing' | 'committed' | 'aborted' | 'refused';
 interface TxnRecord {
   status: TxnStatus;
   op?: TxnOp;
   coordinator?: NodeId;
   epoch?: number;
+  generation?: number;
 }
 
 export type ParticipantEffect =
   | { type: 'stage'; txnId: string; op: TxnOp }
-  | { type: 'apply'; txnId: string; op: TxnOp; epoch: number }
+  | { type: 'apply'; txnId: string; op: TxnOp; epoch: number; generation: number; coordinator: NodeId }
   | { type: 'discard'; txnId: string; op: TxnOp }
   | { type: 'sync'; repoId: string; from: CatalogEntry | undefined; to: CatalogEntry }
   | { type: 'persist'; entry: LogEntry }
   | { type: 'reply'; vote: Vote };
 
 export type QueryOutcome = 'committed' | 'aborted' | 'prepared' | 'refused' | 'pending';
+export interface QueryAnswer {
+  outcome: QueryOutcome;
+  epoch?: number;
+  generation?: number;
+  effects: ParticipantEffect[];
+}
+interface Decision {
+  outcome: 'commit' | 'abort';
+  epoch?: number;
+  generation?: number;
+}
+
+function versionFields(v: { epoch?: number; generation?: number }): { epoch?: number; generation?: number } {
+  return { ...(v.epoch === undefined ? {} : { epoch: v.epoch }), ...(v.generation === undefined ? {} : { generation: v.generation }) };
+}
 
 export class Participant {
   private readonly repos = new Map<string, CatalogEntry>();
   private readonly locks = new Map<string, string>();
   private readonly txns = new Map<string, TxnRecord>();
   /** Decisions this node took as coordinator. */
-  private readonly decisions = new Map<string, { outcome: 'commit' | 'abort'; epoch?: number }>();
+  private readonly decisions = new Map<string, Decision>();
 
   /** Rebuilds state from one log entry, in log order. */
   replay(entry: LogEntry): void {
@@ -270,11 +369,12 @@ export class Participant {
         return;
       case 'committed': {
         const rec = this.txns.get(entry.txnId);
+        const generation = entry.generation ?? 0;
         if (rec?.op) {
-          this.setRepo(rec.op, entry.epoch);
+          this.setRepo(rec.op, entry.epoch, generation);
           this.unlock(rec.op.repoId, entry.txnId);
         }
-        this.txns.set(entry.txnId, { ...rec, status: 'committed', epoch: entry.epoch });
+        this.txns.set(entry.txnId, { ...rec, status: 'committed', epoch: entry.epoch, generation });
         return;
       }
       case 'aborted':
@@ -285,10 +385,10 @@ export class Participant {
         return;
       }
       case 'decision':
-        this.decisions.set(entry.txnId, { outcome: entry.outcome, ...(entry.epoch === undefined ? {} : { epoch: entry.epoch }) });
+        this.recordDecision(entry.txnId, entry.outcome, entry.epoch, entry.generation);
         return;
       case 'synced':
-        this.repos.set(entry.repoId, { state: entry.state, epoch: entry.epoch });
+        this.repos.set(entry.repoId, { state: entry.state, epoch: entry.epoch, generation: entry.generation ?? 0 });
         return;
     }
   }
@@ -326,34 +426,49 @@ export class Participant {
     return this.txns.get(txnId)?.status;
   }
 
-  decision(txnId: string): { outcome: 'commit' | 'abort'; epoch?: number } | undefined {
+  decision(txnId: string): Decision | undefined {
     return this.decisions.get(txnId);
   }
 
-  recordDecision(txnId: string, outcome: 'commit' | 'abort', epoch?: number): void {
-    this.decisions.set(txnId, { outcome, ...(epoch === undefined ? {} : { epoch }) });
+  recordDecision(txnId: string, outcome: 'commit' | 'abort', epoch?: number, generation?: number): void {
+    this.decisions.set(txnId, { outcome, ...(epoch === undefined ? {} : { epoch }), ...(generation === undefined ? {} : { generation }) });
   }
 
-  onPrepare(msg: Extract<TxnMessage, { type: 'prepare' }>): ParticipantEffect[] {
+  /**
+   * A prepare. For a push, `observedRefs` is what this replica's refs hold now (read by the driver);
+   * each update's old value must match it, and the replica must be at the push's base version.
+   */
+  onPrepare(msg: Extract<TxnMessage, { type: 'prepare' }>, observedRefs?: Readonly<Record<string, string>>): ParticipantEffect[] {
     const { txnId, op, coordinator } = msg;
+    const no = (code: NoVoteCode, detail?: string): ParticipantEffect[] => [
+      { type: 'reply', vote: { vote: 'no', code, ...(detail === undefined ? {} : { detail }) } },
+    ];
     const known = this.txns.get(txnId);
     if (known) {
       // Duplicate prepare: repeat the durable answer, never a second staging.
-      if (known.status === 'prepared') return [{ type: 'reply', vote: { vote: 'yes', epoch: this.epochOf(op.repoId) } }];
-      if (known.status === 'committed' && known.epoch !== undefined) return [{ type: 'reply', vote: { vote: 'yes', epoch: known.epoch - 1 } }];
-      return [{ type: 'reply', vote: { vote: 'no', code: known.status === 'preparing' ? 'repo_busy' : 'refused' } }];
+      if (known.status === 'prepared') return [{ type: 'reply', vote: { vote: 'yes', ...this.versionOf(op.repoId) } }];
+      if (known.status === 'committed') return [{ type: 'reply', vote: { vote: 'yes', ...this.versionOf(op.repoId) } }];
+      return no(known.status === 'preparing' ? 'repo_busy' : 'refused');
     }
-    const holder = this.locks.get(op.repoId);
-    if (holder !== undefined) return [{ type: 'reply', vote: { vote: 'no', code: 'repo_busy' } }];
+    if (this.locks.get(op.repoId) !== undefined) return no('repo_busy');
     const live = this.isLive(op.repoId);
-    if (op.kind === 'create' && live) return [{ type: 'reply', vote: { vote: 'no', code: 'repo_exists' } }];
-    if (op.kind === 'delete' && !live) return [{ type: 'reply', vote: { vote: 'no', code: 'repo_not_found' } }];
+    if (op.kind === 'create' && live) return no('repo_exists');
+    if (op.kind !== 'create' && !live) return no('repo_not_found');
+    if (op.kind === 'push') {
+      const mine = this.versionOf(op.repoId);
+      if (compareVersions(mine, op.base) !== 0) return no('stale', `at generation ${mine.generation}, push based on ${op.base.generation}`);
+      if (observedRefs === undefined) return no('stage_failed');
+      for (const update of op.updates) {
+        const current = observedRefs[update.ref] ?? ZERO_OID;
+        if (current !== update.old) return no('ref_conflict', update.ref);
+      }
+    }
     this.locks.set(op.repoId, txnId);
     this.txns.set(txnId, { status: 'preparing', op, coordinator });
     return [
       { type: 'stage', txnId, op },
       { type: 'persist', entry: { t: 'prepared', txnId, op, coordinator } },
-      { type: 'reply', vote: { vote: 'yes', epoch: this.epochOf(op.repoId) } },
+      { type: 'reply', vote: { vote: 'yes', ...this.versionOf(op.repoId) } },
     ];
   }
 
@@ -361,6 +476,31 @@ export class Participant {
   onPrepared(txnId: string): void {
     const rec = this.txns.get(txnId);
     if (rec?.status === 'preparing') rec.status = 'prepared';
+  }
+
+  /** The driver applied and logged a commit: the new version becomes visible and the lock is released. */
+  onCommitted(txnId: string): void {
+    const rec = this.txns.get(txnId);
+    if (rec?.status !== 'committing' || !rec.op) return;
+    rec.status = 'committed';
+    this.setRepo(rec.op, rec.epoch ?? 0, rec.generation ?? 0);
+    this.unlock(rec.op.repoId, txnId);
+  }
+
+  /**
+   * Applying a commit failed. A create or delete goes back to prepared, so recovery applies it again.
+   * A push whose refs cannot be moved (objects missing, refs diverged) leaves this replica at its old
+   * generation: it is behind, releases the lock, and catch-up repairs it from an up-to-date peer.
+   */
+  onApplyFailed(txnId: string): void {
+    const rec = this.txns.get(txnId);
+    if (rec?.status !== 'committing' || !rec.op) return;
+    if (rec.op.kind !== 'push') {
+      rec.status = 'prepared';
+      return;
+    }
+    rec.status = 'committed';
+    this.unlock(rec.op.repoId, txnId);
   }
 
   /** Staging or logging failed: release the lock, undo what was staged, vote no. */
@@ -372,25 +512,28 @@ export class Participant {
     return [{ type: 'discard', txnId, op: rec.op }, { type: 'reply', vote: { vote: 'no', code: 'stage_failed' } }];
   }
 
-  onCommit(txnId: string, epoch: number): ParticipantEffect[] {
+  /**
+   * A commit. The repo stays locked and its version unchanged until the driver has applied the change
+   * and logged it (onCommitted): until then a read must not take this replica as current.
+   */
+  onCommit(txnId: string, epoch: number, generation = 0): ParticipantEffect[] {
     const rec = this.txns.get(txnId);
     if (!rec?.op) return [];
-    if (rec.status === 'committed') return [{ type: 'reply', vote: { vote: 'yes', epoch } }];
+    if (rec.status === 'committed') return [{ type: 'reply', vote: { vote: 'yes', epoch, generation } }];
     if (rec.status !== 'prepared') return [];
-    rec.status = 'committed';
+    rec.status = 'committing';
     rec.epoch = epoch;
-    this.setRepo(rec.op, epoch);
-    this.unlock(rec.op.repoId, txnId);
+    rec.generation = generation;
     return [
-      { type: 'apply', txnId, op: rec.op, epoch },
-      { type: 'persist', entry: { t: 'committed', txnId, epoch } },
-      { type: 'reply', vote: { vote: 'yes', epoch } },
+      { type: 'apply', txnId, op: rec.op, epoch, generation, coordinator: rec.coordinator ?? '' },
+      { type: 'persist', entry: { t: 'committed', txnId, epoch, generation } },
+      { type: 'reply', vote: { vote: 'yes', epoch, generation } },
     ];
   }
 
   onAbort(txnId: string): ParticipantEffect[] {
     const rec = this.txns.get(txnId);
-    if (!rec || rec.status === 'aborted' || rec.status === 'refused' || rec.status === 'committed') return [];
+    if (!rec || rec.status === 'aborted' || rec.status === 'refused' || rec.status === 'committed' || rec.status === 'committing') return [];
     if (rec.status === 'preparing') {
       // The abort overtook our own prepare; record it so the prepare's vote is never counted as yes.
       // The driver discards the staging once the prepare finishes.
@@ -407,13 +550,16 @@ export class Participant {
    * Another node asks what we know of a transaction. With `refuse`, a transaction we never prepared
    * is refused for good (persisted before answering), so that refusals can prove an abort.
    */
-  onQuery(txnId: string, refuse: boolean): { outcome: QueryOutcome; epoch?: number; effects: ParticipantEffect[] } {
+  onQuery(txnId: string, refuse: boolean): QueryAnswer {
     const decision = this.decisions.get(txnId);
-    if (decision) return { outcome: decision.outcome === 'commit' ? 'committed' : 'aborted', ...(decision.epoch === undefined ? {} : { epoch: decision.epoch }), effects: [] };
+    if (decision) {
+      return { outcome: decision.outcome === 'commit' ? 'committed' : 'aborted', ...versionFields(decision), effects: [] };
+    }
     const rec = this.txns.get(txnId);
     if (rec) {
       if (rec.status === 'preparing') return { outcome: 'pending', effects: [] };
-      return { outcome: rec.status, ...(rec.epoch === undefined ? {} : { epoch: rec.epoch }), effects: [] };
+      if (rec.status === 'committing') return { outcome: 'committed', ...versionFields(rec), effects: [] };
+      return { outcome: rec.status, ...versionFields(rec), effects: [] };
     }
     if (!refuse) return { outcome: 'pending', effects: [] };
     this.txns.set(txnId, { status: 'refused' });
@@ -425,7 +571,7 @@ export class Participant {
    * transaction no longer running here (we restarted, or gave up on it), it never committed: log the
    * abort first so the answer is final (presumed abort).
    */
-  onCoordinatorQuery(txnId: string, stillRunning: boolean): { outcome: QueryOutcome; epoch?: number; effects: ParticipantEffect[] } {
+  onCoordinatorQuery(txnId: string, stillRunning: boolean): QueryAnswer {
     const decision = this.decisions.get(txnId);
     if (decision) return this.onQuery(txnId, false);
     if (stillRunning) return { outcome: 'pending', effects: [] };
@@ -442,21 +588,37 @@ export class Participant {
     if (this.locks.has(repoId)) return [];
     const ours = this.repos.get(repoId);
     if (ours !== undefined && ours.epoch >= theirs.epoch) return [];
-    this.repos.set(repoId, { ...theirs });
+    // A newer incarnation: adopted as an empty repo at generation 0; its pushes come by catch-up.
+    const adopted: CatalogEntry = { state: theirs.state, epoch: theirs.epoch, generation: 0 };
+    this.repos.set(repoId, adopted);
     return [
-      { type: 'sync', repoId, from: ours, to: { ...theirs } },
-      { type: 'persist', entry: { t: 'synced', repoId, state: theirs.state, epoch: theirs.epoch } },
+      { type: 'sync', repoId, from: ours, to: adopted },
+      { type: 'persist', entry: { t: 'synced', repoId, ...adopted } },
     ];
   }
 
-  private epochOf(repoId: string): number {
-    return this.repos.get(repoId)?.epoch ?? 0;
+  /**
+   * Catch-up finished: this replica's refs now equal a peer's at `version`. Refused when a
+   * transaction took the repo meanwhile or we are no longer behind.
+   */
+  onCaughtUp(repoId: string, version: RepoVersion): ParticipantEffect[] {
+    const ours = this.repos.get(repoId);
+    if (this.locks.has(repoId) || ours?.state !== 'live' || ours.epoch !== version.epoch || ours.generation >= version.generation) return [];
+    const caughtUp: CatalogEntry = { state: 'live', ...version };
+    this.repos.set(repoId, caughtUp);
+    return [{ type: 'persist', entry: { t: 'synced', repoId, ...caughtUp } }];
   }
 
-  private setRepo(op: TxnOp, epoch: number): void {
+  versionOf(repoId: string): RepoVersion {
+    const entry = this.repos.get(repoId);
+    return { epoch: entry?.epoch ?? 0, generation: entry?.generation ?? 0 };
+  }
+
+  private setRepo(op: TxnOp, epoch: number, generation: number): void {
     const current = this.repos.get(op.repoId);
-    if (current && current.epoch >= epoch) return;
-    this.repos.set(op.repoId, { state: op.kind === 'create' ? 'live' : 'deleted', epoch });
+    if (current && compareVersions(current, { epoch, generation }) >= 0) return;
+    if (op.kind === 'push') this.repos.set(op.repoId, { state: 'live', epoch, generation });
+    else this.repos.set(op.repoId, { state: op.kind === 'create' ? 'live' : 'deleted', epoch, generation: 0 });
   }
 
   private unlock(repoId: string, txnId: string): void {

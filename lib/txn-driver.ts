@@ -2,8 +2,10 @@ import type { Logger } from './logger.js';
 import type { PeerClient } from './peer-client.js';
 import type { RepoStore } from './repo-store.js';
 import type { TxnLog } from './txn-log.js';
+import { applyUpdates, installPackFiles, readRefs } from './git-refs.js';
 import {
   CoordinatorTxn,
+  compareVersions,
   Participant,
   resolveInDoubt,
   type CatalogEntry,
@@ -13,6 +15,7 @@ import {
   type ParticipantEffect,
   type PeerAnswer,
   type QueryOutcome,
+  type RepoVersion,
   type TxnMessage,
   type TxnOp,
   type Vote,
@@ -57,12 +60,23 @@ interface ActiveTxn {
   requestId: string;
   timers: Map<string, unknown>;
   resolve: (result: CoordinatorResult) => void;
+  beforePrepare?: (to: NodeId) => Promise<void>;
+}
+
+export interface RunTxnOptions {
+  txnId?: string;
+  /** Runs before the prepare goes to a peer (a push ships its pack); a failure counts as that peer's no. */
+  beforePrepare?: (to: NodeId) => Promise<void>;
+  /** A push: this replica's commit waits for it (git receive-pack moving the refs itself). */
+  selfCommitGate?: Promise<void>;
 }
 
 export class TxnDriver {
   readonly participant = new Participant();
   private readonly options: TxnDriverOptions;
   private readonly active = new Map<string, ActiveTxn>();
+  private readonly selfCommitGates = new Map<string, Promise<void>>();
+  private readonly localSettled = new Map<string, { promise: Promise<void>; resolve: () => void }>();
   /** File-system work on one repo runs one step at a time, in arrival order. */
   private readonly repoChains = new Map<string, Promise<void>>();
 
@@ -93,11 +107,12 @@ export class TxnDriver {
   }
 
   /** Runs one create or delete as coordinator; resolves with the outcome the client should hear. */
-  runTxn(op: TxnOp, requestId: string): Promise<CoordinatorResult> {
+  runTxn(op: TxnOp, requestId: string, options: RunTxnOptions = {}): Promise<CoordinatorResult> {
     const { self, quorum, timeouts, newTxnId } = this.options;
-    const coord = new CoordinatorTxn({ txnId: newTxnId(), op, self, nodes: this.nodes, quorum, ...timeouts });
+    const coord = new CoordinatorTxn({ txnId: options.txnId ?? newTxnId(), op, self, nodes: this.nodes, quorum, ...timeouts });
+    if (options.selfCommitGate) this.selfCommitGates.set(coord.txnId, options.selfCommitGate);
     return new Promise((resolve) => {
-      const txn: ActiveTxn = { coord, requestId, timers: new Map(), resolve };
+      const txn: ActiveTxn = { coord, requestId, timers: new Map(), resolve, ...(options.beforePrepare ? { beforePrepare: options.beforePrepare } : {}) };
       this.active.set(coord.txnId, txn);
       this.options.logger.info('txn started', { txn_id: coord.txnId, request_id: requestId, op: op.kind, repo_id: op.repoId });
       void this.runCoordinatorEffects(txn, coord.start());
@@ -156,6 +171,7 @@ export class TxnDriver {
     const { coord } = txn;
     let vote: Vote;
     try {
+      if (msg.type === 'prepare' && to !== this.options.self && txn.beforePrepare) await txn.beforePrepare(to);
       vote = to === this.options.self ? await this.handleMessage(msg) : await this.options.client.sendTxn(to, msg, txn.requestId);
     } catch (err) {
       this.options.logger.warn('peer did not answer', { txn_id: coord.txnId, peer: to, msg: msg.type, err: (err as Error).message });
@@ -169,11 +185,19 @@ export class TxnDriver {
   async handleMessage(msg: TxnMessage): Promise<Vote> {
     switch (msg.type) {
       case 'prepare': {
-        const effects = this.participant.onPrepare(msg);
+        if (msg.op.kind !== 'push') return this.runParticipantEffects(this.participant.onPrepare(msg), msg.txnId);
+        // A push is checked against the refs on disk, read in the repo's queue so that a commit still
+        // being applied is seen whole.
+        const repoPath = this.options.store.repoPath(msg.op.repoId);
+        let effects: ParticipantEffect[] = [];
+        await this.withRepo(msg.op.repoId, async () => {
+          const refs = this.participant.isLive(msg.op.repoId) ? await readRefs(repoPath) : undefined;
+          effects = this.participant.onPrepare(msg, refs);
+        });
         return this.runParticipantEffects(effects, msg.txnId);
       }
       case 'commitTxn':
-        return this.runParticipantEffects(this.participant.onCommit(msg.txnId, msg.epoch), msg.txnId);
+        return this.runParticipantEffects(this.participant.onCommit(msg.txnId, msg.epoch, msg.generation), msg.txnId);
       case 'abortTxn':
         return this.runParticipantEffects(this.participant.onAbort(msg.txnId), msg.txnId);
     }
@@ -182,18 +206,24 @@ export class TxnDriver {
   private async runParticipantEffects(effects: ParticipantEffect[], txnId: string): Promise<Vote> {
     let vote: Vote = { vote: 'no', code: 'refused' };
     const staging = effects.some((e) => e.type === 'stage');
+    const settles = effects.some((e) => e.type === 'apply' || e.type === 'discard');
     for (const effect of effects) {
       try {
         await this.runParticipantEffect(effect);
       } catch (err) {
-        this.options.logger.error('participant step failed', { txn_id: txnId, step: effect.type, err });
+        this.options.logger.error('participant step failed', { txn_id: txnId, step: effect.type, err: (err as Error).message });
         if (staging) return this.runParticipantEffects(this.participant.onPrepareFailed(txnId), txnId);
-        // A failed apply leaves the outcome logged-in-doubt: the transaction stays prepared and
-        // recovery retries it, so the vote is not an acknowledgement.
+        // A failed apply is not an acknowledgement; see Participant.onApplyFailed for what it leaves.
+        if (effect.type === 'apply') {
+          this.participant.onApplyFailed(txnId);
+          this.settle(txnId);
+        }
         return { vote: 'no', code: 'stage_failed' };
       }
       if (effect.type === 'reply') vote = effect.vote;
     }
+    if (effects.some((e) => e.type === 'apply')) this.participant.onCommitted(txnId);
+    if (settles) this.settle(txnId);
     if (staging) {
       this.participant.onPrepared(txnId);
       // An abort that overtook the prepare leaves the staging behind; clean it now.
@@ -207,12 +237,20 @@ export class TxnDriver {
     switch (effect.type) {
       case 'stage':
         if (effect.op.kind === 'create') await store.stageCreate(effect.txnId);
+        // A peer's push objects arrived before the prepare; the coordinator's are in receive-pack's quarantine.
+        if (effect.op.kind === 'push') await installPackFiles(store.repoPath(effect.op.repoId), store.incomingDir(effect.txnId));
         return;
-      case 'apply':
-        await this.withRepo(effect.op.repoId, () =>
-          effect.op.kind === 'create' ? store.commitCreate(effect.txnId, effect.op.repoId) : store.remove(effect.op.repoId, effect.txnId),
-        );
+      case 'apply': {
+        const { op, txnId } = effect;
+        if (op.kind === 'push') {
+          const gate = this.selfCommitGates.get(txnId);
+          if (gate) await gate;
+          await this.withRepo(op.repoId, () => applyUpdates(store.repoPath(op.repoId), op.updates, op.head));
+          return;
+        }
+        await this.withRepo(op.repoId, () => (op.kind === 'create' ? store.commitCreate(txnId, op.repoId) : store.remove(op.repoId, txnId)));
         return;
+      }
       case 'discard':
         await store.discard(effect.txnId);
         return;
@@ -229,7 +267,49 @@ export class TxnDriver {
     }
   }
 
-  private withRepo(repoId: string, fn: () => Promise<void>): Promise<void> {
+  /** Catch-up made our refs equal a peer's at `version`: take that version (logged first). */
+  async caughtUp(repoId: string, version: RepoVersion): Promise<boolean> {
+    const effects = this.participant.onCaughtUp(repoId, version);
+    for (const effect of effects) await this.runParticipantEffect(effect);
+    return effects.length > 0;
+  }
+
+  /** Resolves once this node's own replica has applied or discarded the transaction. */
+  localOutcome(txnId: string): Promise<void> {
+    let entry = this.localSettled.get(txnId);
+    if (!entry) {
+      let resolve!: () => void;
+      const promise = new Promise<void>((r) => (resolve = r));
+      entry = { promise, resolve };
+      this.localSettled.set(txnId, entry);
+    }
+    return entry.promise;
+  }
+
+  forgetOutcome(txnId: string): void {
+    this.localSettled.delete(txnId);
+    this.selfCommitGates.delete(txnId);
+  }
+
+  private settle(txnId: string): void {
+    this.selfCommitGates.delete(txnId);
+    const entry = this.localSettled.get(txnId);
+    if (entry) {
+      entry.resolve();
+      this.localSettled.delete(txnId);
+    }
+  }
+
+  /** Like withRepo, for a step that returns a value. */
+  async withRepoResult<T>(repoId: string, fn: () => Promise<T>): Promise<T> {
+    let result!: T;
+    await this.withRepo(repoId, async () => {
+      result = await fn();
+    });
+    return result;
+  }
+
+  withRepo(repoId: string, fn: () => Promise<void>): Promise<void> {
     const previous = this.repoChains.get(repoId) ?? Promise.resolve();
     const next = previous.then(fn, fn);
     const tail = next.catch(() => undefined);
@@ -241,12 +321,13 @@ export class TxnDriver {
   }
 
   /** Answers another node's question about a transaction (recovery). */
-  async handleQuery(txnId: string, refuse: boolean, asCoordinator: boolean): Promise<{ outcome: QueryOutcome; epoch?: number }> {
+  async handleQuery(txnId: string, refuse: boolean, asCoordinator: boolean): Promise<{ outcome: QueryOutcome; epoch?: number; generation?: number }> {
     const answer = asCoordinator
       ? this.participant.onCoordinatorQuery(txnId, this.active.has(txnId))
       : this.participant.onQuery(txnId, refuse);
     for (const effect of answer.effects) await this.runParticipantEffect(effect);
-    return { outcome: answer.outcome, ...(answer.epoch === undefined ? {} : { epoch: answer.epoch }) };
+    const { effects: _effects, ...rest } = answer;
+    return rest;
   }
 
   /** Asks the coordinator and the peers about every transaction left prepared here, and settles what it can. */
@@ -255,13 +336,17 @@ export class TxnDriver {
     for (const txn of this.participant.inDoubt()) {
       if (this.active.has(txn.txnId)) continue;
       let epoch: number | undefined;
+      let generation = 0;
       const ask = async (node: NodeId, asCoordinator: boolean): Promise<PeerAnswer> => {
         try {
           const answer =
             node === this.options.self
               ? await this.handleQuery(txn.txnId, !asCoordinator, asCoordinator)
               : await this.options.client.queryTxn(node, txn.txnId, { refuse: !asCoordinator, asCoordinator });
-          if (answer.outcome === 'committed' && answer.epoch !== undefined) epoch = answer.epoch;
+          if (answer.outcome === 'committed' && answer.epoch !== undefined) {
+            epoch = answer.epoch;
+            generation = answer.generation ?? 0;
+          }
           return answer.outcome;
         } catch {
           return 'unreachable';
@@ -275,7 +360,7 @@ export class TxnDriver {
       const verdict = resolveInDoubt({ coordinator, peers }, this.nodes.length, this.options.quorum);
       this.options.logger.info('in-doubt txn', { txn_id: txn.txnId, coordinator, peers, verdict });
       if (verdict === 'commit' && epoch !== undefined) {
-        await this.runParticipantEffects(this.participant.onCommit(txn.txnId, epoch), txn.txnId);
+        await this.runParticipantEffects(this.participant.onCommit(txn.txnId, epoch, generation), txn.txnId);
         settled += 1;
       } else if (verdict === 'abort') {
         await this.runParticipantEffects(this.participant.onAbort(txn.txnId), txn.txnId);
@@ -285,8 +370,11 @@ export class TxnDriver {
     return settled;
   }
 
-  /** Anti-entropy: adopt newer repo states from reachable peers (missed creates and deletes). */
-  async syncOnce(): Promise<number> {
+  /**
+   * Anti-entropy: adopt newer repo states from reachable peers (missed creates and deletes). Returns
+   * the repos where a peer holds a newer generation of the same incarnation: they need a catch-up.
+   */
+  async syncOnce(): Promise<string[]> {
     const newest = new Map<string, CatalogEntry>();
     for (const peer of this.options.peers) {
       let catalog: Record<string, CatalogEntry>;
@@ -297,17 +385,19 @@ export class TxnDriver {
       }
       for (const [repoId, entry] of Object.entries(catalog)) {
         const best = newest.get(repoId);
-        if (best === undefined || entry.epoch > best.epoch) newest.set(repoId, entry);
+        if (best === undefined || compareVersions({ epoch: entry.epoch, generation: entry.generation ?? 0 }, best) > 0) {
+          newest.set(repoId, { ...entry, generation: entry.generation ?? 0 });
+        }
       }
     }
-    let applied = 0;
+    const behind: string[] = [];
     for (const [repoId, entry] of newest) {
       const effects = this.participant.onPeerState(repoId, entry);
-      if (effects.length === 0) continue;
       for (const effect of effects) await this.runParticipantEffect(effect);
-      this.options.logger.info('caught up', { repo_id: repoId, state: entry.state, epoch: entry.epoch });
-      applied += 1;
+      if (effects.length > 0) this.options.logger.info('adopted peer state', { repo_id: repoId, state: entry.state, epoch: entry.epoch });
+      const ours = this.participant.repo(repoId);
+      if (entry.state === 'live' && ours?.state === 'live' && ours.epoch === entry.epoch && entry.generation > ours.generation) behind.push(repoId);
     }
-    return applied;
+    return behind;
   }
 }

@@ -145,7 +145,10 @@ export class Sim {
       const peers = [...this.nodes.keys()].filter((p) => p !== txn.coordinator && p !== id).map((p) => ask(p, false));
       const verdict = resolveInDoubt({ coordinator, peers }, this.nodes.size, this.quorum);
       verdicts[txn.txnId] = verdict;
-      if (verdict === 'commit' && epoch !== undefined) this.runParticipant(n, txn.txnId, n.participant.onCommit(txn.txnId, epoch));
+      if (verdict === 'commit' && epoch !== undefined) {
+        this.runParticipant(n, txn.txnId, n.participant.onCommit(txn.txnId, epoch));
+        n.participant.onCommitted(txn.txnId);
+      }
       if (verdict === 'abort') this.runParticipant(n, txn.txnId, n.participant.onAbort(txn.txnId));
     }
     return verdicts;
@@ -178,6 +181,7 @@ export class Sim {
       msg.type === 'prepare' ? p.onPrepare(msg) : msg.type === 'commitTxn' ? p.onCommit(msg.txnId, msg.epoch) : p.onAbort(msg.txnId);
     const vote = this.runParticipant(target, msg.txnId, effects);
     if (effects.some((e) => e.type === 'stage')) p.onPrepared(msg.txnId);
+    if (effects.some((e) => e.type === 'apply')) p.onCommitted(msg.txnId);
     if (vote) this.queue.push({ kind: 'reply', from: target.id, to: envelope.from, txnId: msg.txnId, about: msg.type, vote });
   }
 

@@ -23,7 +23,7 @@ describe('two-phase commit core', () => {
       expect(result.epoch).to.equal(1);
       expect(result.confirmed).to.include(A);
       for (const id of [A, B, C]) {
-        expect(sim.node(id).participant.repo('o/r')).to.deep.equal({ state: 'live', epoch: 1 });
+        expect(sim.node(id).participant.repo('o/r')).to.deep.equal({ state: 'live', epoch: 1, generation: 0 });
         expect(sim.node(id).participant.lockedBy('o/r')).to.equal(undefined);
       }
     });
@@ -85,7 +85,7 @@ describe('two-phase commit core', () => {
       expect(sim.node(C).participant.repo('o/r')).to.equal(undefined);
       sim.restart(C);
       sim.sync(C);
-      expect(sim.node(C).participant.repo('o/r')).to.deep.equal({ state: 'live', epoch: 1 });
+      expect(sim.node(C).participant.repo('o/r')).to.deep.equal({ state: 'live', epoch: 1, generation: 0 });
       expect(sim.node(C).applied).to.deep.equal(['sync:o/r:live@1']);
     });
 
@@ -128,7 +128,7 @@ describe('two-phase commit core', () => {
       sim.advance(1000, dropB);
       expect(sim.node(B).participant.inDoubt().map((t) => t.txnId)).to.deep.equal([txn]);
       expect(sim.recover(B)).to.deep.equal({ [txn]: 'commit' });
-      expect(sim.node(B).participant.repo('o/r')).to.deep.equal({ state: 'live', epoch: 1 });
+      expect(sim.node(B).participant.repo('o/r')).to.deep.equal({ state: 'live', epoch: 1, generation: 0 });
     });
 
     it('gives the same outcome when every message is delivered twice, applying each change once', () => {
@@ -154,7 +154,7 @@ describe('two-phase commit core', () => {
       sim.restart(A);
       expect(sim.recover(B)).to.deep.equal({ [txn]: 'commit' });
       expect(sim.recover(A)).to.deep.equal({ [txn]: 'commit' });
-      expect(sim.node(A).participant.repo('o/r')).to.deep.equal({ state: 'live', epoch: 1 });
+      expect(sim.node(A).participant.repo('o/r')).to.deep.equal({ state: 'live', epoch: 1, generation: 0 });
     });
 
     it('coordinator crash before the decision: presumed abort once the restarted coordinator is asked', () => {
@@ -246,10 +246,10 @@ describe('two-phase commit core', () => {
     it('never adopts an older or equal peer state, and skips a repo it holds a lock on', () => {
       const p = new Participant();
       p.replay({ t: 'synced', repoId: 'o/r', state: 'live', epoch: 3 });
-      expect(p.onPeerState('o/r', { state: 'deleted', epoch: 3 })).to.deep.equal([]);
-      expect(p.onPeerState('o/r', { state: 'deleted', epoch: 2 })).to.deep.equal([]);
+      expect(p.onPeerState('o/r', { state: 'deleted', epoch: 3, generation: 0 })).to.deep.equal([]);
+      expect(p.onPeerState('o/r', { state: 'deleted', epoch: 2, generation: 0 })).to.deep.equal([]);
       p.onPrepare({ type: 'prepare', txnId: 't1', op: remove(), coordinator: A });
-      expect(p.onPeerState('o/r', { state: 'deleted', epoch: 4 })).to.deep.equal([]);
+      expect(p.onPeerState('o/r', { state: 'deleted', epoch: 4, generation: 0 })).to.deep.equal([]);
     });
 
     it('a refusal is durable and makes a late prepare vote no', () => {

@@ -1,0 +1,105 @@
+import { spawn } from 'node:child_process';
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { runGit } from './git.js';
+import { ZERO_OID, type RefUpdate } from './txn-core.js';
+
+// Reading and moving refs of a bare repo with the real git, and installing shipped packs.
+
+/** Refs kept aside by repair; never advertised (transfer.hideRefs) and never compared. */
+export const LOST_FOUND_PREFIX = 'refs/lost+found/';
+
+export async function readRefs(repoPath: string): Promise<Record<string, string>> {
+  const out = await runGit(['for-each-ref', '--format=%(objectname) %(refname)'], { cwd: repoPath });
+  const refs: Record<string, string> = {};
+  for (const line of out.split('\n')) {
+    if (line === '') continue;
+    const space = line.indexOf(' ');
+    const ref = line.slice(space + 1);
+    if (!ref.startsWith(LOST_FOUND_PREFIX)) refs[ref] = line.slice(0, space);
+  }
+  return refs;
+}
+
+export async function readHead(repoPath: string): Promise<string> {
+  return (await runGit(['symbolic-ref', 'HEAD'], { cwd: repoPath })).trim();
+}
+
+export async function setHead(repoPath: string, ref: string): Promise<void> {
+  await runGit(['symbolic-ref', 'HEAD', ref], { cwd: repoPath });
+}
+
+export class RefConflictError extends Error {
+  constructor(readonly ref: string, readonly found: string, readonly expected: string) {
+    super(`${ref} is at ${found}, expected ${expected}`);
+    this.name = 'RefConflictError';
+  }
+}
+
+/**
+ * Moves refs to the updates' new values in one `git update-ref --stdin` transaction (all or none).
+ * Idempotent: refs already at their new value are left alone, so a replayed commit is harmless; a
+ * ref at neither its old nor its new value is a divergence and nothing is changed.
+ */
+export async function applyUpdates(repoPath: string, updates: readonly RefUpdate[], head?: string): Promise<void> {
+  const current = await readRefs(repoPath);
+  const lines: string[] = [];
+  for (const u of updates) {
+    const found = current[u.ref] ?? ZERO_OID;
+    if (found === u.new) continue;
+    if (found !== u.old) throw new RefConflictError(u.ref, found, u.old);
+    lines.push(u.new === ZERO_OID ? `delete ${u.ref} ${u.old}` : `update ${u.ref} ${u.new} ${u.old}`);
+  }
+  if (lines.length > 0) await applyRefEdits(repoPath, lines);
+  if (head !== undefined && (await readHead(repoPath)) !== head) await setHead(repoPath, head);
+}
+
+/** Runs `update-ref --stdin` commands (create/update/delete lines) as one transaction. */
+export function applyRefEdits(repoPath: string, edits: readonly string[]): Promise<void> {
+  return updateRefStdin(repoPath, ['start', ...edits, 'prepare', 'commit']);
+}
+
+function updateRefStdin(repoPath: string, lines: string[]): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('git', ['update-ref', '--stdin'], { cwd: repoPath, stdio: ['pipe', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    child.on('error', reject);
+    child.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`git update-ref failed: ${stderr.trim()}`))));
+    child.stdin.on('error', () => undefined);
+    child.stdin.end(lines.join('\n') + '\n');
+  });
+}
+
+export const PACK_FILE = /^pack-[0-9a-f]{40,64}\.(pack|idx|rev)$/;
+
+/** The pack files receive-pack wrote into its quarantine (receive.unpackLimit=1 makes it always one pack). */
+export async function quarantinePackFiles(quarantine: string): Promise<string[]> {
+  let names: string[];
+  try {
+    names = await fs.readdir(path.join(quarantine, 'pack'));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw err;
+  }
+  return names.filter((n) => PACK_FILE.test(n)).map((n) => path.join(quarantine, 'pack', n));
+}
+
+/**
+ * Moves shipped pack files into the repo's object store: the .pack (and .rev) first, the .idx last,
+ * since git finds a pack through its index. Objects present but unreferenced change nothing visible.
+ */
+export async function installPackFiles(repoPath: string, dir: string): Promise<void> {
+  let names: string[];
+  try {
+    names = (await fs.readdir(dir)).filter((n) => PACK_FILE.test(n));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw err;
+  }
+  const order = (n: string): number => (n.endsWith('.idx') ? 1 : 0);
+  names.sort((a, b) => order(a) - order(b));
+  const packDir = path.join(repoPath, 'objects', 'pack');
+  await fs.mkdir(packDir, { recursive: true });
+  for (const name of names) await fs.rename(path.join(dir, name), path.join(packDir, name));
+}

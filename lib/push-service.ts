@@ -1,0 +1,158 @@
+import { quarantinePackFiles, readHead, readRefs } from './git-refs.js';
+import { KeyedLock, LockTimeoutError } from './keyed-lock.js';
+import type { Logger } from './logger.js';
+import type { PeerClient } from './peer-client.js';
+import type { RepoStore } from './repo-store.js';
+import { ZERO_OID, type NodeId, type RefUpdate, type TxnOp } from './txn-core.js';
+import type { TxnDriver } from './txn-driver.js';
+
+// The replication hook's server side. git receive-pack runs our pre-receive hook with the ref updates
+// and its quarantine; the hook posts them here and exits with our verdict. Here the push becomes a
+// two-phase commit: the quarantined pack (already indexed and checked by receive-pack) is shipped to
+// every peer, each peer checks that it is at the same version and its refs still hold the old values,
+// installs the pack and logs `prepared`; on a quorum the decision is logged, peers move their refs in
+// one update-ref transaction, and only then does the hook exit 0 so receive-pack moves ours and the
+// client hears "ok". A non-zero exit gives the client `! [remote rejected]` and nothing moves anywhere.
+
+export interface PushLimits {
+  maxRefsPerPush: number;
+  pushLockTimeoutMs: number;
+  /** How long a finished push keeps the repo while our own replica applies it. */
+  localApplyTimeoutMs: number;
+}
+
+export interface HookRequest {
+  gitDir: string;
+  quarantine: string;
+  receivePackPid: number | undefined;
+  body: string;
+  requestId: string;
+}
+
+export interface HookVerdict {
+  ok: boolean;
+  message: string;
+}
+
+export interface PushServiceOptions {
+  driver: TxnDriver;
+  store: RepoStore;
+  client: PeerClient;
+  logger: Logger;
+  quorum: number;
+  limits: PushLimits;
+  newTxnId: () => string;
+  /** Resolves when the receive-pack process with this pid has exited (undefined if not ours). */
+  receivePackExit: (pid: number) => Promise<void> | undefined;
+}
+
+const UPDATE_LINE = /^([0-9a-f]{40}|[0-9a-f]{64}) ([0-9a-f]{40}|[0-9a-f]{64}) (refs\/\S+|HEAD)$/;
+
+export function parseUpdates(body: string, maxRefs: number): RefUpdate[] {
+  const updates: RefUpdate[] = [];
+  for (const line of body.split('\n')) {
+    if (line === '') continue;
+    const m = UPDATE_LINE.exec(line);
+    if (!m) throw new Error(`malformed ref update line: ${JSON.stringify(line.slice(0, 200))}`);
+    updates.push({ old: m[1]!, new: m[2]!, ref: m[3]! });
+    if (updates.length > maxRefs) throw new Error(`a push may update at most ${maxRefs} refs`);
+  }
+  return updates;
+}
+
+/**
+ * Where HEAD must point after a push: hosting services point a repo whose HEAD names no branch
+ * (a first push of `master` into a repo made with `main`) at a pushed branch.
+ */
+export function headAfterPush(head: string, refsBefore: Readonly<Record<string, string>>, updates: readonly RefUpdate[]): string | undefined {
+  const after = new Set(Object.keys(refsBefore));
+  for (const u of updates) {
+    if (u.new === ZERO_OID) after.delete(u.ref);
+    else after.add(u.ref);
+  }
+  if (after.has(head) || refsBefore[head] !== undefined) return undefined;
+  const created = updates.filter((u) => u.new !== ZERO_OID && u.ref.startsWith('refs/heads/')).map((u) => u.ref);
+  if (created.length === 0) return undefined;
+  return created.find((r) => r === 'refs/heads/main') ?? created.find((r) => r === 'refs/heads/master') ?? [...created].sort()[0];
+}
+
+export class PushService {
+  private readonly options: PushServiceOptions;
+  private readonly locks = new KeyedLock();
+
+  constructor(options: PushServiceOptions) {
+    this.options = options;
+  }
+
+  async preReceive(request: HookRequest): Promise<HookVerdict> {
+    const { store, driver, logger, limits } = this.options;
+    const repoId = store.repoIdOf(request.gitDir);
+    if (repoId === undefined || !driver.participant.isLive(repoId)) return { ok: false, message: 'quorum-git: unknown repository' };
+    let updates: RefUpdate[];
+    try {
+      updates = parseUpdates(request.body, limits.maxRefsPerPush);
+    } catch (err) {
+      return { ok: false, message: `quorum-git: ${(err as Error).message}` };
+    }
+    if (updates.length === 0) return { ok: true, message: '' };
+
+    let release: () => void;
+    try {
+      release = await this.locks.acquire(repoId, limits.pushLockTimeoutMs);
+    } catch (err) {
+      if (err instanceof LockTimeoutError) return { ok: false, message: 'quorum-git: another push to this repository is taking too long; try again' };
+      throw err;
+    }
+    let releaseLater = false;
+    try {
+      const repoPath = store.repoPath(repoId);
+      const [refsBefore, head, packFiles] = await Promise.all([readRefs(repoPath), readHead(repoPath), quarantinePackFiles(request.quarantine)]);
+      const newHead = headAfterPush(head, refsBefore, updates);
+      const op: TxnOp = {
+        kind: 'push',
+        repoId,
+        updates,
+        base: driver.participant.versionOf(repoId),
+        ...(newHead === undefined ? {} : { head: newHead }),
+      };
+      const txnId = this.options.newTxnId();
+      const exit = request.receivePackPid === undefined ? undefined : this.options.receivePackExit(request.receivePackPid);
+      const localApplied = driver.localOutcome(txnId);
+      const result = await driver.runTxn(op, request.requestId, {
+        txnId,
+        selfCommitGate: exit ?? Promise.resolve(),
+        beforePrepare: async (peer: NodeId) => {
+          for (const file of packFiles) await this.options.client.uploadPackFile(peer, txnId, file, request.requestId);
+        },
+      });
+      const total = driver.nodes.length;
+      if (result.outcome === 'committed') {
+        releaseLater = true;
+        const timeout = new Promise<void>((resolve) => setTimeout(resolve, limits.localApplyTimeoutMs).unref());
+        void Promise.race([localApplied, timeout]).then(release);
+        logger.info('push committed', { txn_id: txnId, repo_id: repoId, refs: updates.length, generation: result.generation, confirmed: result.confirmed.length });
+        const lines = [`quorum-git: replicated to ${result.confirmed.length}/${total} nodes (quorum ${this.options.quorum}), generation ${result.generation}`];
+        if (result.behind.length > 0) lines.push(`quorum-git: behind, will catch up: ${result.behind.join(', ')}`);
+        return { ok: true, message: lines.join('\n') };
+      }
+      driver.forgetOutcome(txnId);
+      logger.warn('push rejected', { txn_id: txnId, repo_id: repoId, code: result.code, failed: result.failed, detail: result.detail });
+      return { ok: false, message: rejectionMessage(result.code, result.failed, result.detail, this.options.quorum, total) };
+    } finally {
+      if (!releaseLater) release();
+    }
+  }
+}
+
+function rejectionMessage(code: string, failed: NodeId[], detail: string | undefined, quorum: number, total: number): string {
+  switch (code) {
+    case 'ref_conflict':
+      return `quorum-git: ${detail ?? 'a ref'} was updated by another push since you fetched; fetch, merge or rebase, and push again`;
+    case 'stale':
+      return `quorum-git: a replica of this repository is catching up (${detail ?? 'versions differ'}); nothing was changed, push again in a moment`;
+    case 'repo_busy':
+      return 'quorum-git: another change to this repository is in progress; nothing was changed, push again';
+    default:
+      return `quorum-git: could not commit on a quorum of ${quorum} of ${total} nodes; unreachable: ${failed.join(', ') || 'none'}; nothing was changed`;
+  }
+}
