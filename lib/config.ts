@@ -77,7 +77,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     quorum,
     clusterSecret: env.CLUSTER_SECRET || DEV_CLUSTER_SECRET,
     prepareTimeoutMs: int(env, 'PREPARE_TIMEOUT_MS', 3000, 1),
-    commitTimeoutMs: int(env, 'COMMIT_TIMEOUT_MS', 3000, 1),
+    commitTimeoutMs: int(env, 'COMMIT_TIMEOUT_MS', 10_000, 1),
     commitResends: int(env, 'COMMIT_RESENDS', 5),
     peerTimeoutMs: int(env, 'PEER_TIMEOUT_MS', 5000, 1),
     syncIntervalMs: int(env, 'SYNC_INTERVAL_MS', 2000, 10),

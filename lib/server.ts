@@ -260,7 +260,8 @@ export class QuorumGitNode {
       case 'internalCatalog':
         return this.send(res, 200, { repos: this.driver.participant.catalog() });
       case 'internalTxn': {
-        const msg = (await this.readJson(req)) as TxnMessage;
+        // A push's prepare lists every ref update: bounded by the refs-per-push limit, not the API's.
+        const msg = this.parseJson(await this.readBody(req, this.config.maxRefsPerPush * 300)) as TxnMessage;
         const expected = target.step === 'prepare' ? 'prepare' : target.step === 'commit' ? 'commitTxn' : 'abortTxn';
         if (typeof msg !== 'object' || msg === null || msg.type !== expected || typeof msg.txnId !== 'string') {
           throw new QuorumGitError('invalid_body', `expected a ${expected} message`);
@@ -487,9 +488,12 @@ export class QuorumGitNode {
   }
 
   private async readJson(req: http.IncomingMessage): Promise<unknown> {
-    const text = (await this.readBody(req, this.config.maxBodyBytes)).toString('utf8');
+    return this.parseJson(await this.readBody(req, this.config.maxBodyBytes));
+  }
+
+  private parseJson(body: Buffer): unknown {
     try {
-      return JSON.parse(text);
+      return JSON.parse(body.toString('utf8'));
     } catch {
       throw new QuorumGitError('invalid_json', 'the body is not valid JSON');
     }

@@ -161,10 +161,10 @@ export class CoordinatorTxn {
     if (this.phase !== 'collecting') return [];
     this.votes.set(from, vote);
     const { self, nodes, quorum } = this.options;
-    if (this.selfCommitsLater && from === self && vote.vote === 'no') return this.decideAbort();
+    if (this.selfCommitsLater && from === self && vote.vote === 'no') return this.decideAbort(false);
     const { yes, no } = this.tally();
     const result = voteResult(yes.length, no.length, nodes.length, quorum);
-    if (result === 'lost') return this.decideAbort();
+    if (result === 'lost') return this.decideAbort(false);
     if (result === 'won' && (!this.selfCommitsLater || yes.includes(self))) return this.decideCommit(yes);
     return [];
   }
@@ -176,13 +176,13 @@ export class CoordinatorTxn {
   }
 
   onTimer(name: CoordinatorTimer): CoordinatorEffect[] {
-    if (name === 'prepare' && this.phase === 'collecting') return this.decideAbort();
+    if (name === 'prepare' && this.phase === 'collecting') return this.decideAbort(true);
     if (name === 'commit' && this.phase === 'committing') {
       // The decision is durable and reaches every yes voter eventually (they ask us once we stop
-      // resending); tell the client what is confirmed so far instead of keeping it waiting.
-      const effects = this.progress(true);
-      if (this.phase !== 'committing') return effects;
+      // resending); with a quorum confirmed, the client hears back without waiting for the rest.
       const pending = this.pendingAcks();
+      const effects = this.progress(true, this.resendsLeft === 0 || pending.length === 0);
+      if (this.phase !== 'committing') return effects;
       if (this.resendsLeft > 0 && pending.length > 0) {
         this.resendsLeft -= 1;
         for (const to of pending) effects.push({ type: 'send', to, msg: this.commitMessage() });
@@ -226,13 +226,15 @@ export class CoordinatorTxn {
    * Replies once a quorum has committed and every yes voter has acknowledged (or, when the commit
    * timer fires, with what is confirmed by then); done once nothing is left to wait for.
    */
-  private progress(timerFired: boolean): CoordinatorEffect[] {
+  private progress(timerFired: boolean, lastChance = false): CoordinatorEffect[] {
     const effects: CoordinatorEffect[] = [];
     const { self, quorum } = this.options;
     const selfSettled = this.selfCommitsLater || this.acks.has(self) || this.votes.get(self)?.vote === 'no';
     const enough = this.confirmed().length >= quorum && selfSettled;
     const allAcked = this.pendingAcks().length === 0;
-    if (!this.replied && ((enough && allAcked) || timerFired)) {
+    // Never "ok" before a quorum confirmed, unless the resends are spent: the change is then decided
+    // and prepared (durable) on a quorum, and the client is told how far it got.
+    if (!this.replied && ((enough && (allAcked || timerFired)) || lastChance)) {
       this.replied = true;
       const confirmed = this.confirmed();
       effects.push({
@@ -275,7 +277,8 @@ export class CoordinatorTxn {
     ];
   }
 
-  private decideAbort(): CoordinatorEffect[] {
+  /** `timedOut`: nodes that have not voted count as failed; otherwise they were merely not needed. */
+  private decideAbort(timedOut: boolean): CoordinatorEffect[] {
     this.phase = 'aborted';
     const { txnId, op } = this;
     const effects: CoordinatorEffect[] = [{ type: 'persist', entry: { t: 'decision', txnId, outcome: 'abort', op } }];
@@ -286,19 +289,21 @@ export class CoordinatorTxn {
         effects.push({ type: 'send', to, msg: { type: 'abortTxn', txnId } });
       }
     }
-    effects.push({ type: 'reply', result: this.abortResult() }, { type: 'done' });
+    effects.push({ type: 'reply', result: this.abortResult(timedOut) }, { type: 'done' });
     this.replied = true;
     return effects;
   }
 
-  private abortResult(): CoordinatorResult {
+  private abortResult(timedOut: boolean): CoordinatorResult {
     const failed: NodeId[] = [];
     let conflict: { code: AbortCode; detail?: string } | undefined;
     // The most telling reason wins: a conflict the user can act on before "busy" or "stale".
     const rank: Partial<Record<NoVoteCode, number>> = { ref_conflict: 4, repo_exists: 3, repo_not_found: 3, stale: 2, repo_busy: 1, refused: 1 };
     for (const node of this.options.nodes) {
       const vote = this.votes.get(node);
-      if (vote === undefined || (vote.vote === 'no' && (vote.code === 'unreachable' || vote.code === 'stage_failed'))) {
+      if (vote === undefined) {
+        if (timedOut) failed.push(node);
+      } else if (vote.vote === 'no' && (vote.code === 'unreachable' || vote.code === 'stage_failed')) {
         failed.push(node);
       } else if (vote.vote === 'no') {
         const code: AbortCode = vote.code === 'refused' ? 'repo_busy' : (vote.code as AbortCode);

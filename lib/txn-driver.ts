@@ -76,6 +76,7 @@ export class TxnDriver {
   private readonly options: TxnDriverOptions;
   private readonly active = new Map<string, ActiveTxn>();
   private readonly selfCommitGates = new Map<string, Promise<void>>();
+  private readonly applying = new Map<string, Promise<Vote>>();
   private readonly localSettled = new Map<string, { promise: Promise<void>; resolve: () => void }>();
   /** File-system work on one repo runs one step at a time, in arrival order. */
   private readonly repoChains = new Map<string, Promise<void>>();
@@ -196,8 +197,18 @@ export class TxnDriver {
         });
         return this.runParticipantEffects(effects, msg.txnId);
       }
-      case 'commitTxn':
-        return this.runParticipantEffects(this.participant.onCommit(msg.txnId, msg.epoch, msg.generation), msg.txnId);
+      case 'commitTxn': {
+        // A commit re-sent while the first is still being applied waits for that one.
+        const inFlight = this.applying.get(msg.txnId);
+        if (inFlight) return inFlight;
+        const applied = this.runParticipantEffects(this.participant.onCommit(msg.txnId, msg.epoch, msg.generation), msg.txnId);
+        this.applying.set(msg.txnId, applied);
+        try {
+          return await applied;
+        } finally {
+          this.applying.delete(msg.txnId);
+        }
+      }
       case 'abortTxn':
         return this.runParticipantEffects(this.participant.onAbort(msg.txnId), msg.txnId);
     }
