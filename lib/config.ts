@@ -48,6 +48,9 @@ function normalizeUrl(key: string, raw: string): string {
     throw new Error(`${key}: '${raw}' is not a URL (expected e.g. http://127.0.0.1:3002)`);
   }
   if (url.protocol !== 'http:') throw new Error(`${key}: '${raw}' must be an http:// URL`);
+  // A node's URL is its identity in the protocol and in push routing, so one spelling per node:
+  // 'localhost' is taken as 127.0.0.1, the default HOST.
+  if (url.hostname === 'localhost') url.hostname = '127.0.0.1';
   return url.origin;
 }
 
