@@ -20,6 +20,8 @@ export class RepoStore {
   private readonly trashRoot: string;
   private readonly templateDir: string;
   private readonly incomingRoot: string;
+  /** The template's tree, read once: writing these few entries is several times faster than fs.cp. */
+  private templateEntries: { rel: string; content?: Buffer }[] = [];
 
   constructor(dataDir: string) {
     this.reposRoot = path.join(dataDir, 'repos');
@@ -42,6 +44,7 @@ export class RepoStore {
       await runGit(['config', 'receive.denyDeleteCurrent', 'false'], { cwd: tmp });
       await fs.rename(tmp, this.templateDir);
     }
+    this.templateEntries = await readTree(this.templateDir);
     for (const root of [this.stagingRoot, this.incomingRoot]) {
       for (const entry of await fs.readdir(root)) {
         if (!keepStaging.has(entry.replace(/\.git$/, ''))) await fs.rm(path.join(root, entry), { recursive: true, force: true });
@@ -71,7 +74,7 @@ export class RepoStore {
   async stageCreate(txnId: string): Promise<void> {
     const target = this.stagePath(txnId);
     await fs.rm(target, { recursive: true, force: true });
-    await fs.cp(this.templateDir, target, { recursive: true });
+    await this.materializeTemplate(target);
   }
 
   async commitCreate(txnId: string, repoId: string): Promise<void> {
@@ -123,9 +126,18 @@ export class RepoStore {
   async recreate(repoId: string, reason: string): Promise<void> {
     await this.remove(repoId, reason);
     const staged = this.stagePath(`${reason}-${process.hrtime.bigint()}`);
-    await fs.cp(this.templateDir, staged, { recursive: true });
+    await this.materializeTemplate(staged);
     await fs.mkdir(path.dirname(this.repoPath(repoId)), { recursive: true });
     await fs.rename(staged, this.repoPath(repoId));
+  }
+
+  private async materializeTemplate(target: string): Promise<void> {
+    await fs.mkdir(target);
+    for (const entry of this.templateEntries) {
+      const at = path.join(target, entry.rel);
+      if (entry.content === undefined) await fs.mkdir(at);
+      else await fs.writeFile(at, entry.content);
+    }
   }
 
   private async emptyTrash(): Promise<void> {
@@ -133,4 +145,15 @@ export class RepoStore {
       await fs.rm(path.join(this.trashRoot, entry), { recursive: true, force: true });
     }
   }
+}
+
+/** Every directory and file below `root`, parents first, with file contents. */
+async function readTree(root: string, rel = ''): Promise<{ rel: string; content?: Buffer }[]> {
+  const out: { rel: string; content?: Buffer }[] = [];
+  for (const entry of await fs.readdir(path.join(root, rel), { withFileTypes: true })) {
+    const child = path.join(rel, entry.name);
+    if (entry.isDirectory()) out.push({ rel: child }, ...(await readTree(root, child)));
+    else if (entry.isFile()) out.push({ rel: child, content: await fs.readFile(path.join(root, child)) });
+  }
+  return out;
 }
