@@ -3,6 +3,7 @@
 // in-memory state does not, and a seeded random order of delivery. Nothing here sleeps.
 
 import {
+  ZERO_OID,
   CoordinatorTxn,
   Participant,
   resolveInDoubt,
@@ -28,6 +29,8 @@ interface SimNode {
   log: LogEntry[];
   staged: Set<string>;
   applied: string[];
+  /** The replica's refs per repo, moved by applied pushes (the fake of git's ref store). */
+  refs: Map<string, Record<string, string>>;
 }
 
 interface Timer {
@@ -66,7 +69,7 @@ export class Sim {
 
   constructor(ids: NodeId[], quorum: number, readonly timeouts = { prepareTimeoutMs: 100, commitTimeoutMs: 100, commitResends: 2 }) {
     this.quorum = quorum;
-    for (const id of ids) this.nodes.set(id, { id, up: true, participant: new Participant(), log: [], staged: new Set(), applied: [] });
+    for (const id of ids) this.nodes.set(id, { id, up: true, participant: new Participant(), log: [], staged: new Set(), applied: [], refs: new Map() });
   }
 
   node(id: NodeId): SimNode {
@@ -131,6 +134,7 @@ export class Sim {
     const verdicts: Record<string, 'commit' | 'abort' | 'wait'> = {};
     for (const txn of n.participant.inDoubt()) {
       let epoch: number | undefined;
+      let generation = 0;
       const ask = (node: NodeId, asCoordinator: boolean): PeerAnswer => {
         const target = this.node(node);
         if (!target.up) return 'unreachable';
@@ -139,6 +143,7 @@ export class Sim {
           : target.participant.onQuery(txn.txnId, true);
         this.runParticipant(target, txn.txnId, answer.effects);
         if (answer.epoch !== undefined) epoch = answer.epoch;
+        if (answer.generation !== undefined) generation = answer.generation;
         return answer.outcome;
       };
       const coordinator = ask(txn.coordinator, true);
@@ -146,7 +151,7 @@ export class Sim {
       const verdict = resolveInDoubt({ coordinator, peers }, this.nodes.size, this.quorum);
       verdicts[txn.txnId] = verdict;
       if (verdict === 'commit' && epoch !== undefined) {
-        this.runParticipant(n, txn.txnId, n.participant.onCommit(txn.txnId, epoch));
+        this.runParticipant(n, txn.txnId, n.participant.onCommit(txn.txnId, epoch, generation));
         n.participant.onCommitted(txn.txnId);
       }
       if (verdict === 'abort') this.runParticipant(n, txn.txnId, n.participant.onAbort(txn.txnId));
@@ -178,7 +183,11 @@ export class Sim {
     const { msg } = envelope;
     const p = target.participant;
     const effects =
-      msg.type === 'prepare' ? p.onPrepare(msg) : msg.type === 'commitTxn' ? p.onCommit(msg.txnId, msg.epoch) : p.onAbort(msg.txnId);
+      msg.type === 'prepare'
+        ? p.onPrepare(msg, target.refs.get(msg.op.repoId) ?? {})
+        : msg.type === 'commitTxn'
+          ? p.onCommit(msg.txnId, msg.epoch, msg.generation)
+          : p.onAbort(msg.txnId);
     const vote = this.runParticipant(target, msg.txnId, effects);
     if (effects.some((e) => e.type === 'stage')) p.onPrepared(msg.txnId);
     if (effects.some((e) => e.type === 'apply')) p.onCommitted(msg.txnId);
@@ -192,7 +201,15 @@ export class Sim {
       if (effect.type === 'persist') n.log.push(effect.entry);
       else if (effect.type === 'stage') n.staged.add(effect.txnId);
       else if (effect.type === 'discard') n.staged.delete(effect.txnId);
-      else if (effect.type === 'apply') n.applied.push(`${effect.op.kind}:${effect.op.repoId}@${effect.epoch}`);
+      else if (effect.type === 'apply' && effect.op.kind === 'push') {
+        const refs = { ...(n.refs.get(effect.op.repoId) ?? {}) };
+        for (const u of effect.op.updates) {
+          if (u.new === ZERO_OID) delete refs[u.ref];
+          else refs[u.ref] = u.new;
+        }
+        n.refs.set(effect.op.repoId, refs);
+        n.applied.push(`push:${effect.op.repoId}@${effect.generation}`);
+      } else if (effect.type === 'apply') n.applied.push(`${effect.op.kind}:${effect.op.repoId}@${effect.epoch}`);
       else if (effect.type === 'sync') n.applied.push(`sync:${effect.repoId}:${effect.to.state}@${effect.to.epoch}`);
       else if (effect.type === 'reply') vote = effect.vote;
     }

@@ -1,0 +1,155 @@
+import { expect } from 'chai';
+import { ZERO_OID, type CoordinatorResult, type TxnOp } from '../../lib/txn-core.js';
+import { Sim, seededRandom, type Envelope } from './sim.js';
+
+const A = 'http://a';
+const B = 'http://b';
+const C = 'http://c';
+const oid = (n: number): string => n.toString(16).padStart(40, '0');
+
+/** A 3-node sim with repo o/r created everywhere. */
+function cluster(): Sim {
+  const sim = new Sim([A, B, C], 2);
+  sim.begin(A, { kind: 'create', repoId: 'o/r' });
+  sim.run();
+  return sim;
+}
+
+function push(sim: Sim, via: string, updates: { ref: string; old: string; new: string }[]): string {
+  const op: TxnOp = { kind: 'push', repoId: 'o/r', updates, base: sim.node(via).participant.versionOf('o/r') };
+  return sim.begin(via, op);
+}
+
+function refsOf(sim: Sim, id: string): Record<string, string> {
+  return sim.node(id).refs.get('o/r') ?? {};
+}
+
+const commitsOnly = (e: Envelope): boolean => e.kind === 'msg' && e.msg.type === 'commitTxn';
+
+describe('push two-phase commit core', () => {
+  it('moves the refs of every replica and bumps the generation; the coordinator replica is committed by receive-pack', () => {
+    const sim = cluster();
+    const txn = push(sim, A, [{ ref: 'refs/heads/main', old: ZERO_OID, new: oid(1) }]);
+    sim.run();
+    const result = sim.results.get(txn) as Extract<CoordinatorResult, { outcome: 'committed' }>;
+    expect(result.outcome).to.equal('committed');
+    expect(result.generation).to.equal(1);
+    expect(result.confirmed).to.have.members([A, B, C]);
+    for (const id of [A, B, C]) {
+      expect(refsOf(sim, id)).to.deep.equal({ 'refs/heads/main': oid(1) });
+      expect(sim.node(id).participant.versionOf('o/r')).to.deep.equal({ epoch: 1, generation: 1 });
+    }
+  });
+
+  it('answers the hook before its own replica acknowledges (receive-pack commits it after the hook exits)', () => {
+    const sim = cluster();
+    const txn = push(sim, A, [{ ref: 'refs/heads/main', old: ZERO_OID, new: oid(1) }]);
+    sim.run({ drop: (e) => commitsOnly(e) && e.to === A });
+    expect(sim.results.get(txn)?.outcome).to.equal('committed');
+  });
+
+  it('rejects with ref_conflict when a replica no longer holds the old value, and nothing moves', () => {
+    const sim = cluster();
+    push(sim, A, [{ ref: 'refs/heads/main', old: ZERO_OID, new: oid(1) }]);
+    sim.run();
+    const stale = push(sim, B, [{ ref: 'refs/heads/main', old: ZERO_OID, new: oid(2) }]);
+    sim.run();
+    expect(sim.results.get(stale)).to.deep.include({ outcome: 'aborted', code: 'ref_conflict', detail: 'refs/heads/main' });
+    for (const id of [A, B, C]) expect(refsOf(sim, id)).to.deep.equal({ 'refs/heads/main': oid(1) });
+  });
+
+  it('a replica at another generation votes stale; the push still commits on the quorum that is current', () => {
+    const sim = cluster();
+    sim.crash(C);
+    push(sim, A, [{ ref: 'refs/heads/main', old: ZERO_OID, new: oid(1) }]);
+    sim.run();
+    sim.advance(1000);
+    sim.restart(C);
+    const txn = push(sim, A, [{ ref: 'refs/heads/main', old: oid(1), new: oid(2) }]);
+    sim.run();
+    const result = sim.results.get(txn) as Extract<CoordinatorResult, { outcome: 'committed' }>;
+    expect(result.outcome).to.equal('committed');
+    expect(result.behind).to.deep.equal([C]);
+    expect(refsOf(sim, C)).to.deep.equal({});
+    expect(sim.node(C).participant.versionOf('o/r').generation).to.equal(0);
+  });
+
+  it('a lost prepare to one peer does not stop the push; a lost prepare to two aborts it everywhere', () => {
+    const sim = cluster();
+    const ok = push(sim, A, [{ ref: 'refs/heads/main', old: ZERO_OID, new: oid(1) }]);
+    sim.run({ drop: (e) => e.kind === 'msg' && e.msg.type === 'prepare' && e.to === C });
+    expect(sim.results.get(ok)?.outcome).to.equal('committed');
+    sim.advance(1000);
+    const lost = push(sim, A, [{ ref: 'refs/heads/main', old: oid(1), new: oid(2) }]);
+    sim.run({ drop: (e) => e.kind === 'msg' && e.msg.type === 'prepare' && e.to !== A });
+    sim.advance(100);
+    expect(sim.results.get(lost)).to.deep.include({ outcome: 'aborted', code: 'quorum_unreachable' });
+    expect(sim.node(A).participant.lockedBy('o/r')).to.equal(undefined);
+    for (const id of [A, B]) expect(refsOf(sim, id)).to.deep.equal({ 'refs/heads/main': oid(1) });
+  });
+
+  it('never answers ok before a quorum confirmed: a lost commit is re-sent and the answer waits for it', () => {
+    const sim = cluster();
+    const txn = push(sim, A, [{ ref: 'refs/heads/main', old: ZERO_OID, new: oid(1) }]);
+    let dropped = 0;
+    // A's own commit waits for receive-pack; B's and C's first commits are lost.
+    sim.run({ drop: (e) => commitsOnly(e) && e.to !== A && (dropped += 1) <= 2 });
+    expect(sim.results.get(txn)).to.equal(undefined);
+    sim.advance(100);
+    expect(sim.results.get(txn)?.outcome).to.equal('committed');
+  });
+
+  it('duplicated messages apply each push once', () => {
+    const sim = cluster();
+    const txn = push(sim, A, [{ ref: 'refs/heads/main', old: ZERO_OID, new: oid(1) }]);
+    sim.run({ duplicate: () => true });
+    expect(sim.results.get(txn)?.outcome).to.equal('committed');
+    for (const id of [A, B, C]) expect(sim.node(id).applied.filter((a) => a.startsWith('push'))).to.deep.equal(['push:o/r@1']);
+  });
+
+  it('coordinator crash after the decision: prepared peers commit once the restarted coordinator answers', () => {
+    const sim = cluster();
+    const txn = push(sim, A, [{ ref: 'refs/heads/main', old: ZERO_OID, new: oid(1) }]);
+    sim.run({ drop: commitsOnly });
+    sim.crash(A);
+    expect(sim.recover(B)).to.deep.equal({ [txn]: 'wait' });
+    sim.restart(A);
+    expect(sim.recover(B)).to.deep.equal({ [txn]: 'commit' });
+    expect(sim.recover(C)).to.deep.equal({ [txn]: 'commit' });
+    expect(sim.recover(A)).to.deep.equal({ [txn]: 'commit' });
+    for (const id of [A, B, C]) expect(refsOf(sim, id)).to.deep.equal({ 'refs/heads/main': oid(1) });
+  });
+
+  it('participant crash while prepared: it keeps the repo locked across the restart, then commits', () => {
+    const sim = cluster();
+    const txn = push(sim, A, [{ ref: 'refs/heads/main', old: ZERO_OID, new: oid(1) }]);
+    sim.run({ drop: (e) => commitsOnly(e) && e.to === C });
+    sim.crash(C);
+    sim.advance(2000);
+    sim.restart(C);
+    expect(sim.node(C).participant.lockedBy('o/r')).to.equal(txn);
+    expect(sim.recover(C)).to.deep.equal({ [txn]: 'commit' });
+    expect(refsOf(sim, C)).to.deep.equal({ 'refs/heads/main': oid(1) });
+  });
+
+  it('two coordinators pushing one branch at once never both commit, whatever the order (200 seeded orders)', () => {
+    for (let seed = 1; seed <= 200; seed += 1) {
+      const random = seededRandom(seed);
+      const sim = cluster();
+      const first = push(sim, A, [{ ref: 'refs/heads/main', old: ZERO_OID, new: oid(1) }]);
+      const second = push(sim, B, [{ ref: 'refs/heads/main', old: ZERO_OID, new: oid(2) }]);
+      sim.run({ pick: (n) => Math.floor(random() * n) });
+      sim.advance(1000);
+      const won = [first, second].filter((t) => sim.results.get(t)?.outcome === 'committed');
+      expect(won.length, `seed ${seed}`).to.be.at.most(1);
+      // Replicas at the same generation hold the same refs: no divergence.
+      const byGeneration = new Map<number, string>();
+      for (const id of [A, B, C]) {
+        const generation = sim.node(id).participant.versionOf('o/r').generation;
+        const refs = JSON.stringify(refsOf(sim, id));
+        expect(byGeneration.get(generation) ?? refs, `seed ${seed}`).to.equal(refs);
+        byGeneration.set(generation, refs);
+      }
+    }
+  });
+});
