@@ -214,7 +214,14 @@ export class QuorumGitNode {
       res.destroy();
       return;
     }
-    this.send(res, statusByCode[known.code], errorBody(known));
+    const status = statusByCode[known.code];
+    // git prints a text/plain error body to its user ("remote: ..."); everyone else gets the JSON body.
+    if (String(res.req?.headers['user-agent'] ?? '').startsWith('git/')) {
+      res.writeHead(status, { 'content-type': 'text/plain; charset=utf-8' });
+      res.end(`quorum-git: ${known.message}\n`);
+      return;
+    }
+    this.send(res, status, errorBody(known));
   }
 
   private send(res: http.ServerResponse, status: number, body?: unknown): void {
@@ -339,7 +346,10 @@ export class QuorumGitNode {
         void this.catchUpper.request(repoId);
         return this.forward(req, res, plan.to, log, true);
       case 'unavailable':
-        if (this.config.allowStaleReads && service === 'upload-pack') {
+        // A push needs no read quorum to be safe: its prepare checks version and old values on a
+        // write quorum, so advertise our refs and let the hook give git a proper rejection.
+        if (service === 'receive-pack') return serveLocal();
+        if (this.config.allowStaleReads) {
           log.warn('serving a possibly stale copy (ALLOW_STALE_READS)', { repo_id: repoId });
           res.setHeader('x-quorum-possibly-stale', 'true');
           return serveLocal();
