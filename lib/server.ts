@@ -328,7 +328,9 @@ export class QuorumGitNode {
     if (fromPeer && req.headers[DIRECT_HEADER] === '1') return serveLocal();
     if (service === 'receive-pack' && !fromPeer) {
       const coordinator = pickCoordinator(repoId, this.liveNodes());
-      if (coordinator !== undefined && coordinator !== this.url) return this.forward(req, res, coordinator, log, false);
+      if (coordinator !== undefined && coordinator !== this.url) {
+        return this.forward(req, res, coordinator, log, false, () => this.serveGit(req, res, repoId, service, kind, log));
+      }
     }
     let plan = await this.planRead(repoId);
     if (service === 'receive-pack' && plan.action === 'proxy') {
@@ -399,14 +401,25 @@ export class QuorumGitNode {
     });
   }
 
-  private forward(req: http.IncomingMessage, res: http.ServerResponse, target: NodeId, log: Logger, direct: boolean): void {
+  /**
+   * Proxies to another node. When the target is down and nothing was sent yet, it is marked
+   * unreachable and a GET is routed again (a POST body is already spent, so that one fails).
+   */
+  private forward(req: http.IncomingMessage, res: http.ServerResponse, target: NodeId, log: Logger, direct: boolean, retry?: () => Promise<void>): void {
     log.info('proxying', { to: target, direct });
     const headers: Record<string, string> = { [SECRET_HEADER]: this.config.clusterSecret, [REQUEST_ID_HEADER]: String(res.getHeader(REQUEST_ID_HEADER)) };
     if (direct) headers[DIRECT_HEADER] = '1';
     this.proxy.web(req, res, { target, headers }, (err) => {
       log.warn('proxy failed', { to: target, err: (err as Error).message });
-      if (!res.headersSent) this.fail(res, new QuorumGitError('peer_unavailable', `the node serving this request (${target}) did not answer; try again`), log);
-      else res.destroy();
+      const peer = this.peers.get(target);
+      if (peer && (err as NodeJS.ErrnoException).code === 'ECONNREFUSED') peer.reachable = false;
+      if (res.headersSent) {
+        res.destroy();
+      } else if (retry && req.method === 'GET' && peer?.reachable === false) {
+        retry().catch((e) => this.fail(res, e, log));
+      } else {
+        this.fail(res, new QuorumGitError('peer_unavailable', `the node serving this request (${target}) did not answer; try again`), log);
+      }
     });
   }
 
