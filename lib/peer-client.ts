@@ -78,10 +78,11 @@ export class PeerClient {
   }
 
   /** A replica's version of one repo (and its refs, for catch-up). */
-  async repoState(node: NodeId, repoId: string, withRefs: boolean, timeoutMs?: number): Promise<RepoStateAnswer> {
+  async repoState(node: NodeId, repoId: string, withRefs: boolean, timeoutMs?: number, requestId?: string): Promise<RepoStateAnswer> {
     return this.got
       .get(`${node}/internal/repo-state/${repoId}`, {
         searchParams: { refs: withRefs ? '1' : '0' },
+        ...(requestId === undefined ? {} : { headers: { [REQUEST_ID_HEADER]: requestId } }),
         ...(timeoutMs === undefined ? {} : { timeout: { request: timeoutMs } }),
       })
       .json<RepoStateAnswer>();

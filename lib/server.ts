@@ -332,11 +332,11 @@ export class QuorumGitNode {
         return this.forward(req, res, coordinator, log, false, () => this.serveGit(req, res, repoId, service, kind, log));
       }
     }
-    let plan = await this.planRead(repoId);
+    let plan = await this.planRead(repoId, String(res.getHeader(REQUEST_ID_HEADER)));
     if (service === 'receive-pack' && plan.action === 'proxy') {
       // The coordinator must be current before it advertises refs to a pusher.
       await this.catchUpper.request(repoId);
-      plan = await this.planRead(repoId);
+      plan = await this.planRead(repoId, String(res.getHeader(REQUEST_ID_HEADER)));
       if (plan.action === 'proxy') throw new QuorumGitError('replica_behind', 'this repository is catching up on the coordinating node; push again in a moment');
     }
     switch (plan.action) {
@@ -368,7 +368,7 @@ export class QuorumGitNode {
     return [this.url, ...[...this.peers.values()].filter((p) => p.reachable).map((p) => p.url)];
   }
 
-  private async planRead(repoId: string): Promise<ReturnType<typeof planRead>> {
+  private async planRead(repoId: string, requestId: string): Promise<ReturnType<typeof planRead>> {
     const own = await this.repoState(repoId, false);
     const self: ReplicaAnswer & { reachable: true } = { node: this.url, reachable: true, live: own.live, version: own, behind: own.behind };
     const n = this.driver.nodes.length;
@@ -377,7 +377,7 @@ export class QuorumGitNode {
     const peers = await Promise.all(
       this.config.peerUrls.map(async (node): Promise<ReplicaAnswer> => {
         try {
-          const s = await this.client.repoState(node, repoId, false, this.config.readCheckTimeoutMs);
+          const s = await this.client.repoState(node, repoId, false, this.config.readCheckTimeoutMs, requestId);
           return { node, reachable: true, live: s.live, version: s, behind: s.behind };
         } catch {
           return { node, reachable: false };
