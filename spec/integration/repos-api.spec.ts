@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { expect } from 'chai';
-import { Cluster, eventually, http, listTree, printLogsOnFailure, rawHttp, type HttpResult } from '../support/cluster.js';
+import { Cluster, eventually, http, listTree, printLogsOnFailure, rawHttp, type HttpResult, type TestNode } from '../support/cluster.js';
 
 // The management API of a 2-node cluster (quorum 2): create and look up repositories, refuse every
 // malformed request with a 4xx and a stable error code before anything touches the disk, and report
@@ -34,7 +34,7 @@ describe('management API (2-node cluster)', function () {
 
   describe('POST /repos and GET /repos/:owner/:name', function () {
     it('creates a repo on node 1 that node 2 then reports as existing (the quick start)', async function () {
-      const [n1, n2] = cluster.nodes as [typeof cluster.nodes[0], typeof cluster.nodes[0]];
+      const [n1, n2] = cluster.nodes as [TestNode, TestNode];
       const created = await n1.createRepo('alice/hello');
       expect(created.status, created.text).to.equal(201);
       expect(created.body).to.include({ repo_id: 'alice/hello', created: true, replicated: true, peers_confirmed: 1 });
@@ -70,7 +70,7 @@ describe('management API (2-node cluster)', function () {
 
   describe('invalid input', function () {
     const long = 'x'.repeat(101);
-    const bodyRows: { title: string; body: string; status: number; code: string; headers?: Record<string, string> }[] = [
+    const bodyRows: { title: string; body: string; status: number; code: string }[] = [
       ...[
         ['a space in the owner', 'own er/name'],
         ['a space in the name', 'owner/na me'],
@@ -155,7 +155,7 @@ describe('management API (2-node cluster)', function () {
 
     for (const row of bodyRows) {
       it(`refuses POST /repos with ${row.title}: ${row.status} ${row.code}, nothing on disk`, async function () {
-        const res = await http(`${cluster.node(1).url}/repos`, { body: row.body, headers: { 'content-type': 'application/json', ...(row.headers ?? {}) } });
+        const res = await http(`${cluster.node(1).url}/repos`, { body: row.body, headers: { 'content-type': 'application/json' } });
         expect(res.status, res.text).to.equal(row.status);
         expectErrorBody(res, row.code);
         expect(await snapshot()).to.deep.equal(baseline);
@@ -216,7 +216,7 @@ describe('management API (2-node cluster)', function () {
 
   describe('GET /health', function () {
     it('reports status, identity, load and every peer as reachable', async function () {
-      const [n1, n2] = cluster.nodes as [typeof cluster.nodes[0], typeof cluster.nodes[0]];
+      const [n1, n2] = cluster.nodes as [TestNode, TestNode];
       const res = await eventually(async () => {
         const r = await n1.health();
         expect(r.body.peer_status[0].reachable).to.equal(true);
@@ -232,7 +232,7 @@ describe('management API (2-node cluster)', function () {
     });
 
     it('reports a killed peer as unreachable, and reachable again once it is back', async function () {
-      const [n1, n2] = cluster.nodes as [typeof cluster.nodes[0], typeof cluster.nodes[0]];
+      const [n1, n2] = cluster.nodes as [TestNode, TestNode];
       await n2.kill();
       try {
         await eventually(async () => {
