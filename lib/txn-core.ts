@@ -539,14 +539,13 @@ export class Participant {
   onAbort(txnId: string): ParticipantEffect[] {
     const rec = this.txns.get(txnId);
     if (!rec || rec.status === 'aborted' || rec.status === 'refused' || rec.status === 'committed' || rec.status === 'committing') return [];
-    if (rec.status === 'preparing') {
-      // The abort overtook our own prepare; record it so the prepare's vote is never counted as yes.
-      // The driver discards the staging once the prepare finishes.
-    }
+    // An abort that overtakes our own prepare (still staging) leaves the staging to the driver, which
+    // discards it once the stage step is done and never logs `prepared` after this `aborted`.
+    const staging = rec.status === 'preparing';
     rec.status = 'aborted';
     if (rec.op) this.unlock(rec.op.repoId, txnId);
     return [
-      ...(rec.op ? [{ type: 'discard', txnId, op: rec.op } as const] : []),
+      ...(rec.op && !staging ? [{ type: 'discard', txnId, op: rec.op } as const] : []),
       { type: 'persist', entry: { t: 'aborted', txnId } },
     ];
   }

@@ -219,6 +219,11 @@ export class TxnDriver {
     const staging = effects.some((e) => e.type === 'stage');
     const settles = effects.some((e) => e.type === 'apply' || e.type === 'discard');
     for (const effect of effects) {
+      if (staging && effect.type !== 'stage' && this.participant.status(txnId) === 'aborted') {
+        // Aborted while we staged: undo, log nothing more, and vote no.
+        await this.options.store.discard(txnId);
+        return { vote: 'no', code: 'refused' };
+      }
       try {
         await this.runParticipantEffect(effect);
       } catch (err) {
@@ -237,7 +242,6 @@ export class TxnDriver {
     if (settles) this.settle(txnId);
     if (staging) {
       this.participant.onPrepared(txnId);
-      // An abort that overtook the prepare leaves the staging behind; clean it now.
       if (this.participant.status(txnId) === 'aborted') await this.options.store.discard(txnId);
     }
     return vote;
