@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createWriteStream, existsSync, mkdirSync, mkdtempSync, promises as fs, rmSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, promises as fs, readFileSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -317,6 +317,7 @@ export async function waitFor(what: string, check: () => Promise<boolean>, timeo
     try {
       if (await check()) return;
     } catch (err) {
+      if (err instanceof FatalWaitError) throw err;
       lastError = (err as Error).message;
     }
     if (Date.now() > deadline) throw new Error(`${what}: not ready after ${timeoutMs} ms${lastError ? ` (${lastError})` : ''}`);
@@ -361,14 +362,37 @@ export interface ClusterNode {
   url: string;
   port: number;
   dataDir: string;
+  /** The running process; replaced when the node is restarted with `Cluster.startNode`. */
   process: SpawnedProcess;
+  /** The environment the node was last started with. */
+  env: NodeJS.ProcessEnv;
+}
+
+/** One replica's version of a repo, from a node's internal API. */
+export interface RepoStateAnswer {
+  repo_id: string;
+  live: boolean;
+  epoch: number;
+  generation: number;
+  behind: boolean;
 }
 
 export interface Cluster {
   nodes: ClusterNode[];
   urls: string[];
   root: string;
+  /** The cluster secret (for the internal API, e.g. repo-state). */
+  secret: string;
   stop(): Promise<void>;
+  /** Stops one node with `signal` (default SIGKILL: a crash) and waits until it is gone. */
+  killNode(index: number, signal?: NodeJS.Signals): Promise<void>;
+  /**
+   * (Re)starts a stopped node on its port and data dir, with its original environment plus `extraEnv`,
+   * and waits until it answers /health and sees every peer.
+   */
+  startNode(index: number, extraEnv?: NodeJS.ProcessEnv): Promise<void>;
+  /** A node's version of a repo (GET /internal/repo-state, with the cluster secret). */
+  repoState(index: number, repoId: string): Promise<RepoStateAnswer>;
 }
 
 /**
@@ -382,30 +406,29 @@ export async function startCluster(
   const size = options.size ?? 3;
   // e.g. BENCH_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/prof' (not allowed in NODE_OPTIONS).
   const nodeArgs = options.nodeArgs ?? (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
+  const readyTimeoutMs = options.readyTimeoutMs ?? 30_000;
   const root = makeTempDir('qg-bench-');
   const ports = await freePorts(size);
   const urls = ports.map((p) => `http://${HOST}:${p}`);
   const secret = randomBytes(16).toString('hex');
+  const spawnNode = (name: string, env: NodeJS.ProcessEnv): SpawnedProcess =>
+    spawnTracked(process.execPath, [...nodeArgs, CLI, 'serve'], { cwd: PROJECT_ROOT, env, logFile: path.join(root, `${name}.log`) });
   const nodes: ClusterNode[] = ports.map((port, i) => {
     const name = `node-${i + 1}`;
     const dataDir = path.join(root, name);
     mkdirSync(dataDir, { recursive: true });
-    const proc = spawnTracked(process.execPath, [...nodeArgs, CLI, 'serve'], {
-      cwd: PROJECT_ROOT,
-      env: {
-        ...process.env,
-        LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? 'warn',
-        PORT: String(port),
-        HOST,
-        SERVER_ID: name,
-        DATA_DIR: dataDir,
-        PEER_URLS: urls.filter((_, j) => j !== i).join(','),
-        CLUSTER_SECRET: secret,
-        ...options.env,
-      },
-      logFile: path.join(root, `${name}.log`),
-    });
-    return { name, url: urls[i]!, port, dataDir, process: proc };
+    const env: NodeJS.ProcessEnv = {
+      ...process.env,
+      LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? 'warn',
+      PORT: String(port),
+      HOST,
+      SERVER_ID: name,
+      DATA_DIR: dataDir,
+      PEER_URLS: urls.filter((_, j) => j !== i).join(','),
+      CLUSTER_SECRET: secret,
+      ...options.env,
+    };
+    return { name, url: urls[i]!, port, dataDir, env, process: spawnNode(name, env) };
   });
   let stopped = false;
   const stop = async (): Promise<void> => {
@@ -414,26 +437,90 @@ export async function startCluster(
     await Promise.all(nodes.map((n) => stopProcess(n.process.child, 5000)));
   };
   onCleanup(stop);
-  const died = Promise.race(
-    nodes.map((n) => n.process.exited.then((code) => Promise.reject(new Error(`${n.name} exited (${code}) during start; see ${n.process.logFile}`)))),
-  );
-  died.catch(() => undefined);
-  await Promise.race([
-    died,
-    Promise.all(
-      nodes.map((n) =>
-        waitFor(
-          `${n.name} /health`,
-          async () => {
-            const { status, body } = await getJson(`${n.url}/health`, 1000);
-            return status === 200 && (body as { peers_reachable?: number }).peers_reachable === size - 1;
-          },
-          options.readyTimeoutMs ?? 30_000,
+  const waitReady = async (group: ClusterNode[]): Promise<void> => {
+    const died = Promise.race(
+      group.map((n) => n.process.exited.then((code) => Promise.reject(new Error(`${n.name} exited (${code}) during start; see ${n.process.logFile}`)))),
+    );
+    died.catch(() => undefined);
+    await Promise.race([
+      died,
+      Promise.all(
+        group.map((n) =>
+          waitFor(
+            `${n.name} /health`,
+            async () => {
+              const { status, body } = await getJson(`${n.url}/health`, 1000);
+              return status === 200 && (body as { peers_reachable?: number }).peers_reachable === size - 1;
+            },
+            readyTimeoutMs,
+          ),
         ),
       ),
-    ),
-  ]);
-  return { nodes, urls, root, stop };
+    ]);
+  };
+  const nodeAt = (index: number): ClusterNode => {
+    const node = nodes[index];
+    if (!node) throw new Error(`no node ${index} in a cluster of ${size}`);
+    return node;
+  };
+  const killNode = async (index: number, sig: NodeJS.Signals = 'SIGKILL'): Promise<void> => {
+    const node = nodeAt(index);
+    const { child, exited } = node.process;
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    child.kill(sig);
+    await withTimeout(exited, 10_000, `${node.name} to stop`);
+  };
+  const startNode = async (index: number, extraEnv: NodeJS.ProcessEnv = {}): Promise<void> => {
+    if (stopped) throw new Error('the cluster was stopped');
+    const node = nodeAt(index);
+    if (node.process.child.exitCode === null && node.process.child.signalCode === null) throw new Error(`${node.name} is still running`);
+    node.env = { ...node.env, ...extraEnv };
+    node.process = spawnNode(node.name, node.env);
+    await waitReady([node]);
+  };
+  const repoState = async (index: number, repoId: string): Promise<RepoStateAnswer> => {
+    const node = nodeAt(index);
+    const res = await fetch(`${node.url}/internal/repo-state/${repoId}?refs=0`, {
+      headers: { 'x-quorum-secret': secret },
+      signal: AbortSignal.timeout(5000),
+    });
+    const text = await res.text();
+    if (res.status !== 200) throw new Error(`${node.name} repo-state ${repoId}: ${res.status} ${text.slice(0, 300)}`);
+    return JSON.parse(text) as RepoStateAnswer;
+  };
+  await waitReady(nodes);
+  return { nodes, urls, root, secret, stop, killNode, startNode, repoState };
+}
+
+/** The last lines of a log file (for error messages). */
+export function logTail(file: string | undefined, lines = 30): string {
+  if (!file || !existsSync(file)) return '(no log)';
+  return readFileSync(file, 'utf8').split('\n').slice(-lines).join('\n');
+}
+
+/** Thrown from a `waitFor` check: stop waiting at once. */
+export class FatalWaitError extends Error {}
+
+/** Waits until every running node of the cluster holds `repoId` live at the same, highest version. */
+export async function waitConverged(cluster: Cluster, repoId: string, timeoutMs = 30_000, indexes?: number[]): Promise<RepoStateAnswer> {
+  const which = indexes ?? cluster.nodes.map((_, i) => i);
+  let last: RepoStateAnswer | undefined;
+  await waitFor(
+    `${repoId} converged on ${which.map((i) => cluster.nodes[i]!.name).join(', ')}`,
+    async () => {
+      for (const i of which) {
+        const n = cluster.nodes[i]!;
+        const { exitCode, signalCode } = n.process.child;
+        if (exitCode !== null || signalCode !== null) throw new FatalWaitError(`${n.name} exited (${signalCode ?? exitCode}); log tail:\n${logTail(n.process.logFile)}`);
+      }
+      const states = await Promise.all(which.map((i) => cluster.repoState(i, repoId)));
+      last = states[0];
+      return states.every((s) => s.live && s.epoch === states[0]!.epoch && s.generation === states[0]!.generation);
+    },
+    timeoutMs,
+    50,
+  );
+  return last!;
 }
 
 /** Creates a repo through the management API; returns the response body. */
