@@ -21,7 +21,11 @@ export async function readRefs(repoPath: string): Promise<Record<string, string>
   return refs;
 }
 
+/** The ref HEAD names. A bare repo's HEAD is a one-line file; reading it saves a git process per push. */
 export async function readHead(repoPath: string): Promise<string> {
+  const text = await fs.readFile(path.join(repoPath, 'HEAD'), 'utf8');
+  const m = /^ref: (refs\/\S+)\s*$/.exec(text);
+  if (m) return m[1]!;
   return (await runGit(['symbolic-ref', 'HEAD'], { cwd: repoPath })).trim();
 }
 
@@ -42,15 +46,22 @@ export class RefConflictError extends Error {
  * ref at neither its old nor its new value is a divergence and nothing is changed.
  */
 export async function applyUpdates(repoPath: string, updates: readonly RefUpdate[], head?: string): Promise<void> {
-  const current = await readRefs(repoPath);
-  const lines: string[] = [];
-  for (const u of updates) {
-    const found = current[u.ref] ?? ZERO_OID;
-    if (found === u.new) continue;
-    if (found !== u.old) throw new RefConflictError(u.ref, found, u.old);
-    lines.push(u.new === ZERO_OID ? `delete ${u.ref} ${u.old}` : `update ${u.ref} ${u.new} ${u.old}`);
+  const edit = (u: RefUpdate): string => (u.new === ZERO_OID ? `delete ${u.ref} ${u.old}` : `update ${u.ref} ${u.new} ${u.old}`);
+  try {
+    // The usual case, one git process: update-ref itself checks every old value.
+    await applyRefEdits(repoPath, updates.map(edit));
+  } catch {
+    // A replayed commit (some refs already moved) or a real divergence: look before moving.
+    const current = await readRefs(repoPath);
+    const lines: string[] = [];
+    for (const u of updates) {
+      const found = current[u.ref] ?? ZERO_OID;
+      if (found === u.new) continue;
+      if (found !== u.old) throw new RefConflictError(u.ref, found, u.old);
+      lines.push(edit(u));
+    }
+    if (lines.length > 0) await applyRefEdits(repoPath, lines);
   }
-  if (lines.length > 0) await applyRefEdits(repoPath, lines);
   if (head !== undefined && (await readHead(repoPath)) !== head) await setHead(repoPath, head);
 }
 
@@ -88,6 +99,7 @@ export async function quarantinePackFiles(quarantine: string): Promise<string[]>
 /**
  * Moves shipped pack files into the repo's object store: the .pack (and .rev) first, the .idx last,
  * since git finds a pack through its index. Objects present but unreferenced change nothing visible.
+ * The emptied directory goes too: otherwise every push would leave one behind on every peer.
  */
 export async function installPackFiles(repoPath: string, dir: string): Promise<void> {
   let names: string[];
@@ -102,4 +114,5 @@ export async function installPackFiles(repoPath: string, dir: string): Promise<v
   const packDir = path.join(repoPath, 'objects', 'pack');
   await fs.mkdir(packDir, { recursive: true });
   for (const name of names) await fs.rename(path.join(dir, name), path.join(packDir, name));
+  await fs.rm(dir, { recursive: true, force: true });
 }

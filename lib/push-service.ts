@@ -106,8 +106,10 @@ export class PushService {
     let releaseLater = false;
     try {
       const repoPath = store.repoPath(repoId);
-      const [refsBefore, head, packFiles] = await Promise.all([readRefs(repoPath), readHead(repoPath), quarantinePackFiles(request.quarantine)]);
-      const newHead = headAfterPush(head, refsBefore, updates);
+      const [head, quarantined] = await Promise.all([readHead(repoPath), quarantinePackFiles(request.quarantine)]);
+      // The refs are read only when HEAD might be left naming no branch (rare: a first push).
+      const mayMoveHead = !updates.some((u) => u.ref === head) && updates.some((u) => u.new !== ZERO_OID && u.ref.startsWith('refs/heads/'));
+      const newHead = mayMoveHead ? headAfterPush(head, await readRefs(repoPath), updates) : undefined;
       const op: TxnOp = {
         kind: 'push',
         repoId,
@@ -116,15 +118,22 @@ export class PushService {
         ...(newHead === undefined ? {} : { head: newHead }),
       };
       const txnId = this.options.newTxnId();
+      // receive-pack deletes its quarantine as soon as the hook answers, which can be before a slow
+      // peer has its copy: ship hard links that live until every upload is over.
+      const packFiles = await store.linkOutgoing(txnId, quarantined);
+      const uploads: Promise<unknown>[] = [];
       const exit = request.receivePackPid === undefined ? undefined : this.options.receivePackExit(request.receivePackPid);
       const localApplied = driver.localOutcome(txnId);
       const result = await driver.runTxn(op, request.requestId, {
         txnId,
         selfCommitGate: exit ?? Promise.resolve(),
         beforePrepare: async (peer: NodeId) => {
-          for (const file of packFiles) await this.options.client.uploadPackFile(peer, txnId, file, request.requestId);
+          const upload = Promise.all(packFiles.map((file) => this.options.client.uploadPackFile(peer, txnId, file, request.requestId)));
+          uploads.push(upload);
+          await upload;
         },
       });
+      void Promise.allSettled(uploads).then(() => store.dropOutgoing(txnId));
       const total = driver.nodes.length;
       if (result.outcome === 'committed') {
         releaseLater = true;
@@ -148,6 +157,8 @@ function rejectionMessage(code: string, failed: NodeId[], detail: string | undef
   switch (code) {
     case 'ref_conflict':
       return `quorum-git: ${detail ?? 'a ref'} was updated by another push since you fetched; fetch, merge or rebase, and push again`;
+    case 'ref_name_clash':
+      return `quorum-git: ${detail ?? 'two refs'} cannot both exist (a ref name cannot also be a directory of refs), nor can one push replace one with the other; push a deletion on its own first, or pick another name; nothing was changed`;
     case 'stale':
       return `quorum-git: a replica of this repository is catching up (${detail ?? 'versions differ'}); nothing was changed, push again in a moment`;
     case 'repo_busy':

@@ -20,6 +20,7 @@ export class RepoStore {
   private readonly trashRoot: string;
   private readonly templateDir: string;
   private readonly incomingRoot: string;
+  private readonly outgoingRoot: string;
   /** The template's tree, read once: writing these few entries is several times faster than fs.cp. */
   private templateEntries: { rel: string; content?: Buffer }[] = [];
 
@@ -29,11 +30,12 @@ export class RepoStore {
     this.trashRoot = path.join(dataDir, 'trash');
     this.templateDir = path.join(dataDir, 'template.git');
     this.incomingRoot = path.join(dataDir, 'incoming');
+    this.outgoingRoot = path.join(dataDir, 'outgoing');
   }
 
   /** Creates the layout and the template; removes staging the log does not know about and old trash. */
   async init(keepStaging: ReadonlySet<string>): Promise<void> {
-    await Promise.all([this.reposRoot, this.stagingRoot, this.trashRoot, this.incomingRoot].map((d) => fs.mkdir(d, { recursive: true })));
+    await Promise.all([this.reposRoot, this.stagingRoot, this.trashRoot, this.incomingRoot, this.outgoingRoot].map((d) => fs.mkdir(d, { recursive: true })));
     try {
       await fs.access(path.join(this.templateDir, 'HEAD'));
     } catch {
@@ -51,6 +53,8 @@ export class RepoStore {
       }
     }
     await this.emptyTrash();
+    await fs.rm(this.outgoingRoot, { recursive: true, force: true });
+    await fs.mkdir(this.outgoingRoot);
   }
 
   repoPath(repoId: string): string {
@@ -93,6 +97,24 @@ export class RepoStore {
   /** Where a peer's shipped pack for a push transaction waits for the prepare. */
   incomingDir(txnId: string): string {
     return path.join(this.incomingRoot, txnId);
+  }
+
+  /** Hard links (same file system, no copy) of a push's pack files, for shipping to peers. */
+  async linkOutgoing(txnId: string, files: readonly string[]): Promise<string[]> {
+    if (files.length === 0) return [];
+    const dir = path.join(this.outgoingRoot, txnId);
+    await fs.mkdir(dir, { recursive: true });
+    const linked: string[] = [];
+    for (const file of files) {
+      const target = path.join(dir, path.basename(file));
+      await fs.link(file, target);
+      linked.push(target);
+    }
+    return linked;
+  }
+
+  async dropOutgoing(txnId: string): Promise<void> {
+    await fs.rm(path.join(this.outgoingRoot, txnId), { recursive: true, force: true });
   }
 
   /** Maps a served repo's directory (as git hooks see it) back to its id, or undefined. */

@@ -332,6 +332,9 @@ export class QuorumGitNode {
         return this.forward(req, res, coordinator, log, false, () => this.serveGit(req, res, repoId, service, kind, log));
       }
     }
+    // The push itself (the POST) needs no check: the advertisement before it had one, and its
+    // prepare verifies version and old values on a quorum anyway.
+    if (service === 'receive-pack' && kind === 'gitRpc') return serveLocal();
     let plan = await this.planRead(repoId, String(res.getHeader(REQUEST_ID_HEADER)));
     if (service === 'receive-pack' && plan.action === 'proxy') {
       // The coordinator must be current before it advertises refs to a pusher.
@@ -473,6 +476,7 @@ export class QuorumGitNode {
           throw new QuorumGitError('repo_busy', `repository ${op.repoId} is being changed by another request; retry`);
         case 'stale':
         case 'ref_conflict':
+        case 'ref_name_clash':
         case 'quorum_unreachable':
           throw new QuorumGitError(
             'quorum_unreachable',

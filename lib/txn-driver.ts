@@ -77,6 +77,8 @@ export class TxnDriver {
   private readonly active = new Map<string, ActiveTxn>();
   private readonly selfCommitGates = new Map<string, Promise<void>>();
   private readonly applying = new Map<string, Promise<Vote>>();
+  /** When this node prepared each transaction it still holds (in memory only). */
+  private readonly preparedAt = new Map<string, number>();
   private readonly localSettled = new Map<string, { promise: Promise<void>; resolve: () => void }>();
   /** File-system work on one repo runs one step at a time, in arrival order. */
   private readonly repoChains = new Map<string, Promise<void>>();
@@ -195,22 +197,33 @@ export class TxnDriver {
           const refs = this.participant.isLive(msg.op.repoId) ? await readRefs(repoPath) : undefined;
           effects = this.participant.onPrepare(msg, refs);
         });
-        return this.runParticipantEffects(effects, msg.txnId);
+        const vote = await this.runParticipantEffects(effects, msg.txnId);
+        // A no from a node that never took the transaction (stale, conflict, busy) would leave the pack
+        // shipped ahead of this prepare in incoming/ until a restart: nobody sends an abort to a no voter.
+        const status = this.participant.status(msg.txnId);
+        if (vote.vote === 'no' && (status === undefined || status === 'refused')) await this.options.store.discard(msg.txnId);
+        return vote;
       }
-      case 'commitTxn': {
-        // A commit re-sent while the first is still being applied waits for that one.
-        const inFlight = this.applying.get(msg.txnId);
-        if (inFlight) return inFlight;
-        const applied = this.runParticipantEffects(this.participant.onCommit(msg.txnId, msg.epoch, msg.generation), msg.txnId);
-        this.applying.set(msg.txnId, applied);
-        try {
-          return await applied;
-        } finally {
-          this.applying.delete(msg.txnId);
-        }
-      }
+      case 'commitTxn':
+        return this.commitLocally(msg.txnId, msg.epoch, msg.generation);
       case 'abortTxn':
         return this.runParticipantEffects(this.participant.onAbort(msg.txnId), msg.txnId);
+    }
+  }
+
+  /**
+   * Applies a commit here. A second commit for the same transaction (a re-send, or recovery racing the
+   * coordinator's own message) waits for the apply in flight and gets its answer.
+   */
+  private async commitLocally(txnId: string, epoch: number, generation: number): Promise<Vote> {
+    const inFlight = this.applying.get(txnId);
+    if (inFlight) return inFlight;
+    const applied = this.runParticipantEffects(this.participant.onCommit(txnId, epoch, generation), txnId);
+    this.applying.set(txnId, applied);
+    try {
+      return await applied;
+    } finally {
+      this.applying.delete(txnId);
     }
   }
 
@@ -242,6 +255,7 @@ export class TxnDriver {
     if (settles) this.settle(txnId);
     if (staging) {
       this.participant.onPrepared(txnId);
+      this.preparedAt.set(txnId, this.options.clock.now());
       if (this.participant.status(txnId) === 'aborted') await this.options.store.discard(txnId);
     }
     return vote;
@@ -306,7 +320,12 @@ export class TxnDriver {
     this.selfCommitGates.delete(txnId);
   }
 
+  private get inDoubtGraceMs(): number {
+    return this.options.timeouts.prepareTimeoutMs + this.options.timeouts.commitTimeoutMs;
+  }
+
   private settle(txnId: string): void {
+    this.preparedAt.delete(txnId);
     this.selfCommitGates.delete(txnId);
     const entry = this.localSettled.get(txnId);
     if (entry) {
@@ -348,8 +367,13 @@ export class TxnDriver {
   /** Asks the coordinator and the peers about every transaction left prepared here, and settles what it can. */
   async resolveInDoubtOnce(): Promise<number> {
     let settled = 0;
+    const now = this.options.clock.now();
     for (const txn of this.participant.inDoubt()) {
       if (this.active.has(txn.txnId)) continue;
+      // A transaction prepared moments ago is still in the coordinator's hands; asking now would only
+      // race its commit. Those replayed at start have no time and are asked at once.
+      const preparedAt = this.preparedAt.get(txn.txnId);
+      if (preparedAt !== undefined && now - preparedAt < this.inDoubtGraceMs) continue;
       let epoch: number | undefined;
       let generation = 0;
       const ask = async (node: NodeId, asCoordinator: boolean): Promise<PeerAnswer> => {
@@ -375,7 +399,7 @@ export class TxnDriver {
       const verdict = resolveInDoubt({ coordinator, peers }, this.nodes.length, this.options.quorum);
       this.options.logger.info('in-doubt txn', { txn_id: txn.txnId, coordinator, peers, verdict });
       if (verdict === 'commit' && epoch !== undefined) {
-        await this.runParticipantEffects(this.participant.onCommit(txn.txnId, epoch, generation), txn.txnId);
+        await this.commitLocally(txn.txnId, epoch, generation);
         settled += 1;
       } else if (verdict === 'abort') {
         await this.runParticipantEffects(this.participant.onAbort(txn.txnId), txn.txnId);
