@@ -59,7 +59,8 @@ export type NoVoteCode =
   | 'unreachable'
   | 'stage_failed'
   | 'stale'
-  | 'ref_conflict';
+  | 'ref_conflict'
+  | 'ref_name_clash';
 export type Vote = { vote: 'yes'; epoch: number; generation: number } | { vote: 'no'; code: NoVoteCode; detail?: string };
 
 export type TxnMessage =
@@ -85,7 +86,7 @@ export function compareVersions(a: RepoVersion, b: RepoVersion): number {
   return a.epoch !== b.epoch ? a.epoch - b.epoch : a.generation - b.generation;
 }
 
-export type AbortCode = 'repo_exists' | 'repo_not_found' | 'repo_busy' | 'quorum_unreachable' | 'stale' | 'ref_conflict';
+export type AbortCode = 'repo_exists' | 'repo_not_found' | 'repo_busy' | 'quorum_unreachable' | 'stale' | 'ref_conflict' | 'ref_name_clash';
 
 export type CoordinatorResult =
   | { outcome: 'committed'; epoch: number; generation: number; confirmed: NodeId[]; behind: NodeId[] }
@@ -298,7 +299,7 @@ export class CoordinatorTxn {
     const failed: NodeId[] = [];
     let conflict: { code: AbortCode; detail?: string } | undefined;
     // The most telling reason wins: a conflict the user can act on before "busy" or "stale".
-    const rank: Partial<Record<NoVoteCode, number>> = { ref_conflict: 4, repo_exists: 3, repo_not_found: 3, stale: 2, repo_busy: 1, refused: 1 };
+    const rank: Partial<Record<NoVoteCode, number>> = { ref_conflict: 4, ref_name_clash: 4, repo_exists: 3, repo_not_found: 3, stale: 2, repo_busy: 1, refused: 1 };
     for (const node of this.options.nodes) {
       const vote = this.votes.get(node);
       if (vote === undefined) {
@@ -314,7 +315,7 @@ export class CoordinatorTxn {
     }
     // With a quorum of nodes reachable, a refusal is the reason; otherwise the quorum is.
     const reachable = this.options.nodes.length - failed.length;
-    if (conflict && (reachable >= this.options.quorum || conflict.code === 'ref_conflict')) {
+    if (conflict && (reachable >= this.options.quorum || conflict.code === 'ref_conflict' || conflict.code === 'ref_name_clash')) {
       return { outcome: 'aborted', code: conflict.code, failed, ...(conflict.detail === undefined ? {} : { detail: conflict.detail }) };
     }
     return { outcome: 'aborted', code: 'quorum_unreachable', failed };
@@ -331,6 +332,8 @@ interface TxnRecord {
   coordinator?: NodeId;
   epoch?: number;
   generation?: number;
+  /** A push this replica could not apply (it stays behind until catch-up). */
+  applyFailed?: boolean;
 }
 
 export type ParticipantEffect =
@@ -467,6 +470,8 @@ export class Participant {
         const current = observedRefs[update.ref] ?? ZERO_OID;
         if (current !== update.old) return no('ref_conflict', update.ref);
       }
+      const clash = refNameClash(op.updates, observedRefs);
+      if (clash !== undefined) return no('ref_name_clash', clash);
     }
     this.locks.set(op.repoId, txnId);
     this.txns.set(txnId, { status: 'preparing', op, coordinator });
@@ -505,6 +510,7 @@ export class Participant {
       return;
     }
     rec.status = 'committed';
+    rec.applyFailed = true;
     this.unlock(rec.op.repoId, txnId);
   }
 
@@ -524,7 +530,8 @@ export class Participant {
   onCommit(txnId: string, epoch: number, generation = 0): ParticipantEffect[] {
     const rec = this.txns.get(txnId);
     if (!rec?.op) return [];
-    if (rec.status === 'committed') return [{ type: 'reply', vote: { vote: 'yes', epoch, generation } }];
+    // A re-sent commit is acknowledged only if this replica applied it: an ack counts towards the quorum.
+    if (rec.status === 'committed') return [{ type: 'reply', vote: rec.applyFailed ? { vote: 'no', code: 'stage_failed' } : { vote: 'yes', epoch, generation } }];
     if (rec.status !== 'prepared') return [];
     rec.status = 'committing';
     rec.epoch = epoch;
@@ -628,6 +635,34 @@ export class Participant {
   private unlock(repoId: string, txnId: string): void {
     if (this.locks.get(repoId) === txnId) this.locks.delete(repoId);
   }
+}
+
+/**
+ * Two refs of which one names a directory of the other (refs/heads/x, refs/heads/x/y) cannot both
+ * exist, and git cannot delete one and create the other in one transaction. A push that touches such
+ * a pair is refused at prepare, where every replica at the base version sees the same refs and so
+ * refuses alike: at commit it would fail on the replicas (one update-ref transaction) while the
+ * coordinator's receive-pack, moving the refs of a non-atomic push one by one, might apply some,
+ * leaving the replicas apart. Returns the clashing pair, or undefined.
+ */
+export function refNameClash(updates: readonly RefUpdate[], refs: Readonly<Record<string, string>>): string | undefined {
+  const names = new Set([...Object.keys(refs), ...updates.map((u) => u.ref)]);
+  // Every directory some ref lives in, with one ref under it.
+  const dirs = new Map<string, string>();
+  for (const name of names) {
+    for (let i = name.indexOf('/'); i !== -1; i = name.indexOf('/', i + 1)) {
+      const dir = name.slice(0, i);
+      if (!dirs.has(dir)) dirs.set(dir, name);
+    }
+  }
+  for (const { ref } of updates) {
+    const under = dirs.get(ref);
+    if (under !== undefined) return `${ref} and ${under}`;
+    for (let i = ref.indexOf('/'); i !== -1; i = ref.indexOf('/', i + 1)) {
+      if (names.has(ref.slice(0, i))) return `${ref} and ${ref.slice(0, i)}`;
+    }
+  }
+  return undefined;
 }
 
 // ---------------------------------------------------------------------------------------------
