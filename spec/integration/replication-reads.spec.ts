@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { expect } from 'chai';
-import { Cluster, GitClient, printLogsOnFailure, type TestNode } from '../support/cluster.js';
+import { Cluster, GitClient, eventually, printLogsOnFailure, type TestNode } from '../support/cluster.js';
 import {
   cloneLocal,
   commitFile,
@@ -77,8 +77,10 @@ describe('reads of replicated repos (3-node cluster)', function () {
 
     // Node 3 served none of that itself: it is still behind, on disk and by generation, and said where it sent each read.
     expect((await diskRefs(git, n3, repoId))['refs/heads/main']).to.equal(base);
-    const versions = await Promise.all(cluster.nodes.map((n) => repoVersion(n, repoId)));
-    expect(versions.map((v) => v.generation)).to.deep.equal([3, 3, 1]);
+    await eventually(async () => {
+      const versions = await Promise.all(cluster.nodes.map((n) => repoVersion(n, repoId)));
+      expect(versions.map((v) => v.generation)).to.deep.equal([3, 3, 1]);
+    });
     const logged = n3.logText().slice(logBefore);
     expect(logged).to.match(/"message":"proxying"/);
     expect(logged).to.match(/"message":"catch-up failed"/);
