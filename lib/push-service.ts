@@ -135,6 +135,17 @@ export class PushService {
       });
       void Promise.allSettled(uploads).then(() => store.dropOutgoing(txnId));
       const total = driver.nodes.length;
+      if (result.outcome === 'committed' && result.confirmed.length < this.options.quorum) {
+        // Decided, but the peers that voted yes could not apply it before the resends ran out. Saying
+        // "ok" now would acknowledge a push held by fewer than W nodes, so git is told it failed:
+        // receive-pack then leaves our refs alone, and the push is not acknowledged (a peer that did
+        // apply it may still spread it by catch-up, so the client should fetch before pushing again).
+        logger.error('push decided but not confirmed on a quorum', { txn_id: txnId, repo_id: repoId, confirmed: result.confirmed, behind: result.behind });
+        return {
+          ok: false,
+          message: `quorum-git: the push could not be confirmed on a quorum of ${this.options.quorum} of ${total} nodes (confirmed: ${result.confirmed.join(', ')}); fetch to see whether it landed, then push again`,
+        };
+      }
       if (result.outcome === 'committed') {
         releaseLater = true;
         const timeout = new Promise<void>((resolve) => setTimeout(resolve, limits.localApplyTimeoutMs).unref());
@@ -160,7 +171,7 @@ function rejectionMessage(code: string, failed: NodeId[], detail: string | undef
     case 'ref_name_clash':
       return `quorum-git: ${detail ?? 'two refs'} cannot both exist (a ref name cannot also be a directory of refs), nor can one push replace one with the other; push a deletion on its own first, or pick another name; nothing was changed`;
     case 'stale':
-      return `quorum-git: a replica of this repository is catching up (${detail ?? 'versions differ'}); nothing was changed, push again in a moment`;
+      return `quorum-git: the repository is at a newer version on other nodes than the one this push was based on (${detail ?? 'versions differ'}); nothing was changed; fetch, then push again`;
     case 'repo_busy':
       return 'quorum-git: another change to this repository is in progress; nothing was changed, push again';
     default:
