@@ -21,6 +21,64 @@ export async function readRefs(repoPath: string): Promise<Record<string, string>
   return refs;
 }
 
+const OID = /^(?:[0-9a-f]{40}|[0-9a-f]{64})$/;
+
+/**
+ * The values of some refs, read from the files backend directly (a loose ref file, else packed-refs):
+ * a push's prepare runs this on every peer, and it saves a git process there. Anything unusual (a
+ * symbolic ref, an odd name) is left to git.
+ */
+export async function readRefValues(repoPath: string, refs: readonly string[]): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  let packed: Map<string, string> | undefined;
+  for (const ref of refs) {
+    if (!ref.startsWith('refs/') || ref.split('/').some((part) => part === '..' || part === '.' || part === '')) {
+      return pick(await readRefs(repoPath), refs);
+    }
+    let text: string | undefined;
+    try {
+      text = await fs.readFile(path.join(repoPath, ref), 'utf8');
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT' && code !== 'EISDIR' && code !== 'ENOTDIR') throw err;
+    }
+    if (text !== undefined) {
+      const oid = text.trim();
+      if (!OID.test(oid)) return pick(await readRefs(repoPath), refs);
+      out[ref] = oid;
+      continue;
+    }
+    packed ??= await readPackedRefs(repoPath);
+    const oid = packed.get(ref);
+    if (oid !== undefined) out[ref] = oid;
+  }
+  return out;
+}
+
+function pick(all: Record<string, string>, refs: readonly string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const ref of refs) if (all[ref] !== undefined) out[ref] = all[ref];
+  return out;
+}
+
+async function readPackedRefs(repoPath: string): Promise<Map<string, string>> {
+  const packed = new Map<string, string>();
+  let text: string;
+  try {
+    text = await fs.readFile(path.join(repoPath, 'packed-refs'), 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return packed;
+    throw err;
+  }
+  // "<oid> <ref>" lines; '#' starts the header, '^' a peeled value of the tag above.
+  for (const line of text.split('\n')) {
+    if (line === '' || line.startsWith('#') || line.startsWith('^')) continue;
+    const space = line.indexOf(' ');
+    packed.set(line.slice(space + 1), line.slice(0, space));
+  }
+  return packed;
+}
+
 /** The ref HEAD names. A bare repo's HEAD is a one-line file; reading it saves a git process per push. */
 export async function readHead(repoPath: string): Promise<string> {
   const text = await fs.readFile(path.join(repoPath, 'HEAD'), 'utf8');

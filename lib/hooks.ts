@@ -20,18 +20,16 @@ export async function installHooks(dataDir: string, hookUrl: string, secret: str
   await fs.writeFile(authFile, `${SECRET_HEADER}: ${secret}\n`, { mode: 0o600 });
   await fs.chmod(authFile, 0o600);
   const quote = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
+  // One process besides sh: curl writes the node's message to stderr and the status code to stdout.
   const script = `#!/bin/sh
 # quorum-git pre-receive hook, written by the node at start; edits are overwritten.
 # Hands this push to the local node, which commits it on a quorum of nodes before any ref moves.
-resp=$(curl -sS --max-time ${HOOK_TIMEOUT_S} -X POST -H @${quote(authFile)} \\
-  -H "x-git-dir: $(pwd)" -H "x-quarantine: \${GIT_QUARANTINE_PATH:-}" -H "x-receive-pack-pid: $PPID" \\
-  -H 'content-type: text/plain' --data-binary @- -w '\\n%{http_code}' ${quote(hookUrl)}) || {
+code=$(curl -sS --max-time ${HOOK_TIMEOUT_S} -X POST -H @${quote(authFile)} \\
+  -H "x-git-dir: $PWD" -H "x-quarantine: \${GIT_QUARANTINE_PATH:-}" -H "x-receive-pack-pid: $PPID" \\
+  -H 'content-type: text/plain' --data-binary @- -o /dev/stderr -w '%{http_code}' ${quote(hookUrl)}) || {
   echo 'quorum-git: the local node did not answer; nothing was changed' >&2
   exit 1
 }
-code=$(printf '%s' "$resp" | tail -n 1)
-body=$(printf '%s' "$resp" | sed '$d')
-[ -n "$body" ] && printf '%s\\n' "$body" >&2
 [ "$code" = 200 ]
 `;
   const hook = path.join(dir, 'pre-receive');

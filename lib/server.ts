@@ -289,7 +289,7 @@ export class QuorumGitNode {
           requestId,
         });
         res.writeHead(verdict.ok ? 200 : 409, { 'content-type': 'text/plain; charset=utf-8' });
-        res.end(verdict.message);
+        res.end(verdict.message === '' ? '' : `${verdict.message}\n`);
         return;
       }
       case 'internalPackUpload':

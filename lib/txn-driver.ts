@@ -2,9 +2,10 @@ import type { Logger } from './logger.js';
 import type { PeerClient } from './peer-client.js';
 import type { RepoStore } from './repo-store.js';
 import type { TxnLog } from './txn-log.js';
-import { applyUpdates, installPackFiles, readRefs } from './git-refs.js';
+import { applyUpdates, installPackFiles, readRefValues, readRefs } from './git-refs.js';
 import {
   CoordinatorTxn,
+  ZERO_OID,
   compareVersions,
   Participant,
   resolveInDoubt,
@@ -191,10 +192,15 @@ export class TxnDriver {
         if (msg.op.kind !== 'push') return this.runParticipantEffects(this.participant.onPrepare(msg), msg.txnId);
         // A push is checked against the refs on disk, read in the repo's queue so that a commit still
         // being applied is seen whole.
-        const repoPath = this.options.store.repoPath(msg.op.repoId);
+        const op = msg.op;
+        const repoPath = this.options.store.repoPath(op.repoId);
+        // A push that creates a ref is checked against every ref (name/directory clashes); one that
+        // only moves or deletes existing refs needs just those, read without starting git.
+        const creates = op.updates.some((u) => u.old === ZERO_OID);
         let effects: ParticipantEffect[] = [];
-        await this.withRepo(msg.op.repoId, async () => {
-          const refs = this.participant.isLive(msg.op.repoId) ? await readRefs(repoPath) : undefined;
+        await this.withRepo(op.repoId, async () => {
+          let refs: Record<string, string> | undefined;
+          if (this.participant.isLive(op.repoId)) refs = creates ? await readRefs(repoPath) : await readRefValues(repoPath, op.updates.map((u) => u.ref));
           effects = this.participant.onPrepare(msg, refs);
         });
         const vote = await this.runParticipantEffects(effects, msg.txnId);
