@@ -84,6 +84,19 @@ export class PushService {
     this.options = options;
   }
 
+  /**
+   * Waits until no push to the repo is in flight here (the last one's own commit included): a pusher
+   * right behind another must be shown the refs that push left, not be sent away as "behind".
+   */
+  async waitIdle(repoId: string): Promise<void> {
+    try {
+      const release = await this.locks.acquire(repoId, this.options.limits.pushLockTimeoutMs);
+      release();
+    } catch (err) {
+      if (!(err instanceof LockTimeoutError)) throw err;
+    }
+  }
+
   async preReceive(request: HookRequest): Promise<HookVerdict> {
     const { store, driver, logger, limits } = this.options;
     const repoId = store.repoIdOf(request.gitDir);

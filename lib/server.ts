@@ -335,6 +335,7 @@ export class QuorumGitNode {
     // The push itself (the POST) needs no check: the advertisement before it had one, and its
     // prepare verifies version and old values on a quorum anyway.
     if (service === 'receive-pack' && kind === 'gitRpc') return serveLocal();
+    if (service === 'receive-pack') await this.pushService.waitIdle(repoId);
     let plan = await this.planRead(repoId, String(res.getHeader(REQUEST_ID_HEADER)));
     if (service === 'receive-pack' && plan.action === 'proxy') {
       // The coordinator must be current before it advertises refs to a pusher.
