@@ -48,7 +48,7 @@ export class PeerClient {
     });
   }
 
-  async sendTxn(node: NodeId, msg: TxnMessage, requestId: string, timeoutMs?: number): Promise<Vote> {
+  async sendTxn(node: NodeId, msg: TxnMessage & { inlineFiles?: Record<string, string> }, requestId: string, timeoutMs?: number): Promise<Vote> {
     const path = msg.type === 'prepare' ? 'prepare' : msg.type === 'commitTxn' ? 'commit' : 'abort';
     return this.got
       .post(`${node}/internal/txn/${path}`, {

@@ -1,3 +1,5 @@
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
 import { quarantinePackFiles, readHead, readRefs } from './git-refs.js';
 import { KeyedLock, LockTimeoutError } from './keyed-lock.js';
 import type { Logger } from './logger.js';
@@ -16,6 +18,8 @@ import type { TxnDriver } from './txn-driver.js';
 
 export interface PushLimits {
   maxRefsPerPush: number;
+  /** Packs up to this size travel inside the prepare message instead of a streamed upload. */
+  inlinePackMaxBytes: number;
   pushLockTimeoutMs: number;
   /** How long a finished push keeps the repo while our own replica applies it. */
   localApplyTimeoutMs: number;
@@ -135,12 +139,15 @@ export class PushService {
       // peer has its copy: ship hard links that live until every upload is over.
       const packFiles = await store.linkOutgoing(txnId, quarantined);
       const uploads: Promise<unknown>[] = [];
+      const inline = await readInline(packFiles, limits.inlinePackMaxBytes);
       const exit = request.receivePackPid === undefined ? undefined : this.options.receivePackExit(request.receivePackPid);
       const localApplied = driver.localOutcome(txnId);
       const result = await driver.runTxn(op, request.requestId, {
         txnId,
         selfCommitGate: exit ?? Promise.resolve(),
         beforePrepare: async (peer: NodeId) => {
+          // A small pack rides inside the prepare (one request less per peer); a large one streams ahead.
+          if (inline) return inline;
           const upload = Promise.all(packFiles.map((file) => this.options.client.uploadPackFile(peer, txnId, file, request.requestId)));
           uploads.push(upload);
           await upload;
@@ -175,6 +182,14 @@ export class PushService {
       if (!releaseLater) release();
     }
   }
+}
+
+async function readInline(files: readonly string[], maxBytes: number): Promise<Record<string, string> | undefined> {
+  if (files.length === 0) return undefined;
+  const sizes = await Promise.all(files.map(async (f) => (await fs.stat(f)).size));
+  if (sizes.reduce((a, b) => a + b, 0) > maxBytes) return undefined;
+  const contents = await Promise.all(files.map((f) => fs.readFile(f)));
+  return Object.fromEntries(files.map((f, i) => [path.basename(f), contents[i]!.toString('base64')]));
 }
 
 function rejectionMessage(code: string, failed: NodeId[], detail: string | undefined, quorum: number, total: number): string {

@@ -18,7 +18,7 @@ import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createProxyServer, type ProxyServer } from 'http-proxy-3';
 import { CatchUp, DIRECT_HEADER } from './catch-up.js';
-import { readHead, readRefs } from './git-refs.js';
+import { PACK_FILE, readHead, readRefs } from './git-refs.js';
 import { applyGitEnvironment, installHooks } from './hooks.js';
 import { PushService } from './push-service.js';
 import { readQuorum } from './quorum.js';
@@ -29,6 +29,8 @@ import { pickCoordinator, planRead, type ReplicaAnswer } from './routing.js';
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,64}$/;
 const BUSY_RETRIES = 3;
+/** Packs up to this size ride inside the prepare message (saves a request per peer on small pushes). */
+const INLINE_PACK_MAX_BYTES = 512 * 1024;
 const BUSY_BACKOFF_MS = 15;
 
 interface PeerStatus {
@@ -83,7 +85,7 @@ export class QuorumGitNode {
       client: this.client,
       logger,
       quorum: config.quorum,
-      limits: { maxRefsPerPush: config.maxRefsPerPush, pushLockTimeoutMs: config.pushLockTimeoutMs, localApplyTimeoutMs: config.commitTimeoutMs * 10 },
+      limits: { maxRefsPerPush: config.maxRefsPerPush, inlinePackMaxBytes: INLINE_PACK_MAX_BYTES, pushLockTimeoutMs: config.pushLockTimeoutMs, localApplyTimeoutMs: config.commitTimeoutMs * 10 },
       newTxnId: () => `${config.serverId}-${clock.now().toString(36)}-${randomBytes(6).toString('hex')}`,
       receivePackExit: (pid) => this.gitHttp.receivePackExit(pid),
     });
@@ -268,13 +270,15 @@ export class QuorumGitNode {
         return this.send(res, 200, { repos: this.driver.participant.catalog() });
       case 'internalTxn': {
         // A push's prepare lists every ref update: bounded by the refs-per-push limit, not the API's.
-        const msg = this.parseJson(await this.readBody(req, this.config.maxRefsPerPush * 300)) as TxnMessage;
+        const limit = this.config.maxRefsPerPush * 300 + Math.ceil(INLINE_PACK_MAX_BYTES * 1.4);
+        const { inlineFiles, ...msg } = this.parseJson(await this.readBody(req, limit)) as TxnMessage & { inlineFiles?: unknown };
         const expected = target.step === 'prepare' ? 'prepare' : target.step === 'commit' ? 'commitTxn' : 'abortTxn';
         if (typeof msg !== 'object' || msg === null || msg.type !== expected || typeof msg.txnId !== 'string') {
           throw new QuorumGitError('invalid_body', `expected a ${expected} message`);
         }
         log.debug('txn message', { txn_id: msg.txnId, type: msg.type });
-        return this.send(res, 200, await this.driver.handleMessage(msg));
+        if (inlineFiles !== undefined) await this.writeInlineFiles(msg.txnId, inlineFiles);
+        return this.send(res, 200, await this.driver.handleMessage(msg as TxnMessage));
       }
       case 'internalQuery':
         return this.send(res, 200, await this.driver.handleQuery(target.txnId, target.refuse, target.asCoordinator));
@@ -431,6 +435,21 @@ export class QuorumGitNode {
     const given = Buffer.from(String(req.headers[SECRET_HEADER] ?? ''));
     const expected = Buffer.from(this.config.clusterSecret);
     return given.length === expected.length && timingSafeEqual(given, expected);
+  }
+
+  /** A small pack that came inside a prepare: written where a streamed upload would have put it. */
+  private async writeInlineFiles(txnId: string, files: unknown): Promise<void> {
+    if (typeof files !== 'object' || files === null || !/^[A-Za-z0-9._-]{1,128}$/.test(txnId)) {
+      throw new QuorumGitError('invalid_body', 'inlineFiles must map pack file names to base64');
+    }
+    const dir = this.store.incomingDir(txnId);
+    await fsp.mkdir(dir, { recursive: true });
+    for (const [name, content] of Object.entries(files)) {
+      if (!PACK_FILE.test(name) || typeof content !== 'string') throw new QuorumGitError('invalid_body', `not a pack file: ${name}`);
+      const tmp = path.join(dir, `${name}.tmp`);
+      await fsp.writeFile(tmp, Buffer.from(content, 'base64'));
+      await fsp.rename(tmp, path.join(dir, name));
+    }
   }
 
   /** A peer streams one file of a push's pack to us ahead of the prepare; bounded, never buffered. */

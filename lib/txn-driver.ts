@@ -61,13 +61,19 @@ interface ActiveTxn {
   requestId: string;
   timers: Map<string, unknown>;
   resolve: (result: CoordinatorResult) => void;
-  beforePrepare?: (to: NodeId) => Promise<void>;
+  beforePrepare?: (to: NodeId) => Promise<InlineFiles | void>;
 }
+
+/** Small files (a push's pack) sent inside a prepare instead of ahead of it: name → base64. */
+export type InlineFiles = Record<string, string>;
 
 export interface RunTxnOptions {
   txnId?: string;
-  /** Runs before the prepare goes to a peer (a push ships its pack); a failure counts as that peer's no. */
-  beforePrepare?: (to: NodeId) => Promise<void>;
+  /**
+   * Runs before the prepare goes to a peer (a push ships its pack, or returns it to travel inside
+   * the prepare); a failure counts as that peer's no.
+   */
+  beforePrepare?: (to: NodeId) => Promise<InlineFiles | void>;
   /** A push: this replica's commit waits for it (git receive-pack moving the refs itself). */
   selfCommitGate?: Promise<void>;
 }
@@ -175,8 +181,12 @@ export class TxnDriver {
     const { coord } = txn;
     let vote: Vote;
     try {
-      if (msg.type === 'prepare' && to !== this.options.self && txn.beforePrepare) await txn.beforePrepare(to);
-      vote = to === this.options.self ? await this.handleMessage(msg) : await this.options.client.sendTxn(to, msg, txn.requestId);
+      let inline: InlineFiles | void = undefined;
+      if (msg.type === 'prepare' && to !== this.options.self && txn.beforePrepare) inline = await txn.beforePrepare(to);
+      vote =
+        to === this.options.self
+          ? await this.handleMessage(msg)
+          : await this.options.client.sendTxn(to, inline ? { ...msg, inlineFiles: inline } : msg, txn.requestId);
     } catch (err) {
       this.options.logger.warn('peer did not answer', { txn_id: coord.txnId, peer: to, msg: msg.type, err: (err as Error).message });
       vote = { vote: 'no', code: 'unreachable' };
