@@ -1,11 +1,12 @@
 import { spawn } from 'node:child_process';
-import { LOST_FOUND_PREFIX, applyRefEdits, readRefs, setHead } from './git-refs.js';
+import { createHash } from 'node:crypto';
+import { LOST_FOUND_PREFIX, applyRefEdits, readHead, readRefs, setHead } from './git-refs.js';
 import { runGit } from './git.js';
 import { addGitConfig } from './hooks.js';
 import type { Logger } from './logger.js';
 import { SECRET_HEADER, type PeerClient, type RepoStateAnswer } from './peer-client.js';
 import type { RepoStore } from './repo-store.js';
-import { compareVersions, type NodeId } from './txn-core.js';
+import { compareVersions, type NodeId, type RepoVersion } from './txn-core.js';
 import type { TxnDriver } from './txn-driver.js';
 
 // Repairs a replica that missed committed pushes (it was down, partitioned, or failed to apply):
@@ -52,7 +53,7 @@ export class CatchUp {
     const { driver, client, peers } = this.options;
     const mine = driver.participant.repo(repoId);
     if (mine?.state !== 'live') return false;
-    const states = await Promise.all(peers.map((p) => client.repoState(p, repoId, false).then((s) => ({ peer: p, s }), () => undefined)));
+    const states = await Promise.all(peers.map((p) => client.repoState(p, repoId, {}).then((s) => ({ peer: p, s }), () => undefined)));
     let best: { peer: NodeId; s: RepoStateAnswer } | undefined;
     for (const answer of states) {
       if (!answer || !answer.s.live || answer.s.epoch !== mine.epoch) continue;
@@ -60,13 +61,52 @@ export class CatchUp {
       if (!best || answer.s.generation > best.s.generation) best = answer;
     }
     if (!best) return false;
-    const snapshot = await client.repoState(best.peer, repoId, true);
+    const snapshot = await client.repoState(best.peer, repoId, { refs: true });
     if (!snapshot.refs || snapshot.epoch !== mine.epoch || snapshot.generation <= mine.generation) return false;
-    const refs = snapshot.refs;
-    const source = best.peer;
+    return this.copyFrom(repoId, best.peer, snapshot, 'catch-up');
+  }
+
+  /**
+   * Spokes-style check of a few repos: our refs digest against the peers' at the same version. A
+   * replica whose digest is in the minority has diverged; it repairs itself from the majority (its
+   * own refs kept under refs/lost+found/). A tie is only reported: no side can be proven right.
+   */
+  async verify(repoIds: readonly string[]): Promise<void> {
+    const { driver, client, peers, logger } = this.options;
+    for (const repoId of repoIds) {
+      const mine = driver.participant.repo(repoId);
+      if (mine?.state !== 'live' || driver.participant.lockedBy(repoId) !== undefined) continue;
+      const own = await repoDigest(driver, this.options.store, repoId);
+      const answers = await Promise.all(peers.map((p) => client.repoState(p, repoId, { digest: true }).then((s) => ({ peer: p, s }), () => undefined)));
+      const groups = new Map<string, NodeId[]>([[own.digest, ['self']]]);
+      for (const a of answers) {
+        if (!a?.s.live || a.s.digest === undefined || compareVersions(a.s, own.version) !== 0) continue;
+        groups.set(a.s.digest, [...(groups.get(a.s.digest) ?? []), a.peer]);
+      }
+      if (groups.size === 1) continue;
+      const sizes = Object.fromEntries([...groups].map(([d, nodes]) => [d.slice(0, 12), nodes]));
+      const [bestDigest, bestNodes] = [...groups].sort((a, b) => b[1].length - a[1].length)[0]!;
+      const ownCount = groups.get(own.digest)!.length;
+      logger.error('replicas diverged at the same version', { repo_id: repoId, generation: own.version.generation, digests: sizes });
+      if (bestDigest === own.digest || bestNodes.length === ownCount) continue;
+      const source = bestNodes[0]!;
+      const snapshot = await client.repoState(source, repoId, { refs: true });
+      if (!snapshot.refs || compareVersions(snapshot, own.version) !== 0) continue;
+      await this.copyFrom(repoId, source, snapshot, 'repair');
+    }
+  }
+
+  /**
+   * Makes our refs exactly the source's snapshot. For a catch-up we then take its version; for a
+   * repair the version is already equal.
+   */
+  private async copyFrom(repoId: string, source: NodeId, snapshot: RepoStateAnswer, mode: 'catch-up' | 'repair'): Promise<boolean> {
+    const { driver } = this.options;
+    const refs = snapshot.refs ?? {};
     let moved = false;
     await driver.withRepo(repoId, async () => {
-      if (driver.participant.lockedBy(repoId) !== undefined) return;
+      const mine = driver.participant.repo(repoId);
+      if (driver.participant.lockedBy(repoId) !== undefined || mine?.state !== 'live' || mine.epoch !== snapshot.epoch) return;
       const repoPath = this.options.store.repoPath(repoId);
       const before = await readRefs(repoPath);
       await this.fetch(repoPath, `${source}/${repoId}.git`);
@@ -76,10 +116,10 @@ export class CatchUp {
       const dropped = Object.keys(fetched).filter((ref) => refs[ref] === undefined);
       const replaced = Object.entries(before).filter(([ref, oid]) => refs[ref] !== oid);
       const edits: string[] = [];
-      if (replaced.length > 0 && (await this.wouldLose(repoPath, replaced.map(([, oid]) => oid)))) {
+      if (replaced.length > 0 && (mode === 'repair' || (await this.wouldLose(repoPath, replaced.map(([, oid]) => oid))))) {
         const stamp = `${mine.epoch}.${mine.generation}-${Date.now()}`;
         for (const [ref, oid] of replaced) edits.push(`create ${LOST_FOUND_PREFIX}${stamp}/${ref.replace(/^refs\//, '')} ${oid}`);
-        this.options.logger.warn('catch-up kept refs only this replica had', { repo_id: repoId, refs: replaced.map(([r]) => r), under: `${LOST_FOUND_PREFIX}${stamp}/` });
+        this.options.logger.warn(`${mode} kept refs only this replica had`, { repo_id: repoId, refs: replaced.map(([r]) => r), under: `${LOST_FOUND_PREFIX}${stamp}/` });
       }
       for (const ref of dropped) edits.push(`delete ${ref} ${fetched[ref]}`);
       if (edits.length > 0) await applyRefEdits(repoPath, edits);
@@ -87,8 +127,8 @@ export class CatchUp {
       const after = await readRefs(repoPath);
       const same = Object.keys(after).length === Object.keys(refs).length && Object.entries(refs).every(([r, o]) => after[r] === o);
       if (!same) return;
-      moved = await driver.caughtUp(repoId, { epoch: snapshot.epoch, generation: snapshot.generation });
-      if (moved) this.options.logger.info('caught up', { repo_id: repoId, from: source, generation: snapshot.generation });
+      moved = mode === 'repair' ? true : await driver.caughtUp(repoId, { epoch: snapshot.epoch, generation: snapshot.generation });
+      if (moved) this.options.logger.info(mode === 'repair' ? 'repaired' : 'caught up', { repo_id: repoId, from: source, generation: snapshot.generation });
     });
     return moved;
   }
@@ -118,4 +158,25 @@ export class CatchUp {
       child.stdin.end(oids.join('\n') + '\n');
     });
   }
+}
+
+/** A replica's refs and HEAD, read together with its version, and their digest. */
+export async function repoDigest(
+  driver: TxnDriver,
+  store: RepoStore,
+  repoId: string,
+): Promise<{ version: RepoVersion; refs: Record<string, string>; head: string; digest: string }> {
+  const repoPath = store.repoPath(repoId);
+  return driver.withRepoResult(repoId, async () => {
+    const version = driver.participant.versionOf(repoId);
+    const [refs, head] = await Promise.all([readRefs(repoPath), readHead(repoPath)]);
+    return { version, refs, head, digest: refsDigest(refs, head) };
+  });
+}
+
+/** sha256 over HEAD and every ref, in name order: equal digests mean identical refs. */
+export function refsDigest(refs: Readonly<Record<string, string>>, head: string): string {
+  const hash = createHash('sha256').update(`HEAD ${head}\n`);
+  for (const ref of Object.keys(refs).sort()) hash.update(`${refs[ref]} ${ref}\n`);
+  return hash.digest('hex');
 }

@@ -25,6 +25,7 @@ export interface RepoStateAnswer {
   behind: boolean;
   refs?: Record<string, string>;
   head?: string;
+  digest?: string;
 }
 
 export interface PeerInfo {
@@ -78,10 +79,10 @@ export class PeerClient {
   }
 
   /** A replica's version of one repo (and its refs, for catch-up). */
-  async repoState(node: NodeId, repoId: string, withRefs: boolean, timeoutMs?: number, requestId?: string): Promise<RepoStateAnswer> {
+  async repoState(node: NodeId, repoId: string, want: { refs?: boolean; digest?: boolean }, timeoutMs?: number, requestId?: string): Promise<RepoStateAnswer> {
     return this.got
       .get(`${node}/internal/repo-state/${repoId}`, {
-        searchParams: { refs: withRefs ? '1' : '0' },
+        searchParams: { refs: want.refs ? '1' : '0', digest: want.digest ? '1' : '0' },
         ...(requestId === undefined ? {} : { headers: { [REQUEST_ID_HEADER]: requestId } }),
         ...(timeoutMs === undefined ? {} : { timeout: { request: timeoutMs } }),
       })

@@ -19,7 +19,7 @@ export type Route =
   | { kind: 'internalQuery'; txnId: string; refuse: boolean; asCoordinator: boolean }
   | { kind: 'internalHook' }
   | { kind: 'internalPackUpload'; txnId: string; file: string }
-  | { kind: 'internalRepoState'; repoId: string; withRefs: boolean }
+  | { kind: 'internalRepoState'; repoId: string; withRefs: boolean; withDigest: boolean }
   | { kind: 'gitInfoRefs'; repoId: string; service: GitService }
   | { kind: 'gitRpc'; repoId: string; service: GitService };
 
@@ -79,7 +79,12 @@ export function route(method: string, rawUrl: string): Route {
       return { kind: 'internalPackUpload', txnId: third!, file: rest[0]! };
     }
     if (second === 'repo-state' && segments.length === 4 && method === 'GET') {
-      return { kind: 'internalRepoState', repoId: formatRepoId(parseRepoParts(third!, rest[0]!)), withRefs: query.get('refs') === '1' };
+      return {
+        kind: 'internalRepoState',
+        repoId: formatRepoId(parseRepoParts(third!, rest[0]!)),
+        withRefs: query.get('refs') === '1',
+        withDigest: query.get('digest') === '1',
+      };
     }
     if (second === 'txn' && segments.length === 3 && method === 'GET' && TXN_ID.test(third!)) {
       return { kind: 'internalQuery', txnId: third!, refuse: query.get('refuse') === '1', asCoordinator: query.get('coordinator') === '1' };

@@ -17,8 +17,8 @@ import path from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createProxyServer, type ProxyServer } from 'http-proxy-3';
-import { CatchUp, DIRECT_HEADER } from './catch-up.js';
-import { PACK_FILE, readHead, readRefs } from './git-refs.js';
+import { CatchUp, DIRECT_HEADER, repoDigest } from './catch-up.js';
+import { PACK_FILE } from './git-refs.js';
 import { applyGitEnvironment, installHooks } from './hooks.js';
 import { PushService } from './push-service.js';
 import { readQuorum } from './quorum.js';
@@ -29,6 +29,8 @@ import { pickCoordinator, planRead, type ReplicaAnswer } from './routing.js';
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,64}$/;
 const BUSY_RETRIES = 3;
+/** Repos whose refs digest is compared with the peers' in each anti-entropy round. */
+const VERIFY_PER_ROUND = 8;
 /** Packs up to this size ride inside the prepare message (saves a request per peer on small pushes). */
 const INLINE_PACK_MAX_BYTES = 512 * 1024;
 const BUSY_BACKOFF_MS = 15;
@@ -59,6 +61,7 @@ export class QuorumGitNode {
   private cpuPercent = 0;
   private background: Promise<unknown> = Promise.resolve();
   private stopping = false;
+  private verifyCursor = 0;
 
   constructor(config: Config, logger: Logger, clock: Clock = systemClock) {
     this.config = config;
@@ -147,6 +150,13 @@ export class QuorumGitNode {
     await this.driver.resolveInDoubtOnce();
     const behind = await this.driver.syncOnce();
     for (const repoId of behind) await this.catchUpper.request(repoId);
+    // A few repos per round have their refs compared with the peers' (divergence check).
+    const live = this.driver.participant.liveRepos().filter((r) => !behind.includes(r));
+    if (live.length === 0) return;
+    const batch: string[] = [];
+    for (let i = 0; i < Math.min(VERIFY_PER_ROUND, live.length); i += 1) batch.push(live[(this.verifyCursor + i) % live.length]!);
+    this.verifyCursor = (this.verifyCursor + batch.length) % live.length;
+    await this.catchUpper.verify(batch);
   }
 
   private async heartbeat(): Promise<void> {
@@ -299,7 +309,7 @@ export class QuorumGitNode {
       case 'internalPackUpload':
         return this.receivePackFile(req, res, target.txnId, target.file);
       case 'internalRepoState':
-        return this.send(res, 200, await this.repoState(target.repoId, target.withRefs));
+        return this.send(res, 200, await this.repoState(target.repoId, { refs: target.withRefs, digest: target.withDigest }));
       case 'gitInfoRefs':
       case 'gitRpc':
         return this.serveGit(req, res, target.repoId, target.service, target.kind, log);
@@ -377,7 +387,7 @@ export class QuorumGitNode {
   }
 
   private async planRead(repoId: string, requestId: string): Promise<ReturnType<typeof planRead>> {
-    const own = await this.repoState(repoId, false);
+    const own = await this.repoState(repoId, {});
     const self: ReplicaAnswer & { reachable: true } = { node: this.url, reachable: true, live: own.live, version: own, behind: own.behind };
     const n = this.driver.nodes.length;
     const r = readQuorum(n, this.config.quorum);
@@ -385,7 +395,7 @@ export class QuorumGitNode {
     const peers = await Promise.all(
       this.config.peerUrls.map(async (node): Promise<ReplicaAnswer> => {
         try {
-          const s = await this.client.repoState(node, repoId, false, this.config.readCheckTimeoutMs, requestId);
+          const s = await this.client.repoState(node, repoId, {}, this.config.readCheckTimeoutMs, requestId);
           return { node, reachable: true, live: s.live, version: s, behind: s.behind };
         } catch {
           return { node, reachable: false };
@@ -395,18 +405,20 @@ export class QuorumGitNode {
     return planRead(self, peers, r);
   }
 
-  private async repoState(repoId: string, withRefs: boolean): Promise<Record<string, unknown> & { live: boolean; epoch: number; generation: number; behind: boolean }> {
+  private async repoState(
+    repoId: string,
+    want: { refs?: boolean; digest?: boolean },
+  ): Promise<Record<string, unknown> & { live: boolean; epoch: number; generation: number; behind: boolean }> {
     const entry = this.driver.participant.repo(repoId);
     const live = entry?.state === 'live';
     const state = { repo_id: repoId, live, epoch: entry?.epoch ?? 0, generation: entry?.generation ?? 0, behind: false };
-    if (!withRefs || !live) return state;
-    const repoPath = this.store.repoPath(repoId);
-    return this.driver.withRepoResult(repoId, async () => {
-      // Read under the repo's queue so refs and generation belong together.
-      const version = this.driver.participant.versionOf(repoId);
-      const [refs, head] = await Promise.all([readRefs(repoPath), readHead(repoPath)]);
-      return { ...state, ...version, refs, head };
-    });
+    if ((!want.refs && !want.digest) || !live) return state;
+    // Mid-transaction, refs and version can disagree for a moment (receive-pack moves the refs before
+    // we log the commit): no digest to compare then.
+    if (!want.refs && this.driver.participant.lockedBy(repoId) !== undefined) return state;
+    // Read under the repo's queue so refs and version belong together.
+    const { version, refs, head, digest } = await repoDigest(this.driver, this.store, repoId);
+    return { ...state, ...version, digest, ...(want.refs ? { refs, head } : {}) };
   }
 
   /**
