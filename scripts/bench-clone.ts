@@ -16,6 +16,7 @@ import {
   table,
   timed,
   waitFor,
+  refLines,
 } from './bench-support.js';
 import { DEFAULT_FIXTURE, ensureFixture, formatKiB } from './gen-fixture.js';
 
@@ -35,15 +36,6 @@ const REPO_ID = 'bench/fixture';
 async function sizePack(dir: string, env: NodeJS.ProcessEnv): Promise<number> {
   const out = (await git(['count-objects', '-v'], { ...env, GIT_DIR: dir })).stdout;
   return Number(/^size-pack: (\d+)$/m.exec(out)?.[1] ?? NaN);
-}
-
-async function refLines(args: string[], env: NodeJS.ProcessEnv, cwd?: string): Promise<string[]> {
-  const out = (await git(args, env, { cwd })).stdout;
-  return out
-    .split('\n')
-    .filter((l) => l && !l.endsWith('^{}') && !l.endsWith('\tHEAD'))
-    .map((l) => l.replace(/\s+/, ' '))
-    .sort();
 }
 
 async function main(): Promise<void> {

@@ -20,6 +20,8 @@ import {
   timed,
   waitConverged,
   waitFor,
+  refLines,
+  log,
 } from './bench-support.js';
 import { DEFAULT_FIXTURE, ensureFixture, formatKiB } from './gen-fixture.js';
 
@@ -42,19 +44,6 @@ import { DEFAULT_FIXTURE, ensureFixture, formatKiB } from './gen-fixture.js';
 // Prints a table and a final JSON line. Settings (env): RUNS, FIXTURE, BENCH_DEADLINE_S.
 
 const REPO_ID = 'bench/proxied';
-
-async function refLines(args: string[], env: NodeJS.ProcessEnv, cwd?: string): Promise<string[]> {
-  const out = (await git(args, env, { cwd })).stdout;
-  return out
-    .split('\n')
-    .filter((l) => l && !l.endsWith('^{}') && !l.endsWith('\tHEAD'))
-    .map((l) => l.replace(/\s+/, ' '))
-    .sort();
-}
-
-function log(line: string): void {
-  process.stderr.write(`${line}\n`);
-}
 
 async function main(): Promise<void> {
   // Other work on the machine skews every figure: the 1-minute load average is reported with them.

@@ -21,6 +21,8 @@ import {
   timed,
   waitConverged,
   type Cluster,
+  refLines,
+  log,
 } from './bench-support.js';
 import { DEFAULT_FIXTURE, ensureFixture, formatKiB } from './gen-fixture.js';
 
@@ -72,19 +74,6 @@ interface FullPushResult {
   ratio: number;
   node_s: number[];
   http_backend_s: number[];
-}
-
-async function refLines(args: string[], env: NodeJS.ProcessEnv, cwd?: string): Promise<string[]> {
-  const out = (await git(args, env, { cwd })).stdout;
-  return out
-    .split('\n')
-    .filter((l) => l && !l.endsWith('^{}') && !l.endsWith('\tHEAD'))
-    .map((l) => l.replace(/\s+/, ' '))
-    .sort();
-}
-
-function log(line: string): void {
-  process.stderr.write(`${line}\n`);
 }
 
 function fmtS(ms: number): string {

@@ -678,3 +678,17 @@ ${Object.entries(params)
     },
   };
 }
+
+/** `git ls-remote`/`show-ref` lines as "oid ref", sorted, without HEAD and peeled tags: comparable across servers. */
+export async function refLines(args: string[], env: NodeJS.ProcessEnv, cwd?: string): Promise<string[]> {
+  const out = (await git(args, env, { cwd })).stdout;
+  return out
+    .split('\n')
+    .filter((l) => l && !l.endsWith('^{}') && !l.endsWith('\tHEAD'))
+    .map((l) => l.replace(/\s+/, ' '))
+    .sort();
+}
+
+export function log(line: string): void {
+  process.stderr.write(`${line}\n`);
+}
