@@ -620,6 +620,15 @@ export class Participant {
     return [{ type: 'persist', entry: { t: 'synced', repoId, ...caughtUp } }];
   }
 
+  /** Our copy of a live repo was lost (found missing on disk): back to generation 0, behind every peer. */
+  onRepoLost(repoId: string): ParticipantEffect[] {
+    const ours = this.repos.get(repoId);
+    if (ours?.state !== 'live' || ours.generation === 0) return [];
+    const reset: CatalogEntry = { state: 'live', epoch: ours.epoch, generation: 0 };
+    this.repos.set(repoId, reset);
+    return [{ type: 'persist', entry: { t: 'synced', repoId, ...reset } }];
+  }
+
   versionOf(repoId: string): RepoVersion {
     const entry = this.repos.get(repoId);
     return { epoch: entry?.epoch ?? 0, generation: entry?.generation ?? 0 };

@@ -110,7 +110,12 @@ export class TxnDriver {
     for (const [repoId, entry] of Object.entries(this.participant.catalog())) {
       if (this.participant.lockedBy(repoId)) continue;
       const present = await this.options.store.exists(repoId);
-      if (entry.state === 'live' && !present) await this.options.store.recreate(repoId, 'repair');
+      if (entry.state === 'live' && !present) {
+        // Its pushes are gone with it: an empty repo at generation 0, which catch-up then refills.
+        await this.options.store.recreate(repoId, 'repair');
+        for (const effect of this.participant.onRepoLost(repoId)) await this.runParticipantEffect(effect);
+        this.options.logger.warn('repo missing on disk; recreated empty and marked behind', { repo_id: repoId });
+      }
       if (entry.state === 'deleted' && present) await this.options.store.remove(repoId, 'repair');
     }
     this.options.logger.info('transaction log replayed', { entries: entries.length, in_doubt: keep.size });

@@ -262,6 +262,14 @@ describe('two-phase commit core', () => {
       ]);
     });
 
+    it('a live repo lost from disk goes back to generation 0 (durably), so it is behind and caught up', () => {
+      const p = new Participant();
+      p.replay({ t: 'synced', repoId: 'o/r', state: 'live', epoch: 2, generation: 7 });
+      expect(p.onRepoLost('o/r')).to.deep.equal([{ type: 'persist', entry: { t: 'synced', repoId: 'o/r', state: 'live', epoch: 2, generation: 0 } }]);
+      expect(p.versionOf('o/r')).to.deep.equal({ epoch: 2, generation: 0 });
+      expect(p.onCaughtUp('o/r', { epoch: 2, generation: 7 })).to.have.length(1);
+    });
+
     it('rebuilds catalog, locks and in-doubt transactions from its log', () => {
       const p = new Participant();
       p.replay({ t: 'prepared', txnId: 't1', op: create('o/a'), coordinator: A });
