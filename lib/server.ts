@@ -59,7 +59,8 @@ export class QuorumGitNode {
   private readonly timers: NodeJS.Timeout[] = [];
   private cpuSample = os.cpus().map((c) => c.times);
   private cpuPercent = 0;
-  private background: Promise<unknown> = Promise.resolve();
+  /** Background tasks in flight, awaited by stop(). */
+  private readonly background = new Set<Promise<unknown>>();
   private stopping = false;
   private verifyCursor = 0;
 
@@ -139,8 +140,11 @@ export class QuorumGitNode {
       running = true;
       const done = task()
         .catch((err) => this.logger.warn('background task failed', { err: (err as Error).message }))
-        .finally(() => (running = false));
-      this.background = Promise.all([this.background, done]);
+        .finally(() => {
+          running = false;
+          this.background.delete(done);
+        });
+      this.background.add(done);
     };
     tick();
     this.timers.push(setInterval(tick, ms));
@@ -197,7 +201,7 @@ export class QuorumGitNode {
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     this.server.closeAllConnections();
     await closed;
-    await this.background.catch(() => undefined);
+    await Promise.allSettled([...this.background]);
     this.client.close();
     this.proxy.close();
     this.proxyAgent.destroy();
