@@ -396,17 +396,27 @@ export class QuorumGitNode {
     const n = this.driver.nodes.length;
     const r = readQuorum(n, this.config.quorum);
     if (r <= 1) return own.live ? { action: 'local' } : { action: 'not_found' };
-    const peers = await Promise.all(
-      this.config.peerUrls.map(async (node): Promise<ReplicaAnswer> => {
-        try {
-          const s = await this.client.repoState(node, repoId, {}, this.config.readCheckTimeoutMs, requestId);
-          return { node, reachable: true, live: s.live, version: s, behind: s.behind };
-        } catch {
-          return { node, reachable: false };
-        }
-      }),
-    );
-    return planRead(self, peers, r);
+    // Any R nodes meet every write quorum, so the plan is made as soon as R - 1 peers have answered:
+    // a slow or hung peer does not hold up every read.
+    const answers: ReplicaAnswer[] = [];
+    await new Promise<void>((resolve) => {
+      let reached = 0;
+      for (const node of this.config.peerUrls) {
+        this.client
+          .repoState(node, repoId, {}, this.config.readCheckTimeoutMs, requestId)
+          .then(
+            (s) => {
+              reached += 1;
+              answers.push({ node, reachable: true, live: s.live, version: s, behind: s.behind });
+            },
+            () => answers.push({ node, reachable: false }),
+          )
+          .finally(() => {
+            if (reached >= r - 1 || answers.length === this.config.peerUrls.length) resolve();
+          });
+      }
+    });
+    return planRead(self, [...answers], r);
   }
 
   private async repoState(
