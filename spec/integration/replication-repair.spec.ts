@@ -46,11 +46,12 @@ describe('divergence repair (3-node cluster)', function () {
 
     const served = async (): Promise<Record<string, string>> =>
       Object.fromEntries(Object.entries(await diskRefs(git, n3, repoId)).filter(([ref]) => !ref.startsWith('refs/lost+found/')));
+    // The refs are right a moment before the repair is logged as done: wait for both.
     await eventually(async () => {
+      expect(n3.logText()).to.match(/"message":"repaired"/);
       expect(await served()).to.deep.equal({ 'refs/heads/main': good });
     }, 30_000);
     expect(n3.logText()).to.match(/replicas diverged at the same version/);
-    expect(n3.logText()).to.match(/"message":"repaired"/);
     // What only node 3 had is kept, under refs/lost+found/, and never shown to clients.
     const kept = (await git.run(['--git-dir', dir, 'for-each-ref', '--format=%(objectname) %(refname)', 'refs/lost+found/'])).stdout;
     expect(kept).to.include(rogue);
