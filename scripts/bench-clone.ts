@@ -1,12 +1,10 @@
 import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
 import {
-  PROJECT_ROOT,
   createRepo,
   envInt,
   getJson,
   git,
-  gitClientEnv,
   makeTempDir,
   median,
   round,
@@ -17,8 +15,10 @@ import {
   timed,
   waitFor,
   refLines,
+  benchFixture,
+  benchGitEnvs,
 } from './bench-support.js';
-import { DEFAULT_FIXTURE, ensureFixture, formatKiB } from './gen-fixture.js';
+import { formatKiB } from './gen-fixture.js';
 
 // `npm run bench:clone`: how fast a quorum-git node serves a clone of a large repository, against
 // git's own `git http-backend` behind nginx + fcgiwrap serving the same bytes.
@@ -42,16 +42,10 @@ async function main(): Promise<void> {
   const runs = envInt('RUNS', 5);
   const protocol = process.env.CLONE_PROTOCOL;
   if (protocol !== undefined && !['0', '1', '2'].includes(protocol)) throw new Error(`CLONE_PROTOCOL must be 0, 1 or 2, got '${protocol}'`);
-  const fixtureDir = path.resolve(PROJECT_ROOT, process.env.FIXTURE ?? DEFAULT_FIXTURE);
-  const fixture = await ensureFixture(fixtureDir);
-  process.stderr.write(`fixture: ${fixture.commits} commits, ${fixture.refs} refs, ${formatKiB(fixture.sizePackKiB)} packed\n`);
+  const { dir: fixtureDir, fixture } = await benchFixture();
 
   const work = makeTempDir('qg-clone-');
-  const clientEnv = gitClientEnv(path.join(work, 'client-home'));
-  // Both servers run git with the same (empty) configuration.
-  const serverHome = path.join(work, 'server-home');
-  await fs.mkdir(serverHome, { recursive: true });
-  const serverEnv = { HOME: serverHome, GIT_CONFIG_NOSYSTEM: '1' };
+  const { clientEnv, serverEnv } = await benchGitEnvs(work);
 
   const cluster = await startCluster({ env: serverEnv });
   const pushNode = cluster.nodes[0]!;

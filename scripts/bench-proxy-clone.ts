@@ -3,12 +3,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { pickCoordinator } from '../lib/routing.js';
 import {
-  PROJECT_ROOT,
   createRepo,
   envInt,
   getJson,
   git,
-  gitClientEnv,
   makeTempDir,
   median,
   nowMs,
@@ -22,8 +20,9 @@ import {
   waitFor,
   refLines,
   log,
+  benchFixture,
+  benchGitEnvs,
 } from './bench-support.js';
-import { DEFAULT_FIXTURE, ensureFixture, formatKiB } from './gen-fixture.js';
 
 // `npm run bench:proxy`: what a clone costs when it reaches a node whose copy of the repo is stale, so
 // that the node proxies it (http-proxy-3) to an up-to-date node, against a clone straight from that
@@ -49,20 +48,10 @@ async function main(): Promise<void> {
   // Other work on the machine skews every figure: the 1-minute load average is reported with them.
   const loadBefore = os.loadavg()[0]!;
   const runs = envInt('RUNS', 5);
-  const fixtureDir = path.resolve(PROJECT_ROOT, process.env.FIXTURE ?? DEFAULT_FIXTURE);
-  const fixture = await ensureFixture(fixtureDir);
-  log(`fixture: ${fixture.commits} commits, ${fixture.refs} refs, ${formatKiB(fixture.sizePackKiB)} packed`);
+  const { dir: fixtureDir, fixture } = await benchFixture();
 
   const work = makeTempDir('qg-proxy-');
-  const clientEnv = gitClientEnv(path.join(work, 'client-home'), {
-    GIT_AUTHOR_NAME: 'Bench',
-    GIT_AUTHOR_EMAIL: 'bench@example.invalid',
-    GIT_COMMITTER_NAME: 'Bench',
-    GIT_COMMITTER_EMAIL: 'bench@example.invalid',
-  });
-  const serverHome = path.join(work, 'server-home');
-  await fs.mkdir(serverHome, { recursive: true });
-  const serverEnv = { HOME: serverHome, GIT_CONFIG_NOSYSTEM: '1' };
+  const { clientEnv, serverEnv } = await benchGitEnvs(work);
 
   const cluster = await startCluster({ size: 3, env: serverEnv });
   const [n1, , n3] = cluster.nodes as [(typeof cluster.nodes)[0], (typeof cluster.nodes)[0], (typeof cluster.nodes)[0]];

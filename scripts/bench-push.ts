@@ -3,7 +3,6 @@ import os from 'node:os';
 import path from 'node:path';
 import { pickCoordinator } from '../lib/routing.js';
 import {
-  PROJECT_ROOT,
   createRepo,
   envInt,
   git,
@@ -23,8 +22,9 @@ import {
   type Cluster,
   refLines,
   log,
+  benchFixture,
+  benchGitEnvs,
 } from './bench-support.js';
-import { DEFAULT_FIXTURE, ensureFixture, formatKiB } from './gen-fixture.js';
 
 // `npm run bench:push`: how fast a quorum-git cluster takes pushes, against git's own `git http-backend`
 // behind nginx + fcgiwrap (http.receivepack enabled per repo) on the same machine. Every push to a
@@ -87,29 +87,18 @@ async function main(): Promise<void> {
   const smallRuns = envInt('SMALL_RUNS', 10);
   const pushes = envInt('PUSHES', 10);
   const concurrency = envInt('CONCURRENCY', 8);
-  const fixtureDir = path.resolve(PROJECT_ROOT, process.env.FIXTURE ?? DEFAULT_FIXTURE);
-  const fixture = await ensureFixture(fixtureDir);
-  log(`fixture: ${fixture.commits} commits, ${fixture.refs} refs, ${formatKiB(fixture.sizePackKiB)} packed`);
+  const { dir: fixtureDir, fixture } = await benchFixture();
   const fixtureEnv = (env: NodeJS.ProcessEnv): NodeJS.ProcessEnv => ({ ...env, GIT_DIR: fixtureDir });
 
   const work = makeTempDir('qg-push-');
-  const clientEnv = gitClientEnv(path.join(work, 'client-home'), {
-    GIT_AUTHOR_NAME: 'Bench',
-    GIT_AUTHOR_EMAIL: 'bench@example.invalid',
-    GIT_COMMITTER_NAME: 'Bench',
-    GIT_COMMITTER_EMAIL: 'bench@example.invalid',
-  });
-  // Both servers run git with the same (empty) configuration.
-  const serverHome = path.join(work, 'server-home');
-  await fs.mkdir(serverHome, { recursive: true });
-  const serverEnv = { HOME: serverHome, GIT_CONFIG_NOSYSTEM: '1' };
+  const { clientEnv, serverEnv } = await benchGitEnvs(work);
   const expected = await refLines(['for-each-ref', '--format=%(objectname) %(refname)'], fixtureEnv(clientEnv));
 
   // The reference: one fresh bare repo per push under the project root, receive-pack enabled.
   const projectRoot = path.join(work, 'git-root');
   await fs.mkdir(projectRoot, { recursive: true });
   const backend = await startHttpBackend(work, projectRoot, serverEnv);
-  const serverGitEnv = gitClientEnv(serverHome, {});
+  const serverGitEnv = gitClientEnv(serverEnv.HOME, {});
   let httpRepos = 0;
   const newHttpRepo = async (): Promise<string> => {
     httpRepos += 1;

@@ -5,6 +5,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { DEFAULT_FIXTURE, ensureFixture, formatKiB, type FixtureInfo } from './gen-fixture.js';
 
 // Shared by the benchmark scripts: free ports, a local cluster of real `quorum-git serve` processes,
 // helper processes that are always cleaned up (normal end, failure, Ctrl-C), running git with an
@@ -687,6 +688,30 @@ export async function refLines(args: string[], env: NodeJS.ProcessEnv, cwd?: str
     .filter((l) => l && !l.endsWith('^{}') && !l.endsWith('\tHEAD'))
     .map((l) => l.replace(/\s+/, ' '))
     .sort();
+}
+
+/** The fixture named by FIXTURE (default .bench/fixture.git), built if missing, announced on stderr. */
+export async function benchFixture(): Promise<{ dir: string; fixture: FixtureInfo }> {
+  const dir = path.resolve(PROJECT_ROOT, process.env.FIXTURE ?? DEFAULT_FIXTURE);
+  const fixture = await ensureFixture(dir);
+  log(`fixture: ${fixture.commits} commits, ${fixture.refs} refs, ${formatKiB(fixture.sizePackKiB)} packed`);
+  return { dir, fixture };
+}
+
+/**
+ * Git environments for a benchmark working in `work`: a client with an isolated HOME and a fixed
+ * identity, and the servers (quorum-git nodes and http-backend alike) with the same empty configuration.
+ */
+export async function benchGitEnvs(work: string): Promise<{ clientEnv: NodeJS.ProcessEnv; serverEnv: Record<string, string> }> {
+  const clientEnv = gitClientEnv(path.join(work, 'client-home'), {
+    GIT_AUTHOR_NAME: 'Bench',
+    GIT_AUTHOR_EMAIL: 'bench@example.invalid',
+    GIT_COMMITTER_NAME: 'Bench',
+    GIT_COMMITTER_EMAIL: 'bench@example.invalid',
+  });
+  const serverHome = path.join(work, 'server-home');
+  await fs.mkdir(serverHome, { recursive: true });
+  return { clientEnv, serverEnv: { HOME: serverHome, GIT_CONFIG_NOSYSTEM: '1' } };
 }
 
 export function log(line: string): void {

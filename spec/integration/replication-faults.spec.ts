@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
-import { Cluster, GitClient, printLogsOnFailure, type GitResult, type TestNode } from '../support/cluster.js';
+import { Cluster, GitClient, type GitResult, type TestNode, withCluster } from '../support/cluster.js';
 import {
   PushGate,
   asPeer,
@@ -52,22 +52,15 @@ describe('replicated pushes under contention and faults (3-node cluster)', funct
     return { clones, base };
   }
 
-  before(async function () {
-    // Commit re-sends are short and few: one spec waits for them to run out.
-    const env = { PREPARE_TIMEOUT_MS: '15000', COMMIT_TIMEOUT_MS: '1000', COMMIT_RESENDS: '2', PEER_TIMEOUT_MS: '15000' };
-    [cluster, git] = await Promise.all([Cluster.create(3, { env }), GitClient.create()]);
-    [n1, n2, n3] = cluster.nodes as [TestNode, TestNode, TestNode];
-    await cluster.heal();
-  });
-
   afterEach(async function () {
-    printLogsOnFailure(this, cluster);
     await Promise.all(gates.splice(0).map((g) => g.close()));
-    await cluster.heal();
   });
 
-  after(async function () {
-    await Promise.all([cluster?.destroy(), git?.dispose()]);
+  // Commit re-sends are short and few: one spec waits for them to run out.
+  const env = { PREPARE_TIMEOUT_MS: '15000', COMMIT_TIMEOUT_MS: '1000', COMMIT_RESENDS: '2', PEER_TIMEOUT_MS: '15000' };
+  withCluster(3, { env, healAfterEach: true }, (c, g) => {
+    [cluster, git] = [c, g];
+    [n1, n2, n3] = c.nodes as [TestNode, TestNode, TestNode];
   });
 
   describe('two pushes to one branch through different nodes', function () {
@@ -249,19 +242,9 @@ describe('replicated pushes without a quorum (2-node cluster)', function () {
   let n1: TestNode;
   let n2: TestNode;
 
-  before(async function () {
-    [cluster, git] = await Promise.all([Cluster.create(2), GitClient.create()]);
-    [n1, n2] = cluster.nodes as [TestNode, TestNode];
-    await cluster.heal();
-  });
-
-  afterEach(async function () {
-    printLogsOnFailure(this, cluster);
-    await cluster.heal();
-  });
-
-  after(async function () {
-    await Promise.all([cluster?.destroy(), git?.dispose()]);
+  withCluster(2, { healAfterEach: true }, (c, g) => {
+    [cluster, git] = [c, g];
+    [n1, n2] = c.nodes as [TestNode, TestNode];
   });
 
   it('rejects a push with the other node down (quorum 2 of 2), and both nodes keep the old state', async function () {

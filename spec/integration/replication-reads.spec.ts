@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { expect } from 'chai';
-import { Cluster, GitClient, eventually, printLogsOnFailure, type TestNode } from '../support/cluster.js';
+import { Cluster, GitClient, eventually, type TestNode, withCluster } from '../support/cluster.js';
 import {
   cloneLocal,
   commitFile,
@@ -44,19 +44,9 @@ describe('reads of replicated repos (3-node cluster)', function () {
     return { work, base, head };
   }
 
-  before(async function () {
-    [cluster, git] = await Promise.all([Cluster.create(3), GitClient.create()]);
-    [n1, n2, n3] = cluster.nodes as [TestNode, TestNode, TestNode];
-    await cluster.heal();
-  });
-
-  afterEach(async function () {
-    printLogsOnFailure(this, cluster);
-    await cluster.heal();
-  });
-
-  after(async function () {
-    await Promise.all([cluster?.destroy(), git?.dispose()]);
+  withCluster(3, { healAfterEach: true }, (c, g) => {
+    [cluster, git] = [c, g];
+    [n1, n2, n3] = c.nodes as [TestNode, TestNode, TestNode];
   });
 
   it('proxies every read a stale replica receives to an up-to-date node, then the replica catches up on disk by itself', async function () {

@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { expect } from 'chai';
-import { Cluster, GitClient, printLogsOnFailure, type TestNode } from '../support/cluster.js';
+import { Cluster, GitClient, type TestNode, withCluster } from '../support/cluster.js';
 import {
   PushGate,
   cloneLocal,
@@ -51,23 +51,17 @@ describe('every kind of ref update, replicated (3-node cluster)', function () {
     return (await git.ok(['rev-parse', spec], { cwd: work })).trim();
   }
 
+  const env = { PREPARE_TIMEOUT_MS: '15000', COMMIT_TIMEOUT_MS: '5000', PEER_TIMEOUT_MS: '15000' };
+  withCluster(3, { env }, (c, g) => {
+    [cluster, git] = [c, g];
+    [n1, n2, n3] = c.nodes as [TestNode, TestNode, TestNode];
+  });
+
   before(async function () {
-    const env = { PREPARE_TIMEOUT_MS: '15000', COMMIT_TIMEOUT_MS: '5000', PEER_TIMEOUT_MS: '15000' };
-    [cluster, git] = await Promise.all([Cluster.create(3, { env }), GitClient.create()]);
-    [n1, n2, n3] = cluster.nodes as [TestNode, TestNode, TestNode];
-    await cluster.heal();
     await createRepo(cluster, n1, repoId);
     work = await cloneLocal(git, n2, repoId, 'kinds');
     expected['refs/heads/main'] = await commitFile(git, work, 'README.md', '# kinds\n');
     await push(n3, ['HEAD:refs/heads/main']);
-  });
-
-  afterEach(function () {
-    printLogsOnFailure(this, cluster);
-  });
-
-  after(async function () {
-    await Promise.all([cluster?.destroy(), git?.dispose()]);
   });
 
   it('creates a branch', async function () {
@@ -255,17 +249,8 @@ describe('the first push into an empty repo (3-node cluster)', function () {
   let cluster: Cluster;
   let git: GitClient;
 
-  before(async function () {
-    [cluster, git] = await Promise.all([Cluster.create(3), GitClient.create()]);
-    await cluster.heal();
-  });
-
-  afterEach(function () {
-    printLogsOnFailure(this, cluster);
-  });
-
-  after(async function () {
-    await Promise.all([cluster?.destroy(), git?.dispose()]);
+  withCluster(3, {}, (c, g) => {
+    [cluster, git] = [c, g];
   });
 
   it('of master points HEAD at master on every replica, so a fresh clone from any node checks out master', async function () {

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { Cluster, GitClient, eventually, printLogsOnFailure, type TestNode } from '../support/cluster.js';
+import { Cluster, GitClient, eventually, type TestNode, withCluster } from '../support/cluster.js';
 import { cloneLocal, commitFile, createRepo, diskRefs, expectConverged, expectPushed, expectFsckClean, repoVersion } from '../support/push-helpers.js';
 
 // Divergence at equal versions (which the protocol never produces, but a disk edit or a bug could):
@@ -13,18 +13,9 @@ describe('divergence repair (3-node cluster)', function () {
   let n1: TestNode;
   let n3: TestNode;
 
-  before(async function () {
-    [cluster, git] = await Promise.all([Cluster.create(3), GitClient.create()]);
-    [n1, , n3] = cluster.nodes as [TestNode, TestNode, TestNode];
-    await cluster.heal();
-  });
-
-  afterEach(function () {
-    printLogsOnFailure(this, cluster);
-  });
-
-  after(async function () {
-    await Promise.all([cluster?.destroy(), git?.dispose()]);
+  withCluster(3, {}, (c, g) => {
+    [cluster, git] = [c, g];
+    [n1, , n3] = c.nodes as [TestNode, TestNode, TestNode];
   });
 
   it('finds a replica whose refs differ at the same generation and repairs it from the majority, keeping its refs aside', async function () {

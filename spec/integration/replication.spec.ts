@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
-import { Cluster, GitClient, printLogsOnFailure, type TestNode } from '../support/cluster.js';
+import { Cluster, GitClient, type TestNode, withCluster } from '../support/cluster.js';
 import {
   cloneLocal,
   commitFile,
@@ -30,22 +30,12 @@ describe('replicated pushes (3-node cluster)', function () {
   let n2: TestNode;
   let n3: TestNode;
 
-  before(async function () {
-    // No spec here needs a protocol timer to fire (a stopped node refuses connections at once), so
-    // timeouts are long: a 100 MB pack shipped to two peers on a loaded 2-core machine is not slow.
-    const env = { PREPARE_TIMEOUT_MS: '30000', COMMIT_TIMEOUT_MS: '5000', PEER_TIMEOUT_MS: '15000' };
-    [cluster, git] = await Promise.all([Cluster.create(3, { env }), GitClient.create()]);
-    [n1, n2, n3] = cluster.nodes as [TestNode, TestNode, TestNode];
-    await cluster.heal();
-  });
-
-  afterEach(async function () {
-    printLogsOnFailure(this, cluster);
-    await cluster.heal();
-  });
-
-  after(async function () {
-    await Promise.all([cluster?.destroy(), git?.dispose()]);
+  // No spec here needs a protocol timer to fire (a stopped node refuses connections at once), so
+  // timeouts are long: a 100 MB pack shipped to two peers on a loaded 2-core machine is not slow.
+  const env = { PREPARE_TIMEOUT_MS: '30000', COMMIT_TIMEOUT_MS: '5000', PEER_TIMEOUT_MS: '15000' };
+  withCluster(3, { env, healAfterEach: true }, (c, g) => {
+    [cluster, git] = [c, g];
+    [n1, n2, n3] = c.nodes as [TestNode, TestNode, TestNode];
   });
 
   describe('acknowledgement', function () {
@@ -231,19 +221,9 @@ describe('replicated pushes (2-node cluster)', function () {
   let n1: TestNode;
   let n2: TestNode;
 
-  before(async function () {
-    [cluster, git] = await Promise.all([Cluster.create(2), GitClient.create()]);
-    [n1, n2] = cluster.nodes as [TestNode, TestNode];
-    await cluster.heal();
-  });
-
-  afterEach(async function () {
-    printLogsOnFailure(this, cluster);
-    await cluster.heal();
-  });
-
-  after(async function () {
-    await Promise.all([cluster?.destroy(), git?.dispose()]);
+  withCluster(2, { healAfterEach: true }, (c, g) => {
+    [cluster, git] = [c, g];
+    [n1, n2] = c.nodes as [TestNode, TestNode];
   });
 
   it('needs both nodes (quorum 2 of 2), has the ref on both disks when git push returns, and reads it back from either', async function () {

@@ -9,7 +9,7 @@ import {
   eventually,
   listTree,
   pathExists,
-  printLogsOnFailure,
+  withCluster,
   sleep,
   type TestNode,
 } from '../support/cluster.js';
@@ -61,19 +61,9 @@ describe('two-phase commit of repo create and delete (3-node cluster)', function
     return res.body;
   }
 
-  before(async function () {
-    [cluster, git] = await Promise.all([Cluster.create(3), GitClient.create()]);
-    [n1, n2, n3] = cluster.nodes as [TestNode, TestNode, TestNode];
-    await cluster.heal();
-  });
-
-  afterEach(async function () {
-    printLogsOnFailure(this, cluster);
-    await cluster.heal();
-  });
-
-  after(async function () {
-    await Promise.all([cluster?.destroy(), git?.dispose()]);
+  withCluster(3, { healAfterEach: true }, (c, g) => {
+    [cluster, git] = [c, g];
+    [n1, n2, n3] = c.nodes as [TestNode, TestNode, TestNode];
   });
 
   describe('with every node up', function () {

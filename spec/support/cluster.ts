@@ -575,6 +575,33 @@ export class Cluster {
  * mocha `afterEach` body: prints the log tails of a cluster when the spec that just ran failed.
  * Use as `afterEach(function () { printLogsOnFailure(this, cluster); })`.
  */
+/**
+ * The hooks every integration `describe` wants around its cluster: before all its specs, a cluster of
+ * `size` nodes that all see each other and an isolated git client, handed to `ready`; after a failed
+ * spec, the tail of every node's log; after each spec, with `healAfterEach`, every stopped node started
+ * again (for specs that stop nodes); after all, everything torn down.
+ */
+export function withCluster(
+  size: number,
+  options: { env?: Record<string, string>; healAfterEach?: boolean },
+  ready: (cluster: Cluster, git: GitClient) => void,
+): void {
+  let cluster: Cluster | undefined;
+  let git: GitClient | undefined;
+  before(async function () {
+    [cluster, git] = await Promise.all([Cluster.create(size, options.env ? { env: options.env } : {}), GitClient.create()]);
+    await cluster.heal();
+    ready(cluster, git);
+  });
+  afterEach(async function () {
+    printLogsOnFailure(this, cluster);
+    if (options.healAfterEach) await cluster?.heal();
+  });
+  after(async function () {
+    await Promise.all([cluster?.destroy(), git?.dispose()]);
+  });
+}
+
 export function printLogsOnFailure(ctx: Mocha.Context, cluster: Cluster | undefined): void {
   if (cluster && ctx.currentTest?.state === 'failed') {
     cluster.failed = true;
