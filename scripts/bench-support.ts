@@ -6,6 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DEFAULT_FIXTURE, ensureFixture, formatKiB, type FixtureInfo } from './gen-fixture.js';
+import type { RepoStateAnswer } from '../lib/peer-client.js';
 
 // Shared by the benchmark scripts: free ports, a local cluster of real `quorum-git serve` processes,
 // helper processes that are always cleaned up (normal end, failure, Ctrl-C), running git with an
@@ -369,14 +370,8 @@ export interface ClusterNode {
   env: NodeJS.ProcessEnv;
 }
 
-/** One replica's version of a repo, from a node's internal API. */
-export interface RepoStateAnswer {
-  repo_id: string;
-  live: boolean;
-  epoch: number;
-  generation: number;
-  behind: boolean;
-}
+/** One replica's version of a repo, from a node's internal API (the type the nodes themselves use). */
+export type { RepoStateAnswer } from '../lib/peer-client.js';
 
 export interface Cluster {
   nodes: ClusterNode[];
