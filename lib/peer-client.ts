@@ -22,7 +22,6 @@ export interface RepoStateAnswer {
   live: boolean;
   epoch: number;
   generation: number;
-  behind: boolean;
   refs?: Record<string, string>;
   head?: string;
   digest?: string;

@@ -23,7 +23,7 @@ export function pickCoordinator(repoId: string, liveNodes: readonly NodeId[]): N
 }
 
 export type ReplicaAnswer =
-  | { node: NodeId; reachable: true; live: boolean; version: RepoVersion; behind: boolean }
+  | { node: NodeId; reachable: true; live: boolean; version: RepoVersion }
   | { node: NodeId; reachable: false };
 
 export type ReadPlan =
@@ -42,13 +42,13 @@ export function planRead(self: ReplicaAnswer & { reachable: true }, peers: reado
   if (answers.length < readQuorum) {
     return { action: 'unavailable', reached: answers.length, needed: readQuorum, unreachable: peers.filter((p) => !p.reachable).map((p) => p.node) };
   }
-  const candidates = answers.filter((a) => a.live && !a.behind);
+  const candidates = answers.filter((a) => a.live);
   if (candidates.length === 0) return { action: 'not_found' };
   let newest = candidates[0]!;
   for (const a of candidates) if (compareVersions(a.version, newest.version) > 0) newest = a;
   // A deleted repo at a newer epoch than every live copy means it is gone.
   const newestAny = answers.reduce((m, a) => (compareVersions(a.version, m.version) > 0 ? a : m), answers[0]!);
   if (!newestAny.live && newestAny.version.epoch > newest.version.epoch) return { action: 'not_found' };
-  if (self.live && !self.behind && compareVersions(self.version, newest.version) === 0) return { action: 'local' };
+  if (self.live && compareVersions(self.version, newest.version) === 0) return { action: 'local' };
   return { action: 'proxy', to: newest.node, newest: newest.version };
 }

@@ -392,7 +392,7 @@ export class QuorumGitNode {
 
   private async planRead(repoId: string, requestId: string): Promise<ReturnType<typeof planRead>> {
     const own = await this.repoState(repoId, {});
-    const self: ReplicaAnswer & { reachable: true } = { node: this.url, reachable: true, live: own.live, version: own, behind: own.behind };
+    const self: ReplicaAnswer & { reachable: true } = { node: this.url, reachable: true, live: own.live, version: own };
     const n = this.driver.nodes.length;
     const r = readQuorum(n, this.config.quorum);
     if (r <= 1) return own.live ? { action: 'local' } : { action: 'not_found' };
@@ -407,7 +407,7 @@ export class QuorumGitNode {
           .then(
             (s) => {
               reached += 1;
-              answers.push({ node, reachable: true, live: s.live, version: s, behind: s.behind });
+              answers.push({ node, reachable: true, live: s.live, version: s });
             },
             () => answers.push({ node, reachable: false }),
           )
@@ -422,10 +422,10 @@ export class QuorumGitNode {
   private async repoState(
     repoId: string,
     want: { refs?: boolean; digest?: boolean },
-  ): Promise<Record<string, unknown> & { live: boolean; epoch: number; generation: number; behind: boolean }> {
+  ): Promise<Record<string, unknown> & { live: boolean; epoch: number; generation: number }> {
     const entry = this.driver.participant.repo(repoId);
     const live = entry?.state === 'live';
-    const state = { repo_id: repoId, live, epoch: entry?.epoch ?? 0, generation: entry?.generation ?? 0, behind: false };
+    const state = { repo_id: repoId, live, epoch: entry?.epoch ?? 0, generation: entry?.generation ?? 0 };
     if ((!want.refs && !want.digest) || !live) return state;
     // Mid-transaction, refs and version can disagree for a moment (receive-pack moves the refs before
     // we log the commit): no digest to compare then.

@@ -7,7 +7,7 @@ const A = 'http://a';
 const B = 'http://b';
 const C = 'http://c';
 const at = (node: string, generation: number, extra: Partial<{ live: boolean; epoch: number }> = {}) =>
-  ({ node, reachable: true, live: extra.live ?? true, version: { epoch: extra.epoch ?? 1, generation }, behind: false }) as const;
+  ({ node, reachable: true, live: extra.live ?? true, version: { epoch: extra.epoch ?? 1, generation } }) as const;
 const down = (node: string): ReplicaAnswer => ({ node, reachable: false });
 
 describe('routing', () => {
