@@ -27,6 +27,8 @@ export interface Config {
   /** Per-peer timeout of the freshness check that precedes every read. */
   readCheckTimeoutMs: number;
   catchUpTimeoutMs: number;
+  /** Quiet time after a repo's last write before its background `git gc --auto` (lib/maintenance.ts). */
+  gcDelayMs: number;
   /** Opt-in: serve a possibly stale local copy when fewer than R nodes answer (labelled so). */
   allowStaleReads: boolean;
 }
@@ -91,6 +93,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     pushLockTimeoutMs: int(env, 'PUSH_LOCK_TIMEOUT_MS', 120_000, 1),
     readCheckTimeoutMs: int(env, 'READ_CHECK_TIMEOUT_MS', 1000, 1),
     catchUpTimeoutMs: int(env, 'CATCH_UP_TIMEOUT_MS', 120_000, 1),
+    gcDelayMs: int(env, 'GC_DELAY_MS', 5000, 1),
     allowStaleReads: env.ALLOW_STALE_READS === '1' || env.ALLOW_STALE_READS === 'true',
   };
 }

@@ -98,28 +98,28 @@ export class RefConflictError extends Error {
   }
 }
 
+/** The `update-ref --stdin` line for one update; a zero old value means "must not exist". */
+export function refEdit(u: RefUpdate): string {
+  return u.new === ZERO_OID ? `delete ${u.ref} ${u.old}` : `update ${u.ref} ${u.new} ${u.old}`;
+}
+
 /**
  * Moves refs to the updates' new values in one `git update-ref --stdin` transaction (all or none).
- * Idempotent: refs already at their new value are left alone, so a replayed commit is harmless; a
- * ref at neither its old nor its new value is a divergence and nothing is changed.
+ * Idempotent: refs already at their new value are left alone, so a replayed commit is harmless (and
+ * the coordinator's replica, whose refs receive-pack has just moved, starts no git at all); a ref at
+ * neither its old nor its new value is a divergence and nothing is changed.
  */
 export async function applyUpdates(repoPath: string, updates: readonly RefUpdate[], head?: string): Promise<void> {
-  const edit = (u: RefUpdate): string => (u.new === ZERO_OID ? `delete ${u.ref} ${u.old}` : `update ${u.ref} ${u.new} ${u.old}`);
-  try {
-    // The usual case, one git process: update-ref itself checks every old value.
-    await applyRefEdits(repoPath, updates.map(edit));
-  } catch {
-    // A replayed commit (some refs already moved) or a real divergence: look before moving.
-    const current = await readRefs(repoPath);
-    const lines: string[] = [];
-    for (const u of updates) {
-      const found = current[u.ref] ?? ZERO_OID;
-      if (found === u.new) continue;
-      if (found !== u.old) throw new RefConflictError(u.ref, found, u.old);
-      lines.push(edit(u));
-    }
-    if (lines.length > 0) await applyRefEdits(repoPath, lines);
+  const current = await readRefValues(repoPath, updates.map((u) => u.ref));
+  const lines: string[] = [];
+  for (const u of updates) {
+    const found = current[u.ref] ?? ZERO_OID;
+    if (found === u.new) continue;
+    if (found !== u.old) throw new RefConflictError(u.ref, found, u.old);
+    lines.push(refEdit(u));
   }
+  // update-ref checks every old value again, under its locks.
+  if (lines.length > 0) await applyRefEdits(repoPath, lines);
   if (head !== undefined && (await readHead(repoPath)) !== head) await setHead(repoPath, head);
 }
 

@@ -7,30 +7,41 @@ import { SECRET_HEADER } from './peer-client.js';
 
 export const HOOK_TIMEOUT_S = 3600;
 
+/** Where the hook posts; the node's router sends it to the push service. */
+export const HOOK_PATH = '/internal/hooks/pre-receive';
+
 /**
  * Writes DATA_DIR/hooks/pre-receive. It posts the ref updates, the quarantine path and its parent's
  * pid (receive-pack) to the node and exits with the node's verdict; what the node says is printed on
  * stderr, which git relays to the client as `remote:` lines. The cluster secret sits in a 0600 file
- * read by curl, never on a command line.
+ * read by a shell builtin, never on a command line.
+ *
+ * The hook is bash speaking HTTP/1.0 over bash's /dev/tcp, with builtins only: it runs on every push,
+ * and starting curl alone took 6 ms on the bench machine against 2 ms for the whole bash hook. Only
+ * the node's own listener is ever asked, so the protocol needed is tiny: one request with a length,
+ * and a response that ends when the node closes the connection (an HTTP/1.0 client gets no chunking).
  */
-export async function installHooks(dataDir: string, hookUrl: string, secret: string): Promise<string> {
+export async function installHooks(dataDir: string, host: string, port: number, secret: string): Promise<string> {
   const dir = path.join(dataDir, 'hooks');
   await fs.mkdir(dir, { recursive: true });
   const authFile = path.join(dir, 'auth-header');
   await fs.writeFile(authFile, `${SECRET_HEADER}: ${secret}\n`, { mode: 0o600 });
   await fs.chmod(authFile, 0o600);
   const quote = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
-  // One process besides sh: curl writes the node's message to stderr and the status code to stdout.
-  const script = `#!/bin/sh
+  const script = `#!/bin/bash
 # quorum-git pre-receive hook, written by the node at start; edits are overwritten.
 # Hands this push to the local node, which commits it on a quorum of nodes before any ref moves.
-code=$(curl -sS --max-time ${HOOK_TIMEOUT_S} -X POST -H @${quote(authFile)} \\
-  -H "x-git-dir: $PWD" -H "x-quarantine: \${GIT_QUARANTINE_PATH:-}" -H "x-receive-pack-pid: $PPID" \\
-  -H 'content-type: text/plain' --data-binary @- -o /dev/stderr -w '%{http_code}' ${quote(hookUrl)}) || {
-  echo 'quorum-git: the local node did not answer; nothing was changed' >&2
-  exit 1
-}
-[ "$code" = 200 ]
+LC_ALL=C
+fail() { echo "quorum-git: $1; nothing was changed" >&2; exit 1; }
+IFS= read -r -d '' updates
+IFS= read -r auth < ${quote(authFile)} || fail 'the hook cannot read its credentials'
+{ exec 3<>/dev/tcp/${host}/${port}; } 2>/dev/null || fail 'the local node did not answer'
+printf 'POST ${HOOK_PATH} HTTP/1.0\\r\\nhost: ${host}\\r\\n%s\\r\\nx-git-dir: %s\\r\\nx-quarantine: %s\\r\\nx-receive-pack-pid: %s\\r\\ncontent-type: text/plain\\r\\ncontent-length: %d\\r\\n\\r\\n%s' \\
+  "$auth" "$PWD" "\${GIT_QUARANTINE_PATH:-}" "$PPID" "\${#updates}" "$updates" >&3 2>/dev/null || fail 'the local node did not answer'
+IFS=' ' read -r -t ${HOOK_TIMEOUT_S} _ status _ <&3 || fail 'the local node did not answer'
+while IFS= read -r -t ${HOOK_TIMEOUT_S} line <&3 && [ "\${line%$'\\r'}" != '' ]; do :; done
+while IFS= read -r -t ${HOOK_TIMEOUT_S} line <&3 || [ -n "$line" ]; do printf '%s\\n' "$line" >&2; done
+[ "$status" = 200 ]
 `;
   const hook = path.join(dir, 'pre-receive');
   const tmp = `${hook}.tmp`;
@@ -42,13 +53,15 @@ code=$(curl -sS --max-time ${HOOK_TIMEOUT_S} -X POST -H @${quote(authFile)} \\
 /**
  * Git configuration for every git process this node starts (they inherit process.env):
  * our hooks; always keep pushed objects as a pack (receive.unpackLimit=1), so there is exactly one
- * indexed pack to ship; and hide refs that repair set aside.
+ * indexed pack to ship; hide refs that repair set aside; and no gc inside a push.
  */
 export function applyGitEnvironment(env: NodeJS.ProcessEnv, hooksDir: string): void {
   const settings: [string, string][] = [
     ['core.hooksPath', hooksDir],
     ['receive.unpackLimit', '1'],
     ['transfer.hideRefs', 'refs/lost+found'],
+    // gc runs in the background on every replica instead (lib/maintenance.ts).
+    ['receive.autogc', 'false'],
   ];
   addGitConfig(env, settings);
 }

@@ -177,7 +177,7 @@ export class PushService {
       }
       driver.forgetOutcome(txnId);
       logger.warn('push rejected', { txn_id: txnId, repo_id: repoId, code: result.code, failed: result.failed, detail: result.detail });
-      return { ok: false, message: rejectionMessage(result.code, result.failed, result.detail, this.options.quorum, total) };
+      return { ok: false, message: rejectionMessage(result.code, result.failed, result.unprepared ?? [], result.detail, this.options.quorum, total) };
     } finally {
       if (!releaseLater) release();
     }
@@ -192,7 +192,7 @@ async function readInline(files: readonly string[], maxBytes: number): Promise<R
   return Object.fromEntries(files.map((f, i) => [path.basename(f), contents[i]!.toString('base64')]));
 }
 
-function rejectionMessage(code: string, failed: NodeId[], detail: string | undefined, quorum: number, total: number): string {
+function rejectionMessage(code: string, failed: NodeId[], unprepared: NodeId[], detail: string | undefined, quorum: number, total: number): string {
   switch (code) {
     case 'ref_conflict':
       return `quorum-git: ${detail ?? 'a ref'} was updated by another push since you fetched; fetch, merge or rebase, and push again`;
@@ -202,7 +202,12 @@ function rejectionMessage(code: string, failed: NodeId[], detail: string | undef
       return `quorum-git: the repository is at a newer version on other nodes than the one this push was based on (${detail ?? 'versions differ'}); nothing was changed; fetch, then push again`;
     case 'repo_busy':
       return 'quorum-git: another change to this repository is in progress; nothing was changed, push again';
-    default:
-      return `quorum-git: could not commit on a quorum of ${quorum} of ${total} nodes; unreachable: ${failed.join(', ') || 'none'}; nothing was changed`;
+    default: {
+      // A node that answered but could not stage the push (its disk, a ref lock left by a crashed git)
+      // is named apart from those that did not answer; its own log says why.
+      const unreachable = failed.filter((n) => !unprepared.includes(n));
+      const staging = unprepared.length > 0 ? `; could not prepare it: ${unprepared.join(', ')}` : '';
+      return `quorum-git: could not commit on a quorum of ${quorum} of ${total} nodes; unreachable: ${unreachable.join(', ') || 'none'}${staging}; nothing was changed`;
+    }
   }
 }

@@ -20,6 +20,7 @@ import { createProxyServer, type ProxyServer } from 'http-proxy-3';
 import { CatchUp, DIRECT_HEADER, repoDigest } from './catch-up.js';
 import { PACK_FILE } from './git-refs.js';
 import { applyGitEnvironment, installHooks } from './hooks.js';
+import { Maintenance } from './maintenance.js';
 import { PushService } from './push-service.js';
 import { readQuorum } from './quorum.js';
 import { pickCoordinator, planRead, type ReplicaAnswer } from './routing.js';
@@ -52,6 +53,7 @@ export class QuorumGitNode {
   private readonly gitHttp: GitHttp;
   private readonly pushService: PushService;
   private readonly catchUpper: CatchUp;
+  private readonly maintenance: Maintenance;
   private readonly proxy: ProxyServer;
   private readonly proxyAgent = new http.Agent({ keepAlive: true, maxSockets: 256 });
   private readonly server: http.Server;
@@ -69,6 +71,7 @@ export class QuorumGitNode {
     this.logger = logger;
     this.clock = clock;
     this.store = new RepoStore(config.dataDir);
+    this.maintenance = new Maintenance({ repoPath: (repoId) => this.store.repoPath(repoId), logger, delayMs: config.gcDelayMs });
     this.client = new PeerClient({ secret: config.clusterSecret, requestTimeoutMs: config.peerTimeoutMs });
     this.driver = new TxnDriver({
       self: config.selfUrl,
@@ -80,6 +83,7 @@ export class QuorumGitNode {
       logger,
       clock,
       newTxnId: () => `${config.serverId}-${clock.now().toString(36)}-${randomBytes(6).toString('hex')}`,
+      afterWrite: (repoId) => this.maintenance.touched(repoId),
       timeouts: { prepareTimeoutMs: config.prepareTimeoutMs, commitTimeoutMs: config.commitTimeoutMs, commitResends: config.commitResends },
     });
     this.gitHttp = new GitHttp((repoId) => this.store.repoPath(repoId), logger);
@@ -115,8 +119,9 @@ export class QuorumGitNode {
   }
 
   async start(): Promise<void> {
-    const hookHost = this.config.host === '0.0.0.0' || this.config.host === '::' ? '127.0.0.1' : this.config.host.includes(':') ? `[${this.config.host}]` : this.config.host;
-    const hooksDir = await installHooks(this.config.dataDir, `http://${hookHost}:${this.config.port}/internal/hooks/pre-receive`, this.config.clusterSecret);
+    // The hook talks to this node's own listener (bash's /dev/tcp takes a bare IPv6 address).
+    const hookHost = this.config.host === '0.0.0.0' ? '127.0.0.1' : this.config.host === '::' ? '::1' : this.config.host;
+    const hooksDir = await installHooks(this.config.dataDir, hookHost, this.config.port, this.config.clusterSecret);
     applyGitEnvironment(process.env, hooksDir);
     await this.driver.start();
     await new Promise<void>((resolve, reject) => {
@@ -198,6 +203,8 @@ export class QuorumGitNode {
     this.stopping = true;
     for (const t of this.timers) clearInterval(t);
     this.gitHttp.killAll();
+    this.maintenance.stop();
+    this.driver.close();
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     this.server.closeAllConnections();
     await closed;

@@ -90,7 +90,8 @@ export type AbortCode = 'repo_exists' | 'repo_not_found' | 'repo_busy' | 'quorum
 
 export type CoordinatorResult =
   | { outcome: 'committed'; epoch: number; generation: number; confirmed: NodeId[]; behind: NodeId[] }
-  | { outcome: 'aborted'; code: AbortCode; failed: NodeId[]; detail?: string };
+  /** `failed`: nodes that did not vote yes for want of being reachable or able to stage; `unprepared` the latter. */
+  | { outcome: 'aborted'; code: AbortCode; failed: NodeId[]; unprepared?: NodeId[]; detail?: string };
 
 export type CoordinatorTimer = 'prepare' | 'commit';
 
@@ -297,6 +298,7 @@ export class CoordinatorTxn {
 
   private abortResult(timedOut: boolean): CoordinatorResult {
     const failed: NodeId[] = [];
+    const unprepared: NodeId[] = [];
     let conflict: { code: AbortCode; detail?: string } | undefined;
     // The most telling reason wins: a conflict the user can act on before "busy" or "stale".
     const rank: Partial<Record<NoVoteCode, number>> = { ref_conflict: 4, ref_name_clash: 4, repo_exists: 3, repo_not_found: 3, stale: 2, repo_busy: 1, refused: 1 };
@@ -306,6 +308,7 @@ export class CoordinatorTxn {
         if (timedOut) failed.push(node);
       } else if (vote.vote === 'no' && (vote.code === 'unreachable' || vote.code === 'stage_failed')) {
         failed.push(node);
+        if (vote.code === 'stage_failed') unprepared.push(node);
       } else if (vote.vote === 'no') {
         const code: AbortCode = vote.code === 'refused' ? 'repo_busy' : (vote.code as AbortCode);
         if (conflict === undefined || (rank[vote.code] ?? 0) > (rank[conflict.code as NoVoteCode] ?? 0)) {
@@ -316,9 +319,9 @@ export class CoordinatorTxn {
     // With a quorum of nodes reachable, a refusal is the reason; otherwise the quorum is.
     const reachable = this.options.nodes.length - failed.length;
     if (conflict && (reachable >= this.options.quorum || conflict.code === 'ref_conflict' || conflict.code === 'ref_name_clash')) {
-      return { outcome: 'aborted', code: conflict.code, failed, ...(conflict.detail === undefined ? {} : { detail: conflict.detail }) };
+      return { outcome: 'aborted', code: conflict.code, failed, ...(unprepared.length > 0 ? { unprepared } : {}), ...(conflict.detail === undefined ? {} : { detail: conflict.detail }) };
     }
-    return { outcome: 'aborted', code: 'quorum_unreachable', failed };
+    return { outcome: 'aborted', code: 'quorum_unreachable', failed, ...(unprepared.length > 0 ? { unprepared } : {}) };
   }
 }
 
@@ -337,7 +340,7 @@ interface TxnRecord {
 }
 
 export type ParticipantEffect =
-  | { type: 'stage'; txnId: string; op: TxnOp }
+  | { type: 'stage'; txnId: string; op: TxnOp; coordinator: NodeId }
   | { type: 'apply'; txnId: string; op: TxnOp; epoch: number; generation: number; coordinator: NodeId }
   | { type: 'discard'; txnId: string; op: TxnOp }
   | { type: 'sync'; repoId: string; from: CatalogEntry | undefined; to: CatalogEntry }
@@ -476,7 +479,7 @@ export class Participant {
     this.locks.set(op.repoId, txnId);
     this.txns.set(txnId, { status: 'preparing', op, coordinator });
     return [
-      { type: 'stage', txnId, op },
+      { type: 'stage', txnId, op, coordinator },
       { type: 'persist', entry: { t: 'prepared', txnId, op, coordinator } },
       { type: 'reply', vote: { vote: 'yes', ...this.versionOf(op.repoId) } },
     ];

@@ -2,7 +2,8 @@ import type { Logger } from './logger.js';
 import type { PeerClient } from './peer-client.js';
 import type { RepoStore } from './repo-store.js';
 import type { TxnLog } from './txn-log.js';
-import { applyUpdates, installPackFiles, readRefValues, readRefs } from './git-refs.js';
+import { applyUpdates, installPackFiles, readHead, readRefValues, readRefs, setHead } from './git-refs.js';
+import { RefTransactions } from './ref-txn.js';
 import {
   CoordinatorTxn,
   ZERO_OID,
@@ -16,6 +17,7 @@ import {
   type ParticipantEffect,
   type PeerAnswer,
   type QueryOutcome,
+  type RefUpdate,
   type RepoVersion,
   type TxnMessage,
   type TxnOp,
@@ -54,6 +56,8 @@ export interface TxnDriverOptions {
   clock: Clock;
   newTxnId: () => string;
   timeouts: TxnTimeouts;
+  /** Told after this replica's refs of a repo moved (a push applied, a catch-up): housekeeping. */
+  afterWrite?: (repoId: string) => void;
 }
 
 interface ActiveTxn {
@@ -89,9 +93,22 @@ export class TxnDriver {
   private readonly localSettled = new Map<string, { promise: Promise<void>; resolve: () => void }>();
   /** File-system work on one repo runs one step at a time, in arrival order. */
   private readonly repoChains = new Map<string, Promise<void>>();
+  /** A peer's push holds its refs locked in git from prepare to commit (lib/ref-txn.ts). */
+  private readonly refTxns = new RefTransactions({ maxSpares: 64, idleMs: 60_000 });
 
   constructor(options: TxnDriverOptions) {
     this.options = options;
+  }
+
+  /** Ends the git sessions this driver holds (a prepared push's ref locks are released by git). */
+  close(): void {
+    this.refTxns.close();
+  }
+
+  /** Undoes a push's or create's staging here: its ref transaction, then its files. */
+  private async discardStaged(txnId: string): Promise<void> {
+    this.refTxns.abort(txnId);
+    await this.options.store.discard(txnId);
   }
 
   get nodes(): NodeId[] {
@@ -222,7 +239,7 @@ export class TxnDriver {
         // A no from a node that never took the transaction (stale, conflict, busy) would leave the pack
         // shipped ahead of this prepare in incoming/ until a restart: nobody sends an abort to a no voter.
         const status = this.participant.status(msg.txnId);
-        if (vote.vote === 'no' && (status === undefined || status === 'refused')) await this.options.store.discard(msg.txnId);
+        if (vote.vote === 'no' && (status === undefined || status === 'refused')) await this.discardStaged(msg.txnId);
         return vote;
       }
       case 'commitTxn':
@@ -255,7 +272,7 @@ export class TxnDriver {
     for (const effect of effects) {
       if (staging && effect.type !== 'stage' && this.participant.status(txnId) === 'aborted') {
         // Aborted while we staged: undo, log nothing more, and vote no.
-        await this.options.store.discard(txnId);
+        await this.discardStaged(txnId);
         return { vote: 'no', code: 'refused' };
       }
       try {
@@ -277,7 +294,7 @@ export class TxnDriver {
     if (staging) {
       this.participant.onPrepared(txnId);
       this.preparedAt.set(txnId, this.options.clock.now());
-      if (this.participant.status(txnId) === 'aborted') await this.options.store.discard(txnId);
+      if (this.participant.status(txnId) === 'aborted') await this.discardStaged(txnId);
     }
     return vote;
   }
@@ -287,22 +304,28 @@ export class TxnDriver {
     switch (effect.type) {
       case 'stage':
         if (effect.op.kind === 'create') await store.stageCreate(effect.txnId);
-        // A peer's push objects arrived before the prepare; the coordinator's are in receive-pack's quarantine.
-        if (effect.op.kind === 'push') await installPackFiles(store.repoPath(effect.op.repoId), store.incomingDir(effect.txnId));
+        if (effect.op.kind === 'push') {
+          // A peer's push objects arrived before the prepare; the coordinator's are in receive-pack's
+          // quarantine, and its refs are moved (and locked) by receive-pack itself.
+          const repoPath = store.repoPath(effect.op.repoId);
+          await installPackFiles(repoPath, store.incomingDir(effect.txnId));
+          if (effect.coordinator !== this.options.self) await this.refTxns.prepare(effect.txnId, repoPath, effect.op.updates);
+        }
         return;
       case 'apply': {
         const { op, txnId } = effect;
         if (op.kind === 'push') {
           const gate = this.selfCommitGates.get(txnId);
           if (gate) await gate;
-          await this.withRepo(op.repoId, () => applyUpdates(store.repoPath(op.repoId), op.updates, op.head));
+          await this.withRepo(op.repoId, () => this.applyPush(txnId, store.repoPath(op.repoId), op.updates, op.head));
+          this.options.afterWrite?.(op.repoId);
           return;
         }
         await this.withRepo(op.repoId, () => (op.kind === 'create' ? store.commitCreate(txnId, op.repoId) : store.remove(op.repoId, txnId)));
         return;
       }
       case 'discard':
-        await store.discard(effect.txnId);
+        await this.discardStaged(effect.txnId);
         return;
       case 'sync':
         await this.withRepo(effect.repoId, () =>
@@ -317,10 +340,27 @@ export class TxnDriver {
     }
   }
 
+  /**
+   * Moves a committed push's refs here: by committing the ref transaction prepared with the vote, or,
+   * with none held (the coordinator's replica after receive-pack, a transaction replayed after a
+   * restart, a session that failed), by applying the updates afresh, which is idempotent.
+   */
+  private async applyPush(txnId: string, repoPath: string, updates: readonly RefUpdate[], head: string | undefined): Promise<void> {
+    let committed = false;
+    try {
+      committed = await this.refTxns.commit(txnId);
+    } catch (err) {
+      this.options.logger.warn('prepared ref transaction failed to commit; applying the push afresh', { txn_id: txnId, err: (err as Error).message });
+    }
+    if (!committed) return applyUpdates(repoPath, updates, head);
+    if (head !== undefined && (await readHead(repoPath)) !== head) await setHead(repoPath, head);
+  }
+
   /** Catch-up made our refs equal a peer's at `version`: take that version (logged first). */
   async caughtUp(repoId: string, version: RepoVersion): Promise<boolean> {
     const effects = this.participant.onCaughtUp(repoId, version);
     for (const effect of effects) await this.runParticipantEffect(effect);
+    this.options.afterWrite?.(repoId);
     return effects.length > 0;
   }
 

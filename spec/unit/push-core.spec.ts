@@ -99,6 +99,17 @@ describe('push two-phase commit core', () => {
     expect(sim.results.get(txn)?.outcome).to.equal('committed');
   });
 
+  it('when no peer acknowledges before the resends run out, answers with only the coordinator confirmed (below the quorum)', () => {
+    const sim = cluster();
+    const txn = push(sim, A, [{ ref: 'refs/heads/main', old: ZERO_OID, new: oid(1) }]);
+    const lost = (e: Envelope): boolean => commitsOnly(e) && e.to !== A;
+    sim.run({ drop: lost });
+    expect(sim.results.get(txn)).to.equal(undefined);
+    for (let i = 0; i < 3; i += 1) sim.advance(100, { drop: lost });
+    // Decided and prepared on a quorum, but confirmed only by A: the push service must not say "ok".
+    expect(sim.results.get(txn)).to.deep.include({ outcome: 'committed', confirmed: [A], behind: [B, C] });
+  });
+
   it('duplicated messages apply each push once', () => {
     const sim = cluster();
     const txn = push(sim, A, [{ ref: 'refs/heads/main', old: ZERO_OID, new: oid(1) }]);

@@ -1,0 +1,89 @@
+import { expect } from 'chai';
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type { Logger } from '../../lib/logger.js';
+import type { PeerClient } from '../../lib/peer-client.js';
+import { PushService } from '../../lib/push-service.js';
+import { RepoStore } from '../../lib/repo-store.js';
+import type { CoordinatorResult, TxnOp } from '../../lib/txn-core.js';
+import type { TxnDriver } from '../../lib/txn-driver.js';
+
+// The hook's verdict for each outcome of the push transaction, with the transaction itself faked:
+// above all, a push that was decided but confirmed by fewer than W nodes is never answered "ok".
+
+const A = 'http://a';
+const B = 'http://b';
+const C = 'http://c';
+const OLD = '1'.repeat(40);
+const NEW = '2'.repeat(40);
+
+const quiet = { info: () => undefined, warn: () => undefined, error: () => undefined, debug: () => undefined } as unknown as Logger;
+
+describe('push service verdicts', () => {
+  let root: string;
+  let store: RepoStore;
+
+  beforeEach(async () => {
+    root = await fs.mkdtemp(path.join(os.tmpdir(), 'qg-push-service-'));
+    store = new RepoStore(root);
+    await fs.mkdir(store.repoPath('o/r'), { recursive: true });
+    await fs.writeFile(path.join(store.repoPath('o/r'), 'HEAD'), 'ref: refs/heads/main\n');
+  });
+  afterEach(async () => {
+    await fs.rm(root, { recursive: true, force: true });
+  });
+
+  /** A push service whose transaction ends in `result`; returns the verdict and the op it ran. */
+  async function verdict(result: CoordinatorResult): Promise<{ ok: boolean; message: string; op: TxnOp | undefined }> {
+    let ran: TxnOp | undefined;
+    const driver = {
+      nodes: [A, B, C],
+      participant: { isLive: () => true, versionOf: () => ({ epoch: 1, generation: 4 }) },
+      localOutcome: () => new Promise<void>(() => undefined),
+      forgetOutcome: () => undefined,
+      runTxn: async (op: TxnOp) => {
+        ran = op;
+        return result;
+      },
+    } as unknown as TxnDriver;
+    const service = new PushService({
+      driver,
+      store,
+      client: {} as PeerClient,
+      logger: quiet,
+      quorum: 2,
+      limits: { maxRefsPerPush: 10, inlinePackMaxBytes: 1024, pushLockTimeoutMs: 1000, localApplyTimeoutMs: 10 },
+      newTxnId: () => 'txn-1',
+      receivePackExit: () => undefined,
+    });
+    const quarantine = await fs.mkdtemp(path.join(root, 'quarantine-'));
+    const answer = await service.preReceive({
+      gitDir: store.repoPath('o/r'),
+      quarantine,
+      receivePackPid: undefined,
+      body: `${OLD} ${NEW} refs/heads/main\n`,
+      requestId: 'r',
+    });
+    return { ...answer, op: ran };
+  }
+
+  it('says ok with how far the push got when a quorum confirmed it', async () => {
+    const answer = await verdict({ outcome: 'committed', epoch: 1, generation: 5, confirmed: [A, B], behind: [C] });
+    expect(answer.ok).to.equal(true);
+    expect(answer.message).to.equal(`quorum-git: replicated to 2/3 nodes (quorum 2), generation 5\nquorum-git: behind, will catch up: ${C}`);
+    expect(answer.op).to.deep.include({ kind: 'push', repoId: 'o/r', base: { epoch: 1, generation: 4 } });
+  });
+
+  it('fails a push decided but confirmed by fewer than W nodes, telling the user to fetch', async () => {
+    const answer = await verdict({ outcome: 'committed', epoch: 1, generation: 5, confirmed: [A], behind: [B, C] });
+    expect(answer.ok).to.equal(false);
+    expect(answer.message).to.match(/could not be confirmed on a quorum of 2 of 3 nodes \(confirmed: http:\/\/a\); fetch to see whether it landed/);
+  });
+
+  it('names unreachable nodes apart from those that could not prepare', async () => {
+    const answer = await verdict({ outcome: 'aborted', code: 'quorum_unreachable', failed: [B, C], unprepared: [C] });
+    expect(answer.ok).to.equal(false);
+    expect(answer.message).to.equal(`quorum-git: could not commit on a quorum of 2 of 3 nodes; unreachable: ${B}; could not prepare it: ${C}; nothing was changed`);
+  });
+});
