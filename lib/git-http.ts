@@ -1,6 +1,6 @@
 import type { ChildProcess } from 'node:child_process';
 import type http from 'node:http';
-import type { Readable } from 'node:stream';
+import { PassThrough, type Readable } from 'node:stream';
 import nodeGitServer from 'node-git-server';
 import type { Logger } from './logger.js';
 import type { GitService } from './router.js';
@@ -45,6 +45,17 @@ export class GitHttp {
     infoResponse(this.git, repoId, service, req, res);
   }
 
+  /**
+   * Starts the ref advertisement before we know whether to serve it (the read's freshness check runs
+   * meanwhile): git's start-up and the peers' round trip overlap instead of adding up. Its output is
+   * held until `send`; `discard` ends git unread.
+   */
+  prepareInfoRefs(req: http.IncomingMessage, repoId: string, service: GitService): PendingAdvertisement {
+    const pending = new PendingAdvertisement();
+    infoResponse(this.git, repoId, service, req, pending as unknown as http.ServerResponse);
+    return pending;
+  }
+
   rpc(req: http.IncomingMessage, res: http.ServerResponse, repoId: string, service: GitService, log: Logger): void {
     res.setHeader('content-type', `application/x-git-${service}-result`);
     res.setHeader('cache-control', 'no-cache, max-age=0, must-revalidate');
@@ -84,5 +95,43 @@ export class GitHttp {
   /** Stops every git process still running (node shutdown). */
   killAll(): void {
     for (const child of this.running) child.kill('SIGTERM');
+  }
+}
+
+/**
+ * What node-git-server's infoResponse writes to (it sets headers and a status, writes the service
+ * line and pipes git's stdout), held back until the advertisement is wanted.
+ */
+export class PendingAdvertisement extends PassThrough {
+  statusCode = 200;
+  private readonly headers = new Map<string, string | number | readonly string[]>();
+  private source: Readable | undefined;
+
+  constructor() {
+    // Unbounded until sent: git's advertisement is the repo's ref list, and git is stopped anyway
+    // if the client goes away or the advertisement is dropped.
+    super({ highWaterMark: 1 << 20 });
+    this.on('pipe', (source: Readable) => (this.source = source));
+  }
+
+  setHeader(name: string, value: string | number | readonly string[]): this {
+    this.headers.set(name, value);
+    return this;
+  }
+
+  /** Sends what git wrote, and the rest as it comes; git is stopped if the client goes away. */
+  send(res: http.ServerResponse): void {
+    res.statusCode = this.statusCode;
+    for (const [name, value] of this.headers) res.setHeader(name, value);
+    res.once('close', () => {
+      if (!res.writableFinished) this.discard();
+    });
+    this.pipe(res);
+  }
+
+  /** Not wanted after all: git is stopped (its pipe closes under it). */
+  discard(): void {
+    this.source?.destroy();
+    this.destroy();
   }
 }

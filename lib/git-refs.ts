@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { promises as fs } from 'node:fs';
+import { mkdirSync, promises as fs, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { runGit } from './git.js';
 import { ZERO_OID, type RefUpdate } from './txn-core.js';
@@ -22,6 +22,7 @@ export async function readRefs(repoPath: string): Promise<Record<string, string>
 }
 
 const OID = /^(?:[0-9a-f]{40}|[0-9a-f]{64})$/;
+const SYNC_REF_READS = 32;
 
 /**
  * The values of some refs, read from the files backend directly (a loose ref file, else packed-refs):
@@ -30,6 +31,9 @@ const OID = /^(?:[0-9a-f]{40}|[0-9a-f]{64})$/;
  */
 export async function readRefValues(repoPath: string, refs: readonly string[]): Promise<Record<string, string>> {
   const out: Record<string, string> = {};
+  // A loose ref is a 41-byte file: a few are read synchronously (a thread-pool round trip each would
+  // cost more than the read); thousands are read without blocking the node.
+  const sync = refs.length <= SYNC_REF_READS;
   let packed: Map<string, string> | undefined;
   for (const ref of refs) {
     if (!ref.startsWith('refs/') || ref.split('/').some((part) => part === '..' || part === '.' || part === '')) {
@@ -37,7 +41,8 @@ export async function readRefValues(repoPath: string, refs: readonly string[]): 
     }
     let text: string | undefined;
     try {
-      text = await fs.readFile(path.join(repoPath, ref), 'utf8');
+      const file = path.join(repoPath, ref);
+      text = sync ? readFileSync(file, 'utf8') : await fs.readFile(file, 'utf8');
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       if (code !== 'ENOENT' && code !== 'EISDIR' && code !== 'ENOTDIR') throw err;
@@ -79,9 +84,12 @@ async function readPackedRefs(repoPath: string): Promise<Map<string, string>> {
   return packed;
 }
 
-/** The ref HEAD names. A bare repo's HEAD is a one-line file; reading it saves a git process per push. */
+/**
+ * The ref HEAD names. A bare repo's HEAD is a one-line file; reading it saves a git process per push
+ * (and reading it synchronously a thread-pool round trip).
+ */
 export async function readHead(repoPath: string): Promise<string> {
-  const text = await fs.readFile(path.join(repoPath, 'HEAD'), 'utf8');
+  const text = readFileSync(path.join(repoPath, 'HEAD'), 'utf8');
   const m = /^ref: (refs\/\S+)\s*$/.exec(text);
   if (m) return m[1]!;
   return (await runGit(['symbolic-ref', 'HEAD'], { cwd: repoPath })).trim();
@@ -146,12 +154,30 @@ export const PACK_FILE = /^pack-[0-9a-f]{40,64}\.(pack|idx|rev)$/;
 export async function quarantinePackFiles(quarantine: string): Promise<string[]> {
   let names: string[];
   try {
-    names = await fs.readdir(path.join(quarantine, 'pack'));
+    names = readdirSync(path.join(quarantine, 'pack'));
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
     throw err;
   }
   return names.filter((n) => PACK_FILE.test(n)).map((n) => path.join(quarantine, 'pack', n));
+}
+
+/**
+ * Writes a small pack that came inside a prepare straight into the repo's object store: the .pack
+ * (and .rev) under their names, the .idx last through a temporary name, since git finds a pack only
+ * through a complete index. The writes are synchronous on purpose: the files are small (the inline
+ * limit bounds them), and on a busy node each thread-pool round trip of an async write cost more
+ * than the write itself, on every peer's vote of every push.
+ */
+export function installPackBuffers(repoPath: string, files: Readonly<Record<string, Buffer>>): void {
+  const packDir = path.join(repoPath, 'objects', 'pack');
+  mkdirSync(packDir, { recursive: true });
+  const names = Object.keys(files).filter((n) => PACK_FILE.test(n));
+  for (const n of names) if (!n.endsWith('.idx')) writeFileSync(path.join(packDir, n), files[n]!);
+  for (const n of names.filter((n) => n.endsWith('.idx'))) {
+    writeFileSync(path.join(packDir, `tmp_${n}`), files[n]!);
+    renameSync(path.join(packDir, `tmp_${n}`), path.join(packDir, n));
+  }
 }
 
 /**

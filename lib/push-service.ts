@@ -1,4 +1,4 @@
-import { promises as fs } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { quarantinePackFiles, readHead, readRefs } from './git-refs.js';
 import { KeyedLock, LockTimeoutError } from './keyed-lock.js';
@@ -135,11 +135,13 @@ export class PushService {
         ...(newHead === undefined ? {} : { head: newHead }),
       };
       const txnId = this.options.newTxnId();
-      // receive-pack deletes its quarantine as soon as the hook answers, which can be before a slow
-      // peer has its copy: ship hard links that live until every upload is over.
-      const packFiles = await store.linkOutgoing(txnId, quarantined);
+      // A small pack is read now and rides inside the prepares. A large one streams to each peer
+      // ahead of its prepare; receive-pack deletes its quarantine as soon as the hook answers, which
+      // can be before a slow peer has its copy, so it is shipped from hard links that live until
+      // every upload is over.
+      const inline = readInline(quarantined, limits.inlinePackMaxBytes);
+      const packFiles = inline ? [] : await store.linkOutgoing(txnId, quarantined);
       const uploads: Promise<unknown>[] = [];
-      const inline = await readInline(packFiles, limits.inlinePackMaxBytes);
       const exit = request.receivePackPid === undefined ? undefined : this.options.receivePackExit(request.receivePackPid);
       const localApplied = driver.localOutcome(txnId);
       const result = await driver.runTxn(op, request.requestId, {
@@ -153,7 +155,7 @@ export class PushService {
           await upload;
         },
       });
-      void Promise.allSettled(uploads).then(() => store.dropOutgoing(txnId));
+      if (packFiles.length > 0) void Promise.allSettled(uploads).then(() => store.dropOutgoing(txnId));
       const total = driver.nodes.length;
       if (result.outcome === 'committed' && result.confirmed.length < this.options.quorum) {
         // Decided, but the peers that voted yes could not apply it before the resends ran out. Saying
@@ -184,12 +186,12 @@ export class PushService {
   }
 }
 
-async function readInline(files: readonly string[], maxBytes: number): Promise<Record<string, string> | undefined> {
+/** A small pack's files as base64, read at once (synchronously: they are small), or undefined if too big. */
+function readInline(files: readonly string[], maxBytes: number): Record<string, string> | undefined {
   if (files.length === 0) return undefined;
-  const sizes = await Promise.all(files.map(async (f) => (await fs.stat(f)).size));
-  if (sizes.reduce((a, b) => a + b, 0) > maxBytes) return undefined;
-  const contents = await Promise.all(files.map((f) => fs.readFile(f)));
-  return Object.fromEntries(files.map((f, i) => [path.basename(f), contents[i]!.toString('base64')]));
+  const size = files.reduce((sum, f) => sum + statSync(f).size, 0);
+  if (size > maxBytes) return undefined;
+  return Object.fromEntries(files.map((f) => [path.basename(f), readFileSync(f).toString('base64')]));
 }
 
 function rejectionMessage(code: string, failed: NodeId[], unprepared: NodeId[], detail: string | undefined, quorum: number, total: number): string {

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { promises as fs } from 'node:fs';
+import { statSync } from 'node:fs';
 import { refEdit } from './git-refs.js';
 import type { RefUpdate } from './txn-core.js';
 
@@ -99,7 +99,7 @@ export class RefTransactions {
    */
   async prepare(txnId: string, repoPath: string, updates: readonly RefUpdate[]): Promise<void> {
     if (this.held.has(txnId)) return;
-    const { ino } = await fs.stat(repoPath);
+    const { ino } = statSync(repoPath);
     let session = this.spares.get(repoPath);
     this.spares.delete(repoPath);
     if (session?.idleTimer) clearTimeout(session.idleTimer);

@@ -43,6 +43,19 @@ interface PeerStatus {
   last_seen: string | null;
 }
 
+/** A small pack that came inside a prepare, checked and decoded: it is installed from memory at stage. */
+function decodeInlineFiles(files: unknown): Record<string, Buffer> {
+  if (typeof files !== 'object' || files === null || Array.isArray(files)) {
+    throw new QuorumGitError('invalid_body', 'inlineFiles must map pack file names to base64');
+  }
+  const out: Record<string, Buffer> = {};
+  for (const [name, content] of Object.entries(files)) {
+    if (!PACK_FILE.test(name) || typeof content !== 'string') throw new QuorumGitError('invalid_body', `not a pack file: ${name}`);
+    out[name] = Buffer.from(content, 'base64');
+  }
+  return out;
+}
+
 export class QuorumGitNode {
   readonly config: Config;
   private readonly logger: Logger;
@@ -298,8 +311,8 @@ export class QuorumGitNode {
           throw new QuorumGitError('invalid_body', `expected a ${expected} message`);
         }
         log.debug('txn message', { txn_id: msg.txnId, type: msg.type });
-        if (inlineFiles !== undefined) await this.writeInlineFiles(msg.txnId, inlineFiles);
-        return this.send(res, 200, await this.driver.handleMessage(msg as TxnMessage));
+        const files = inlineFiles === undefined ? undefined : decodeInlineFiles(inlineFiles);
+        return this.send(res, 200, await this.driver.handleMessage(msg as TxnMessage, files));
       }
       case 'internalQuery':
         return this.send(res, 200, await this.driver.handleQuery(target.txnId, target.refuse, target.asCoordinator));
@@ -361,16 +374,32 @@ export class QuorumGitNode {
     // prepare verifies version and old values on a quorum anyway.
     if (service === 'receive-pack' && kind === 'gitRpc') return serveLocal();
     if (service === 'receive-pack') await this.pushService.waitIdle(repoId);
+    // The advertisement starts while the freshness check runs; it is sent only if the check says so.
+    let pending = kind === 'gitInfoRefs' && this.driver.participant.isLive(repoId) ? this.gitHttp.prepareInfoRefs(req, repoId, service) : undefined;
+    const serveChecked = async (): Promise<void> => {
+      if (pending && pending.statusCode === 200) return pending.send(res);
+      pending?.discard();
+      return serveLocal();
+    };
+    res.once('close', () => {
+      if (!res.headersSent) pending?.discard();
+    });
     let plan = await this.planRead(repoId, String(res.getHeader(REQUEST_ID_HEADER)));
     if (service === 'receive-pack' && plan.action === 'proxy') {
       // The coordinator must be current before it advertises refs to a pusher.
+      pending?.discard();
+      pending = undefined;
       await this.catchUpper.request(repoId);
       plan = await this.planRead(repoId, String(res.getHeader(REQUEST_ID_HEADER)));
       if (plan.action === 'proxy') throw new QuorumGitError('replica_behind', 'this repository is catching up on the coordinating node; push again in a moment');
     }
+    if (plan.action !== 'local' && !(plan.action === 'unavailable' && (service === 'receive-pack' || this.config.allowStaleReads))) {
+      pending?.discard();
+      pending = undefined;
+    }
     switch (plan.action) {
       case 'local':
-        return serveLocal();
+        return serveChecked();
       case 'not_found':
         throw new QuorumGitError('repo_not_found', 'repository not found');
       case 'proxy':
@@ -379,11 +408,11 @@ export class QuorumGitNode {
       case 'unavailable':
         // A push needs no read quorum to be safe: its prepare checks version and old values on a
         // write quorum, so advertise our refs and let the hook give git a proper rejection.
-        if (service === 'receive-pack') return serveLocal();
+        if (service === 'receive-pack') return serveChecked();
         if (this.config.allowStaleReads) {
           log.warn('serving a possibly stale copy (ALLOW_STALE_READS)', { repo_id: repoId });
           res.setHeader('x-quorum-possibly-stale', 'true');
-          return serveLocal();
+          return serveChecked();
         }
         throw new QuorumGitError(
           'read_quorum_unreachable',
@@ -468,21 +497,6 @@ export class QuorumGitNode {
     const given = Buffer.from(String(req.headers[SECRET_HEADER] ?? ''));
     const expected = Buffer.from(this.config.clusterSecret);
     return given.length === expected.length && timingSafeEqual(given, expected);
-  }
-
-  /** A small pack that came inside a prepare: written where a streamed upload would have put it. */
-  private async writeInlineFiles(txnId: string, files: unknown): Promise<void> {
-    if (typeof files !== 'object' || files === null || !/^[A-Za-z0-9._-]{1,128}$/.test(txnId)) {
-      throw new QuorumGitError('invalid_body', 'inlineFiles must map pack file names to base64');
-    }
-    const dir = this.store.incomingDir(txnId);
-    await fsp.mkdir(dir, { recursive: true });
-    for (const [name, content] of Object.entries(files)) {
-      if (!PACK_FILE.test(name) || typeof content !== 'string') throw new QuorumGitError('invalid_body', `not a pack file: ${name}`);
-      const tmp = path.join(dir, `${name}.tmp`);
-      await fsp.writeFile(tmp, Buffer.from(content, 'base64'));
-      await fsp.rename(tmp, path.join(dir, name));
-    }
   }
 
   /** A peer streams one file of a push's pack to us ahead of the prepare; bounded, never buffered. */

@@ -2,7 +2,7 @@ import type { Logger } from './logger.js';
 import type { PeerClient } from './peer-client.js';
 import type { RepoStore } from './repo-store.js';
 import type { TxnLog } from './txn-log.js';
-import { applyUpdates, installPackFiles, readHead, readRefValues, readRefs, setHead } from './git-refs.js';
+import { applyUpdates, installPackBuffers, installPackFiles, readHead, readRefValues, readRefs, setHead } from './git-refs.js';
 import { RefTransactions } from './ref-txn.js';
 import {
   CoordinatorTxn,
@@ -95,6 +95,8 @@ export class TxnDriver {
   private readonly repoChains = new Map<string, Promise<void>>();
   /** A peer's push holds its refs locked in git from prepare to commit (lib/ref-txn.ts). */
   private readonly refTxns = new RefTransactions({ maxSpares: 64, idleMs: 60_000 });
+  /** A small pack that came inside a push's prepare, held in memory until the stage writes it. */
+  private readonly inlinePacks = new Map<string, Readonly<Record<string, Buffer>>>();
 
   constructor(options: TxnDriverOptions) {
     this.options = options;
@@ -107,6 +109,7 @@ export class TxnDriver {
 
   /** Undoes a push's or create's staging here: its ref transaction, then its files. */
   private async discardStaged(txnId: string): Promise<void> {
+    this.inlinePacks.delete(txnId);
     this.refTxns.abort(txnId);
     await this.options.store.discard(txnId);
   }
@@ -217,11 +220,15 @@ export class TxnDriver {
     else if (msg.type === 'commitTxn' && vote.vote === 'yes') await this.runCoordinatorEffects(txn, coord.onAck(to));
   }
 
-  /** A protocol message for this node as participant (from a peer, or from ourselves as coordinator). */
-  async handleMessage(msg: TxnMessage): Promise<Vote> {
+  /**
+   * A protocol message for this node as participant (from a peer, or from ourselves as coordinator).
+   * `packFiles`: a push's small pack that came inside its prepare (a large one was streamed ahead).
+   */
+  async handleMessage(msg: TxnMessage, packFiles?: Readonly<Record<string, Buffer>>): Promise<Vote> {
     switch (msg.type) {
       case 'prepare': {
         if (msg.op.kind !== 'push') return this.runParticipantEffects(this.participant.onPrepare(msg), msg.txnId);
+        if (packFiles && !this.participant.status(msg.txnId)) this.inlinePacks.set(msg.txnId, packFiles);
         // A push is checked against the refs on disk, read in the repo's queue so that a commit still
         // being applied is seen whole.
         const op = msg.op;
@@ -236,6 +243,7 @@ export class TxnDriver {
           effects = this.participant.onPrepare(msg, refs);
         });
         const vote = await this.runParticipantEffects(effects, msg.txnId);
+        this.inlinePacks.delete(msg.txnId);
         // A no from a node that never took the transaction (stale, conflict, busy) would leave the pack
         // shipped ahead of this prepare in incoming/ until a restart: nobody sends an abort to a no voter.
         const status = this.participant.status(msg.txnId);
@@ -308,7 +316,9 @@ export class TxnDriver {
           // A peer's push objects arrived before the prepare; the coordinator's are in receive-pack's
           // quarantine, and its refs are moved (and locked) by receive-pack itself.
           const repoPath = store.repoPath(effect.op.repoId);
-          await installPackFiles(repoPath, store.incomingDir(effect.txnId));
+          const inline = this.inlinePacks.get(effect.txnId);
+          if (inline) installPackBuffers(repoPath, inline);
+          else await installPackFiles(repoPath, store.incomingDir(effect.txnId));
           if (effect.coordinator !== this.options.self) await this.refTxns.prepare(effect.txnId, repoPath, effect.op.updates);
         }
         return;
