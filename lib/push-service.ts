@@ -174,6 +174,7 @@ export class PushService {
         void Promise.race([localApplied, timeout]).then(release);
         logger.info('push committed', { txn_id: txnId, repo_id: repoId, refs: updates.length, generation: result.generation, confirmed: result.confirmed.length });
         const lines = [`quorum-git: replicated to ${result.confirmed.length}/${total} nodes (quorum ${this.options.quorum}), generation ${result.generation}`];
+        if (result.applying.length > 0) lines.push(`quorum-git: still applying: ${result.applying.join(', ')}`);
         if (result.behind.length > 0) lines.push(`quorum-git: behind, will catch up: ${result.behind.join(', ')}`);
         return { ok: true, message: lines.join('\n') };
       }

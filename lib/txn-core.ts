@@ -89,7 +89,12 @@ export function compareVersions(a: RepoVersion, b: RepoVersion): number {
 export type AbortCode = 'repo_exists' | 'repo_not_found' | 'repo_busy' | 'quorum_unreachable' | 'stale' | 'ref_conflict' | 'ref_name_clash';
 
 export type CoordinatorResult =
-  | { outcome: 'committed'; epoch: number; generation: number; confirmed: NodeId[]; behind: NodeId[] }
+  /**
+   * `confirmed`: nodes that applied it (for a push, the coordinator counts: receive-pack moves its refs
+   * before the client hears back); `applying`: yes voters a push's answer did not wait for;
+   * `behind`: the rest, which catch up later.
+   */
+  | { outcome: 'committed'; epoch: number; generation: number; confirmed: NodeId[]; applying: NodeId[]; behind: NodeId[] }
   /** `failed`: nodes that did not vote yes for want of being reachable or able to stage; `unprepared` the latter. */
   | { outcome: 'aborted'; code: AbortCode; failed: NodeId[]; unprepared?: NodeId[]; detail?: string };
 
@@ -225,8 +230,10 @@ export class CoordinatorTxn {
   }
 
   /**
-   * Replies once a quorum has committed and every yes voter has acknowledged (or, when the commit
-   * timer fires, with what is confirmed by then); done once nothing is left to wait for.
+   * Replies once a quorum has committed and (for a create or delete) every yes voter has acknowledged,
+   * or, when the commit timer fires, with what is confirmed by then; done once nothing is left to
+   * wait for. A push is answered as soon as a quorum confirmed it: the pusher does not wait for the
+   * slowest replica, which holds the push prepared and is told to commit (reported as applying).
    */
   private progress(timerFired: boolean, lastChance = false): CoordinatorEffect[] {
     const effects: CoordinatorEffect[] = [];
@@ -236,9 +243,10 @@ export class CoordinatorTxn {
     const allAcked = this.pendingAcks().length === 0;
     // Never "ok" before a quorum confirmed, unless the resends are spent: the change is then decided
     // and prepared (durable) on a quorum, and the client is told how far it got.
-    if (!this.replied && ((enough && (allAcked || timerFired)) || lastChance)) {
+    if (!this.replied && ((enough && (allAcked || timerFired || this.selfCommitsLater)) || lastChance)) {
       this.replied = true;
       const confirmed = this.confirmed();
+      const applying = lastChance ? [] : this.pendingAcks();
       effects.push({
         type: 'reply',
         result: {
@@ -246,7 +254,8 @@ export class CoordinatorTxn {
           epoch: this.epoch,
           generation: this.generation,
           confirmed,
-          behind: this.options.nodes.filter((n) => !confirmed.includes(n)),
+          applying,
+          behind: this.options.nodes.filter((n) => !confirmed.includes(n) && !applying.includes(n)),
         },
       });
     }

@@ -312,14 +312,16 @@ export class TxnDriver {
     switch (effect.type) {
       case 'stage':
         if (effect.op.kind === 'create') await store.stageCreate(effect.txnId);
-        if (effect.op.kind === 'push') {
-          // A peer's push objects arrived before the prepare; the coordinator's are in receive-pack's
-          // quarantine, and its refs are moved (and locked) by receive-pack itself.
+        // The coordinator's own replica stages nothing for a push: its objects are in receive-pack's
+        // quarantine, and its refs are moved (and locked) by receive-pack itself. A peer's objects
+        // came inside the prepare or were streamed ahead of it; its refs are locked in git until the
+        // decision.
+        if (effect.op.kind === 'push' && effect.coordinator !== this.options.self) {
           const repoPath = store.repoPath(effect.op.repoId);
           const inline = this.inlinePacks.get(effect.txnId);
           if (inline) installPackBuffers(repoPath, inline);
           else await installPackFiles(repoPath, store.incomingDir(effect.txnId));
-          if (effect.coordinator !== this.options.self) await this.refTxns.prepare(effect.txnId, repoPath, effect.op.updates);
+          await this.refTxns.prepare(effect.txnId, repoPath, effect.op.updates);
         }
         return;
       case 'apply': {

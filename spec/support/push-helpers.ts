@@ -155,6 +155,8 @@ export interface ReplicationReport {
   total: number;
   quorum: number;
   generation: number;
+  /** Prepared nodes the answer did not wait for. */
+  applying: string[];
   behind: string[];
 }
 
@@ -162,11 +164,13 @@ export function replicationReport(stderr: string): ReplicationReport {
   const m = /remote: quorum-git: replicated to (\d+)\/(\d+) nodes \(quorum (\d+)\), generation (\d+)/.exec(stderr);
   if (!m) throw new Error(`no replication report in:\n${stderr}`);
   const behind = /remote: quorum-git: behind, will catch up: (.*)/.exec(stderr);
+  const applying = /remote: quorum-git: still applying: (.*)/.exec(stderr);
   return {
     confirmed: Number(m[1]),
     total: Number(m[2]),
     quorum: Number(m[3]),
     generation: Number(m[4]),
+    applying: applying ? applying[1]!.trim().split(', ') : [],
     behind: behind ? behind[1]!.trim().split(', ') : [],
   };
 }

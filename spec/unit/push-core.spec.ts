@@ -27,14 +27,18 @@ function refsOf(sim: Sim, id: string): Record<string, string> {
 const commitsOnly = (e: Envelope): boolean => e.kind === 'msg' && e.msg.type === 'commitTxn';
 
 describe('push two-phase commit core', () => {
-  it('moves the refs of every replica and bumps the generation; the coordinator replica is committed by receive-pack', () => {
+  it('moves the refs of every replica and bumps the generation, answering once a quorum applied it', () => {
     const sim = cluster();
     const txn = push(sim, A, [{ ref: 'refs/heads/main', old: ZERO_OID, new: oid(1) }]);
     sim.run();
     const result = sim.results.get(txn) as Extract<CoordinatorResult, { outcome: 'committed' }>;
     expect(result.outcome).to.equal('committed');
     expect(result.generation).to.equal(1);
-    expect(result.confirmed).to.have.members([A, B, C]);
+    // Answered at the quorum: A (receive-pack commits it) and the first peer to apply; the other peer
+    // was prepared and applies it a moment later.
+    expect(result.confirmed).to.have.length(2).and.include(A);
+    expect([...result.confirmed, ...result.applying]).to.have.members([A, B, C]);
+    expect(result.behind).to.deep.equal([]);
     for (const id of [A, B, C]) {
       expect(refsOf(sim, id)).to.deep.equal({ 'refs/heads/main': oid(1) });
       expect(sim.node(id).participant.versionOf('o/r')).to.deep.equal({ epoch: 1, generation: 1 });

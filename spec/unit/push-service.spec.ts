@@ -69,14 +69,16 @@ describe('push service verdicts', () => {
   }
 
   it('says ok with how far the push got when a quorum confirmed it', async () => {
-    const answer = await verdict({ outcome: 'committed', epoch: 1, generation: 5, confirmed: [A, B], behind: [C] });
+    let answer = await verdict({ outcome: 'committed', epoch: 1, generation: 5, confirmed: [A, B], applying: [], behind: [C] });
     expect(answer.ok).to.equal(true);
     expect(answer.message).to.equal(`quorum-git: replicated to 2/3 nodes (quorum 2), generation 5\nquorum-git: behind, will catch up: ${C}`);
+    answer = await verdict({ outcome: 'committed', epoch: 1, generation: 5, confirmed: [A, B], applying: [C], behind: [] });
+    expect(answer.message).to.equal(`quorum-git: replicated to 2/3 nodes (quorum 2), generation 5\nquorum-git: still applying: ${C}`);
     expect(answer.op).to.deep.include({ kind: 'push', repoId: 'o/r', base: { epoch: 1, generation: 4 } });
   });
 
   it('fails a push decided but confirmed by fewer than W nodes, telling the user to fetch', async () => {
-    const answer = await verdict({ outcome: 'committed', epoch: 1, generation: 5, confirmed: [A], behind: [B, C] });
+    const answer = await verdict({ outcome: 'committed', epoch: 1, generation: 5, confirmed: [A], applying: [], behind: [B, C] });
     expect(answer.ok).to.equal(false);
     expect(answer.message).to.match(/could not be confirmed on a quorum of 2 of 3 nodes \(confirmed: http:\/\/a\); fetch to see whether it landed/);
   });
