@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { mkdirSync, promises as fs, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
+import { closeSync, fsyncSync, mkdirSync, openSync, promises as fs, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { runGit } from './git.js';
 import { ZERO_OID, type RefUpdate } from './txn-core.js';
@@ -173,10 +173,27 @@ export function installPackBuffers(repoPath: string, files: Readonly<Record<stri
   const packDir = path.join(repoPath, 'objects', 'pack');
   mkdirSync(packDir, { recursive: true });
   const names = Object.keys(files).filter((n) => PACK_FILE.test(n));
-  for (const n of names) if (!n.endsWith('.idx')) writeFileSync(path.join(packDir, n), files[n]!);
+  // Durable before the vote: each file fsynced, then the directory that names them.
+  for (const n of names) if (!n.endsWith('.idx')) writeFileSync(path.join(packDir, n), files[n]!, { flush: true });
   for (const n of names.filter((n) => n.endsWith('.idx'))) {
-    writeFileSync(path.join(packDir, `tmp_${n}`), files[n]!);
+    writeFileSync(path.join(packDir, `tmp_${n}`), files[n]!, { flush: true });
     renameSync(path.join(packDir, `tmp_${n}`), path.join(packDir, n));
+  }
+  const dir = openSync(packDir, 'r');
+  try {
+    fsyncSync(dir);
+  } finally {
+    closeSync(dir);
+  }
+}
+
+/** fsyncs a directory, so that the names just created or renamed in it survive a power loss. */
+export async function syncDir(dir: string): Promise<void> {
+  const handle = await fs.open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
   }
 }
 
@@ -198,5 +215,7 @@ export async function installPackFiles(repoPath: string, dir: string): Promise<v
   const packDir = path.join(repoPath, 'objects', 'pack');
   await fs.mkdir(packDir, { recursive: true });
   for (const name of names) await fs.rename(path.join(dir, name), path.join(packDir, name));
+  // The files were fsynced as they arrived; their new names must survive a power loss too.
+  await syncDir(packDir);
   await fs.rm(dir, { recursive: true, force: true });
 }

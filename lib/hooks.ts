@@ -53,7 +53,7 @@ while IFS= read -r -t ${HOOK_TIMEOUT_S} line <&3 || [ -n "$line" ]; do printf '%
 /**
  * Git configuration for every git process this node starts (they inherit process.env):
  * our hooks; always keep pushed objects as a pack (receive.unpackLimit=1), so there is exactly one
- * indexed pack to ship; hide refs that repair set aside; and no gc inside a push.
+ * indexed pack to ship; hide refs that repair set aside; no gc inside a push; and durable refs.
  */
 export function applyGitEnvironment(env: NodeJS.ProcessEnv, hooksDir: string): void {
   const settings: [string, string][] = [
@@ -62,6 +62,10 @@ export function applyGitEnvironment(env: NodeJS.ProcessEnv, hooksDir: string): v
     ['transfer.hideRefs', 'refs/lost+found'],
     // gc runs in the background on every replica instead (lib/maintenance.ts).
     ['receive.autogc', 'false'],
+    // A push acknowledged on W nodes must survive those machines losing power, not only a process
+    // crash: git's default hardens packs only, so pack indexes and refs are fsynced too (each
+    // node's txn log says "committed" only after git moved the refs).
+    ['core.fsync', 'committed,pack-metadata,reference'],
   ];
   addGitConfig(env, settings);
 }

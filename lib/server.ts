@@ -514,7 +514,8 @@ export class QuorumGitNode {
       },
     });
     try {
-      await pipeline(req, counter, createWriteStream(tmp));
+      // fsynced before it is closed: a peer's yes vote promises it has the objects.
+      await pipeline(req, counter, createWriteStream(tmp, { flush: true }));
       await fsp.rename(tmp, path.join(dir, file));
     } catch (err) {
       await fsp.rm(tmp, { force: true });

@@ -416,14 +416,14 @@ async function pushBreakdown(root: string, repoId: string): Promise<{ pushes: nu
     const lastPut = puts.length > 0 ? Math.max(...puts.map((l) => l.t)) : started.t;
     pushes += 1;
     add('receive-pack request, total', rp.ms);
-    add('  receive-pack until the hook reaches the node (index-pack, connectivity, sh+curl start)', hookStart - (rp.t - rp.ms));
+    add('  receive-pack until the hook reaches the node (index-pack, connectivity, bash hook start)', hookStart - (rp.t - rp.ms));
     add('  hook request in the node, total', hook.ms);
     add('    read refs/HEAD/quarantine before the txn', started.t - hookStart);
     add('    ship pack files to the peers (.idx then .pack, per peer)', lastPut - started.t);
     add('    prepare on peers until the decision is logged', decided.t - lastPut);
     add('    commit: decision to first peer ack', commits.length > 0 ? Math.min(...commits.map((l) => l.t)) - decided.t : NaN);
-    add('    commit: decision to reply (all yes voters acked)', committed.t - decided.t);
-    add('  after the hook: receive-pack moves the ref, gc --auto, exits', rp.t - hook.t);
+    add('    commit: decision to reply (a quorum applied)', committed.t - decided.t);
+    add('  after the hook: receive-pack moves the ref and exits', rp.t - hook.t);
     for (const c of commits) add('peer: /internal/txn/commit request', c.ms ?? NaN);
     for (const p of same.filter((l) => l.path === '/internal/txn/prepare')) add('peer: /internal/txn/prepare request', p.ms ?? NaN);
   }
