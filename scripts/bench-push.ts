@@ -35,7 +35,8 @@ import {
 //    into a fresh empty repo: 3-node cluster vs http-backend, then a 2-node cluster vs http-backend.
 //    One warm-up each, then RUNS (default 3) timed runs, alternating; median; ratio node/http-backend.
 // b. one-commit fast-forward push on top of the pushed fixture: the coordinating node (and, for
-//    information, another node that proxies the push to it) vs http-backend; SMALL_RUNS (default 10).
+//    information, another node that proxies the push to it) vs http-backend; SMALL_RUNS (default 20: a one-commit push takes
+//    tens of milliseconds, and on a shared 2-core machine a median of 10 moved by a tenth between runs).
 // c. CONCURRENCY (default 8) pushers, each to its own repo on the 3-node cluster (round-robin over the
 //    nodes, as clients behind a load balancer would), each PUSHES (default 10) one-commit pushes in a
 //    loop: pushes/s overall, p50/p99 latency. Commits are made before the clock starts. The same load
@@ -84,7 +85,7 @@ async function main(): Promise<void> {
   // Other work on the machine skews every figure: the 1-minute load average is reported with them.
   const loadBefore = os.loadavg()[0]!;
   const runs = envInt('RUNS', 3);
-  const smallRuns = envInt('SMALL_RUNS', 10);
+  const smallRuns = envInt('SMALL_RUNS', 20);
   const pushes = envInt('PUSHES', 10);
   const concurrency = envInt('CONCURRENCY', 8);
   const { dir: fixtureDir, fixture } = await benchFixture();
