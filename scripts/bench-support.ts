@@ -7,6 +7,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DEFAULT_FIXTURE, ensureFixture, formatKiB, type FixtureInfo } from './gen-fixture.js';
 import type { RepoStateAnswer } from '../lib/peer-client.js';
+import { NODE_FLAGS } from '../lib/runtime.js';
 
 // Shared by the benchmark scripts: free ports, a local cluster of real `quorum-git serve` processes,
 // helper processes that are always cleaned up (normal end, failure, Ctrl-C), running git with an
@@ -401,7 +402,7 @@ export async function startCluster(
 ): Promise<Cluster> {
   const size = options.size ?? 3;
   // e.g. BENCH_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/prof' (not allowed in NODE_OPTIONS).
-  const nodeArgs = options.nodeArgs ?? (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
+  const nodeArgs = options.nodeArgs ?? [...NODE_FLAGS, ...(process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean)];
   const readyTimeoutMs = options.readyTimeoutMs ?? 30_000;
   const root = makeTempDir('qg-bench-');
   const ports = await freePorts(size);

@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { NODE_FLAGS } from '../lib/runtime.js';
 
 // `npm start`: a local cluster of CLUSTER_SIZE nodes (default 3) on 127.0.0.1, ports BASE_PORT.. (default
 // 3001..), data in ./data/node-<i>. Each node is its own process running `quorum-git serve`, logging
@@ -25,7 +26,7 @@ let stopping = false;
 
 urls.forEach((url, i) => {
   const name = `node-${i + 1}`;
-  const child = spawn(process.execPath, [cli, 'serve'], {
+  const child = spawn(process.execPath, [...NODE_FLAGS, cli, 'serve'], {
     env: {
       ...process.env,
       PORT: String(basePort + i),

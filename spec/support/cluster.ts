@@ -6,6 +6,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { NODE_FLAGS } from '../../lib/runtime.js';
 
 // Harness for integration specs: real `quorum-git serve` processes on free loopback ports with temp
 // data dirs, the real git binary with an isolated HOME, and small HTTP and polling helpers.
@@ -309,7 +310,7 @@ export class TestNode {
   spawn(extraEnv: Record<string, string> = {}): ChildProcess {
     if (this.child) throw new Error(`${this.serverId} is already running`);
     const out = openSync(this.logFile, 'a');
-    const child = spawn(process.execPath, [CLI, 'serve'], {
+    const child = spawn(process.execPath, [...NODE_FLAGS, CLI, 'serve'], {
       env: { ...process.env, LOG_LEVEL: 'info', ...this.env, ...extraEnv },
       stdio: ['ignore', out, out],
     });
