@@ -23,7 +23,8 @@ export type Route =
   | { kind: 'gitInfoRefs'; repoId: string; service: GitService }
   | { kind: 'gitRpc'; repoId: string; service: GitService };
 
-const TXN_ID = /^[A-Za-z0-9._-]{1,128}$/;
+/** A transaction id names directories (staging, incoming): never '.', '..' or anything with a slash. */
+export const TXN_ID = /^(?!\.{1,2}$)[A-Za-z0-9._-]{1,128}$/;
 
 function methodNotAllowed(method: string, allowed: string): QuorumGitError {
   return new QuorumGitError('method_not_allowed', `${method} is not allowed here; use ${allowed}`, { details: { allowed } });

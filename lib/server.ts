@@ -8,7 +8,7 @@ import type { Logger } from './logger.js';
 import { PeerClient, REQUEST_ID_HEADER, SECRET_HEADER } from './peer-client.js';
 import { parseRepoId } from './repo-id.js';
 import { RepoStore } from './repo-store.js';
-import { route, type Route } from './router.js';
+import { TXN_ID, route, type Route } from './router.js';
 import type { NodeId, TxnMessage, TxnOp } from './txn-core.js';
 import { TxnDriver, systemClock, type Clock } from './txn-driver.js';
 import { TxnLog } from './txn-log.js';
@@ -307,7 +307,7 @@ export class QuorumGitNode {
         const limit = this.config.maxRefsPerPush * 300 + Math.ceil(INLINE_PACK_MAX_BYTES * 1.4);
         const { inlineFiles, ...msg } = this.parseJson(await this.readBody(req, limit)) as TxnMessage & { inlineFiles?: unknown };
         const expected = target.step === 'prepare' ? 'prepare' : target.step === 'commit' ? 'commitTxn' : 'abortTxn';
-        if (typeof msg !== 'object' || msg === null || msg.type !== expected || typeof msg.txnId !== 'string') {
+        if (typeof msg !== 'object' || msg === null || msg.type !== expected || typeof msg.txnId !== 'string' || !TXN_ID.test(msg.txnId)) {
           throw new QuorumGitError('invalid_body', `expected a ${expected} message`);
         }
         log.debug('txn message', { txn_id: msg.txnId, type: msg.type });

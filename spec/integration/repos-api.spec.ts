@@ -1,4 +1,5 @@
 import path from 'node:path';
+import { promises as fs } from 'node:fs';
 import { expect } from 'chai';
 import { Cluster, eventually, http, listTree, printLogsOnFailure, rawHttp, type HttpResult, type TestNode } from '../support/cluster.js';
 
@@ -210,6 +211,25 @@ describe('management API (2-node cluster)', function () {
         json: { type: 'prepare', txnId: 'forged-1', op: { kind: 'create', repoId: 'evil/repo' }, coordinator: cluster.node(2).url },
       });
       expect(forged.status).to.equal(401);
+      expect(await snapshot()).to.deep.equal(baseline);
+    });
+
+    it('refuses a peer message whose transaction id would name a directory outside its own, and touches nothing', async function () {
+      const n1 = cluster.node(1);
+      const marker = path.join(n1.dataDir, 'marker-outside-staging');
+      await fs.writeFile(marker, 'still here\n');
+      for (const txnId of ['..', '.', 'a/../..', '']) {
+        for (const [step, msg] of [
+          ['prepare', { type: 'prepare', txnId, op: { kind: 'create', repoId: 'evil/repo' }, coordinator: cluster.node(2).url }],
+          ['abort', { type: 'abortTxn', txnId }],
+        ] as const) {
+          const res = await n1.internal(`/internal/txn/${step}`, msg);
+          expect(res.status, `${step} ${JSON.stringify(txnId)}: ${res.text}`).to.equal(400);
+          expectErrorBody(res, 'invalid_body');
+        }
+      }
+      expect(await fs.readFile(marker, 'utf8')).to.equal('still here\n');
+      await fs.rm(marker);
       expect(await snapshot()).to.deep.equal(baseline);
     });
   });
