@@ -2,7 +2,7 @@ import type { Logger } from './logger.js';
 import type { PeerClient } from './peer-client.js';
 import type { RepoStore } from './repo-store.js';
 import type { TxnLog } from './txn-log.js';
-import { applyUpdates, installPackBuffers, installPackFiles, readHead, readRefValues, readRefs, setHead } from './git-refs.js';
+import { applyUpdates, expectRefsUnlocked, installPackBuffers, installPackFiles, readHead, readRefValues, readRefs, setHead } from './git-refs.js';
 import { RefTransactions } from './ref-txn.js';
 import {
   CoordinatorTxn,
@@ -67,6 +67,9 @@ interface ActiveTxn {
   resolve: (result: CoordinatorResult) => void;
   beforePrepare?: (to: NodeId) => Promise<InlineFiles | void>;
 }
+
+/** How long the coordinator's replica waits for a pushed ref's lock to go (git's own lock retry is 100 ms). */
+const REF_LOCK_WAIT_MS = 100;
 
 /** Small files (a push's pack) sent inside a prepare instead of ahead of it: name → base64. */
 export type InlineFiles = Record<string, string>;
@@ -313,10 +316,12 @@ export class TxnDriver {
       case 'stage':
         if (effect.op.kind === 'create') await store.stageCreate(effect.txnId);
         // The coordinator's own replica stages nothing for a push: its objects are in receive-pack's
-        // quarantine, and its refs are moved (and locked) by receive-pack itself. A peer's objects
-        // came inside the prepare or were streamed ahead of it; its refs are locked in git until the
-        // decision.
-        if (effect.op.kind === 'push' && effect.coordinator !== this.options.self) {
+        // quarantine, and its refs are moved (and locked) by receive-pack itself once the hook says
+        // yes, so here it only makes sure no lock stands in receive-pack's way. A peer's objects came
+        // inside the prepare or were streamed ahead of it; its refs are locked in git until the decision.
+        if (effect.op.kind === 'push' && effect.coordinator === this.options.self) {
+          await expectRefsUnlocked(store.repoPath(effect.op.repoId), effect.op.updates.map((u) => u.ref), REF_LOCK_WAIT_MS);
+        } else if (effect.op.kind === 'push') {
           const repoPath = store.repoPath(effect.op.repoId);
           const inline = this.inlinePacks.get(effect.txnId);
           if (inline) installPackBuffers(repoPath, inline);

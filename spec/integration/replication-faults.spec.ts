@@ -188,7 +188,7 @@ describe('replicated pushes under contention and faults (3-node cluster)', funct
     });
   });
 
-  describe('replicas that cannot lock the refs', function () {
+  describe('replicas that cannot lock the refs (a lock left by a crashed git)', function () {
     it('refuse the push when they vote, naming them; nothing moves anywhere, and the push goes through once the lock is gone', async function () {
       // A ref lock left behind by a crashed git on both peers. A peer takes its refs' locks in git when
       // it votes (lib/ref-txn.ts), so it votes no at once rather than fail after the decision.
@@ -213,6 +213,28 @@ describe('replicated pushes under contention and faults (3-node cluster)', funct
       const after = await expectConverged(cluster, git, repoId);
       expect(after.refs).to.deep.equal({ 'refs/heads/main': pushed });
       expect(after.generation).to.equal(before.generation + 1);
+    });
+
+    it('on the coordinator: the push is refused before the peers commit it, not rejected by receive-pack after', async function () {
+      // receive-pack moves the coordinator's refs only after the hook said yes; a stale lock there would
+      // make it report "failed to lock" for a push the peers had already committed.
+      const repoId = repoCoordinatedBy(cluster, n1, 'coordinator', 'locked');
+      const { clones, base } = await seeded(repoId);
+      const before = await expectReplicasAgree(cluster, git, repoId);
+      const lock = path.join(n1.repoDir(repoId), 'refs', 'heads', 'main.lock');
+      await fs.writeFile(lock, '');
+      const pushed = await commitFile(git, clones[1]!, 'blocked.txt', 'blocked\n');
+      const push = await git.run(['push', n2.gitUrl(repoId), 'HEAD:refs/heads/main'], { cwd: clones[1]! });
+      expect(push.code, push.stderr).to.not.equal(0);
+      expect(push.stderr).to.include(`could not commit on a quorum of 2 of 3 nodes; unreachable: none; could not prepare it: ${n1.url}`);
+      expect(push.stderr).to.match(/! \[remote rejected\] HEAD -> main/);
+      const agreed = await expectConverged(cluster, git, repoId);
+      expect(agreed).to.deep.include({ refs: { 'refs/heads/main': base }, generation: before.generation });
+      expect(n1.logText()).to.include('main.lock');
+
+      await fs.rm(lock);
+      expectPushed(await git.run(['push', n2.gitUrl(repoId), 'HEAD:refs/heads/main'], { cwd: clones[1]! }));
+      expect((await expectConverged(cluster, git, repoId)).refs).to.deep.equal({ 'refs/heads/main': pushed });
     });
   });
 
