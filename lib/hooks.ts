@@ -32,13 +32,14 @@ export async function installHooks(dataDir: string, host: string, port: number, 
 # quorum-git pre-receive hook, written by the node at start; edits are overwritten.
 # Hands this push to the local node, which commits it on a quorum of nodes before any ref moves.
 LC_ALL=C
-fail() { echo "quorum-git: $1; nothing was changed" >&2; exit 1; }
+fail() { echo "quorum-git: $1" >&2; exit 1; }
 IFS= read -r -d '' updates
-IFS= read -r auth < ${quote(authFile)} || fail 'the hook cannot read its credentials'
-{ exec 3<>/dev/tcp/${host}/${port}; } 2>/dev/null || fail 'the local node did not answer'
+IFS= read -r auth < ${quote(authFile)} || fail 'the hook cannot read its credentials; nothing was changed'
+{ exec 3<>/dev/tcp/${host}/${port}; } 2>/dev/null || fail 'the local node did not answer; nothing was changed'
 printf 'POST ${HOOK_PATH} HTTP/1.0\\r\\nhost: ${host}\\r\\n%s\\r\\nx-git-dir: %s\\r\\nx-quarantine: %s\\r\\nx-receive-pack-pid: %s\\r\\ncontent-type: text/plain\\r\\ncontent-length: %d\\r\\n\\r\\n%s' \\
-  "$auth" "$PWD" "\${GIT_QUARANTINE_PATH:-}" "$PPID" "\${#updates}" "$updates" >&3 2>/dev/null || fail 'the local node did not answer'
-IFS=' ' read -r -t ${HOOK_TIMEOUT_S} _ status _ <&3 || fail 'the local node did not answer'
+  "$auth" "$PWD" "\${GIT_QUARANTINE_PATH:-}" "$PPID" "\${#updates}" "$updates" >&3 2>/dev/null || fail 'the local node did not answer; nothing was changed'
+# Once the push was handed over, a silent node may have committed it on other nodes before it stopped.
+IFS=' ' read -r -t ${HOOK_TIMEOUT_S} _ status _ <&3 || fail 'the local node stopped answering; fetch to see whether the push landed, then push again'
 while IFS= read -r -t ${HOOK_TIMEOUT_S} line <&3 && [ "\${line%$'\\r'}" != '' ]; do :; done
 while IFS= read -r -t ${HOOK_TIMEOUT_S} line <&3 || [ -n "$line" ]; do printf '%s\\n' "$line" >&2; done
 [ "$status" = 200 ]
