@@ -12,6 +12,20 @@ export const SECRET_HEADER = 'x-quorum-secret';
 export const REQUEST_ID_HEADER = 'x-request-id';
 export const PACK_UPLOAD_TIMEOUT_MS = 60 * 60_000;
 
+/**
+ * Node-to-node connections are kept alive. A connection idle for as long as the server keeps it is
+ * closed by the server, and a request sent on it at that moment is reset; so a client drops its idle
+ * connections well before the server would (KEEP_ALIVE_TIMEOUT_MS is the nodes' server setting).
+ */
+export const KEEP_ALIVE_TIMEOUT_MS = 10_000;
+export const IDLE_SOCKET_MS = 4_000;
+
+/** A keep-alive agent for talking to other nodes (this client, and the proxy of git requests). */
+export function peerAgent(maxSockets: number): http.Agent {
+  // `timeout` ends sockets that sit idle in the pool; on a busy one it only emits an event nobody acts on.
+  return new http.Agent({ keepAlive: true, maxSockets, timeout: IDLE_SOCKET_MS });
+}
+
 export interface PeerClientOptions {
   secret: string;
   requestTimeoutMs: number;
@@ -41,7 +55,7 @@ export class PeerClient {
   constructor(options: PeerClientOptions) {
     this.idleTimeoutMs = options.requestTimeoutMs;
     this.secret = options.secret;
-    this.agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
+    this.agent = peerAgent(64);
     this.got = got.extend({
       headers: { [SECRET_HEADER]: options.secret },
       timeout: { request: options.requestTimeoutMs },
@@ -94,7 +108,20 @@ export class PeerClient {
    * against ~0.05 ms here, several times on each push's critical path. A non-200 answer, a bad body
    * or the timeout (for the whole exchange) rejects.
    */
-  private requestJson<T>(method: 'GET' | 'POST', url: string, body: unknown, requestId: string | undefined, timeoutMs = this.idleTimeoutMs): Promise<T> {
+  private async requestJson<T>(method: 'GET' | 'POST', url: string, body: unknown, requestId: string | undefined, timeoutMs = this.idleTimeoutMs): Promise<T> {
+    try {
+      return await this.requestJsonOnce<T>(method, url, body, requestId, timeoutMs);
+    } catch (err) {
+      // A kept-alive connection the peer closed just as we sent on it: the request never got there.
+      // Every message sent this way is idempotent, so it is sent once more, on a new connection.
+      if ((err as { reusedSocket?: boolean }).reusedSocket && (err as NodeJS.ErrnoException).code === 'ECONNRESET') {
+        return this.requestJsonOnce<T>(method, url, body, requestId, timeoutMs);
+      }
+      throw err;
+    }
+  }
+
+  private requestJsonOnce<T>(method: 'GET' | 'POST', url: string, body: unknown, requestId: string | undefined, timeoutMs: number): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
       const headers: http.OutgoingHttpHeaders = { [SECRET_HEADER]: this.secret, accept: 'application/json' };
@@ -120,7 +147,7 @@ export class PeerClient {
       });
       function fail(err: Error): void {
         clearTimeout(timer);
-        reject(err);
+        reject(Object.assign(err, { reusedSocket: req.reusedSocket }));
       }
       const timer = setTimeout(() => req.destroy(new Error(`${method} ${url}: no answer within ${timeoutMs} ms`)), timeoutMs);
       req.on('error', fail);

@@ -124,6 +124,31 @@ export class RepoStore {
     return m ? `${m[1]}/${m[2]}` : undefined;
   }
 
+  /**
+   * Removes shipped packs that no prepare will ever come for: an upload the coordinator gave up on
+   * half-way (one file of two arrived, then the connection broke) leaves its directory behind, and
+   * the prepare that would install or drop it is never sent. A directory goes once nothing in it has
+   * been written for `idleMs` and `inUse` says no transaction here knows it. Returns the ids removed.
+   */
+  async sweepIncoming(inUse: (txnId: string) => boolean, idleMs: number, now = Date.now()): Promise<string[]> {
+    const removed: string[] = [];
+    for (const txnId of await fs.readdir(this.incomingRoot).catch(() => [] as string[])) {
+      if (inUse(txnId)) continue;
+      const dir = path.join(this.incomingRoot, txnId);
+      let newest = 0;
+      try {
+        newest = (await fs.stat(dir)).mtimeMs;
+        for (const name of await fs.readdir(dir)) newest = Math.max(newest, (await fs.stat(path.join(dir, name))).mtimeMs);
+      } catch {
+        continue; // installed or discarded meanwhile
+      }
+      if (now - newest < idleMs) continue;
+      await fs.rm(dir, { recursive: true, force: true });
+      removed.push(txnId);
+    }
+    return removed;
+  }
+
   /** Drops whatever a transaction staged: a prepared create, or a push's shipped pack not yet installed. */
   async discard(txnId: string): Promise<void> {
     await fs.rm(this.stagePath(txnId), { recursive: true, force: true });

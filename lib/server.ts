@@ -5,7 +5,7 @@ import type { Config } from './config.js';
 import { QuorumGitError, errorBody, isQuorumGitError, statusByCode } from './errors.js';
 import { GitHttp } from './git-http.js';
 import type { Logger } from './logger.js';
-import { PeerClient, REQUEST_ID_HEADER, SECRET_HEADER } from './peer-client.js';
+import { KEEP_ALIVE_TIMEOUT_MS, PeerClient, REQUEST_ID_HEADER, SECRET_HEADER, peerAgent } from './peer-client.js';
 import { parseRepoId } from './repo-id.js';
 import { RepoStore } from './repo-store.js';
 import { TXN_ID, route, type Route } from './router.js';
@@ -68,7 +68,7 @@ export class QuorumGitNode {
   private readonly catchUpper: CatchUp;
   private readonly maintenance: Maintenance;
   private readonly proxy: ProxyServer;
-  private readonly proxyAgent = new http.Agent({ keepAlive: true, maxSockets: 256 });
+  private readonly proxyAgent = peerAgent(256);
   private readonly server: http.Server;
   private readonly peers = new Map<NodeId, PeerStatus>();
   private readonly timers: NodeJS.Timeout[] = [];
@@ -122,7 +122,7 @@ export class QuorumGitNode {
     // Streams both ways without buffering; no timeout of its own (a long clone is not an error).
     this.proxy = createProxyServer({ agent: this.proxyAgent, xfwd: true });
     for (const url of config.peerUrls) this.peers.set(url, { url, server_id: null, reachable: false, last_seen: null });
-    this.server = http.createServer({ requestTimeout: 0, keepAliveTimeout: 5_000 }, (req, res) => this.handle(req, res));
+    this.server = http.createServer({ requestTimeout: 0, keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS }, (req, res) => this.handle(req, res));
     // Long pushes and clones must not be cut off; idle sockets are still reaped by keepAliveTimeout.
     this.server.timeout = 0;
   }
@@ -170,6 +170,8 @@ export class QuorumGitNode {
 
   private async catchUp(): Promise<void> {
     await this.driver.resolveInDoubtOnce();
+    // An upload is followed by its prepare within moments; one idle for two peer timeouts was abandoned.
+    await this.driver.sweepIncoming(2 * this.config.peerTimeoutMs);
     const behind = await this.driver.syncOnce();
     for (const repoId of behind) await this.catchUpper.request(repoId);
     // A few repos per round have their refs compared with the peers' (divergence check).

@@ -373,6 +373,17 @@ export class TxnDriver {
     if (head !== undefined && (await readHead(repoPath)) !== head) await setHead(repoPath, head);
   }
 
+  /** Drops shipped packs whose upload was abandoned (see RepoStore.sweepIncoming); returns how many. */
+  async sweepIncoming(idleMs: number): Promise<number> {
+    const active = (txnId: string): boolean => {
+      const status = this.participant.status(txnId);
+      return status === 'preparing' || status === 'prepared' || status === 'committing' || this.applying.has(txnId);
+    };
+    const removed = await this.options.store.sweepIncoming(active, idleMs, this.options.clock.now());
+    if (removed.length > 0) this.options.logger.info('dropped abandoned pack uploads', { txn_ids: removed });
+    return removed.length;
+  }
+
   /** Catch-up made our refs equal a peer's at `version`: take that version (logged first). */
   async caughtUp(repoId: string, version: RepoVersion): Promise<boolean> {
     const effects = this.participant.onCaughtUp(repoId, version);
