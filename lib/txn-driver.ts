@@ -239,6 +239,11 @@ export class TxnDriver {
         // A push that creates a ref is checked against every ref (name/directory clashes); one that
         // only moves or deletes existing refs needs just those, read without starting git.
         const creates = op.updates.some((u) => u.old === ZERO_OID);
+        // The previous push may still be committing here (its answer went to the pusher once a quorum
+        // had it): a push right behind it waits for that commit rather than find the repo busy.
+        const previous = this.participant.lockedBy(op.repoId);
+        const committing = previous === undefined ? undefined : this.applying.get(previous);
+        if (committing) await committing;
         let effects: ParticipantEffect[] = [];
         await this.withRepo(op.repoId, async () => {
           let refs: Record<string, string> | undefined;
