@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, promises as fs, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { runGit } from './git.js';
@@ -148,20 +148,66 @@ export async function expectRefsUnlocked(repoPath: string, refs: readonly string
 }
 
 /** Runs `update-ref --stdin` commands (create/update/delete lines) as one transaction. */
-export function applyRefEdits(repoPath: string, edits: readonly string[]): Promise<void> {
-  return updateRefStdin(repoPath, ['start', ...edits, 'prepare', 'commit']);
+export async function applyRefEdits(repoPath: string, edits: readonly string[]): Promise<void> {
+  const session = new UpdateRefSession(repoPath);
+  try {
+    await session.send(['start', ...edits, 'prepare', 'commit'], 3);
+  } finally {
+    session.close();
+  }
 }
 
-function updateRefStdin(repoPath: string, lines: string[]): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const child = spawn('git', ['update-ref', '--stdin'], { cwd: repoPath, stdio: ['pipe', 'ignore', 'pipe'] });
-    let stderr = '';
-    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`git update-ref failed: ${stderr.trim()}`))));
-    child.stdin.on('error', () => undefined);
-    child.stdin.end(lines.join('\n') + '\n');
-  });
+/**
+ * A running `git update-ref --stdin`, driven a transaction at a time: `send` writes commands and
+ * resolves once as many of them as asked answered "<command>: ok" (start, prepare, commit and abort
+ * do); a refusal makes git exit, which rejects what is waiting with git's message. `close` ends the
+ * session, and git aborts a transaction left open (its locks removed).
+ */
+export class UpdateRefSession {
+  readonly repoPath: string;
+  private readonly child: ChildProcess;
+  private readonly waiters: { resolve: () => void; reject: (err: Error) => void }[] = [];
+  private stdout = '';
+  private stderr = '';
+  private exited = false;
+
+  constructor(repoPath: string) {
+    this.repoPath = repoPath;
+    this.child = spawn('git', ['update-ref', '--stdin'], { cwd: repoPath, stdio: ['pipe', 'pipe', 'pipe'] });
+    this.child.stdout!.on('data', (chunk: Buffer) => {
+      this.stdout += chunk.toString();
+      let nl: number;
+      while ((nl = this.stdout.indexOf('\n')) >= 0) {
+        const line = this.stdout.slice(0, nl);
+        this.stdout = this.stdout.slice(nl + 1);
+        if (line.endsWith(': ok')) this.waiters.shift()?.resolve();
+      }
+    });
+    this.child.stderr!.on('data', (chunk: Buffer) => (this.stderr = (this.stderr + chunk.toString()).slice(-4000)));
+    this.child.stdin!.on('error', () => undefined);
+    const ended = (why: string): void => {
+      this.exited = true;
+      const err = new Error(`git update-ref failed: ${this.stderr.trim() || why}`);
+      for (const w of this.waiters.splice(0)) w.reject(err);
+    };
+    this.child.on('error', (err) => ended(err.message));
+    this.child.on('close', (code, signal) => ended(`exited (${signal ?? code})`));
+  }
+
+  get alive(): boolean {
+    return !this.exited;
+  }
+
+  send(lines: readonly string[], answers: number): Promise<void> {
+    if (this.exited) return Promise.reject(new Error(`git update-ref failed: ${this.stderr.trim() || 'session ended'}`));
+    const done = Array.from({ length: answers }, () => new Promise<void>((resolve, reject) => this.waiters.push({ resolve, reject })));
+    this.child.stdin!.write(lines.join('\n') + '\n');
+    return Promise.all(done).then(() => undefined);
+  }
+
+  close(): void {
+    this.child.stdin!.end();
+  }
 }
 
 export const PACK_FILE = /^pack-[0-9a-f]{40,64}\.(pack|idx|rev)$/;

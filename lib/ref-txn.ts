@@ -1,6 +1,5 @@
-import { spawn, type ChildProcess } from 'node:child_process';
 import { statSync } from 'node:fs';
-import { refEdit } from './git-refs.js';
+import { UpdateRefSession, refEdit } from './git-refs.js';
 import type { RefUpdate } from './txn-core.js';
 
 // A peer's ref transaction for a push, held open from the 2PC prepare to the commit, as Gitaly and
@@ -21,73 +20,20 @@ export interface RefTransactionOptions {
   idleMs: number;
 }
 
-export class RefTransactionError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'RefTransactionError';
-  }
-}
-
-class UpdateRefSession {
-  readonly repoPath: string;
-  readonly ino: number;
-  private readonly child: ChildProcess;
-  private readonly waiters: { resolve: () => void; reject: (err: Error) => void }[] = [];
-  private stdout = '';
-  private stderr = '';
-  private exited = false;
-  idleTimer: NodeJS.Timeout | undefined;
-
-  constructor(repoPath: string, ino: number) {
-    this.repoPath = repoPath;
-    this.ino = ino;
-    this.child = spawn('git', ['update-ref', '--stdin'], { cwd: repoPath, stdio: ['pipe', 'pipe', 'pipe'] });
-    this.child.stdout!.on('data', (chunk: Buffer) => {
-      this.stdout += chunk.toString();
-      let nl: number;
-      while ((nl = this.stdout.indexOf('\n')) >= 0) {
-        const line = this.stdout.slice(0, nl);
-        this.stdout = this.stdout.slice(nl + 1);
-        // Each of start/prepare/commit answers "<command>: ok"; a failure ends the process instead.
-        if (line.endsWith(': ok')) this.waiters.shift()?.resolve();
-      }
-    });
-    this.child.stderr!.on('data', (chunk: Buffer) => (this.stderr = (this.stderr + chunk.toString()).slice(-4000)));
-    this.child.stdin!.on('error', () => undefined);
-    const ended = (why: string): void => {
-      this.exited = true;
-      const err = new RefTransactionError(`git update-ref: ${this.stderr.trim() || why}`);
-      for (const w of this.waiters.splice(0)) w.reject(err);
-    };
-    this.child.on('error', (err) => ended(err.message));
-    this.child.on('close', (code, signal) => ended(`exited (${signal ?? code})`));
-  }
-
-  get alive(): boolean {
-    return !this.exited;
-  }
-
-  /** Writes commands; resolves when `answers` of them said ok. */
-  send(lines: readonly string[], answers: number): Promise<void> {
-    if (this.exited) return Promise.reject(new RefTransactionError(`git update-ref: ${this.stderr.trim() || 'session ended'}`));
-    const done = Array.from({ length: answers }, () => new Promise<void>((resolve, reject) => this.waiters.push({ resolve, reject })));
-    this.child.stdin!.write(lines.join('\n') + '\n');
-    return Promise.all(done).then(() => undefined);
-  }
-
-  /** Ends the session: an open transaction is aborted by git, its locks removed. */
-  close(): void {
-    if (this.idleTimer) clearTimeout(this.idleTimer);
-    this.child.stdin!.end();
-  }
+/** A session and what the pool knows of it. */
+interface Session {
+  git: UpdateRefSession;
+  /** The inode of the repo directory it was started in. */
+  ino: number;
+  idleTimer?: NodeJS.Timeout;
 }
 
 export class RefTransactions {
   private readonly options: RefTransactionOptions;
   /** Prepared transactions by txn id. */
-  private readonly held = new Map<string, UpdateRefSession>();
+  private readonly held = new Map<string, Session>();
   /** Idle sessions by repo path, least recently used first. */
-  private readonly spares = new Map<string, UpdateRefSession>();
+  private readonly spares = new Map<string, Session>();
 
   constructor(options: RefTransactionOptions) {
     this.options = options;
@@ -102,17 +48,17 @@ export class RefTransactions {
     const { ino } = statSync(repoPath);
     let session = this.spares.get(repoPath);
     this.spares.delete(repoPath);
-    if (session?.idleTimer) clearTimeout(session.idleTimer);
-    if (!session || !session.alive || session.ino !== ino) {
-      session?.close();
-      session = new UpdateRefSession(repoPath, ino);
+    if (session) clearTimeout(session.idleTimer);
+    if (!session || !session.git.alive || session.ino !== ino) {
+      session?.git.close();
+      session = { git: new UpdateRefSession(repoPath), ino };
     }
     this.held.set(txnId, session);
     try {
-      await session.send(['start', ...updates.map(refEdit), 'prepare'], 2);
+      await session.git.send(['start', ...updates.map(refEdit), 'prepare'], 2);
     } catch (err) {
       this.held.delete(txnId);
-      session.close();
+      session.git.close();
       throw err;
     }
   }
@@ -123,9 +69,9 @@ export class RefTransactions {
     if (!session) return false;
     this.held.delete(txnId);
     try {
-      await session.send(['commit'], 1);
+      await session.git.send(['commit'], 1);
     } catch (err) {
-      session.close();
+      session.git.close();
       throw err;
     }
     this.keepSpare(session);
@@ -137,30 +83,36 @@ export class RefTransactions {
     const session = this.held.get(txnId);
     if (!session) return;
     this.held.delete(txnId);
-    session.close();
+    session.git.close();
   }
 
-  private keepSpare(session: UpdateRefSession): void {
-    if (!session.alive) return;
-    const previous = this.spares.get(session.repoPath);
-    if (previous && previous !== session) previous.close();
-    this.spares.delete(session.repoPath);
-    this.spares.set(session.repoPath, session);
+  private keepSpare(session: Session): void {
+    if (!session.git.alive) return;
+    const { repoPath } = session.git;
+    const previous = this.spares.get(repoPath);
+    if (previous && previous !== session) this.end(previous);
+    this.spares.delete(repoPath);
+    this.spares.set(repoPath, session);
     session.idleTimer = setTimeout(() => {
-      if (this.spares.get(session.repoPath) === session) this.spares.delete(session.repoPath);
-      session.close();
+      if (this.spares.get(repoPath) === session) this.spares.delete(repoPath);
+      session.git.close();
     }, this.options.idleMs);
     session.idleTimer.unref();
     while (this.spares.size > this.options.maxSpares) {
-      const [oldestPath, oldest] = this.spares.entries().next().value as [string, UpdateRefSession];
+      const [oldestPath, oldest] = this.spares.entries().next().value as [string, Session];
       this.spares.delete(oldestPath);
-      oldest.close();
+      this.end(oldest);
     }
+  }
+
+  private end(session: Session): void {
+    clearTimeout(session.idleTimer);
+    session.git.close();
   }
 
   /** Ends every session (open transactions are aborted by git). */
   close(): void {
-    for (const session of [...this.held.values(), ...this.spares.values()]) session.close();
+    for (const session of [...this.held.values(), ...this.spares.values()]) this.end(session);
     this.held.clear();
     this.spares.clear();
   }

@@ -378,48 +378,52 @@ export class QuorumGitNode {
     if (service === 'receive-pack') await this.pushService.waitIdle(repoId);
     // The advertisement starts while the freshness check runs; it is sent only if the check says so.
     let pending = kind === 'gitInfoRefs' && this.driver.participant.isLive(repoId) ? this.gitHttp.prepareInfoRefs(req, repoId, service) : undefined;
+    // Serves the advertisement started early if it came out whole, else a fresh one.
     const serveChecked = async (): Promise<void> => {
-      if (pending && pending.statusCode === 200) return pending.send(res);
-      pending?.discard();
+      const started = pending;
+      pending = undefined;
+      if (started && started.statusCode === 200) return started.send(res);
+      started?.discard();
       return serveLocal();
     };
     res.once('close', () => {
       if (!res.headersSent) pending?.discard();
     });
-    let plan = await this.planRead(repoId, String(res.getHeader(REQUEST_ID_HEADER)));
-    if (service === 'receive-pack' && plan.action === 'proxy') {
-      // The coordinator must be current before it advertises refs to a pusher.
-      pending?.discard();
-      pending = undefined;
-      await this.catchUpper.request(repoId);
-      plan = await this.planRead(repoId, String(res.getHeader(REQUEST_ID_HEADER)));
-      if (plan.action === 'proxy') throw new QuorumGitError('replica_behind', 'this repository is catching up on the coordinating node; push again in a moment');
-    }
-    if (plan.action !== 'local' && !(plan.action === 'unavailable' && (service === 'receive-pack' || this.config.allowStaleReads))) {
-      pending?.discard();
-      pending = undefined;
-    }
-    switch (plan.action) {
-      case 'local':
-        return serveChecked();
-      case 'not_found':
-        throw new QuorumGitError('repo_not_found', 'repository not found');
-      case 'proxy':
-        void this.catchUpper.request(repoId);
-        return this.forward(req, res, plan.to, log, true);
-      case 'unavailable':
-        // A push needs no read quorum to be safe: its prepare checks version and old values on a
-        // write quorum, so advertise our refs and let the hook give git a proper rejection.
-        if (service === 'receive-pack') return serveChecked();
-        if (this.config.allowStaleReads) {
-          log.warn('serving a possibly stale copy (ALLOW_STALE_READS)', { repo_id: repoId });
-          res.setHeader('x-quorum-possibly-stale', 'true');
+    // Whatever is not served from here (proxied, refused, failed) stops the git started early.
+    try {
+      let plan = await this.planRead(repoId, String(res.getHeader(REQUEST_ID_HEADER)));
+      if (service === 'receive-pack' && plan.action === 'proxy') {
+        // The coordinator must be current before it advertises refs to a pusher.
+        pending?.discard();
+        pending = undefined;
+        await this.catchUpper.request(repoId);
+        plan = await this.planRead(repoId, String(res.getHeader(REQUEST_ID_HEADER)));
+        if (plan.action === 'proxy') throw new QuorumGitError('replica_behind', 'this repository is catching up on the coordinating node; push again in a moment');
+      }
+      switch (plan.action) {
+        case 'local':
           return serveChecked();
-        }
-        throw new QuorumGitError(
-          'read_quorum_unreachable',
-          `cannot confirm this copy is current: reached ${plan.reached} of the ${plan.needed} nodes needed; unreachable: ${plan.unreachable.join(', ') || 'none'}`,
-        );
+        case 'not_found':
+          throw new QuorumGitError('repo_not_found', 'repository not found');
+        case 'proxy':
+          void this.catchUpper.request(repoId);
+          return this.forward(req, res, plan.to, log, true);
+        case 'unavailable':
+          // A push needs no read quorum to be safe: its prepare checks version and old values on a
+          // write quorum, so advertise our refs and let the hook give git a proper rejection.
+          if (service === 'receive-pack') return serveChecked();
+          if (this.config.allowStaleReads) {
+            log.warn('serving a possibly stale copy (ALLOW_STALE_READS)', { repo_id: repoId });
+            res.setHeader('x-quorum-possibly-stale', 'true');
+            return serveChecked();
+          }
+          throw new QuorumGitError(
+            'read_quorum_unreachable',
+            `cannot confirm this copy is current: reached ${plan.reached} of the ${plan.needed} nodes needed; unreachable: ${plan.unreachable.join(', ') || 'none'}`,
+          );
+      }
+    } finally {
+      pending?.discard();
     }
   }
 

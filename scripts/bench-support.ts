@@ -329,32 +329,28 @@ export async function waitFor(what: string, check: () => Promise<boolean>, timeo
 }
 
 export async function getJson(url: string, timeoutMs = 2000): Promise<{ status: number; body: unknown }> {
-  const res = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
-  const text = await res.text();
-  let body: unknown = text;
-  try {
-    body = JSON.parse(text);
-  } catch {
-    // not JSON
-  }
-  return { status: res.status, body };
+  return answer(await fetch(url, { signal: AbortSignal.timeout(timeoutMs) }));
 }
 
 export async function postJson(url: string, payload: unknown, timeoutMs = 30_000): Promise<{ status: number; body: unknown }> {
-  const res = await fetch(url, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify(payload),
-    signal: AbortSignal.timeout(timeoutMs),
-  });
+  return answer(
+    await fetch(url, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(payload),
+      signal: AbortSignal.timeout(timeoutMs),
+    }),
+  );
+}
+
+/** Status and body, parsed as JSON when it is JSON. */
+async function answer(res: Response): Promise<{ status: number; body: unknown }> {
   const text = await res.text();
-  let body: unknown = text;
   try {
-    body = JSON.parse(text);
+    return { status: res.status, body: JSON.parse(text) as unknown };
   } catch {
-    // not JSON
+    return { status: res.status, body: text };
   }
-  return { status: res.status, body };
 }
 
 // ---------------------------------------------------------------------------------------------
