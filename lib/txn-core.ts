@@ -8,17 +8,25 @@
 //
 // Rules, in one place:
 // - Prepare: a participant refuses when the repo is locked by another transaction, when a create
-//   finds it live or a delete finds it absent. Otherwise it locks the repo, stages the change out of
-//   sight, logs `prepared` (fsync) and votes yes with its current epoch for the repo.
+//   finds it live or a delete finds it absent, when a push's base version is not its own. Otherwise it
+//   locks the repo, stages the change out of sight, logs `prepared` (fsync) and votes yes.
 // - The coordinator decides commit once W nodes (itself included) voted yes, abort as soon as W can
 //   no longer be reached or the prepare timer fires. It logs the decision before sending it.
-// - A committed change gets epoch = 1 + the highest epoch among the yes votes. Any two quorums meet,
-//   so epochs of committed changes to one repo strictly increase; anti-entropy applies a peer's state
-//   only when its epoch is higher than ours.
-// - Recovery: a participant holding `prepared` asks the coordinator, which answers from its decision
-//   log and, with no record and no transaction in flight, logs abort and says so (presumed abort).
-//   Peers that never prepared the transaction promise never to (`refused`); once N - W + 1 nodes have
-//   refused it, no quorum can have voted yes and abort is safe even without the coordinator.
+// - Versions come from the operation: a push moves a replica from its base (epoch, g) to (epoch, g+1);
+//   a create or delete gets epoch = 1 + the highest epoch among the yes votes (any two quorums meet,
+//   so epochs of committed changes to one repo strictly increase). A replica refuses a commit whose
+//   version does not follow its own, and an acknowledgement counts only with the version applied.
+// - A commit decision is final once W nodes hold it durably (the coordinator's own log is one); only
+//   then does any replica apply it. With W <= 2 the coordinator's log and the first replica to accept
+//   make W, so the commit message is applied at once; with W > 2 it is first accepted (logged, not
+//   applied) by the yes voters and applied once W accepted (`final`).
+// - Termination without the coordinator: a node holding a transaction in doubt asks the coordinator,
+//   then every node. A node that never prepared it, or prepared it without accepting a commit, promises
+//   never to accept one (`refused`, logged). Commit is certain once W nodes accepted it (one accepted
+//   copy anywhere implies the coordinator's own); abort is certain once N - W + 1 nodes refused,
+//   because no W nodes can then ever accept. The two are exclusive since W + (N - W + 1) > N, and with
+//   a single node dead every node that lives answers one or the other, so a majority always finishes.
+// - An abort the coordinator decided is final at once: it never sent a commit, so no node accepted one.
 
 import { voteResult } from './quorum.js';
 
@@ -65,13 +73,22 @@ export type Vote = { vote: 'yes'; epoch: number; generation: number } | { vote: 
 
 export type TxnMessage =
   | { type: 'prepare'; txnId: string; op: TxnOp; coordinator: NodeId }
-  | { type: 'commitTxn'; txnId: string; epoch: number; generation: number }
+  /**
+   * The commit decision with the version it gives. `final: false` asks a yes voter to accept it (log it,
+   * apply nothing); `final: true` (or absent) tells it to apply: W nodes hold the decision once it accepts.
+   */
+  | { type: 'commitTxn'; txnId: string; epoch: number; generation: number; final?: boolean }
   | { type: 'abortTxn'; txnId: string };
 
 export type LogEntry =
   | { t: 'prepared'; txnId: string; op: TxnOp; coordinator: NodeId }
+  /** A commit decision accepted here but not known final: nothing applied yet. */
+  | { t: 'accepted'; txnId: string; epoch: number; generation: number }
+  /** A final commit, logged before it is applied; `applied` follows once the replica holds it. */
   | { t: 'committed'; txnId: string; epoch: number; generation?: number }
+  | { t: 'applied'; txnId: string }
   | { t: 'aborted'; txnId: string }
+  /** A promise never to prepare or accept a commit of this transaction (a vote towards abort). */
   | { t: 'refused'; txnId: string }
   | { t: 'decision'; txnId: string; outcome: 'commit' | 'abort'; op: TxnOp; epoch?: number; generation?: number }
   | { t: 'synced'; repoId: string; state: RepoState; epoch: number; generation?: number };
@@ -128,8 +145,16 @@ export class CoordinatorTxn {
   readonly op: TxnOp;
   private readonly options: CoordinatorOptions;
   private readonly votes = new Map<NodeId, Vote>();
+  /** Yes voters that accepted the commit decision (W > 2 only), the coordinator's own log included. */
+  private readonly accepted = new Set<NodeId>();
+  /** Nodes that applied the final commit, at the decided version. */
   private readonly acks = new Set<NodeId>();
-  private phase: 'idle' | 'collecting' | 'committing' | 'aborted' | 'done' = 'idle';
+  /** Nodes that refused the commit (they promised a recovering node never to accept it). */
+  private readonly refusals = new Set<NodeId>();
+  private phase: 'idle' | 'collecting' | 'accepting' | 'committing' | 'aborted' | 'done' = 'idle';
+  /** The decision is final: W nodes hold it. Only then is anything applied, the coordinator's own replica included. */
+  private final = false;
+  private selfCommitSent = false;
   private epoch = 0;
   private generation = 0;
   private replied = false;
@@ -146,6 +171,16 @@ export class CoordinatorTxn {
     return this.op.kind === 'push';
   }
 
+  /** With W <= 2 the coordinator's logged decision and any one replica that accepts it are W. */
+  private get finalOnFirstAccept(): boolean {
+    return this.options.quorum <= 2;
+  }
+
+  /** The version a commit of this transaction gives, as every replica derives it too. */
+  get version(): RepoVersion {
+    return { epoch: this.epoch, generation: this.generation };
+  }
+
   start(): CoordinatorEffect[] {
     if (this.phase !== 'idle') return [];
     this.phase = 'collecting';
@@ -159,11 +194,12 @@ export class CoordinatorTxn {
   /** A node's vote. Only the first vote from each node counts; duplicates are ignored. */
   onVote(from: NodeId, vote: Vote): CoordinatorEffect[] {
     if (this.votes.has(from) || !this.options.nodes.includes(from)) return [];
-    if (this.phase === 'committing') {
-      // A yes that arrives after the decision still gets the commit, so the voter is not left in doubt.
+    if (this.phase === 'accepting' || this.phase === 'committing') {
+      // A yes that arrives after the decision still gets the decision, so the voter is not left in doubt.
       this.votes.set(from, vote);
       if (vote.vote === 'no') return [];
-      return [{ type: 'send', to: from, msg: this.commitMessage() }];
+      if (from === this.options.self && !this.final) return [];
+      return [{ type: 'send', to: from, msg: this.commitMessage(from) }];
     }
     if (this.phase !== 'collecting') return [];
     this.votes.set(from, vote);
@@ -176,23 +212,51 @@ export class CoordinatorTxn {
     return [];
   }
 
-  onAck(from: NodeId): CoordinatorEffect[] {
-    if (this.phase !== 'committing' || this.acks.has(from) || !this.yesVoters().includes(from)) return [];
+  /**
+   * A yes voter's answer to a commit message. `vote.yes` counts only with the decided version: a
+   * replica that applied (or accepted) anything else has not applied this transaction.
+   */
+  onCommitReply(from: NodeId, vote: Vote, final: boolean): CoordinatorEffect[] {
+    if ((this.phase !== 'accepting' && this.phase !== 'committing') || !this.yesVoters().includes(from)) return [];
+    if (vote.vote === 'no') {
+      if (vote.code !== 'refused' || this.final) return [];
+      this.refusals.add(from);
+      // N - W + 1 refusals: no W nodes can ever accept, so the commit can never become final.
+      if (this.refusals.size >= this.options.nodes.length - this.options.quorum + 1) return this.abortUnfinished();
+      return [];
+    }
+    if (vote.epoch !== this.epoch || vote.generation !== this.generation) return [];
+    if (!final) {
+      if (this.phase !== 'accepting' || this.accepted.has(from)) return [];
+      this.accepted.add(from);
+      if (this.accepted.size < this.options.quorum) return [];
+      return this.becomeFinal();
+    }
+    if (this.phase !== 'committing' || this.acks.has(from)) return [];
     this.acks.add(from);
-    return this.progress(false);
+    const effects: CoordinatorEffect[] = [];
+    if (!this.final) effects.push(...this.becomeFinal());
+    effects.push(...this.progress(false));
+    return effects;
+  }
+
+  /** Kept for callers that only see acknowledgements of a final commit at the decided version. */
+  onAck(from: NodeId): CoordinatorEffect[] {
+    return this.onCommitReply(from, { vote: 'yes', epoch: this.epoch, generation: this.generation }, true);
   }
 
   onTimer(name: CoordinatorTimer): CoordinatorEffect[] {
     if (name === 'prepare' && this.phase === 'collecting') return this.decideAbort(true);
-    if (name === 'commit' && this.phase === 'committing') {
+    if (name === 'commit' && (this.phase === 'committing' || this.phase === 'accepting')) {
       // The decision is durable and reaches every yes voter eventually (they ask us once we stop
       // resending); with a quorum confirmed, the client hears back without waiting for the rest.
       const pending = this.pendingAcks();
-      const effects = this.progress(true, this.resendsLeft === 0 || pending.length === 0);
-      if (this.phase !== 'committing') return effects;
+      const effects = this.phase === 'committing' ? this.progress(true, this.resendsLeft === 0 || pending.length === 0) : [];
+      if (this.phase === 'accepting' && this.resendsLeft === 0) effects.push(...this.replyUnconfirmed());
+      if (this.phase !== 'committing' && this.phase !== 'accepting') return effects;
       if (this.resendsLeft > 0 && pending.length > 0) {
         this.resendsLeft -= 1;
-        for (const to of pending) effects.push({ type: 'send', to, msg: this.commitMessage() });
+        for (const to of pending) effects.push({ type: 'send', to, msg: this.commitMessage(to) });
         effects.push({ type: 'setTimer', name: 'commit', ms: this.options.commitTimeoutMs });
       } else {
         this.phase = 'done';
@@ -203,8 +267,11 @@ export class CoordinatorTxn {
     return [];
   }
 
-  private commitMessage(): TxnMessage {
-    return { type: 'commitTxn', txnId: this.txnId, epoch: this.epoch, generation: this.generation };
+  private commitMessage(to: NodeId): TxnMessage {
+    // Before the decision is final, a yes voter is asked to accept it; the coordinator's own replica
+    // is only ever told once final (its log already holds the decision).
+    const final = this.final || (this.finalOnFirstAccept && to !== this.options.self);
+    return { type: 'commitTxn', txnId: this.txnId, epoch: this.epoch, generation: this.generation, final };
   }
 
   private tally(): { yes: NodeId[]; no: NodeId[] } {
@@ -218,15 +285,34 @@ export class CoordinatorTxn {
     return this.tally().yes;
   }
 
-  /** Yes voters whose commit is not acknowledged (for a push, the coordinator's own is not awaited). */
+  /** Yes voters not yet heard from for the current phase (for a push, the coordinator's own is not awaited). */
   private pendingAcks(): NodeId[] {
-    return this.yesVoters().filter((n) => !this.acks.has(n) && !(this.selfCommitsLater && n === this.options.self));
+    const heard = this.phase === 'accepting' ? this.accepted : this.acks;
+    return this.yesVoters().filter(
+      (n) => !heard.has(n) && !this.refusals.has(n) && !(n === this.options.self && (this.selfCommitsLater || !this.final)),
+    );
   }
 
+  /** Nodes holding the change: those that applied it, and for a final push the coordinator (receive-pack moves its refs). */
   private confirmed(): NodeId[] {
     const nodes = [...this.acks];
-    if (this.selfCommitsLater && !this.acks.has(this.options.self)) nodes.unshift(this.options.self);
+    if (this.selfCommitsLater && this.final && !this.acks.has(this.options.self)) nodes.unshift(this.options.self);
     return nodes;
+  }
+
+  /** W nodes hold the decision: every yes voter (the coordinator's replica included) may now apply it. */
+  private becomeFinal(): CoordinatorEffect[] {
+    this.final = true;
+    const effects: CoordinatorEffect[] = [];
+    const { self } = this.options;
+    if (this.phase === 'accepting') {
+      this.phase = 'committing';
+      for (const to of this.yesVoters()) if (!this.refusals.has(to)) effects.push({ type: 'send', to, msg: this.commitMessage(to) });
+    } else if (!this.selfCommitSent && this.yesVoters().includes(self)) {
+      effects.push({ type: 'send', to: self, msg: this.commitMessage(self) });
+    }
+    this.selfCommitSent = true;
+    return effects;
   }
 
   /**
@@ -266,8 +352,19 @@ export class CoordinatorTxn {
     return effects;
   }
 
+  /** The resends ran out before the decision was final: the outcome is not known here yet. */
+  private replyUnconfirmed(): CoordinatorEffect[] {
+    if (this.replied) return [];
+    this.replied = true;
+    return [
+      {
+        type: 'reply',
+        result: { outcome: 'committed', epoch: this.epoch, generation: this.generation, confirmed: [], applying: [], behind: [...this.options.nodes] },
+      },
+    ];
+  }
+
   private decideCommit(yes: NodeId[]): CoordinatorEffect[] {
-    this.phase = 'committing';
     if (this.op.kind === 'push') {
       this.epoch = this.op.base.epoch;
       this.generation = this.op.base.generation + 1;
@@ -280,12 +377,38 @@ export class CoordinatorTxn {
       this.epoch = highest + 1;
       this.generation = 0;
     }
+    this.phase = this.finalOnFirstAccept ? 'committing' : 'accepting';
+    this.accepted.add(this.options.self);
+    // A single node is its own quorum: the logged decision is final.
+    if (this.options.quorum <= 1) {
+      this.final = true;
+      this.phase = 'committing';
+      this.selfCommitSent = true;
+    }
     const { txnId, op } = this;
+    const { self } = this.options;
     return [
       { type: 'persist', entry: { t: 'decision', txnId, outcome: 'commit', op, epoch: this.epoch, generation: this.generation } },
-      ...yes.map((to): CoordinatorEffect => ({ type: 'send', to, msg: this.commitMessage() })),
+      ...yes.filter((to) => to !== self || this.final).map((to): CoordinatorEffect => ({ type: 'send', to, msg: this.commitMessage(to) })),
       { type: 'setTimer', name: 'commit', ms: this.options.commitTimeoutMs },
     ];
+  }
+
+  /**
+   * The commit was refused by N - W + 1 nodes before it became final: it can never become final, so
+   * it is aborted (logged, then told to everyone) and the client hears that nothing changed.
+   */
+  private abortUnfinished(): CoordinatorEffect[] {
+    this.phase = 'aborted';
+    const { txnId, op } = this;
+    const effects: CoordinatorEffect[] = [{ type: 'persist', entry: { t: 'decision', txnId, outcome: 'abort', op } }];
+    for (const to of this.options.nodes) effects.push({ type: 'send', to, msg: { type: 'abortTxn', txnId } });
+    if (!this.replied) {
+      this.replied = true;
+      effects.push({ type: 'reply', result: { outcome: 'aborted', code: 'quorum_unreachable', failed: [...this.refusals] } });
+    }
+    effects.push({ type: 'done' });
+    return effects;
   }
 
   /** `timedOut`: nodes that have not voted count as failed; otherwise they were merely not needed. */
@@ -293,7 +416,8 @@ export class CoordinatorTxn {
     this.phase = 'aborted';
     const { txnId, op } = this;
     const effects: CoordinatorEffect[] = [{ type: 'persist', entry: { t: 'decision', txnId, outcome: 'abort', op } }];
-    // Everyone that might have prepared hears the abort; a node we cannot reach asks us later.
+    // Every node a prepare went to hears the abort (one that voted no holds nothing, but its prepare may
+    // still be on its way in a duplicate); a node we cannot reach asks us later.
     for (const to of this.options.nodes) {
       const vote = this.votes.get(to);
       if (vote === undefined || vote.vote === 'yes' || vote.code === 'unreachable') {
@@ -337,7 +461,11 @@ export class CoordinatorTxn {
 // ---------------------------------------------------------------------------------------------
 // Participant: every node, the coordinator included, is one.
 
-export type TxnStatus = 'preparing' | 'prepared' | 'committing' | 'committed' | 'aborted' | 'refused';
+/**
+ * `accepted`: a commit decision logged here but not known final, nothing applied; `committing`: the
+ * commit is final and logged, the replica applying it (after a restart: maybe applied already).
+ */
+export type TxnStatus = 'preparing' | 'prepared' | 'accepted' | 'committing' | 'committed' | 'aborted' | 'refused';
 interface TxnRecord {
   status: TxnStatus;
   op?: TxnOp;
@@ -356,7 +484,7 @@ export type ParticipantEffect =
   | { type: 'persist'; entry: LogEntry }
   | { type: 'reply'; vote: Vote };
 
-export type QueryOutcome = 'committed' | 'aborted' | 'prepared' | 'refused' | 'pending';
+export type QueryOutcome = 'committed' | 'accepted' | 'aborted' | 'prepared' | 'refused' | 'pending';
 export interface QueryAnswer {
   outcome: QueryOutcome;
   epoch?: number;
@@ -373,30 +501,57 @@ function versionFields(v: { epoch?: number; generation?: number }): { epoch?: nu
   return { ...(v.epoch === undefined ? {} : { epoch: v.epoch }), ...(v.generation === undefined ? {} : { generation: v.generation }) };
 }
 
+/** The version a commit of `op` must give a replica at `current`, or why it cannot. */
+export function commitVersionProblem(op: TxnOp, current: RepoVersion, version: RepoVersion): string | undefined {
+  if (op.kind === 'push') {
+    if (version.epoch !== op.base.epoch || version.generation !== op.base.generation + 1) {
+      return `commit at ${version.epoch}.${version.generation} does not follow the push's base ${op.base.epoch}.${op.base.generation}`;
+    }
+    if (compareVersions(current, op.base) !== 0) return `replica at ${current.epoch}.${current.generation}, push based on ${op.base.epoch}.${op.base.generation}`;
+    return undefined;
+  }
+  if (version.generation !== 0 || version.epoch <= current.epoch) return `${op.kind} at epoch ${version.epoch} does not follow epoch ${current.epoch}`;
+  return undefined;
+}
+
 export class Participant {
   private readonly repos = new Map<string, CatalogEntry>();
   private readonly locks = new Map<string, string>();
   private readonly txns = new Map<string, TxnRecord>();
-  /** Decisions this node took as coordinator. */
+  /** Decisions this node took as coordinator (a commit decision is this node's acceptance of it). */
   private readonly decisions = new Map<string, Decision>();
 
   /** Rebuilds state from one log entry, in log order. */
   replay(entry: LogEntry): void {
     switch (entry.t) {
-      case 'prepared':
+      case 'prepared': {
+        // A later prepare of the same repo proves the one before it was applied here (its lock was
+        // released only once it was): never apply that one again.
+        const holder = this.locks.get(entry.op.repoId);
+        if (holder !== undefined && this.txns.get(holder)?.status === 'committing') this.onCommitted(holder);
         this.txns.set(entry.txnId, { status: 'prepared', op: entry.op, coordinator: entry.coordinator });
         this.locks.set(entry.op.repoId, entry.txnId);
         return;
+      }
+      case 'accepted': {
+        const rec = this.txns.get(entry.txnId);
+        if (rec?.status === 'prepared') Object.assign(rec, { status: 'accepted', epoch: entry.epoch, generation: entry.generation });
+        return;
+      }
       case 'committed': {
         const rec = this.txns.get(entry.txnId);
         const generation = entry.generation ?? 0;
-        if (rec?.op) {
-          this.setRepo(rec.op, entry.epoch, generation);
-          this.unlock(rec.op.repoId, entry.txnId);
+        if (rec?.op && (rec.status === 'prepared' || rec.status === 'accepted')) {
+          // Final, maybe not applied: the driver makes sure at start (idempotently) unless `applied` follows.
+          Object.assign(rec, { status: 'committing', epoch: entry.epoch, generation });
+        } else {
+          this.txns.set(entry.txnId, { ...rec, status: 'committed', epoch: entry.epoch, generation });
         }
-        this.txns.set(entry.txnId, { ...rec, status: 'committed', epoch: entry.epoch, generation });
         return;
       }
+      case 'applied':
+        this.onCommitted(entry.txnId);
+        return;
       case 'aborted':
       case 'refused': {
         const rec = this.txns.get(entry.txnId);
@@ -433,11 +588,22 @@ export class Participant {
     return this.locks.get(repoId);
   }
 
-  /** Transactions this node prepared and has no outcome for: they hold their repo's lock. */
-  inDoubt(): { txnId: string; op: TxnOp; coordinator: NodeId }[] {
-    const out: { txnId: string; op: TxnOp; coordinator: NodeId }[] = [];
+  /** Transactions prepared or accepted here with no final outcome: they hold their repo's lock. */
+  inDoubt(): { txnId: string; op: TxnOp; coordinator: NodeId; status: 'prepared' | 'accepted' }[] {
+    const out: { txnId: string; op: TxnOp; coordinator: NodeId; status: 'prepared' | 'accepted' }[] = [];
     for (const [txnId, rec] of this.txns) {
-      if (rec.status === 'prepared' && rec.op && rec.coordinator) out.push({ txnId, op: rec.op, coordinator: rec.coordinator });
+      if ((rec.status === 'prepared' || rec.status === 'accepted') && rec.op && rec.coordinator) {
+        out.push({ txnId, op: rec.op, coordinator: rec.coordinator, status: rec.status });
+      }
+    }
+    return out;
+  }
+
+  /** Final commits not known to be applied here (after a restart, or an apply that failed): apply them. */
+  unapplied(): { txnId: string; op: TxnOp; coordinator: NodeId; epoch: number; generation: number }[] {
+    const out: { txnId: string; op: TxnOp; coordinator: NodeId; epoch: number; generation: number }[] = [];
+    for (const [txnId, rec] of this.txns) {
+      if (rec.status === 'committing' && rec.op) out.push({ txnId, op: rec.op, coordinator: rec.coordinator ?? '', epoch: rec.epoch ?? 0, generation: rec.generation ?? 0 });
     }
     return out;
   }
@@ -465,11 +631,14 @@ export class Participant {
     ];
     const known = this.txns.get(txnId);
     if (known) {
-      // Duplicate prepare: repeat the durable answer, never a second staging.
-      if (known.status === 'prepared') return [{ type: 'reply', vote: { vote: 'yes', ...this.versionOf(op.repoId) } }];
-      if (known.status === 'committed') return [{ type: 'reply', vote: { vote: 'yes', ...this.versionOf(op.repoId) } }];
+      // Duplicate prepare: repeat the durable answer, never a second staging. An abort or a refusal
+      // that came first (a prepare delayed past its coordinator's timeout) makes it a no.
+      if (known.status === 'prepared' || known.status === 'accepted' || known.status === 'committing' || known.status === 'committed') {
+        return [{ type: 'reply', vote: { vote: 'yes', ...this.versionOf(op.repoId) } }];
+      }
       return no(known.status === 'preparing' ? 'repo_busy' : 'refused');
     }
+    if (this.decisions.has(txnId)) return no('refused');
     if (this.locks.get(op.repoId) !== undefined) return no('repo_busy');
     const live = this.isLive(op.repoId);
     if (op.kind === 'create' && live) return no('repo_exists');
@@ -500,27 +669,30 @@ export class Participant {
     if (rec?.status === 'preparing') rec.status = 'prepared';
   }
 
-  /** The driver applied and logged a commit: the new version becomes visible and the lock is released. */
-  onCommitted(txnId: string): void {
+  /**
+   * The driver applied a final commit: the new version becomes visible and the lock is released.
+   * Returns the `applied` record for the log (it may be written lazily: a restart that does not find
+   * it applies the transaction again, idempotently, before anything else touches the repo).
+   */
+  onCommitted(txnId: string): ParticipantEffect[] {
     const rec = this.txns.get(txnId);
-    if (rec?.status !== 'committing' || !rec.op) return;
+    if (rec?.status !== 'committing' || !rec.op) return [];
     rec.status = 'committed';
     this.setRepo(rec.op, rec.epoch ?? 0, rec.generation ?? 0);
     this.unlock(rec.op.repoId, txnId);
+    return [{ type: 'persist', entry: { t: 'applied', txnId } }];
   }
 
   /**
-   * Applying a commit failed. A create or delete goes back to prepared, so recovery applies it again.
-   * A push whose refs cannot be moved (objects missing, refs diverged) leaves this replica at its old
-   * generation: it is behind, releases the lock, and catch-up repairs it from an up-to-date peer.
+   * Applying a final commit failed. A create or delete stays `committing` and is applied again by
+   * the driver's recovery round. A push whose refs cannot be moved (objects missing, refs diverged)
+   * leaves this replica at its old generation: it is behind, releases the lock, and catch-up repairs
+   * it from an up-to-date peer.
    */
   onApplyFailed(txnId: string): void {
     const rec = this.txns.get(txnId);
     if (rec?.status !== 'committing' || !rec.op) return;
-    if (rec.op.kind !== 'push') {
-      rec.status = 'prepared';
-      return;
-    }
+    if (rec.op.kind !== 'push') return;
     rec.status = 'committed';
     rec.applyFailed = true;
     this.unlock(rec.op.repoId, txnId);
@@ -536,53 +708,91 @@ export class Participant {
   }
 
   /**
-   * A commit. The repo stays locked and its version unchanged until the driver has applied the change
-   * and logged it (onCommitted): until then a read must not take this replica as current.
+   * A commit decision at `version`. Not `final`: accepted (logged) and nothing applied. Final: logged
+   * as committed, then applied; the repo stays locked and its version unchanged until the driver has
+   * applied it (onCommitted). Refused when this node promised a recovering node never to accept it,
+   * or when the version does not follow this replica's own.
    */
-  onCommit(txnId: string, epoch: number, generation = 0): ParticipantEffect[] {
+  onCommit(txnId: string, epoch: number, generation = 0, final = true): ParticipantEffect[] {
     const rec = this.txns.get(txnId);
-    if (!rec?.op) return [];
-    // A re-sent commit is acknowledged only if this replica applied it: an ack counts towards the quorum.
-    if (rec.status === 'committed') return [{ type: 'reply', vote: rec.applyFailed ? { vote: 'no', code: 'stage_failed' } : { vote: 'yes', epoch, generation } }];
-    if (rec.status !== 'prepared') return [];
-    rec.status = 'committing';
-    rec.epoch = epoch;
-    rec.generation = generation;
+    const no = (code: NoVoteCode, detail?: string): ParticipantEffect[] => [
+      { type: 'reply', vote: { vote: 'no', code, ...(detail === undefined ? {} : { detail }) } },
+    ];
+    if (!rec) {
+      // Never prepared here (or forgotten): a promise not to accept it, kept so the answer stays the same.
+      this.txns.set(txnId, { status: 'refused' });
+      return [{ type: 'persist', entry: { t: 'refused', txnId } }, ...no('refused')];
+    }
+    if (rec.status === 'refused' || rec.status === 'aborted') return no('refused');
+    if (rec.status === 'preparing') return no('repo_busy');
+    if (!rec.op) return no('refused');
+    if (rec.status === 'committed' || rec.status === 'committing') {
+      // A re-sent commit is acknowledged only if this replica applied it, with the version it applied.
+      if (rec.status === 'committing') return [];
+      if (rec.applyFailed || rec.epoch !== epoch || rec.generation !== generation) return no('stage_failed');
+      return [{ type: 'reply', vote: { vote: 'yes', epoch, generation } }];
+    }
+    const problem = commitVersionProblem(rec.op, this.versionOf(rec.op.repoId), { epoch, generation });
+    if (problem !== undefined) return no('stale', problem);
+    if (rec.status === 'accepted' && (rec.epoch !== epoch || rec.generation !== generation)) return no('stale', 'accepted another version');
+    if (!final) {
+      if (rec.status === 'accepted') return [{ type: 'reply', vote: { vote: 'yes', epoch, generation } }];
+      Object.assign(rec, { status: 'accepted', epoch, generation });
+      return [
+        { type: 'persist', entry: { t: 'accepted', txnId, epoch, generation } },
+        { type: 'reply', vote: { vote: 'yes', epoch, generation } },
+      ];
+    }
+    Object.assign(rec, { status: 'committing', epoch, generation });
     return [
-      { type: 'apply', txnId, op: rec.op, epoch, generation, coordinator: rec.coordinator ?? '' },
       { type: 'persist', entry: { t: 'committed', txnId, epoch, generation } },
+      { type: 'apply', txnId, op: rec.op, epoch, generation, coordinator: rec.coordinator ?? '' },
       { type: 'reply', vote: { vote: 'yes', epoch, generation } },
     ];
   }
 
+  /** The outcome is abort (the coordinator's decision, or proven by recovery). */
   onAbort(txnId: string): ParticipantEffect[] {
     const rec = this.txns.get(txnId);
-    if (!rec || rec.status === 'aborted' || rec.status === 'refused' || rec.status === 'committed' || rec.status === 'committing') return [];
+    if (!rec) {
+      // An abort that overtook its prepare (the node was paused): remembered, so the prepare is refused.
+      this.txns.set(txnId, { status: 'aborted' });
+      return [{ type: 'persist', entry: { t: 'aborted', txnId } }];
+    }
+    if (rec.status === 'aborted' || rec.status === 'committed' || rec.status === 'committing') return [];
     // An abort that overtakes our own prepare (still staging) leaves the staging to the driver, which
     // discards it once the stage step is done and never logs `prepared` after this `aborted`.
     const staging = rec.status === 'preparing';
+    const held = rec.status === 'prepared' || rec.status === 'accepted' || staging;
     rec.status = 'aborted';
     if (rec.op) this.unlock(rec.op.repoId, txnId);
-    return [
-      ...(rec.op && !staging ? [{ type: 'discard', txnId, op: rec.op } as const] : []),
-      { type: 'persist', entry: { t: 'aborted', txnId } },
-    ];
+    return [...(rec.op && held && !staging ? [{ type: 'discard', txnId, op: rec.op } as const] : []), { type: 'persist', entry: { t: 'aborted', txnId } }];
   }
 
   /**
-   * Another node asks what we know of a transaction. With `refuse`, a transaction we never prepared
-   * is refused for good (persisted before answering), so that refusals can prove an abort.
+   * Another node asks what we know of a transaction. With `refuse` (a node recovering it without its
+   * coordinator), a transaction we never prepared, or prepared without accepting a commit, is refused
+   * for good (logged before answering): we will never accept its commit, which is what lets N - W + 1
+   * refusals prove an abort.
    */
   onQuery(txnId: string, refuse: boolean): QueryAnswer {
-    const decision = this.decisions.get(txnId);
-    if (decision) {
-      return { outcome: decision.outcome === 'commit' ? 'committed' : 'aborted', ...versionFields(decision), effects: [] };
-    }
     const rec = this.txns.get(txnId);
+    if (rec?.status === 'committing' || rec?.status === 'committed') return { outcome: 'committed', ...versionFields(rec), effects: [] };
+    if (rec?.status === 'accepted') return { outcome: 'accepted', ...versionFields(rec), effects: [] };
+    const decision = this.decisions.get(txnId);
+    if (decision?.outcome === 'commit') return { outcome: 'accepted', ...versionFields(decision), effects: [] };
+    if (decision?.outcome === 'abort') return { outcome: 'aborted', effects: [] };
     if (rec) {
       if (rec.status === 'preparing') return { outcome: 'pending', effects: [] };
-      if (rec.status === 'committing') return { outcome: 'committed', ...versionFields(rec), effects: [] };
-      return { outcome: rec.status, ...versionFields(rec), effects: [] };
+      if (rec.status === 'aborted' || rec.status === 'refused') return { outcome: rec.status, effects: [] };
+      // prepared
+      if (!refuse) return { outcome: 'prepared', effects: [] };
+      rec.status = 'refused';
+      if (rec.op) this.unlock(rec.op.repoId, txnId);
+      return {
+        outcome: 'refused',
+        effects: [...(rec.op ? [{ type: 'discard', txnId, op: rec.op } as const] : []), { type: 'persist', entry: { t: 'refused', txnId } }],
+      };
     }
     if (!refuse) return { outcome: 'pending', effects: [] };
     this.txns.set(txnId, { status: 'refused' });
@@ -590,15 +800,20 @@ export class Participant {
   }
 
   /**
-   * The question asked of the coordinator about its own transaction. With no decision logged and the
-   * transaction no longer running here (we restarted, or gave up on it), it never committed: log the
-   * abort first so the answer is final (presumed abort).
+   * The question asked of the coordinator about its own transaction. Still running here: wait for it.
+   * A commit decision it holds but cannot show final is reported as accepted (the asker counts it).
+   * With no decision logged and the transaction no longer running (we restarted, or gave up on it), it
+   * never sent a commit, so no node can have accepted one: log the abort first so the answer is final
+   * (presumed abort).
    */
   onCoordinatorQuery(txnId: string, stillRunning: boolean): QueryAnswer {
+    const rec = this.txns.get(txnId);
+    if (rec?.status === 'committing' || rec?.status === 'committed') return { outcome: 'committed', ...versionFields(rec), effects: [] };
     const decision = this.decisions.get(txnId);
-    if (decision) return this.onQuery(txnId, false);
+    if (decision?.outcome === 'abort') return { outcome: 'aborted', effects: [] };
     if (stillRunning) return { outcome: 'pending', effects: [] };
-    const op = this.txns.get(txnId)?.op ?? { kind: 'create', repoId: '' };
+    if (decision?.outcome === 'commit') return { outcome: 'accepted', ...versionFields(decision), effects: [] };
+    const op = rec?.op ?? { kind: 'create', repoId: '' };
     this.decisions.set(txnId, { outcome: 'abort' });
     return { outcome: 'aborted', effects: [{ type: 'persist', entry: { t: 'decision', txnId, outcome: 'abort', op } }] };
   }
@@ -641,9 +856,28 @@ export class Participant {
     return [{ type: 'persist', entry: { t: 'synced', repoId, ...reset } }];
   }
 
+  /** The version this replica has applied: what the 2PC checks a push's base against. */
   versionOf(repoId: string): RepoVersion {
     const entry = this.repos.get(repoId);
     return { epoch: entry?.epoch ?? 0, generation: entry?.generation ?? 0 };
+  }
+
+  /**
+   * The version a read check must be told: a final commit still being applied here counts (a reader
+   * served here waits for the apply, see `applying`), so a push acknowledged a moment ago is never
+   * reported as not there yet.
+   */
+  readVersion(repoId: string): RepoVersion {
+    const holder = this.locks.get(repoId);
+    const rec = holder === undefined ? undefined : this.txns.get(holder);
+    if (rec?.status === 'committing' && rec.op?.kind === 'push') return { epoch: rec.epoch ?? 0, generation: rec.generation ?? 0 };
+    return this.versionOf(repoId);
+  }
+
+  /** The transaction whose final commit this replica is applying to the repo, if any. */
+  applying(repoId: string): string | undefined {
+    const holder = this.locks.get(repoId);
+    return holder !== undefined && this.txns.get(holder)?.status === 'committing' ? holder : undefined;
   }
 
   private setRepo(op: TxnOp, epoch: number, generation: number): void {
@@ -691,17 +925,26 @@ export function refNameClash(updates: readonly RefUpdate[], refs: Readonly<Recor
 
 export type PeerAnswer = QueryOutcome | 'unreachable';
 
+/**
+ * What a node holding a transaction in doubt may conclude from the answers it gathered. `self` is
+ * its own state: `accepted` counts towards commit, `prepared` towards abort (it refuses too if the
+ * verdict is abort), `counted` when its own state is already among the answers (the coordinator asking
+ * about its own transaction). See the rules at the top of this file.
+ */
 export function resolveInDoubt(
-  answers: { coordinator: PeerAnswer; peers: PeerAnswer[] },
+  answers: { coordinator: PeerAnswer; peers: PeerAnswer[]; self?: 'prepared' | 'accepted' | 'counted' },
   clusterSize: number,
   quorum: number,
 ): 'commit' | 'abort' | 'wait' {
   const all = [answers.coordinator, ...answers.peers];
+  const self = answers.self ?? 'prepared';
   if (all.includes('committed')) return 'commit';
-  // Only a decision (the coordinator's log, or a participant that heard it) proves abort; a peer's
-  // refusal only proves it never voted yes.
-  if (answers.coordinator === 'aborted' || answers.peers.includes('aborted')) return 'abort';
-  const refused = all.filter((a) => a === 'refused').length;
-  if (refused >= clusterSize - quorum + 1) return 'abort';
+  if (all.includes('aborted')) return 'abort';
+  let accepts = all.filter((a) => a === 'accepted').length + (self === 'accepted' ? 1 : 0);
+  // A commit accepted anywhere was sent by a coordinator that had logged it: its log is one more.
+  if (answers.coordinator !== 'accepted' && self !== 'counted' && accepts > 0) accepts += 1;
+  if (accepts >= quorum) return 'commit';
+  const refusals = all.filter((a) => a === 'refused').length + (self === 'prepared' ? 1 : 0);
+  if (refusals >= clusterSize - quorum + 1) return 'abort';
   return 'wait';
 }

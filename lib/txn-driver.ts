@@ -126,7 +126,7 @@ export class TxnDriver {
     const entries = await this.options.log.replay();
     for (const entry of entries) this.participant.replay(entry);
     await this.options.log.open();
-    const keep = new Set(this.participant.inDoubt().map((t) => t.txnId));
+    const keep = new Set([...this.participant.inDoubt(), ...this.participant.unapplied()].map((t) => t.txnId));
     await this.options.store.init(keep);
     // Make the served tree agree with the catalog: a crash between an fs step and its log line
     // leaves a difference only in the direction the log already records as decided.
@@ -141,7 +141,12 @@ export class TxnDriver {
       }
       if (entry.state === 'deleted' && present) await this.options.store.remove(repoId, 'repair');
     }
-    this.options.logger.info('transaction log replayed', { entries: entries.length, in_doubt: keep.size });
+    // Final commits whose `applied` record is missing are applied again before anything is served: a
+    // push is applied idempotently (refs already at the new values are left alone), a create finds its
+    // repo renamed into place. Every other decided transaction is never applied twice.
+    const unapplied = this.participant.unapplied();
+    for (const txn of unapplied) await this.reapply(txn.txnId);
+    this.options.logger.info('transaction log replayed', { entries: entries.length, in_doubt: this.participant.inDoubt().length, reapplied: unapplied.length });
   }
 
   /** Runs one create or delete as coordinator; resolves with the outcome the client should hear. */
@@ -171,8 +176,9 @@ export class TxnDriver {
             return;
           }
           if (effect.entry.t === 'decision') {
-            this.participant.recordDecision(coord.txnId, effect.entry.outcome, effect.entry.epoch);
-            this.options.logger.info('txn decided', { txn_id: coord.txnId, outcome: effect.entry.outcome, epoch: effect.entry.epoch });
+            // The decision with the version it gives: a participant recovering through us derives nothing.
+            this.participant.recordDecision(coord.txnId, effect.entry.outcome, effect.entry.epoch, effect.entry.generation);
+            this.options.logger.info('txn decided', { txn_id: coord.txnId, outcome: effect.entry.outcome, epoch: effect.entry.epoch, generation: effect.entry.generation });
           }
           break;
         case 'send':
@@ -220,7 +226,7 @@ export class TxnDriver {
       vote = { vote: 'no', code: 'unreachable' };
     }
     if (msg.type === 'prepare') await this.runCoordinatorEffects(txn, coord.onVote(to, vote));
-    else if (msg.type === 'commitTxn' && vote.vote === 'yes') await this.runCoordinatorEffects(txn, coord.onAck(to));
+    else if (msg.type === 'commitTxn') await this.runCoordinatorEffects(txn, coord.onCommitReply(to, vote, msg.final ?? true));
   }
 
   /**
@@ -259,7 +265,7 @@ export class TxnDriver {
         return vote;
       }
       case 'commitTxn':
-        return this.commitLocally(msg.txnId, msg.epoch, msg.generation);
+        return this.commitLocally(msg.txnId, msg.epoch, msg.generation, msg.final ?? true);
       case 'abortTxn':
         return this.runParticipantEffects(this.participant.onAbort(msg.txnId), msg.txnId);
     }
@@ -269,10 +275,15 @@ export class TxnDriver {
    * Applies a commit here. A second commit for the same transaction (a re-send, or recovery racing the
    * coordinator's own message) waits for the apply in flight and gets its answer.
    */
-  private async commitLocally(txnId: string, epoch: number, generation: number): Promise<Vote> {
+  private async commitLocally(txnId: string, epoch: number, generation: number, final: boolean): Promise<Vote> {
     const inFlight = this.applying.get(txnId);
     if (inFlight) return inFlight;
-    const applied = this.runParticipantEffects(this.participant.onCommit(txnId, epoch, generation), txnId);
+    const effects = this.participant.onCommit(txnId, epoch, generation, final);
+    const refused = effects.find((e) => e.type === 'reply' && e.vote.vote === 'no');
+    if (refused && refused.type === 'reply' && refused.vote.vote === 'no' && refused.vote.code === 'stale') {
+      this.options.logger.error('refused a commit whose version does not follow this replica', { txn_id: txnId, epoch, generation, detail: refused.vote.detail });
+    }
+    const applied = this.runParticipantEffects(effects, txnId);
     this.applying.set(txnId, applied);
     try {
       return await applied;
@@ -305,7 +316,12 @@ export class TxnDriver {
       }
       if (effect.type === 'reply') vote = effect.vote;
     }
-    if (effects.some((e) => e.type === 'apply')) this.participant.onCommitted(txnId);
+    if (effects.some((e) => e.type === 'apply')) {
+      // The `applied` record may land lazily: without it a restart applies the push again, idempotently.
+      for (const effect of this.participant.onCommitted(txnId)) {
+        if (effect.type === 'persist') this.options.log.append(effect.entry).catch((err) => this.options.logger.warn('cannot log applied', { txn_id: txnId, err: (err as Error).message }));
+      }
+    }
     if (settles) this.settle(txnId);
     if (staging) {
       this.participant.onPrepared(txnId);
@@ -414,8 +430,28 @@ export class TxnDriver {
     this.selfCommitGates.delete(txnId);
   }
 
+  /**
+   * How long a prepared transaction is left to its coordinator before this node asks about it. Asking
+   * is harmless while the coordinator answers (it says "pending"); only when it does not are the other
+   * nodes asked to refuse. One prepare timeout: by then a live coordinator has decided.
+   */
   private get inDoubtGraceMs(): number {
-    return this.options.timeouts.prepareTimeoutMs + this.options.timeouts.commitTimeoutMs;
+    return this.options.timeouts.prepareTimeoutMs;
+  }
+
+  /** Waits (bounded) until a final commit being applied to this replica of the repo is applied. */
+  async waitApplied(repoId: string, timeoutMs: number): Promise<boolean> {
+    const txnId = this.participant.applying(repoId);
+    if (txnId === undefined) return true;
+    const inFlight = this.applying.get(txnId);
+    if (!inFlight) return false;
+    let timer: unknown;
+    const timedOut = new Promise<boolean>((resolve) => (timer = this.options.clock.setTimeout(() => resolve(false), timeoutMs)));
+    try {
+      return await Promise.race([inFlight.then(() => true, () => true), timedOut]);
+    } finally {
+      this.options.clock.clearTimeout(timer);
+    }
   }
 
   private settle(txnId: string): void {
@@ -458,9 +494,21 @@ export class TxnDriver {
     return rest;
   }
 
-  /** Asks the coordinator and the peers about every transaction left prepared here, and settles what it can. */
+  /**
+   * Settles what this node holds undecided: final commits not yet applied here are applied (again,
+   * idempotently), and every transaction left prepared or accepted is asked about, first of its
+   * coordinator and, if that one cannot say, of every node (which then refuses it for good unless it
+   * accepted a commit). See `resolveInDoubt` for what the answers prove.
+   */
   async resolveInDoubtOnce(): Promise<number> {
     let settled = 0;
+    for (const txn of this.participant.unapplied()) {
+      if (this.applying.has(txn.txnId) || this.active.has(txn.txnId)) continue;
+      // A push of our own coordinating waits for its receive-pack; any other is applied here.
+      if (this.selfCommitGates.has(txn.txnId)) continue;
+      const vote = await this.reapply(txn.txnId);
+      if (vote.vote === 'yes') settled += 1;
+    }
     const now = this.options.clock.now();
     for (const txn of this.participant.inDoubt()) {
       if (this.active.has(txn.txnId)) continue;
@@ -468,39 +516,72 @@ export class TxnDriver {
       // race its commit. Those replayed at start have no time and are asked at once.
       const preparedAt = this.preparedAt.get(txn.txnId);
       if (preparedAt !== undefined && now - preparedAt < this.inDoubtGraceMs) continue;
-      let epoch: number | undefined;
-      let generation = 0;
+      let version: RepoVersion | undefined;
       const ask = async (node: NodeId, asCoordinator: boolean): Promise<PeerAnswer> => {
         try {
           const answer =
             node === this.options.self
               ? await this.handleQuery(txn.txnId, !asCoordinator, asCoordinator)
               : await this.options.client.queryTxn(node, txn.txnId, { refuse: !asCoordinator, asCoordinator });
-          if (answer.outcome === 'committed' && answer.epoch !== undefined) {
-            epoch = answer.epoch;
-            generation = answer.generation ?? 0;
+          if ((answer.outcome === 'committed' || answer.outcome === 'accepted') && answer.epoch !== undefined) {
+            version = { epoch: answer.epoch, generation: answer.generation ?? 0 };
           }
           return answer.outcome;
         } catch {
           return 'unreachable';
         }
       };
+      const ownTxn = txn.coordinator === this.options.self;
       const coordinator = await ask(txn.coordinator, true);
+      // The coordinator is still running it: its answer is coming.
+      if (coordinator === 'pending') continue;
+      // Our own state may have moved while we asked (a commit or an abort arrived).
+      const current = this.participant.status(txn.txnId);
+      if (current !== 'prepared' && current !== 'accepted') continue;
       const peers: PeerAnswer[] = [];
       if (coordinator !== 'committed' && coordinator !== 'aborted') {
         for (const node of this.nodes) if (node !== txn.coordinator && node !== this.options.self) peers.push(await ask(node, false));
       }
-      const verdict = resolveInDoubt({ coordinator, peers }, this.nodes.length, this.options.quorum);
-      this.options.logger.info('in-doubt txn', { txn_id: txn.txnId, coordinator, peers, verdict });
-      if (verdict === 'commit' && epoch !== undefined) {
-        await this.commitLocally(txn.txnId, epoch, generation);
+      const after = this.participant.status(txn.txnId);
+      if (after !== 'prepared' && after !== 'accepted') continue;
+      const self = ownTxn ? 'counted' : after;
+      const verdict = resolveInDoubt({ coordinator, peers, self }, this.nodes.length, this.options.quorum);
+      this.options.logger.info('in-doubt txn', { txn_id: txn.txnId, coordinator, peers, self, verdict });
+      if (verdict === 'commit') {
+        const decided = version ?? (txn.op.kind === 'push' ? { epoch: txn.op.base.epoch, generation: txn.op.base.generation + 1 } : undefined);
+        if (decided === undefined) continue;
+        await this.commitLocally(txn.txnId, decided.epoch, decided.generation, true);
         settled += 1;
       } else if (verdict === 'abort') {
+        if (ownTxn && this.participant.decision(txn.txnId)?.outcome === 'commit') {
+          // Our own commit decision was never final: the log must answer abort from now on.
+          this.participant.recordDecision(txn.txnId, 'abort');
+          await this.options.log.append({ t: 'decision', txnId: txn.txnId, outcome: 'abort', op: txn.op });
+        }
         await this.runParticipantEffects(this.participant.onAbort(txn.txnId), txn.txnId);
         settled += 1;
       }
     }
     return settled;
+  }
+
+  /** Applies again a final commit whose apply did not finish (a restart, a failure). */
+  private async reapply(txnId: string): Promise<Vote> {
+    const inFlight = this.applying.get(txnId);
+    if (inFlight) return inFlight;
+    const rec = this.participant.unapplied().find((t) => t.txnId === txnId);
+    if (!rec) return { vote: 'no', code: 'refused' };
+    const effects: ParticipantEffect[] = [
+      { type: 'apply', txnId, op: rec.op, epoch: rec.epoch, generation: rec.generation, coordinator: rec.coordinator },
+      { type: 'reply', vote: { vote: 'yes', epoch: rec.epoch, generation: rec.generation } },
+    ];
+    const applied = this.runParticipantEffects(effects, txnId);
+    this.applying.set(txnId, applied);
+    try {
+      return await applied;
+    } finally {
+      this.applying.delete(txnId);
+    }
   }
 
   /**

@@ -103,15 +103,17 @@ describe('push two-phase commit core', () => {
     expect(sim.results.get(txn)?.outcome).to.equal('committed');
   });
 
-  it('when no peer acknowledges before the resends run out, answers with only the coordinator confirmed (below the quorum)', () => {
+  it('when no peer acknowledges before the resends run out, answers with nothing confirmed (the decision never became final)', () => {
     const sim = cluster();
     const txn = push(sim, A, [{ ref: 'refs/heads/main', old: ZERO_OID, new: oid(1) }]);
     const lost = (e: Envelope): boolean => commitsOnly(e) && e.to !== A;
     sim.run({ drop: lost });
     expect(sim.results.get(txn)).to.equal(undefined);
     for (let i = 0; i < 3; i += 1) sim.advance(100, { drop: lost });
-    // Decided and prepared on a quorum, but confirmed only by A: the push service must not say "ok".
-    expect(sim.results.get(txn)).to.deep.include({ outcome: 'committed', confirmed: [A], behind: [B, C] });
+    // Decided by A alone: no second node holds the decision, so not even A applies it, and the push
+    // service must not say "ok".
+    expect(sim.results.get(txn)).to.deep.include({ outcome: 'committed', confirmed: [], behind: [A, B, C] });
+    expect(sim.node(A).applied.filter((a) => a.startsWith('push'))).to.deep.equal([]);
   });
 
   it('duplicated messages apply each push once', () => {
@@ -122,17 +124,33 @@ describe('push two-phase commit core', () => {
     for (const id of [A, B, C]) expect(sim.node(id).applied.filter((a) => a.startsWith('push'))).to.deep.equal(['push:o/r@1']);
   });
 
-  it('coordinator crash after the decision: prepared peers commit once the restarted coordinator answers', () => {
+  it('coordinator dead after its decision reached no replica: the two live nodes abort without it, and it learns so on return', () => {
     const sim = cluster();
     const txn = push(sim, A, [{ ref: 'refs/heads/main', old: ZERO_OID, new: oid(1) }]);
     sim.run({ drop: commitsOnly });
     sim.crash(A);
-    expect(sim.recover(B)).to.deep.equal({ [txn]: 'wait' });
+    // No replica accepted the commit, so it never became final (nothing was acknowledged): B and C
+    // together are N - W + 1 refusals and finish it without A (defect 5: this used to wait forever).
+    expect(sim.recover(B)).to.deep.equal({ [txn]: 'abort' });
+    expect(sim.node(C).participant.lockedBy('o/r')).to.equal(undefined);
+    expect(sim.node(B).participant.lockedBy('o/r')).to.equal(undefined);
     sim.restart(A);
-    expect(sim.recover(B)).to.deep.equal({ [txn]: 'commit' });
+    expect(sim.recover(A)).to.deep.equal({ [txn]: 'abort' });
+    expect(sim.node(A).participant.onCoordinatorQuery(txn, false).outcome).to.equal('aborted');
+    for (const id of [A, B, C]) expect(refsOf(sim, id)).to.deep.equal({});
+  });
+
+  it('coordinator dead after one replica applied its decision: the other commits at the decided generation', () => {
+    const sim = cluster();
+    const txn = push(sim, A, [{ ref: 'refs/heads/main', old: ZERO_OID, new: oid(1) }]);
+    sim.run({ drop: (e) => commitsOnly(e) && e.to === C });
+    expect(sim.results.get(txn)?.outcome).to.equal('committed');
+    sim.crash(A);
     expect(sim.recover(C)).to.deep.equal({ [txn]: 'commit' });
-    expect(sim.recover(A)).to.deep.equal({ [txn]: 'commit' });
-    for (const id of [A, B, C]) expect(refsOf(sim, id)).to.deep.equal({ 'refs/heads/main': oid(1) });
+    for (const id of [B, C]) {
+      expect(refsOf(sim, id)).to.deep.equal({ 'refs/heads/main': oid(1) });
+      expect(sim.node(id).participant.versionOf('o/r')).to.deep.equal({ epoch: 1, generation: 1 });
+    }
   });
 
   it('participant crash while prepared: it keeps the repo locked across the restart, then commits', () => {

@@ -20,7 +20,7 @@ import {
 
 export type Envelope =
   | { kind: 'msg'; from: NodeId; to: NodeId; txnId: string; msg: TxnMessage }
-  | { kind: 'reply'; from: NodeId; to: NodeId; txnId: string; about: TxnMessage['type']; vote: Vote };
+  | { kind: 'reply'; from: NodeId; to: NodeId; txnId: string; about: TxnMessage['type']; vote: Vote; final?: boolean };
 
 interface SimNode {
   id: NodeId;
@@ -147,14 +147,31 @@ export class Sim {
         return answer.outcome;
       };
       const coordinator = ask(txn.coordinator, true);
-      const peers = [...this.nodes.keys()].filter((p) => p !== txn.coordinator && p !== id).map((p) => ask(p, false));
-      const verdict = resolveInDoubt({ coordinator, peers }, this.nodes.size, this.quorum);
-      verdicts[txn.txnId] = verdict;
-      if (verdict === 'commit' && epoch !== undefined) {
-        this.runParticipant(n, txn.txnId, n.participant.onCommit(txn.txnId, epoch, generation));
-        n.participant.onCommitted(txn.txnId);
+      if (coordinator === 'pending') {
+        verdicts[txn.txnId] = 'wait';
+        continue;
       }
-      if (verdict === 'abort') this.runParticipant(n, txn.txnId, n.participant.onAbort(txn.txnId));
+      const peers =
+        coordinator === 'committed' || coordinator === 'aborted'
+          ? []
+          : [...this.nodes.keys()].filter((p) => p !== txn.coordinator && p !== id).map((p) => ask(p, false));
+      const self = txn.coordinator === id ? 'counted' : txn.status;
+      const verdict = resolveInDoubt({ coordinator, peers, self }, this.nodes.size, this.quorum);
+      verdicts[txn.txnId] = verdict;
+      if (verdict === 'commit') {
+        if (epoch === undefined && txn.op.kind === 'push') [epoch, generation] = [txn.op.base.epoch, txn.op.base.generation + 1];
+        if (epoch !== undefined) {
+          this.runParticipant(n, txn.txnId, n.participant.onCommit(txn.txnId, epoch, generation, true));
+          this.runParticipant(n, txn.txnId, n.participant.onCommitted(txn.txnId));
+        }
+      }
+      if (verdict === 'abort') {
+        if (txn.coordinator === id && n.participant.decision(txn.txnId)?.outcome === 'commit') {
+          n.participant.recordDecision(txn.txnId, 'abort');
+          n.log.push({ t: 'decision', txnId: txn.txnId, outcome: 'abort', op: txn.op });
+        }
+        this.runParticipant(n, txn.txnId, n.participant.onAbort(txn.txnId));
+      }
     }
     return verdicts;
   }
@@ -177,7 +194,7 @@ export class Sim {
       const entry = this.coordinators.get(envelope.txnId);
       if (!entry || entry.node !== envelope.to) return;
       if (envelope.about === 'prepare') this.runCoordinator(envelope.txnId, entry.coord.onVote(envelope.from, envelope.vote));
-      else if (envelope.about === 'commitTxn' && envelope.vote.vote === 'yes') this.runCoordinator(envelope.txnId, entry.coord.onAck(envelope.from));
+      else if (envelope.about === 'commitTxn') this.runCoordinator(envelope.txnId, entry.coord.onCommitReply(envelope.from, envelope.vote, envelope.final ?? true));
       return;
     }
     const { msg } = envelope;
@@ -186,12 +203,13 @@ export class Sim {
       msg.type === 'prepare'
         ? p.onPrepare(msg, target.refs.get(msg.op.repoId) ?? {})
         : msg.type === 'commitTxn'
-          ? p.onCommit(msg.txnId, msg.epoch, msg.generation)
+          ? p.onCommit(msg.txnId, msg.epoch, msg.generation, msg.final ?? true)
           : p.onAbort(msg.txnId);
     const vote = this.runParticipant(target, msg.txnId, effects);
     if (effects.some((e) => e.type === 'stage')) p.onPrepared(msg.txnId);
-    if (effects.some((e) => e.type === 'apply')) p.onCommitted(msg.txnId);
-    if (vote) this.queue.push({ kind: 'reply', from: target.id, to: envelope.from, txnId: msg.txnId, about: msg.type, vote });
+    if (effects.some((e) => e.type === 'apply')) this.runParticipant(target, msg.txnId, p.onCommitted(msg.txnId));
+    const final = msg.type === 'commitTxn' ? (msg.final ?? true) : undefined;
+    if (vote) this.queue.push({ kind: 'reply', from: target.id, to: envelope.from, txnId: msg.txnId, about: msg.type, vote, ...(final === undefined ? {} : { final }) });
   }
 
   private runParticipant(n: SimNode, txnId: string, effects: ParticipantEffect[]): Vote | undefined {
@@ -225,7 +243,7 @@ export class Sim {
       switch (effect.type) {
         case 'persist':
           n.log.push(effect.entry);
-          if (effect.entry.t === 'decision') n.participant.recordDecision(txnId, effect.entry.outcome, effect.entry.epoch);
+          if (effect.entry.t === 'decision') n.participant.recordDecision(txnId, effect.entry.outcome, effect.entry.epoch, effect.entry.generation);
           break;
         case 'send':
           this.queue.push({ kind: 'msg', from: n.id, to: effect.to, txnId, msg: effect.msg });

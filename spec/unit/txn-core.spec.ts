@@ -142,7 +142,7 @@ describe('two-phase commit core', () => {
       }
     });
 
-    it('coordinator crash after the decision: a restarted coordinator answers commit from its log', () => {
+    it('coordinator crash after the decision, before any replica accepted it: the live majority aborts without it', () => {
       const sim = new Sim([A, B, C], 2);
       const txn = sim.begin(A, create());
       // Deliver prepares and votes, then crash A as soon as its decision is logged (no commit delivered).
@@ -150,11 +150,21 @@ describe('two-phase commit core', () => {
       sim.crash(A);
       expect(sim.node(A).log.some((e) => e.t === 'decision' && e.outcome === 'commit')).to.equal(true);
       expect(sim.node(B).participant.inDoubt()).to.have.length(1);
-      expect(sim.recover(B)).to.deep.equal({ [txn]: 'wait' });
+      expect(sim.recover(B)).to.deep.equal({ [txn]: 'abort' });
       sim.restart(A);
-      expect(sim.recover(B)).to.deep.equal({ [txn]: 'commit' });
+      expect(sim.recover(A)).to.deep.equal({ [txn]: 'abort' });
+      for (const id of [A, B, C]) expect(sim.node(id).participant.repo('o/r')).to.equal(undefined);
+    });
+
+    it('coordinator crash once one replica accepted the commit: every other node commits it without the coordinator', () => {
+      const sim = new Sim([A, B, C], 2);
+      const txn = sim.begin(A, create());
+      sim.run({ drop: (e) => e.kind === 'msg' && e.msg.type === 'commitTxn' && e.to !== B });
+      sim.crash(A);
+      expect(sim.recover(C)).to.deep.equal({ [txn]: 'commit' });
+      sim.restart(A);
       expect(sim.recover(A)).to.deep.equal({ [txn]: 'commit' });
-      expect(sim.node(A).participant.repo('o/r')).to.deep.equal({ state: 'live', epoch: 1, generation: 0 });
+      for (const id of [A, B, C]) expect(sim.node(id).participant.repo('o/r')).to.deep.equal({ state: 'live', epoch: 1, generation: 0 });
     });
 
     it('coordinator crash before the decision: presumed abort once the restarted coordinator is asked', () => {
@@ -220,11 +230,18 @@ describe('two-phase commit core', () => {
       { answers: { coordinator: 'unreachable', peers: ['committed'] }, n: 3, w: 2, verdict: 'commit' },
       { answers: { coordinator: 'aborted', peers: [] }, n: 3, w: 2, verdict: 'abort' },
       { answers: { coordinator: 'unreachable', peers: ['aborted'] }, n: 3, w: 2, verdict: 'abort' },
-      { answers: { coordinator: 'unreachable', peers: ['refused'] }, n: 3, w: 2, verdict: 'wait' },
-      { answers: { coordinator: 'pending', peers: ['refused'] }, n: 3, w: 2, verdict: 'wait' },
+      // Defect 5: a dead coordinator no longer blocks 3 nodes. We (prepared) and the peer refuse: 2 = N - W + 1.
+      { answers: { coordinator: 'unreachable', peers: ['refused'] }, n: 3, w: 2, verdict: 'abort' },
+      { answers: { coordinator: 'unreachable', peers: ['accepted'] }, n: 3, w: 2, verdict: 'commit' },
+      { answers: { coordinator: 'unreachable', peers: ['refused'], self: 'accepted' }, n: 3, w: 2, verdict: 'commit' },
+      { answers: { coordinator: 'accepted', peers: ['refused'] }, n: 3, w: 2, verdict: 'abort' },
+      { answers: { coordinator: 'accepted', peers: ['refused'], self: 'counted' }, n: 3, w: 2, verdict: 'wait' },
       { answers: { coordinator: 'unreachable', peers: ['refused', 'refused'] }, n: 4, w: 3, verdict: 'abort' },
-      { answers: { coordinator: 'unreachable', peers: ['prepared'] }, n: 3, w: 2, verdict: 'wait' },
-      { answers: { coordinator: 'unreachable', peers: ['refused', 'unreachable'] }, n: 4, w: 3, verdict: 'wait' },
+      { answers: { coordinator: 'unreachable', peers: ['unreachable'] }, n: 3, w: 2, verdict: 'wait' },
+      { answers: { coordinator: 'unreachable', peers: ['refused', 'refused', 'unreachable'] }, n: 5, w: 3, verdict: 'abort' },
+      { answers: { coordinator: 'unreachable', peers: ['accepted', 'refused', 'unreachable'] }, n: 5, w: 3, verdict: 'wait' },
+      { answers: { coordinator: 'unreachable', peers: ['accepted', 'refused', 'refused'] }, n: 5, w: 3, verdict: 'abort' },
+      { answers: { coordinator: 'unreachable', peers: ['accepted', 'accepted', 'refused'] }, n: 5, w: 3, verdict: 'commit' },
     ];
     for (const row of table) {
       it(`${JSON.stringify(row.answers)} with N=${row.n}, W=${row.w} → ${row.verdict}`, () => {
@@ -274,10 +291,12 @@ describe('two-phase commit core', () => {
       const p = new Participant();
       p.replay({ t: 'prepared', txnId: 't1', op: create('o/a'), coordinator: A });
       p.replay({ t: 'committed', txnId: 't1', epoch: 1 });
+      p.replay({ t: 'applied', txnId: 't1' });
       p.replay({ t: 'prepared', txnId: 't2', op: create('o/b'), coordinator: B });
       expect(p.liveRepos()).to.deep.equal(['o/a']);
       expect(p.lockedBy('o/b')).to.equal('t2');
-      expect(p.inDoubt()).to.deep.equal([{ txnId: 't2', op: create('o/b'), coordinator: B }]);
+      expect(p.inDoubt()).to.deep.equal([{ txnId: 't2', op: create('o/b'), coordinator: B, status: 'prepared' }]);
+      expect(p.unapplied()).to.deep.equal([]);
     });
   });
 });
