@@ -9,7 +9,7 @@ import { KEEP_ALIVE_TIMEOUT_MS, PeerClient, REQUEST_ID_HEADER, SECRET_HEADER, pe
 import { parseRepoId } from './repo-id.js';
 import { RepoStore } from './repo-store.js';
 import { TXN_ID, route, type Route } from './router.js';
-import type { NodeId, TxnMessage, TxnOp } from './txn-core.js';
+import { compareVersions, type NodeId, type TxnMessage, type TxnOp } from './txn-core.js';
 import { TxnDriver, systemClock, type Clock } from './txn-driver.js';
 import { TxnLog } from './txn-log.js';
 import { createWriteStream, promises as fsp } from 'node:fs';
@@ -362,6 +362,10 @@ export class QuorumGitNode {
       if (!this.driver.participant.isLive(repoId) || !(await this.store.exists(repoId))) {
         throw new QuorumGitError('repo_not_found', 'repository not found');
       }
+      // We told read checks the version of a final commit we are still applying: serve once it is applied.
+      if (kind === 'gitInfoRefs' && !(await this.driver.waitApplied(repoId, this.config.commitTimeoutMs))) {
+        throw new QuorumGitError('replica_behind', 'this node is still applying the latest push to this repository; try again');
+      }
       if (kind === 'gitInfoRefs') return this.gitHttp.infoRefs(req, res, repoId, service);
       return this.gitHttp.rpc(req, res, repoId, service, log);
     };
@@ -377,7 +381,9 @@ export class QuorumGitNode {
     if (service === 'receive-pack' && kind === 'gitRpc') return serveLocal();
     if (service === 'receive-pack') await this.pushService.waitIdle(repoId);
     // The advertisement starts while the freshness check runs; it is sent only if the check says so.
-    let pending = kind === 'gitInfoRefs' && this.driver.participant.isLive(repoId) ? this.gitHttp.prepareInfoRefs(req, repoId, service) : undefined;
+    // Not while a final commit is being applied here: that advertisement could miss it.
+    const early = kind === 'gitInfoRefs' && this.driver.participant.isLive(repoId) && this.driver.participant.applying(repoId) === undefined;
+    let pending = early ? this.gitHttp.prepareInfoRefs(req, repoId, service) : undefined;
     // Serves the advertisement started early if it came out whole, else a fresh one.
     const serveChecked = async (): Promise<void> => {
       const started = pending;
@@ -467,13 +473,19 @@ export class QuorumGitNode {
   ): Promise<Record<string, unknown> & { live: boolean; epoch: number; generation: number }> {
     const entry = this.driver.participant.repo(repoId);
     const live = entry?.state === 'live';
-    const state = { repo_id: repoId, live, epoch: entry?.epoch ?? 0, generation: entry?.generation ?? 0 };
+    // A read check is told the version of a final commit still being applied here (a reader served
+    // here waits for it): a push acknowledged a moment ago is never reported as not there yet.
+    const reported = live ? this.driver.participant.readVersion(repoId) : { epoch: entry?.epoch ?? 0, generation: entry?.generation ?? 0 };
+    const state = { repo_id: repoId, live, ...reported };
     if ((!want.refs && !want.digest) || !live) return state;
     // Mid-transaction, refs and version can disagree for a moment (receive-pack moves the refs before
-    // we log the commit): no digest to compare then.
-    if (!want.refs && this.driver.participant.lockedBy(repoId) !== undefined) return state;
+    // we log the commit): no refs or digest then, or a catch-up could label newer refs with an older
+    // version. The caller tries again on its next round.
+    if (this.driver.participant.lockedBy(repoId) !== undefined) return state;
     // Read under the repo's queue so refs and version belong together.
     const { version, refs, head, digest } = await repoDigest(this.driver, this.store, repoId);
+    const participant = this.driver.participant;
+    if (participant.lockedBy(repoId) !== undefined || compareVersions(version, participant.versionOf(repoId)) !== 0) return state;
     return { ...state, ...version, digest, ...(want.refs ? { refs, head } : {}) };
   }
 

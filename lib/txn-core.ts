@@ -495,6 +495,7 @@ interface Decision {
   outcome: 'commit' | 'abort';
   epoch?: number;
   generation?: number;
+  op?: TxnOp;
 }
 
 function versionFields(v: { epoch?: number; generation?: number }): { epoch?: number; generation?: number } {
@@ -560,7 +561,7 @@ export class Participant {
         return;
       }
       case 'decision':
-        this.recordDecision(entry.txnId, entry.outcome, entry.epoch, entry.generation);
+        this.recordDecision(entry.txnId, entry.outcome, entry.epoch, entry.generation, entry.op);
         return;
       case 'synced':
         this.repos.set(entry.repoId, { state: entry.state, epoch: entry.epoch, generation: entry.generation ?? 0 });
@@ -616,8 +617,35 @@ export class Participant {
     return this.decisions.get(txnId);
   }
 
-  recordDecision(txnId: string, outcome: 'commit' | 'abort', epoch?: number, generation?: number): void {
-    this.decisions.set(txnId, { outcome, ...(epoch === undefined ? {} : { epoch }), ...(generation === undefined ? {} : { generation }) });
+  recordDecision(txnId: string, outcome: 'commit' | 'abort', epoch?: number, generation?: number, op?: TxnOp): void {
+    const known = this.decisions.get(txnId)?.op;
+    const kept = op ?? known;
+    this.decisions.set(txnId, { outcome, ...(epoch === undefined ? {} : { epoch }), ...(generation === undefined ? {} : { generation }), ...(kept ? { op: kept } : {}) });
+  }
+
+  /**
+   * Commit decisions this node took as coordinator without a replica of its own in the transaction
+   * (it voted no, or refused later), and not known final: recovery asks the others how they ended.
+   */
+  unsettledDecisions(): { txnId: string; op: TxnOp }[] {
+    const out: { txnId: string; op: TxnOp }[] = [];
+    for (const [txnId, d] of this.decisions) {
+      const status = this.txns.get(txnId)?.status;
+      if (d.outcome === 'commit' && d.op && (status === undefined || status === 'refused' || status === 'aborted')) out.push({ txnId, op: d.op });
+    }
+    return out;
+  }
+
+  /** A commit decision of ours proven final elsewhere, with no replica of ours in it: nothing to apply. */
+  onDecisionSettled(txnId: string, outcome: 'commit' | 'abort'): ParticipantEffect[] {
+    const d = this.decisions.get(txnId);
+    if (!d) return [];
+    if (outcome === 'abort') {
+      this.decisions.set(txnId, { outcome: 'abort', ...(d.op ? { op: d.op } : {}) });
+      return [{ type: 'persist', entry: { t: 'decision', txnId, outcome: 'abort', op: d.op ?? { kind: 'create', repoId: '' } } }];
+    }
+    this.txns.set(txnId, { status: 'committed', ...versionFields(d) });
+    return [{ type: 'persist', entry: { t: 'committed', txnId, epoch: d.epoch ?? 0, generation: d.generation ?? 0 } }];
   }
 
   /**

@@ -509,6 +509,23 @@ export class TxnDriver {
       const vote = await this.reapply(txn.txnId);
       if (vote.vote === 'yes') settled += 1;
     }
+    for (const { txnId } of this.participant.unsettledDecisions()) {
+      if (this.active.has(txnId)) continue;
+      const peers: PeerAnswer[] = [];
+      for (const node of this.options.peers) {
+        try {
+          peers.push((await this.options.client.queryTxn(node, txnId, { refuse: true, asCoordinator: false })).outcome);
+        } catch {
+          peers.push('unreachable');
+        }
+      }
+      const verdict = resolveInDoubt({ coordinator: 'accepted', peers, self: 'counted' }, this.nodes.length, this.options.quorum);
+      if (verdict === 'wait') continue;
+      this.options.logger.info('own decision settled', { txn_id: txnId, peers, verdict });
+      for (const effect of this.participant.onDecisionSettled(txnId, verdict)) await this.runParticipantEffect(effect);
+      if (verdict === 'abort') this.tellAbort(txnId);
+      settled += 1;
+    }
     const now = this.options.clock.now();
     for (const txn of this.participant.inDoubt()) {
       if (this.active.has(txn.txnId)) continue;
@@ -555,14 +572,21 @@ export class TxnDriver {
       } else if (verdict === 'abort') {
         if (ownTxn && this.participant.decision(txn.txnId)?.outcome === 'commit') {
           // Our own commit decision was never final: the log must answer abort from now on.
-          this.participant.recordDecision(txn.txnId, 'abort');
-          await this.options.log.append({ t: 'decision', txnId: txn.txnId, outcome: 'abort', op: txn.op });
+          for (const effect of this.participant.onDecisionSettled(txn.txnId, 'abort')) await this.runParticipantEffect(effect);
         }
         await this.runParticipantEffects(this.participant.onAbort(txn.txnId), txn.txnId);
+        this.tellAbort(txn.txnId);
         settled += 1;
       }
     }
     return settled;
+  }
+
+  /** A proven abort is told to every peer (best effort): a refusing node then records it as final. */
+  private tellAbort(txnId: string): void {
+    for (const peer of this.options.peers) {
+      this.options.client.sendTxn(peer, { type: 'abortTxn', txnId }, txnId).catch(() => undefined);
+    }
   }
 
   /** Applies again a final commit whose apply did not finish (a restart, a failure). */

@@ -198,61 +198,69 @@ describe('two-phase commit of repo create and delete (3-node cluster)', function
     // Reproducible by driving the internal API directly: the spec plays the coordinator, sends the
     // prepare, and decides what the coordinator's log holds.
 
-    it('holds the repo locked while in doubt, then aborts after a restart when the coordinator has no decision (presumed abort)', async function () {
+    it('aborts with the other live node when the coordinator is dead for good, so the repo is writable again without it', async function () {
       const repoId = 'doubt/presumed-abort';
       const txnId = uniqueTxnId('abort');
-      // Node 1 is the coordinator that crashed before deciding: down, so node 2 cannot settle early.
+      // Node 1 is the coordinator that crashed before any replica accepted a commit: down for good.
       await n1.kill();
       expect(await prepare(n2, txnId, repoId, n1)).to.include({ vote: 'yes', epoch: 0 });
-      expect(await queryTxn(n2, txnId)).to.include({ outcome: 'prepared' });
       expect(await pathExists(path.join(n2.dataDir, 'staging', `${txnId}.git`)), 'staged out of sight').to.equal(true);
       expect((await n2.getRepo(repoId)).status).to.equal(404);
 
-      // Recovery rounds run meanwhile: node 3's refusal alone does not prove an abort, so the lock holds.
-      await sleep(SEVERAL_SYNC_ROUNDS_MS);
-      expect(await queryTxn(n2, txnId)).to.include({ outcome: 'prepared' });
-      // A create of the name through node 2 cannot win: its own vote is "busy" and node 1 is down.
-      const blocked = await n2.createRepo(repoId);
-      expect(blocked.status, blocked.text).to.be.oneOf([409, 503]);
-      expect(blocked.body.error.code).to.be.oneOf(['repo_busy', 'quorum_unreachable']);
-      expect(await queryTxn(n2, txnId)).to.include({ outcome: 'prepared' });
+      // Defect 5: with 3 nodes this used to stay locked until node 1 returned. Node 2 (prepared) and
+      // node 3 (never prepared) refuse it: N - W + 1 = 2 refusals prove no commit can ever be final.
+      await eventually(async () => expect(await queryTxn(n2, txnId)).to.include({ outcome: 'aborted' }), 20_000);
+      expect(await queryTxn(n3, txnId)).to.include({ outcome: 'refused' });
+      await eventually(async () => expect(await listTree(path.join(n2.dataDir, 'staging')), 'staging discarded').to.deep.equal([]));
       for (const node of [n2, n3]) expect((await node.getRepo(repoId)).status).to.equal(404);
 
-      await n2.kill();
-      await n1.start();
-      await n2.start();
-      await eventually(async () => expect(await queryTxn(n2, txnId)).to.include({ outcome: 'aborted' }));
-      expect(await queryTxn(n1, txnId, '?coordinator=1')).to.include({ outcome: 'aborted' });
-      await eventually(async () => expect(await listTree(path.join(n2.dataDir, 'staging')), 'staging discarded').to.deep.equal([]));
-      await expectNowhere(repoId);
-
-      // The lock is released: a real create of the same name succeeds on the node that was in doubt.
-      await cluster.heal();
+      // The repo is writable with node 1 still down: a create of the same name commits on nodes 2 and 3.
       const created = await n2.createRepo(repoId);
-      expect(created.status, created.text).to.equal(201);
+      expect(created.status, created.text).to.be.oneOf([201, 202]);
+      // The coordinator returns with no decision logged: it answers abort for good (presumed abort).
+      await n1.start();
+      expect(await queryTxn(n1, txnId, '?coordinator=1')).to.include({ outcome: 'aborted' });
+      await cluster.heal();
       await eventually(() => expectEverywhere(repoId));
     });
 
-    it('commits after a restart when the coordinator logged commit before crashing', async function () {
+    it('does not apply a decision that no replica accepted: the live nodes abort it and the coordinator learns so', async function () {
+      const repoId = 'doubt/unaccepted-commit';
+      const txnId = uniqueTxnId('unaccepted');
+      await n1.kill();
+      expect(await prepare(n2, txnId, repoId, n1)).to.include({ vote: 'yes', epoch: 0 });
+      expect(await prepare(n3, txnId, repoId, n1)).to.include({ vote: 'yes', epoch: 0 });
+      // What a coordinator leaves when it crashes after logging its decision and before any replica
+      // accepted it: the decision line in its fsynced log, as TxnLog writes it. One copy of a decision
+      // is not final (W = 2), and nothing was acknowledged, so aborting it is safe.
+      const decision = { t: 'decision', txnId, outcome: 'commit', op: { kind: 'create', repoId }, epoch: 1, generation: 0 };
+      await fs.appendFile(path.join(n1.dataDir, 'txn.log'), `${JSON.stringify(decision)}\n`);
+      await eventually(async () => expect(await queryTxn(n2, txnId)).to.include({ outcome: 'aborted' }), 20_000);
+      expect((await queryTxn(n3, txnId)).outcome).to.be.oneOf(['aborted', 'refused']);
+      await n1.start();
+      // The restarted coordinator settles its own decision with the others: abort, logged.
+      await eventually(async () => expect(await queryTxn(n1, txnId, '?coordinator=1')).to.include({ outcome: 'aborted' }), 20_000);
+      await expectNowhere(repoId);
+    });
+
+    it("commits after a restart when one replica applied the coordinator's decision before it crashed", async function () {
       const repoId = 'doubt/logged-commit';
       const txnId = uniqueTxnId('commit');
       await n1.kill();
       expect(await prepare(n2, txnId, repoId, n1)).to.include({ vote: 'yes', epoch: 0 });
       expect(await prepare(n3, txnId, repoId, n1)).to.include({ vote: 'yes', epoch: 0 });
-      // What a coordinator leaves when it crashes after logging its decision and before sending any
-      // commit: the decision line in its fsynced log, as TxnLog writes it.
       const decision = { t: 'decision', txnId, outcome: 'commit', op: { kind: 'create', repoId }, epoch: 1, generation: 0 };
       await fs.appendFile(path.join(n1.dataDir, 'txn.log'), `${JSON.stringify(decision)}\n`);
-
-      await sleep(SEVERAL_SYNC_ROUNDS_MS);
-      expect(await queryTxn(n2, txnId)).to.include({ outcome: 'prepared' });
+      // The decision reached node 3 (final: the coordinator's log and node 3 are W = 2), then node 1 died.
+      const commit = await n3.internal('/internal/txn/commit', { type: 'commitTxn', txnId, epoch: 1, generation: 0, final: true });
+      expect(commit.body).to.deep.equal({ vote: 'yes', epoch: 1, generation: 0 });
       await n2.kill();
-      await n1.start();
       await n2.start();
 
-      await eventually(async () => expect(await queryTxn(n2, txnId)).to.include({ outcome: 'committed', epoch: 1 }));
-      expect(await queryTxn(n1, txnId, '?coordinator=1')).to.include({ outcome: 'committed', epoch: 1 });
-      // Node 3 asks too; node 1 never prepared and adopts the repo by anti-entropy.
+      // Node 2 restarts in doubt, cannot reach node 1, and learns the commit from node 3.
+      await eventually(async () => expect(await queryTxn(n2, txnId)).to.include({ outcome: 'committed', epoch: 1 }), 20_000);
+      await n1.start();
+      // Node 1 never prepared its own create; it adopts the repo by anti-entropy.
       await eventually(() => expectEverywhere(repoId));
       const clone = await cloneFrom(n2, repoId);
       expect(clone.code, clone.stderr).to.equal(0);
