@@ -149,7 +149,10 @@ export class RepoStore {
       await fs.rename(staged, target);
     } catch (err) {
       // Replayed commit: already renamed into place (perhaps not yet durably: the syncs below follow).
-      if (!((err as NodeJS.ErrnoException).code === 'ENOENT' && (await this.exists(repoId)))) throw err;
+      // Judged by the directory, not exists(): a repo an old, unsynced create left without a valid
+      // HEAD is still this commit's, and start-up repairs it (recreate, then catch-up) rather than
+      // the commit failing on every replay.
+      if (!((err as NodeJS.ErrnoException).code === 'ENOENT' && (await isDirectory(target)))) throw err;
     }
     await this.syncParents(target);
   }
@@ -283,6 +286,13 @@ export class RepoStore {
       await fs.rm(path.join(this.trashRoot, entry), { recursive: true, force: true });
     }
   }
+}
+
+async function isDirectory(p: string): Promise<boolean> {
+  return fs.stat(p).then(
+    (st) => st.isDirectory(),
+    () => false,
+  );
 }
 
 /** Every directory and file below `root`, parents first, with file contents. */

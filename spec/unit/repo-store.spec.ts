@@ -122,6 +122,15 @@ describe('repo store: creates survive power loss', () => {
     expect(await store.exists('owner/fresh')).to.equal(true);
   });
 
+  it('a commit replayed after a crash finds the repo in place, and syncs its parents again', async () => {
+    await store.stageCreate('node-1-t3');
+    await store.commitCreate('node-1-t3', 'owner/replayed');
+    synced = [];
+    await store.commitCreate('node-1-t3', 'owner/replayed');
+    expect(synced.filter((s) => s.kind === 'dir').map((s) => s.at)).to.include(path.join(root, 'repos', 'owner'));
+    expect(await store.exists('owner/replayed')).to.equal(true);
+  });
+
   it('recreate syncs the fresh repo, then its parent after the rename', async () => {
     watch = store.repoPath('owner/again');
     await store.recreate('owner/again', 'repair');
