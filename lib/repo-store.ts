@@ -1,6 +1,6 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { realDiskSync, type DiskSync } from './durable-fs.js';
+import { realDiskSync, syncFileAt, type DiskSync } from './durable-fs.js';
 import { runGit } from './git.js';
 import { killLeftoverGits, removeGitLeftovers } from './stale-git.js';
 
@@ -57,15 +57,19 @@ export class RepoStore {
   async init(keepStaging: ReadonlySet<string>): Promise<string[]> {
     await Promise.all([this.reposRoot, this.stagingRoot, this.trashRoot, this.incomingRoot, this.outgoingRoot].map((d) => fs.mkdir(d, { recursive: true })));
     const cleared = await this.clearStaleLocks();
-    try {
-      await fs.access(path.join(this.templateDir, 'HEAD'));
-    } catch {
+    // Every create copies the template: one left broken by a power cut would break every new repo.
+    if (!(await isGitDir(this.templateDir))) {
       const tmp = `${this.templateDir}.tmp`;
       await fs.rm(tmp, { recursive: true, force: true });
+      await fs.rm(this.templateDir, { recursive: true, force: true });
       // An empty --template: no sample hooks or description to copy into every repo.
       await runGit(['init', '--quiet', '--bare', `--initial-branch=${INITIAL_BRANCH}`, '--template=', tmp]);
       await runGit(['config', 'receive.denyDeleteCurrent', 'false'], { cwd: tmp });
+      const written = await readTree(tmp);
+      await Promise.all(written.filter((e) => e.content !== undefined).map((e) => syncFileAt(this.disk, path.join(tmp, e.rel))));
+      await Promise.all([tmp, ...written.filter((e) => e.content === undefined).map((e) => path.join(tmp, e.rel))].map((d) => this.disk.syncDir(d)));
       await fs.rename(tmp, this.templateDir);
+      await this.disk.syncDir(path.dirname(this.templateDir));
     }
     this.templateEntries = await readTree(this.templateDir);
     for (const root of [this.stagingRoot, this.incomingRoot]) {
@@ -120,18 +124,8 @@ export class RepoStore {
    * Whether a repo is served here, by git's own test of a git directory: a valid HEAD line, objects/
    * and refs/. A repo whose create was cut short by a power loss (empty HEAD) is not one.
    */
-  async exists(repoId: string): Promise<boolean> {
-    const dir = this.repoPath(repoId);
-    try {
-      const [head, objects, refs] = await Promise.all([
-        fs.readFile(path.join(dir, 'HEAD'), 'utf8'),
-        fs.stat(path.join(dir, 'objects')),
-        fs.stat(path.join(dir, 'refs')),
-      ]);
-      return HEAD_LINE.test(head) && objects.isDirectory() && refs.isDirectory();
-    } catch {
-      return false;
-    }
+  exists(repoId: string): Promise<boolean> {
+    return isGitDir(this.repoPath(repoId));
   }
 
   /** Stages a create's repo; resolves once it is durable, so a yes vote never rests on the page cache. */
@@ -285,6 +279,20 @@ export class RepoStore {
     for (const entry of await fs.readdir(this.trashRoot)) {
       await fs.rm(path.join(this.trashRoot, entry), { recursive: true, force: true });
     }
+  }
+}
+
+/** git's own test of a git directory (setup.c is_git_directory): a valid HEAD line, objects/, refs/. */
+async function isGitDir(dir: string): Promise<boolean> {
+  try {
+    const [head, objects, refs] = await Promise.all([
+      fs.readFile(path.join(dir, 'HEAD'), 'utf8'),
+      fs.stat(path.join(dir, 'objects')),
+      fs.stat(path.join(dir, 'refs')),
+    ]);
+    return HEAD_LINE.test(head) && objects.isDirectory() && refs.isDirectory();
+  } catch {
+    return false;
   }
 }
 

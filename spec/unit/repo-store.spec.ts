@@ -91,10 +91,11 @@ describe('repo store: creates survive power loss', () => {
 
   beforeEach(async () => {
     root = await fs.mkdtemp(path.join(os.tmpdir(), 'qg-store-'));
+    synced = [];
+    watch = undefined;
     store = new RepoStore(root, { disk });
     await store.init(new Set());
     synced = [];
-    watch = undefined;
   });
   afterEach(async () => {
     await fs.rm(root, { recursive: true, force: true });
@@ -174,6 +175,15 @@ describe('repo store: exists', () => {
       expect(await store.exists('o/r')).to.equal(false);
     });
   }
+
+  it('rebuilds a create template that a power cut left without a valid HEAD, so new repos are whole', async () => {
+    await fs.writeFile(path.join(root, 'template.git', 'HEAD'), '');
+    const again = new RepoStore(root);
+    await again.init(new Set());
+    await again.stageCreate('t2');
+    await again.commitCreate('t2', 'o/after');
+    expect(await again.exists('o/after')).to.equal(true);
+  });
 
   it('rejects a repo without HEAD, objects/ or refs/', async () => {
     await fs.rm(path.join(store.repoPath('o/r'), 'refs'), { recursive: true });
