@@ -10,42 +10,70 @@ import type { Logger } from './logger.js';
 // Objects of a prepared push are unreferenced until the commit; gc keeps unreferenced objects for
 // gc.pruneExpire (two weeks), so it never takes them from under a transaction.
 
+/** The timers Maintenance uses (the node's clock fits); specs pass manual ones. */
+export interface MaintenanceTimers {
+  setTimeout(fn: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+}
+
+/** Real timers, unref'd: a pending gc never keeps a stopping process alive. */
+const realTimers: MaintenanceTimers = {
+  setTimeout(fn, ms) {
+    const timer = setTimeout(fn, ms);
+    timer.unref();
+    return timer;
+  },
+  clearTimeout: (handle) => clearTimeout(handle as NodeJS.Timeout),
+};
+
 export interface MaintenanceOptions {
   repoPath: (repoId: string) => string;
   logger: Logger;
   /** Quiet time after the last write to a repo before its gc --auto runs. */
   delayMs: number;
+  timers?: MaintenanceTimers;
+  /** The git to run (default `git` on the PATH); specs pass a stand-in. */
+  gitBinary?: string;
 }
 
 export class Maintenance {
   private readonly options: MaintenanceOptions;
-  private readonly pending = new Map<string, NodeJS.Timeout>();
+  private readonly timers: MaintenanceTimers;
+  private readonly pending = new Map<string, unknown>();
   private readonly running = new Map<string, ChildProcess>();
+  /** Repos written to while their gc ran: they get another once it ends. */
+  private readonly again = new Set<string>();
   private stopped = false;
 
   constructor(options: MaintenanceOptions) {
     this.options = options;
+    this.timers = options.timers ?? realTimers;
   }
 
   /** A repo was written to: (re)schedule its gc --auto. */
   touched(repoId: string): void {
     if (this.stopped) return;
     const previous = this.pending.get(repoId);
-    if (previous) clearTimeout(previous);
-    const timer = setTimeout(() => {
+    if (previous !== undefined) this.timers.clearTimeout(previous);
+    const timer = this.timers.setTimeout(() => {
       this.pending.delete(repoId);
       this.run(repoId);
     }, this.options.delayMs);
-    timer.unref();
     this.pending.set(repoId, timer);
   }
 
   private run(repoId: string): void {
-    // One gc per repo at a time; a write during a run schedules the next one.
-    if (this.stopped || this.running.has(repoId)) return;
+    // One gc per repo at a time. A write during a run gets a run of its own once this one ends: the
+    // running gc may have listed the packs before that write's pack arrived, and dropping the run
+    // here left those packs for good (no further write, no further gc).
+    if (this.stopped) return;
+    if (this.running.has(repoId)) {
+      this.again.add(repoId);
+      return;
+    }
     const { logger } = this.options;
     // Not detached, so that it is ours to wait for and to stop.
-    const child = spawn('git', ['-c', 'gc.autoDetach=false', 'gc', '--auto', '--quiet'], {
+    const child = spawn(this.options.gitBinary ?? 'git', ['-c', 'gc.autoDetach=false', 'gc', '--auto', '--quiet'], {
       cwd: this.options.repoPath(repoId),
       stdio: ['ignore', 'ignore', 'pipe'],
     });
@@ -55,6 +83,7 @@ export class Maintenance {
     child.on('error', (err) => logger.warn('gc --auto did not start', { repo_id: repoId, err: err.message }));
     child.on('close', (code, signal) => {
       this.running.delete(repoId);
+      if (this.again.delete(repoId)) this.touched(repoId);
       // A repo deleted meanwhile, or a node stopping, ends a gc harmlessly.
       if (code !== 0 && !this.stopped) logger.warn('gc --auto failed', { repo_id: repoId, code, signal, stderr: stderr.trim() });
       else logger.debug('gc --auto done', { repo_id: repoId });
@@ -63,7 +92,7 @@ export class Maintenance {
 
   stop(): void {
     this.stopped = true;
-    for (const timer of this.pending.values()) clearTimeout(timer);
+    for (const timer of this.pending.values()) this.timers.clearTimeout(timer);
     this.pending.clear();
     for (const child of this.running.values()) child.kill('SIGTERM');
   }

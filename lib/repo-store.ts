@@ -1,6 +1,8 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
+import { realDiskSync, syncFileAt, type DiskSync } from './durable-fs.js';
 import { runGit } from './git.js';
+import { killLeftoverGits, removeGitLeftovers } from './stale-git.js';
 
 // Where repositories live on disk, and the file-system half of create and delete.
 //
@@ -11,8 +13,20 @@ import { runGit } from './git.js';
 //
 // Commit is a rename, so a repo appears whole or not at all. Every step is idempotent: a commit
 // replayed after a crash finds the repo already in place and the staging gone, and does nothing.
+// "Whole" holds across power loss too: a stage resolves only once every file and directory it wrote
+// is fsynced (the node votes yes after it), and a commit rename is followed by an fsync of the parent
+// directories. Without them a power cut could leave a repo whose HEAD is empty; exists() refuses such
+// a repo (as git itself would), so start-up recreates it and catch-up refills it.
 
 export const INITIAL_BRANCH = 'main';
+
+export interface RepoStoreOptions {
+  /** The fsyncs (real by default); specs record them. */
+  disk?: DiskSync;
+}
+
+/** What git accepts in HEAD: a symbolic ref under refs/, or a full object id (SHA-1 or SHA-256). */
+const HEAD_LINE = /^(?:ref:\s*refs\/[^\n]*|[0-9a-f]{40}|[0-9a-f]{64})\n?$/;
 
 export class RepoStore {
   readonly reposRoot: string;
@@ -23,8 +37,10 @@ export class RepoStore {
   private readonly outgoingRoot: string;
   /** The template's tree, read once: writing these few entries is several times faster than fs.cp. */
   private templateEntries: { rel: string; content?: Buffer }[] = [];
+  private readonly disk: DiskSync;
 
-  constructor(dataDir: string) {
+  constructor(dataDir: string, options: RepoStoreOptions = {}) {
+    this.disk = options.disk ?? realDiskSync;
     this.reposRoot = path.join(dataDir, 'repos');
     this.stagingRoot = path.join(dataDir, 'staging');
     this.trashRoot = path.join(dataDir, 'trash');
@@ -33,18 +49,27 @@ export class RepoStore {
     this.outgoingRoot = path.join(dataDir, 'outgoing');
   }
 
-  /** Creates the layout and the template; removes staging the log does not know about and old trash. */
-  async init(keepStaging: ReadonlySet<string>): Promise<void> {
+  /**
+   * Creates the layout and the template; clears what this node's dead gits left in its repos
+   * (clearStaleLocks, whose list of removed paths it returns); removes staging the log does not know
+   * about and old trash. Runs before the node starts any git in a served repo.
+   */
+  async init(keepStaging: ReadonlySet<string>): Promise<string[]> {
     await Promise.all([this.reposRoot, this.stagingRoot, this.trashRoot, this.incomingRoot, this.outgoingRoot].map((d) => fs.mkdir(d, { recursive: true })));
-    try {
-      await fs.access(path.join(this.templateDir, 'HEAD'));
-    } catch {
+    const cleared = await this.clearStaleLocks();
+    // Every create copies the template: one left broken by a power cut would break every new repo.
+    if (!(await isGitDir(this.templateDir))) {
       const tmp = `${this.templateDir}.tmp`;
       await fs.rm(tmp, { recursive: true, force: true });
+      await fs.rm(this.templateDir, { recursive: true, force: true });
       // An empty --template: no sample hooks or description to copy into every repo.
       await runGit(['init', '--quiet', '--bare', `--initial-branch=${INITIAL_BRANCH}`, '--template=', tmp]);
       await runGit(['config', 'receive.denyDeleteCurrent', 'false'], { cwd: tmp });
+      const written = await readTree(tmp);
+      await Promise.all(written.filter((e) => e.content !== undefined).map((e) => syncFileAt(this.disk, path.join(tmp, e.rel))));
+      await Promise.all([tmp, ...written.filter((e) => e.content === undefined).map((e) => path.join(tmp, e.rel))].map((d) => this.disk.syncDir(d)));
       await fs.rename(tmp, this.templateDir);
+      await this.disk.syncDir(path.dirname(this.templateDir));
     }
     this.templateEntries = await readTree(this.templateDir);
     for (const root of [this.stagingRoot, this.incomingRoot]) {
@@ -55,6 +80,35 @@ export class RepoStore {
     await this.emptyTrash();
     await fs.rm(this.outgoingRoot, { recursive: true, force: true });
     await fs.mkdir(this.outgoingRoot);
+    return cleared;
+  }
+
+  /**
+   * Clears what gits that died with this node left in its repos: a git killed while holding
+   * `refs/heads/x.lock` or `HEAD.lock` leaves the file, and every later update of that ref fails
+   * ("File exists") for good. First SIGKILLs gits still working in this node's repos (an orphaned
+   * receive-pack of a node killed alone would otherwise keep or re-take a lock), then removes every
+   * lock file git leaves (any `*.lock` at a repo's top, under refs/, objects/info/ and objects/pack/,
+   * and gc.pid) and orphaned push quarantines (objects/tmp_objdir-incoming-*, objects/incoming-*).
+   * Only safe while no git of this node runs: call it at start, before any. Returns the paths removed.
+   */
+  async clearStaleLocks(): Promise<string[]> {
+    await killLeftoverGits([this.reposRoot, this.trashRoot]);
+    const removed: string[] = [];
+    for (const repo of await this.repoDirs()) removed.push(...(await removeGitLeftovers(repo)));
+    return removed;
+  }
+
+  /** Every served repo's directory: repos/<owner>/<name>.git. */
+  private async repoDirs(): Promise<string[]> {
+    const out: string[] = [];
+    for (const owner of await fs.readdir(this.reposRoot, { withFileTypes: true })) {
+      if (!owner.isDirectory()) continue;
+      for (const repo of await fs.readdir(path.join(this.reposRoot, owner.name), { withFileTypes: true }).catch(() => [])) {
+        if (repo.isDirectory() && repo.name.endsWith('.git')) out.push(path.join(this.reposRoot, owner.name, repo.name));
+      }
+    }
+    return out;
   }
 
   repoPath(repoId: string): string {
@@ -66,15 +120,15 @@ export class RepoStore {
     return path.join(this.stagingRoot, `${txnId}.git`);
   }
 
-  async exists(repoId: string): Promise<boolean> {
-    try {
-      await fs.access(path.join(this.repoPath(repoId), 'HEAD'));
-      return true;
-    } catch {
-      return false;
-    }
+  /**
+   * Whether a repo is served here, by git's own test of a git directory: a valid HEAD line, objects/
+   * and refs/. A repo whose create was cut short by a power loss (empty HEAD) is not one.
+   */
+  exists(repoId: string): Promise<boolean> {
+    return isGitDir(this.repoPath(repoId));
   }
 
+  /** Stages a create's repo; resolves once it is durable, so a yes vote never rests on the page cache. */
   async stageCreate(txnId: string): Promise<void> {
     const target = this.stagePath(txnId);
     await fs.rm(target, { recursive: true, force: true });
@@ -88,10 +142,22 @@ export class RepoStore {
     try {
       await fs.rename(staged, target);
     } catch (err) {
-      // Replayed commit: already renamed into place.
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT' && (await this.exists(repoId))) return;
-      throw err;
+      // Replayed commit: already renamed into place (perhaps not yet durably: the syncs below follow).
+      // Judged by the directory, not exists(): a repo an old, unsynced create left without a valid
+      // HEAD is still this commit's, and start-up repairs it (recreate, then catch-up) rather than
+      // the commit failing on every replay.
+      if (!((err as NodeJS.ErrnoException).code === 'ENOENT' && (await isDirectory(target)))) throw err;
     }
+    await this.syncParents(target);
+  }
+
+  /**
+   * Makes a rename into the served tree durable: the repo's name in its owner folder, and the owner
+   * folder's name (it may have just been made) in repos/. The caller logs "committed" only after.
+   */
+  private async syncParents(target: string): Promise<void> {
+    await this.disk.syncDir(path.dirname(target));
+    await this.disk.syncDir(this.reposRoot);
   }
 
   /** Where a peer's shipped pack for a push transaction waits for the prepare. */
@@ -176,14 +242,36 @@ export class RepoStore {
     await this.materializeTemplate(staged);
     await fs.mkdir(path.dirname(this.repoPath(repoId)), { recursive: true });
     await fs.rename(staged, this.repoPath(repoId));
+    await this.syncParents(this.repoPath(repoId));
   }
 
+  /**
+   * Writes a copy of the template at `target` and makes it durable: every file's content, every
+   * directory's entries, and `target`'s own name in its parent. A crash part-way leaves a partial
+   * copy under staging/, which init removes (or the next stage of the same txn overwrites).
+   */
   private async materializeTemplate(target: string): Promise<void> {
     await fs.mkdir(target);
+    const dirs = [target];
+    const files: Promise<void>[] = [];
     for (const entry of this.templateEntries) {
       const at = path.join(target, entry.rel);
-      if (entry.content === undefined) await fs.mkdir(at);
-      else await fs.writeFile(at, entry.content);
+      if (entry.content === undefined) {
+        await fs.mkdir(at);
+        dirs.push(at);
+      } else files.push(this.writeSynced(at, entry.content));
+    }
+    await Promise.all(files);
+    await Promise.all([...dirs, path.dirname(target)].map((d) => this.disk.syncDir(d)));
+  }
+
+  private async writeSynced(file: string, content: Buffer): Promise<void> {
+    const handle = await fs.open(file, 'wx');
+    try {
+      await handle.writeFile(content);
+      await this.disk.syncFile(handle, file);
+    } finally {
+      await handle.close();
     }
   }
 
@@ -192,6 +280,27 @@ export class RepoStore {
       await fs.rm(path.join(this.trashRoot, entry), { recursive: true, force: true });
     }
   }
+}
+
+/** git's own test of a git directory (setup.c is_git_directory): a valid HEAD line, objects/, refs/. */
+async function isGitDir(dir: string): Promise<boolean> {
+  try {
+    const [head, objects, refs] = await Promise.all([
+      fs.readFile(path.join(dir, 'HEAD'), 'utf8'),
+      fs.stat(path.join(dir, 'objects')),
+      fs.stat(path.join(dir, 'refs')),
+    ]);
+    return HEAD_LINE.test(head) && objects.isDirectory() && refs.isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+async function isDirectory(p: string): Promise<boolean> {
+  return fs.stat(p).then(
+    (st) => st.isDirectory(),
+    () => false,
+  );
 }
 
 /** Every directory and file below `root`, parents first, with file contents. */

@@ -1,0 +1,58 @@
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+
+// What makes a file-system change survive power loss, not only a process crash. A write is in the
+// page cache until its file is fsynced; a create, rename or unlink is in the page cache until its
+// *directory* is fsynced. Without the second, a file whose data was fsynced can still vanish, or a
+// rename can be undone, when the machine loses power.
+//
+// The two syncs are injected (with these real defaults) so that specs can record which files and
+// directories were made durable and in what order relative to the renames: a power cut cannot be
+// simulated on a live file system, but the order of syncs and renames decides what one would leave.
+
+export interface DiskSync {
+  /** fsync of an open file: its data and size are durable once this resolves. */
+  syncFile(handle: fs.FileHandle, file: string): Promise<void>;
+  /** fsync of a directory: the names created, renamed or removed in it are durable once this resolves. */
+  syncDir(dir: string): Promise<void>;
+}
+
+export const realDiskSync: DiskSync = {
+  syncFile: (handle) => handle.sync(),
+  async syncDir(dir) {
+    const handle = await fs.open(dir, 'r');
+    try {
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+  },
+};
+
+/** fsync of a file by path: opens it read-only (an fsync through any descriptor flushes the file). */
+export async function syncFileAt(disk: DiskSync, file: string): Promise<void> {
+  const handle = await fs.open(file, 'r');
+  try {
+    await disk.syncFile(handle, file);
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * Replaces `file` with `content` so that a crash at any point leaves either the old content or the
+ * new, whole: the content goes to `<file>.tmp`, is fsynced, is renamed over `file`, and then the
+ * directory is fsynced. A crash before the rename leaves a stray `.tmp` that the next call overwrites.
+ */
+export async function replaceFileDurably(disk: DiskSync, file: string, content: string | Buffer): Promise<void> {
+  const tmp = `${file}.tmp`;
+  const handle = await fs.open(tmp, 'w');
+  try {
+    await handle.writeFile(content);
+    await disk.syncFile(handle, tmp);
+  } finally {
+    await handle.close();
+  }
+  await fs.rename(tmp, file);
+  await disk.syncDir(path.dirname(file));
+}
