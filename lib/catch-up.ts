@@ -24,6 +24,13 @@ export interface CatchUpOptions {
   peers: readonly NodeId[];
   secret: string;
   timeoutMs: number;
+  /** Wall clock for stamps and failure times; Date.now unless a spec injects one. */
+  now?: () => number;
+  /**
+   * Called after a copy was decided on and before the repo's lock is taken: the window in which a
+   * push may commit. A seam for specs; nothing in the node sets it.
+   */
+  beforeCopy?: (repoId: string, mode: 'catch-up' | 'repair') => void | Promise<void>;
 }
 
 export class CatchUp {
@@ -104,6 +111,7 @@ export class CatchUp {
     const { driver } = this.options;
     const refs = snapshot.refs ?? {};
     let moved = false;
+    await this.options.beforeCopy?.(repoId, mode);
     await driver.withRepo(repoId, async () => {
       const mine = driver.participant.repo(repoId);
       if (driver.participant.lockedBy(repoId) !== undefined || mine?.state !== 'live' || mine.epoch !== snapshot.epoch) return;
