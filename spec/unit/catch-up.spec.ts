@@ -258,10 +258,13 @@ describe('CatchUp', () => {
 
   describe('a replica that cannot converge', () => {
     it('is reported after 3 failures in a row (logged once), and no longer once a catch-up succeeds', async () => {
-      laggingSelf();
-      // The source's copy is unreadable: every fetch fails until it comes back.
-      await fs.rename(w.dir('p1'), `${w.dir('p1')}.away`);
-      w.peerVersions.delete('p2');
+      const { base } = laggingSelf();
+      w.setRef('p1', 'refs/heads/topic', base);
+      w.setRef('p2', 'refs/heads/topic', base);
+      // A file no git wrote sits where refs/heads/topic must go: every copy fails until it is gone.
+      const junk = path.join(w.dir('self'), 'refs', 'heads', 'topic', 'junk');
+      await fs.mkdir(path.dirname(junk), { recursive: true });
+      await fs.writeFile(junk, 'not a ref\n');
       const catchUp = w.catchUp();
       const since = w.clockMs;
       for (let round = 1; round <= 4; round += 1) {
@@ -272,10 +275,11 @@ describe('CatchUp', () => {
       const report = catchUp.notConverging();
       expect(report).to.have.length(1);
       expect(report[0]).to.deep.include({ repo_id: REPO, failures: 4, since: new Date(since).toISOString() });
-      expect(report[0]!.last_error).to.match(/fetch/);
+      expect(report[0]!.last_error).to.match(/refs\/heads\/topic/);
+      expect(Object.keys(w.allRefs('self')).filter((r) => r.startsWith('refs/quorum-fetch/'))).to.deep.equal([]);
       expect(w.logs.filter((l) => l.level === 'error' && l.message === 'replica is not converging')).to.have.length(1);
 
-      await fs.rename(`${w.dir('p1')}.away`, w.dir('p1'));
+      await fs.rm(path.dirname(junk), { recursive: true });
       expect(await catchUp.request(REPO)).to.equal(true);
       expect(catchUp.notConverging()).to.deep.equal([]);
       expect(w.logs.filter((l) => l.level === 'info' && l.message === 'replica is converging again')).to.have.length(1);
