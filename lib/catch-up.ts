@@ -196,10 +196,10 @@ export class CatchUp {
     }
     if (groups.size === 1) return 'agreed';
     const sizes = Object.fromEntries([...groups].map(([d, nodes]) => [d.slice(0, 12), nodes]));
-    const [bestDigest, bestNodes] = [...groups].sort((a, b) => b[1].length - a[1].length)[0]!;
     const ownCount = groups.get(own.digest)!.length;
+    const [bestDigest, bestNodes] = [...groups].filter(([d]) => d !== own.digest).sort((a, b) => b[1].length - a[1].length)[0]!;
     logger.error('replicas diverged at the same version', { repo_id: repoId, generation: own.version.generation, digests: sizes });
-    if (bestDigest === own.digest) return 'not-mine';
+    if (bestNodes.length < ownCount) return 'not-mine';
     if (bestNodes.length === ownCount) throw new Error(`refs differ from a peer's at generation ${own.version.generation} with no majority to repair from`);
     const source = bestNodes[0]!;
     const snapshot = await client.repoState(source, repoId, { refs: true });

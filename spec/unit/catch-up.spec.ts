@@ -257,6 +257,21 @@ describe('CatchUp', () => {
   });
 
   describe('a replica that cannot converge', () => {
+    it('a tie at one version repairs nothing and is reported once it lasts 3 rounds', async () => {
+      const base = w.commit('p1', 'base');
+      w.setRef('p1', 'refs/heads/main', base);
+      w.share('p1', 'self');
+      const mineOnly = w.commit('self', 'mine only', base);
+      w.setRef('self', 'refs/heads/main', mineOnly);
+      w.peerVersions.set('p1', { epoch: 1, generation: 5 });
+      w.peerVersions.set('p2', { epoch: 1, generation: 4 });
+      const catchUp = w.catchUp();
+      for (let round = 1; round <= 3; round += 1) await catchUp.verify([REPO]);
+      expect(catchUp.notConverging().map((r) => [r.repo_id, r.failures])).to.deep.equal([[REPO, 3]]);
+      expect(catchUp.notConverging()[0]!.last_error).to.match(/no majority/);
+      expect(w.allRefs('self')).to.deep.equal({ 'refs/heads/main': mineOnly });
+    });
+
     it('is reported after 3 failures in a row (logged once), and no longer once a catch-up succeeds', async () => {
       const { base } = laggingSelf();
       w.setRef('p1', 'refs/heads/topic', base);
