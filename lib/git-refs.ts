@@ -6,7 +6,7 @@ import { ZERO_OID, type RefUpdate } from './txn-core.js';
 
 // Reading and moving refs of a bare repo with the real git, and installing shipped packs.
 
-/** Refs kept aside by repair; never advertised (transfer.hideRefs) and never compared. */
+/** Refs kept aside by repair and catch-up; never advertised (transfer.hideRefs), compared or copied. */
 export const LOST_FOUND_PREFIX = 'refs/lost+found/';
 
 export async function readRefs(repoPath: string): Promise<Record<string, string>> {
@@ -16,7 +16,7 @@ export async function readRefs(repoPath: string): Promise<Record<string, string>
     if (line === '') continue;
     const space = line.indexOf(' ');
     const ref = line.slice(space + 1);
-    if (!ref.startsWith(LOST_FOUND_PREFIX)) refs[ref] = line.slice(0, space);
+    if (!isPrivateRef(ref)) refs[ref] = line.slice(0, space);
   }
   return refs;
 }
@@ -280,4 +280,82 @@ export async function installPackFiles(repoPath: string, dir: string): Promise<v
   // The files were fsynced as they arrived; their new names must survive a power loss too.
   await syncDir(packDir);
   await fs.rm(dir, { recursive: true, force: true });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Catch-up's private refs, and what moving refs would leave unreachable.
+
+/**
+ * Where catch-up fetches a source's refs before it moves ours (refs/quorum-fetch/<stamp>/...): like
+ * lost+found, never advertised (transfer.hideRefs), compared or copied, and removed after each run.
+ */
+export const FETCH_NAMESPACE_PREFIX = 'refs/quorum-fetch/';
+
+/** True for the refs that are this node's own business (lost+found, the fetch namespace). */
+export function isPrivateRef(ref: string): boolean {
+  return ref.startsWith(LOST_FOUND_PREFIX) || ref.startsWith(FETCH_NAMESPACE_PREFIX);
+}
+
+/** Every ref below `prefix` (which ends in '/'), full names, with its value. */
+export async function readRefsUnder(repoPath: string, prefix: string): Promise<Record<string, string>> {
+  const out = await runGit(['for-each-ref', '--format=%(objectname) %(refname)', prefix], { cwd: repoPath });
+  const refs: Record<string, string> = {};
+  for (const line of out.split('\n')) {
+    if (line === '') continue;
+    const space = line.indexOf(' ');
+    refs[line.slice(space + 1)] = line.slice(0, space);
+  }
+  return refs;
+}
+
+/** Deletes every ref below `prefix` (which ends in '/') in one transaction, each at the value just read. */
+export async function deleteRefsUnder(repoPath: string, prefix: string): Promise<void> {
+  const refs = await readRefsUnder(repoPath, prefix);
+  const edits = Object.entries(refs).map(([ref, oid]) => `delete ${ref} ${oid}`);
+  if (edits.length > 0) await applyRefEdits(repoPath, edits);
+}
+
+/**
+ * The objects of `tips` that no object of `keep` reaches: the tips whose refs must be kept aside if
+ * only `keep` is to stay referenced. `rev-list --objects` is used rather than a commits-only walk so
+ * that an annotated tag whose commit survives, but which itself would not, counts as lost too. Its
+ * output (every lost object) is streamed and only compared, never held. A failure rejects: the
+ * caller must not take "could not tell" for "nothing lost".
+ */
+export function unreachableTips(repoPath: string, tips: readonly string[], keep: readonly string[], timeoutMs: number): Promise<Set<string>> {
+  const wanted = new Set(tips);
+  const lost = new Set<string>();
+  if (wanted.size === 0) return Promise.resolve(lost);
+  return new Promise((resolve, reject) => {
+    // rev-list of git 2.39 takes no options on stdin; '^<oid>' lines are the "--not" side.
+    const child = spawn('git', ['rev-list', '--objects', '--stdin'], { cwd: repoPath, stdio: ['pipe', 'pipe', 'pipe'] });
+    let partial = '';
+    let stderr = '';
+    const timer = setTimeout(() => {
+      stderr += `timed out after ${timeoutMs} ms`;
+      child.kill('SIGKILL');
+    }, timeoutMs);
+    child.stdout.on('data', (chunk: Buffer) => {
+      const lines = (partial + chunk.toString()).split('\n');
+      partial = lines.pop()!;
+      for (const line of lines) {
+        const oid = line.split(' ', 1)[0]!;
+        if (wanted.has(oid)) lost.add(oid);
+      }
+    });
+    child.stderr.on('data', (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-4000)));
+    child.on('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      if (code !== 0) return reject(new Error(`git rev-list failed: ${stderr.trim() || `exit ${code}`}`));
+      const last = partial.split(' ', 1)[0]!;
+      if (wanted.has(last)) lost.add(last);
+      resolve(lost);
+    });
+    child.stdin.on('error', () => undefined);
+    child.stdin.end([...wanted, ...keep.map((oid) => `^${oid}`)].join('\n') + '\n');
+  });
 }

@@ -61,6 +61,8 @@ export function applyGitEnvironment(env: NodeJS.ProcessEnv, hooksDir: string): v
     ['core.hooksPath', hooksDir],
     ['receive.unpackLimit', '1'],
     ['transfer.hideRefs', 'refs/lost+found'],
+    // catch-up's private fetch namespace (lib/catch-up.ts), there only while a catch-up runs.
+    ['transfer.hideRefs', 'refs/quorum-fetch'],
     // gc runs in the background on every replica instead (lib/maintenance.ts).
     ['receive.autogc', 'false'],
     // A push acknowledged on W nodes must survive those machines losing power, not only a process

@@ -650,6 +650,8 @@ export class QuorumGitNode {
       peer_status: peers,
       quorum: this.config.quorum,
       repos: this.driver.participant.liveRepos().length,
+      // Replicas here whose catch-up or repair failed several rounds in a row (lib/catch-up.ts).
+      replicas_not_converging: this.catchUpper.notConverging(),
     };
   }
 }

@@ -53,6 +53,9 @@ describe('divergence repair (3-node cluster)', function () {
     for (const node of cluster.nodes) {
       expect((await repoVersion(node, repoId)).generation).to.equal(agreed.generation);
       await expectFsckClean(git, node, repoId);
+      // A minority replica repaired at the first attempt was never one that does not converge.
+      expect((await node.health()).body.replicas_not_converging, node.serverId).to.deep.equal([]);
     }
+    expect(n3.logText()).to.not.match(/"message":"replica is not converging"/);
   });
 });
