@@ -654,7 +654,12 @@ async function main(): Promise<void> {
   for (const repoId of PUSH_REPOS) {
     const created = await api(setup, 'create', nodes[0]!, repoId);
     if (created.outcome !== 'ok') throw new Error(`setup: creating ${repoId} failed: ${created.detail}`);
-    const pushed = await push(setup, 'push-shared', nodes[0]!, repoId, [{ ref: SHARED_REF, oid: base }], false);
+    // A repo just created may still be catching up on the node that coordinates its pushes.
+    let pushed = await push(setup, 'push-shared', nodes[0]!, repoId, [{ ref: SHARED_REF, oid: base }], false);
+    for (const deadline = Date.now() + 30_000; pushed.outcome !== 'ok' && Date.now() < deadline; ) {
+      await sleep(300);
+      pushed = await push(setup, 'push-shared', nodes[0]!, repoId, [{ ref: SHARED_REF, oid: base }], false);
+    }
     if (pushed.outcome !== 'ok') throw new Error(`setup: first push to ${repoId} failed: ${pushed.detail}`);
   }
   const clients = await Promise.all(Array.from({ length: CLIENT_COUNT }, (_, i) => makeClient(i + 1, base)));
@@ -748,9 +753,29 @@ async function main(): Promise<void> {
     leftovers = nodeProcesses(livePids);
   }
   for (const p of leftovers) violations.push(`process left running ${LEFTOVER_PROCESS_WAIT_MS / 1000} s after healing: pid ${p.pid} ${p.command.slice(0, 200)} (${p.where})`);
-  for (const n of live) {
-    for (const repoId of listRepos(n)) {
-      for (const lock of await findLockFiles(repoDir(n, repoId))) violations.push(`${n.name}: lock file left: ${path.relative(n.dataDir, lock)}`);
+  // A background `git gc --auto` or catch-up may hold a lock for a moment: only a lock file that is
+  // still there a few seconds later, with the same mtime, was left behind.
+  const lockSnapshot = async (): Promise<Map<string, number>> => {
+    const found = new Map<string, number>();
+    for (const n of live) {
+      for (const repoId of listRepos(n)) {
+        for (const lock of await findLockFiles(repoDir(n, repoId))) {
+          try {
+            found.set(lock, (await fs.stat(lock)).mtimeMs);
+          } catch {
+            // removed meanwhile
+          }
+        }
+      }
+    }
+    return found;
+  };
+  const firstLocks = await lockSnapshot();
+  if (firstLocks.size > 0) {
+    await sleep(3000);
+    const secondLocks = await lockSnapshot();
+    for (const [lock, mtimeMs] of firstLocks) {
+      if (secondLocks.get(lock) === mtimeMs) violations.push(`lock file left: ${path.relative(root, lock)}`);
     }
   }
 
