@@ -46,6 +46,21 @@ export interface PeerInfo {
   url: string;
 }
 
+/** The answer of GET /internal/node. */
+export interface NodeInfo {
+  server_id: string;
+  url: string;
+  /** Every node of the cluster as this node is configured, itself first. */
+  nodes: string[];
+  quorum: number;
+  /** The first recovery round since start (in-doubt resolution, catalog sync) has run. */
+  recovered: boolean;
+  /** Transactions prepared here whose outcome this node does not know yet. */
+  in_doubt: number;
+  /** Live repos in this node's catalog. */
+  repos: number;
+}
+
 export class PeerClient {
   private readonly got: Got;
   private readonly agent: http.Agent;
@@ -96,6 +111,17 @@ export class PeerClient {
   async catalog(node: NodeId): Promise<Record<string, CatalogEntry>> {
     const body = await this.got.get(`${node}/internal/catalog`).json<{ repos: Record<string, CatalogEntry> }>();
     return body.repos;
+  }
+
+  /** A catalog for a read (the management API's list): the fast path, with the read check's timeout. */
+  async readCatalog(node: NodeId, timeoutMs: number, requestId?: string): Promise<Record<string, CatalogEntry>> {
+    const body = await this.requestJson<{ repos: Record<string, CatalogEntry> }>('GET', `${node}/internal/catalog`, undefined, requestId, timeoutMs);
+    return body.repos;
+  }
+
+  /** What a node says about itself, for the operator tools (`quorum-git status`, `verify`). */
+  async nodeInfo(node: NodeId, timeoutMs: number): Promise<NodeInfo> {
+    return this.requestJson<NodeInfo>('GET', `${node}/internal/node`, undefined, undefined, timeoutMs);
   }
 
   async ping(node: NodeId, timeoutMs: number): Promise<PeerInfo> {

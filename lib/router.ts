@@ -15,6 +15,7 @@ export type Route =
   | { kind: 'deleteRepo'; repoId: string }
   | { kind: 'internalPing' }
   | { kind: 'internalCatalog' }
+  | { kind: 'internalNode' }
   | { kind: 'internalTxn'; step: 'prepare' | 'commit' | 'abort' }
   | { kind: 'internalQuery'; txnId: string; refuse: boolean; asCoordinator: boolean }
   | { kind: 'internalHook' }
@@ -71,6 +72,7 @@ export function route(method: string, rawUrl: string): Route {
   if (first === 'internal') {
     if (second === 'ping' && segments.length === 2 && method === 'GET') return { kind: 'internalPing' };
     if (second === 'catalog' && segments.length === 2 && method === 'GET') return { kind: 'internalCatalog' };
+    if (second === 'node' && segments.length === 2 && method === 'GET') return { kind: 'internalNode' };
     if (second === 'txn' && segments.length === 3 && (third === 'prepare' || third === 'commit' || third === 'abort')) {
       if (method !== 'POST') throw methodNotAllowed(method, 'POST');
       return { kind: 'internalTxn', step: third };

@@ -23,7 +23,8 @@ import { applyGitEnvironment, installHooks } from './hooks.js';
 import { Maintenance } from './maintenance.js';
 import { PushService } from './push-service.js';
 import { readQuorum } from './quorum.js';
-import { pickCoordinator, planRead, type ReplicaAnswer } from './routing.js';
+import { pickCoordinator, planRead, type ReadPlan, type ReplicaAnswer } from './routing.js';
+import { mergeCatalogs, type CatalogAnswer } from './catalog-merge.js';
 
 // One node: the HTTP server that wires router, management API, internal API and git together, and
 // the background loops (peer heartbeat, recovery of in-doubt transactions, anti-entropy).
@@ -77,6 +78,8 @@ export class QuorumGitNode {
   /** Background tasks in flight, awaited by stop(). */
   private readonly background = new Set<Promise<unknown>>();
   private stopping = false;
+  /** The first recovery round since start (in-doubt resolution, catalog sync) has run; for `status`. */
+  private recovered = false;
   private verifyCursor = 0;
 
   constructor(config: Config, logger: Logger, clock: Clock = systemClock) {
@@ -146,7 +149,7 @@ export class QuorumGitNode {
     });
     this.logger.info('node listening', { url: this.url, peers: this.config.peerUrls, quorum: this.config.quorum, data_dir: this.config.dataDir });
     this.every(this.config.heartbeatIntervalMs, () => this.heartbeat());
-    this.every(this.config.syncIntervalMs, () => this.catchUp());
+    this.every(this.config.syncIntervalMs, () => this.catchUp().then(() => (this.recovered = true)));
     this.every(1000, async () => this.sampleCpu());
   }
 
@@ -278,32 +281,20 @@ export class QuorumGitNode {
     switch (target.kind) {
       case 'health':
         return this.send(res, 200, this.health());
-      case 'listRepos': {
-        const repos = this.driver.participant.liveRepos();
-        return this.send(res, 200, { repos, count: repos.length });
-      }
-      case 'getRepo': {
-        if (!this.driver.participant.isLive(target.repoId)) {
-          const err = new QuorumGitError('repo_not_found', `repository ${target.repoId} does not exist`);
-          return this.send(res, 404, { repo_id: target.repoId, exists: false, ...errorBody(err) });
-        }
-        return this.send(res, 200, { repo_id: target.repoId, exists: true, path: this.store.repoPath(target.repoId) });
-      }
-      case 'createRepo': {
-        const body = await this.readJson(req);
-        const repoId = this.repoIdFromBody(body);
-        if (this.driver.participant.isLive(repoId)) throw new QuorumGitError('repo_exists', `repository ${repoId} already exists`);
-        return this.replicate({ kind: 'create', repoId }, requestId, res);
-      }
+      case 'listRepos':
+        return this.apiListRepos(res, requestId);
+      case 'getRepo':
+        return this.apiGetRepo(res, target.repoId, requestId);
+      case 'createRepo':
+        return this.apiCreateRepo(req, res, requestId);
       case 'deleteRepo':
-        if (!this.driver.participant.isLive(target.repoId)) {
-          throw new QuorumGitError('repo_not_found', `repository ${target.repoId} does not exist`);
-        }
-        return this.replicate({ kind: 'delete', repoId: target.repoId }, requestId, res);
+        return this.apiDeleteRepo(res, target.repoId, requestId);
       case 'internalPing':
         return this.send(res, 200, { server_id: this.config.serverId, url: this.url });
       case 'internalCatalog':
         return this.send(res, 200, { repos: this.driver.participant.catalog() });
+      case 'internalNode':
+        return this.send(res, 200, this.nodeInfo());
       case 'internalTxn': {
         // A push's prepare lists every ref update: bounded by the refs-per-push limit, not the API's.
         const limit = this.config.maxRefsPerPush * 300 + Math.ceil(INLINE_PACK_MAX_BYTES * 1.4);
@@ -335,7 +326,7 @@ export class QuorumGitNode {
       case 'internalPackUpload':
         return this.receivePackFile(req, res, target.txnId, target.file);
       case 'internalRepoState':
-        return this.send(res, 200, await this.repoState(target.repoId, { refs: target.withRefs, digest: target.withDigest }));
+        return this.send(res, 200, { ...(await this.repoState(target.repoId, { refs: target.withRefs, digest: target.withDigest })), ...this.lockState(target.repoId) });
       case 'gitInfoRefs':
       case 'gitRpc':
         return this.serveGit(req, res, target.repoId, target.service, target.kind, log);
@@ -583,6 +574,110 @@ export class QuorumGitNode {
       epoch: result.epoch,
       clone_url: `${this.url}/${op.repoId}.git`,
     });
+  }
+
+  // Management API ------------------------------------------------------------------------------
+  //
+  // Reads and pre-checks give read-your-writes across nodes, like git reads: R = N-W+1 nodes (this
+  // one included) meet every write quorum, so the newest state among their answers includes every
+  // acknowledged create and delete, whether or not this node has applied it yet.
+
+  private async apiGetRepo(res: http.ServerResponse, repoId: string, requestId: string): Promise<void> {
+    const plan = await this.planRead(repoId, requestId);
+    switch (plan.action) {
+      case 'unavailable':
+        throw this.readQuorumError(plan);
+      case 'not_found': {
+        const err = new QuorumGitError('repo_not_found', `repository ${repoId} does not exist`);
+        return this.send(res, 404, { repo_id: repoId, exists: false, ...errorBody(err) });
+      }
+      case 'local':
+      case 'proxy': {
+        // 'local': our copy is the newest, read again now (it can only have moved on).
+        const version = plan.action === 'proxy' ? plan.newest : this.driver.participant.versionOf(repoId);
+        return this.send(res, 200, { repo_id: repoId, exists: true, epoch: version.epoch, generation: version.generation });
+      }
+    }
+  }
+
+  /**
+   * The pre-check only gives a fast clear answer; the participants' votes decide. So when it cannot
+   * reach R nodes, or our own catalog is behind, the 2PC still runs and answers.
+   */
+  private async apiCreateRepo(req: http.IncomingMessage, res: http.ServerResponse, requestId: string): Promise<void> {
+    const repoId = this.repoIdFromBody(await this.readJson(req));
+    const plan = await this.planRead(repoId, requestId);
+    if (plan.action === 'local' || plan.action === 'proxy') throw new QuorumGitError('repo_exists', `repository ${repoId} already exists`);
+    return this.replicate({ kind: 'create', repoId }, requestId, res);
+  }
+
+  private async apiDeleteRepo(res: http.ServerResponse, repoId: string, requestId: string): Promise<void> {
+    const plan = await this.planRead(repoId, requestId);
+    if (plan.action === 'not_found') throw new QuorumGitError('repo_not_found', `repository ${repoId} does not exist`);
+    return this.replicate({ kind: 'delete', repoId }, requestId, res);
+  }
+
+  /** The live repos by the catalogs of R nodes, newest state per repo; 503 with fewer than R. */
+  private async apiListRepos(res: http.ServerResponse, requestId: string): Promise<void> {
+    const r = readQuorum(this.driver.nodes.length, this.config.quorum);
+    const answers: CatalogAnswer[] = [{ node: this.url, reachable: true, catalog: this.driver.participant.catalog() }];
+    if (r > 1) {
+      // As in planRead: decided as soon as R - 1 peers have answered, so one hung peer costs nothing.
+      await new Promise<void>((resolve) => {
+        let reached = 0;
+        let settled = 0;
+        for (const node of this.config.peerUrls) {
+          this.client
+            .readCatalog(node, this.config.readCheckTimeoutMs, requestId)
+            .then(
+              (catalog) => {
+                reached += 1;
+                answers.push({ node, reachable: true, catalog });
+              },
+              () => answers.push({ node, reachable: false }),
+            )
+            .finally(() => {
+              settled += 1;
+              if (reached >= r - 1 || settled === this.config.peerUrls.length) resolve();
+            });
+        }
+      });
+    }
+    const merged = mergeCatalogs([...answers], r);
+    if (merged.action === 'unavailable') throw this.readQuorumError(merged);
+    const repos = Object.entries(merged.repos)
+      .filter(([, e]) => e.state === 'live')
+      .map(([id]) => id);
+    return this.send(res, 200, { repos, count: repos.length });
+  }
+
+  private readQuorumError(plan: Extract<ReadPlan, { action: 'unavailable' }>): QuorumGitError {
+    return new QuorumGitError(
+      'read_quorum_unreachable',
+      `cannot confirm the current state: reached ${plan.reached} of the ${plan.needed} nodes needed; unreachable: ${plan.unreachable.join(', ') || 'none'}`,
+      { details: { reached: plan.reached, needed: plan.needed } },
+    );
+  }
+
+  /** GET /internal/node: who we are and how we are, for the operator tools. */
+  private nodeInfo(): Record<string, unknown> {
+    return {
+      server_id: this.config.serverId,
+      url: this.url,
+      nodes: this.driver.nodes,
+      quorum: this.config.quorum,
+      recovered: this.recovered,
+      in_doubt: this.driver.participant.inDoubt().length,
+      repos: this.driver.participant.liveRepos().length,
+    };
+  }
+
+  /** Added to the internal repo-state answer, so `verify` can tell a replica held by a transaction. */
+  private lockState(repoId: string): { locked: boolean; in_doubt: boolean } {
+    return {
+      locked: this.driver.participant.lockedBy(repoId) !== undefined,
+      in_doubt: this.driver.participant.inDoubt().some((t) => t.op.repoId === repoId),
+    };
   }
 
   private repoIdFromBody(body: unknown): string {
