@@ -613,6 +613,10 @@ export class Participant {
     return this.txns.get(txnId)?.status;
   }
 
+  opOf(txnId: string): TxnOp | undefined {
+    return this.txns.get(txnId)?.op;
+  }
+
   decision(txnId: string): Decision | undefined {
     return this.decisions.get(txnId);
   }

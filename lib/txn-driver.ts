@@ -4,6 +4,7 @@ import type { RepoStore } from './repo-store.js';
 import type { TxnLog } from './txn-log.js';
 import { applyUpdates, expectRefsUnlocked, installPackBuffers, installPackFiles, readHead, readRefValues, readRefs, setHead } from './git-refs.js';
 import { RefTransactions } from './ref-txn.js';
+import { failpointAction, hit, type FailpointName } from './failpoints.js';
 import {
   CoordinatorTxn,
   ZERO_OID,
@@ -60,8 +61,16 @@ export interface TxnDriverOptions {
   afterWrite?: (repoId: string) => void;
 }
 
+/** Runs a named failpoint (FAILPOINTS) if one is set for this point; a map lookup when none is. */
+async function failpoint(op: TxnOp, role: 'coordinator' | 'participant', point: string): Promise<void> {
+  const name = `${op.kind}.${role}.${point}` as FailpointName;
+  if (failpointAction(name)) await hit(name);
+}
+
 interface ActiveTxn {
   coord: CoordinatorTxn;
+  /** A commit message went to a peer and was answered (the `after-first-commit` failpoint). */
+  firstCommitDone?: boolean;
   requestId: string;
   timers: Map<string, unknown>;
   resolve: (result: CoordinatorResult) => void;
@@ -127,7 +136,8 @@ export class TxnDriver {
     for (const entry of entries) this.participant.replay(entry);
     await this.options.log.open();
     const keep = new Set([...this.participant.inDoubt(), ...this.participant.unapplied()].map((t) => t.txnId));
-    await this.options.store.init(keep);
+    const cleared = await this.options.store.init(keep);
+    if (cleared.length > 0) this.options.logger.warn('removed what dead gits left (lock files, quarantines)', { paths: cleared });
     // Make the served tree agree with the catalog: a crash between an fs step and its log line
     // leaves a difference only in the direction the log already records as decided.
     for (const [repoId, entry] of Object.entries(this.participant.catalog())) {
@@ -158,7 +168,10 @@ export class TxnDriver {
       const txn: ActiveTxn = { coord, requestId, timers: new Map(), resolve, ...(options.beforePrepare ? { beforePrepare: options.beforePrepare } : {}) };
       this.active.set(coord.txnId, txn);
       this.options.logger.info('txn started', { txn_id: coord.txnId, request_id: requestId, op: op.kind, repo_id: op.repoId });
-      void this.runCoordinatorEffects(txn, coord.start());
+      failpoint(op, 'coordinator', 'before-prepare').then(
+        () => this.runCoordinatorEffects(txn, coord.start()),
+        () => this.finish(txn, { outcome: 'aborted', code: 'quorum_unreachable', failed: [self] }),
+      );
     });
   }
 
@@ -168,7 +181,9 @@ export class TxnDriver {
       switch (effect.type) {
         case 'persist':
           try {
+            if (effect.entry.t === 'decision') await failpoint(coord.op, 'coordinator', 'after-votes');
             await this.options.log.append(effect.entry);
+            if (effect.entry.t === 'decision') await failpoint(coord.op, 'coordinator', 'after-decision');
           } catch (err) {
             // Without a durable decision nothing may be sent; the participants will ask and abort.
             this.options.logger.error('cannot log decision; txn left to presumed abort', { txn_id: coord.txnId, err });
@@ -226,7 +241,13 @@ export class TxnDriver {
       vote = { vote: 'no', code: 'unreachable' };
     }
     if (msg.type === 'prepare') await this.runCoordinatorEffects(txn, coord.onVote(to, vote));
-    else if (msg.type === 'commitTxn') await this.runCoordinatorEffects(txn, coord.onCommitReply(to, vote, msg.final ?? true));
+    else if (msg.type === 'commitTxn') {
+      if (to !== this.options.self && !txn.firstCommitDone) {
+        txn.firstCommitDone = true;
+        await failpoint(coord.op, 'coordinator', 'after-first-commit');
+      }
+      await this.runCoordinatorEffects(txn, coord.onCommitReply(to, vote, msg.final ?? true));
+    }
   }
 
   /**
@@ -236,7 +257,11 @@ export class TxnDriver {
   async handleMessage(msg: TxnMessage, packFiles?: Readonly<Record<string, Buffer>>): Promise<Vote> {
     switch (msg.type) {
       case 'prepare': {
-        if (msg.op.kind !== 'push') return this.runParticipantEffects(this.participant.onPrepare(msg), msg.txnId);
+        if (msg.op.kind !== 'push') {
+          const vote = await this.runParticipantEffects(this.participant.onPrepare(msg), msg.txnId);
+          if (vote.vote === 'yes') await failpoint(msg.op, 'participant', 'after-prepare');
+          return vote;
+        }
         if (packFiles && !this.participant.status(msg.txnId)) this.inlinePacks.set(msg.txnId, packFiles);
         // A push is checked against the refs on disk, read in the repo's queue so that a commit still
         // being applied is seen whole.
@@ -262,6 +287,7 @@ export class TxnDriver {
         // shipped ahead of this prepare in incoming/ until a restart: nobody sends an abort to a no voter.
         const status = this.participant.status(msg.txnId);
         if (vote.vote === 'no' && (status === undefined || status === 'refused')) await this.discardStaged(msg.txnId);
+        if (vote.vote === 'yes') await failpoint(msg.op, 'participant', 'after-prepare');
         return vote;
       }
       case 'commitTxn':
@@ -278,6 +304,9 @@ export class TxnDriver {
   private async commitLocally(txnId: string, epoch: number, generation: number, final: boolean): Promise<Vote> {
     const inFlight = this.applying.get(txnId);
     if (inFlight) return inFlight;
+    const op = this.participant.opOf(txnId);
+    const status = this.participant.status(txnId);
+    if (op && final && (status === 'prepared' || status === 'accepted')) await failpoint(op, 'participant', 'before-apply');
     const effects = this.participant.onCommit(txnId, epoch, generation, final);
     const refused = effects.find((e) => e.type === 'reply' && e.vote.vote === 'no');
     if (refused && refused.type === 'reply' && refused.vote.vote === 'no' && refused.vote.code === 'stale') {
@@ -286,7 +315,9 @@ export class TxnDriver {
     const applied = this.runParticipantEffects(effects, txnId);
     this.applying.set(txnId, applied);
     try {
-      return await applied;
+      const vote = await applied;
+      if (op && effects.some((e) => e.type === 'apply') && vote.vote === 'yes') await failpoint(op, 'participant', 'after-apply');
+      return vote;
     } finally {
       this.applying.delete(txnId);
     }
