@@ -29,6 +29,10 @@ export interface Config {
   catchUpTimeoutMs: number;
   /** Quiet time after a repo's last write before its background `git gc --auto` (lib/maintenance.ts). */
   gcDelayMs: number;
+  /** A checkpoint rewrites the transaction log once this many entries were appended since the last. */
+  checkpointEveryEntries: number;
+  /** Settled transactions (and decisions) a checkpoint keeps, newest first, to answer late questions. */
+  retainSettledTxns: number;
   /** Opt-in: serve a possibly stale local copy when fewer than R nodes answer (labelled so). */
   allowStaleReads: boolean;
 }
@@ -94,6 +98,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     readCheckTimeoutMs: int(env, 'READ_CHECK_TIMEOUT_MS', 1000, 1),
     catchUpTimeoutMs: int(env, 'CATCH_UP_TIMEOUT_MS', 120_000, 1),
     gcDelayMs: int(env, 'GC_DELAY_MS', 5000, 1),
+    checkpointEveryEntries: int(env, 'CHECKPOINT_EVERY_ENTRIES', 10_000, 10),
+    retainSettledTxns: int(env, 'RETAIN_SETTLED_TXNS', 10_000, 0),
     allowStaleReads: env.ALLOW_STALE_READS === '1' || env.ALLOW_STALE_READS === 'true',
   };
 }

@@ -64,6 +64,7 @@ export class QuorumGitNode {
   private readonly store: RepoStore;
   private readonly client: PeerClient;
   private readonly driver: TxnDriver;
+  private readonly txnLog: TxnLog;
   private readonly gitHttp: GitHttp;
   private readonly pushService: PushService;
   private readonly catchUpper: CatchUp;
@@ -88,12 +89,13 @@ export class QuorumGitNode {
     this.clock = clock;
     this.store = new RepoStore(config.dataDir);
     this.maintenance = new Maintenance({ repoPath: (repoId) => this.store.repoPath(repoId), logger, delayMs: config.gcDelayMs });
+    this.txnLog = new TxnLog(config.dataDir);
     this.client = new PeerClient({ secret: config.clusterSecret, requestTimeoutMs: config.peerTimeoutMs });
     this.driver = new TxnDriver({
       self: config.selfUrl,
       peers: config.peerUrls,
       quorum: config.quorum,
-      log: new TxnLog(config.dataDir),
+      log: this.txnLog,
       store: this.store,
       client: this.client,
       logger,
@@ -173,6 +175,7 @@ export class QuorumGitNode {
 
   private async catchUp(): Promise<void> {
     await this.driver.resolveInDoubtOnce();
+    await this.checkpointIfDue();
     // An upload is followed by its prepare within moments; one idle for two peer timeouts was abandoned.
     await this.driver.sweepIncoming(2 * this.config.peerTimeoutMs);
     const behind = await this.driver.syncOnce();
@@ -184,6 +187,17 @@ export class QuorumGitNode {
     for (let i = 0; i < Math.min(VERIFY_PER_ROUND, live.length); i += 1) batch.push(live[(this.verifyCursor + i) % live.length]!);
     this.verifyCursor = (this.verifyCursor + batch.length) % live.length;
     await this.catchUpper.verify(batch);
+  }
+
+  /**
+   * Compacts the transaction log (defect 11): once enough entries were appended, the log is replaced
+   * by a checkpoint of what recovery needs (lib/txn-core.ts Participant.checkpoint), atomically.
+   */
+  private async checkpointIfDue(): Promise<void> {
+    if (this.txnLog.entriesSinceRewrite < this.config.checkpointEveryEntries) return;
+    const entries = this.driver.participant.checkpoint(this.config.retainSettledTxns);
+    await this.txnLog.rewrite(entries);
+    this.logger.info('transaction log checkpointed', { entries: entries.length });
   }
 
   private async heartbeat(): Promise<void> {

@@ -757,13 +757,13 @@ export class Participant {
     }
     if (rec.status === 'refused' || rec.status === 'aborted') return no('refused');
     if (rec.status === 'preparing') return no('repo_busy');
-    if (!rec.op) return no('refused');
     if (rec.status === 'committed' || rec.status === 'committing') {
       // A re-sent commit is acknowledged only if this replica applied it, with the version it applied.
       if (rec.status === 'committing') return [];
       if (rec.applyFailed || rec.epoch !== epoch || rec.generation !== generation) return no('stage_failed');
       return [{ type: 'reply', vote: { vote: 'yes', epoch, generation } }];
     }
+    if (!rec.op) return no('refused');
     const problem = commitVersionProblem(rec.op, this.versionOf(rec.op.repoId), { epoch, generation });
     if (problem !== undefined) return no('stale', problem);
     if (rec.status === 'accepted' && (rec.epoch !== epoch || rec.generation !== generation)) return no('stale', 'accepted another version');
@@ -886,6 +886,68 @@ export class Participant {
     const reset: CatalogEntry = { state: 'live', epoch: ours.epoch, generation: 0 };
     this.repos.set(repoId, reset);
     return [{ type: 'persist', entry: { t: 'synced', repoId, ...reset } }];
+  }
+
+  /**
+   * A checkpoint of everything recovery needs, as log entries that rebuild this state when replayed:
+   * the catalog, every transaction not settled here (prepared, accepted, committed but not known
+   * applied) and every commit decision of ours not known final; of the settled ones (and abort
+   * decisions) the `retainSettled` most recent are kept, so a late question about them (a node that
+   * was down, a duplicate prepare) still gets the same answer. Older settled records are dropped from
+   * memory too: the log and the maps stay bounded on a node that runs for years. A node that stays
+   * down through more than `retainSettled` later transactions and asks about an old one then finds no
+   * record: it is treated as refused, which at worst aborts a transaction on a replica that never
+   * applied it (it is then behind, and catches up).
+   */
+  checkpoint(retainSettled: number): LogEntry[] {
+    const entries: LogEntry[] = [];
+    for (const [repoId, entry] of this.repos) entries.push({ t: 'synced', repoId, ...entry });
+    const settled: string[] = [];
+    for (const [txnId, rec] of this.txns) {
+      if ((rec.status === 'preparing' || rec.status === 'prepared' || rec.status === 'accepted' || rec.status === 'committing') && rec.op) {
+        entries.push({ t: 'prepared', txnId, op: rec.op, coordinator: rec.coordinator ?? '' });
+        if (rec.status === 'accepted') entries.push({ t: 'accepted', txnId, epoch: rec.epoch ?? 0, generation: rec.generation ?? 0 });
+        if (rec.status === 'committing') entries.push({ t: 'committed', txnId, epoch: rec.epoch ?? 0, generation: rec.generation ?? 0 });
+      } else if (rec.status !== 'preparing') {
+        settled.push(txnId);
+      }
+    }
+    const keepSettled = new Set(settled.slice(Math.max(0, settled.length - retainSettled)));
+    for (const txnId of settled) {
+      const rec = this.txns.get(txnId)!;
+      if (!keepSettled.has(txnId)) {
+        this.txns.delete(txnId);
+        continue;
+      }
+      if (rec.status === 'committed') {
+        // Without its op: the replayed record answers queries, it moves nothing (the catalog above has
+        // the version). One this replica failed to apply is left out: asked again, it refuses.
+        if (!rec.applyFailed) entries.push({ t: 'committed', txnId, epoch: rec.epoch ?? 0, generation: rec.generation ?? 0 });
+      } else if (rec.status === 'aborted' || rec.status === 'refused') {
+        entries.push({ t: rec.status, txnId });
+      }
+    }
+    const unsettled = new Set(this.unsettledDecisions().map((d) => d.txnId));
+    const decisionIds = [...this.decisions.keys()];
+    const recent = new Set(decisionIds.slice(Math.max(0, decisionIds.length - retainSettled)));
+    for (const txnId of decisionIds) {
+      const d = this.decisions.get(txnId)!;
+      const ownOpen = this.txns.get(txnId);
+      const needed = unsettled.has(txnId) || (ownOpen !== undefined && ownOpen.status !== 'committed' && ownOpen.status !== 'aborted' && ownOpen.status !== 'refused');
+      if (!needed && !recent.has(txnId)) {
+        this.decisions.delete(txnId);
+        continue;
+      }
+      entries.push({
+        t: 'decision',
+        txnId,
+        outcome: d.outcome,
+        op: d.op ?? { kind: 'create', repoId: '' },
+        ...(d.epoch === undefined ? {} : { epoch: d.epoch }),
+        ...(d.generation === undefined ? {} : { generation: d.generation }),
+      });
+    }
+    return entries;
   }
 
   /** The version this replica has applied: what the 2PC checks a push's base against. */

@@ -31,6 +31,7 @@ export class TxnLog {
   /** Appends and rewrites in the order they were asked for; one writer works through them. */
   private queue: Pending[] = [];
   private writing = false;
+  private appended = 0;
 
   constructor(dataDir: string, options: TxnLogOptions = {}) {
     this.file = path.join(dataDir, 'txn.log');
@@ -74,7 +75,13 @@ export class TxnLog {
     await this.disk.syncDir(dir);
   }
 
+  /** Entries appended since the log was opened or last rewritten: when a checkpoint is due. */
+  get entriesSinceRewrite(): number {
+    return this.appended;
+  }
+
   append(entry: LogEntry): Promise<void> {
+    this.appended += 1;
     return new Promise((resolve, reject) => {
       this.queue.push({ kind: 'append', line: JSON.stringify(entry) + '\n', resolve, reject });
       if (!this.writing) void this.flush();
@@ -89,6 +96,7 @@ export class TxnLog {
    * A failure before the rename leaves the old log in place, still the one appended to.
    */
   rewrite(entries: readonly LogEntry[]): Promise<void> {
+    this.appended = 0;
     return new Promise((resolve, reject) => {
       const content = entries.map((e) => JSON.stringify(e) + '\n').join('');
       this.queue.push({ kind: 'rewrite', content, resolve, reject });

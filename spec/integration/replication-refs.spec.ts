@@ -64,6 +64,16 @@ describe('every kind of ref update, replicated (3-node cluster)', function () {
     await push(n3, ['HEAD:refs/heads/main']);
   });
 
+  it("refuses refs git calls funny and the cluster's own namespaces, and no replica gets them", async function () {
+    // Issue 8 item 5: the hook runs before receive-pack's own name checks; it used to say yes, so the
+    // client heard "funny refname" while all three nodes held the ref.
+    for (const target of ['refs/lost+found/x/y', 'refs/quorum-fetch/x/y', 'refs/HEAD', 'refs/x']) {
+      const result = await git.run(['push', n1.gitUrl(repoId), `HEAD:${target}`], { cwd: work });
+      expect(result.code, target).to.not.equal(0);
+    }
+    await expectEverywhere();
+  });
+
   it('creates a branch', async function () {
     await git.ok(['checkout', '--quiet', '-b', 'feature'], { cwd: work });
     expected['refs/heads/feature'] = await commitFile(git, work, 'feature.txt', 'feature\n');

@@ -80,6 +80,17 @@ describe('push hook input', () => {
     expect(() => parseUpdates(`${a} ${b} refs/heads/x\n${a} ${b} refs/heads/y\n`, 1)).to.throw(/at most 1/);
   });
 
+  it("refuses every ref name git would refuse and the cluster's own namespaces, naming the reason", () => {
+    const refused = ['HEAD', 'refs/HEAD', 'refs/x', 'refs/lost+found/1.2/heads/main', 'refs/quorum-fetch/a/b', 'refs/heads/a..b', 'refs/heads/.x',
+      'refs/heads/x.lock', 'refs/heads/x/', 'refs/heads/x.', 'refs/heads/a@{1}', 'refs/heads/a~1', 'refs/heads/a:b', 'refs/heads/a\\b', 'refs/heads//x'];
+    for (const ref of refused) {
+      expect(() => parseUpdates(`${ZERO_OID} ${a} ${ref}\n`, 10), ref).to.throw(/refusing|malformed/);
+    }
+    for (const ref of ['refs/heads/main', 'refs/tags/v1.0', 'refs/notes/commits', 'refs/heads/feature/x-1', 'refs/changes/01/1/1']) {
+      expect(parseUpdates(`${ZERO_OID} ${a} ${ref}\n`, 10), ref).to.have.length(1);
+    }
+  });
+
   it('points HEAD at the pushed branch when the first push does not create the branch HEAD names', () => {
     expect(headAfterPush('refs/heads/main', {}, [{ ref: 'refs/heads/master', old: ZERO_OID, new: a }])).to.equal('refs/heads/master');
     expect(headAfterPush('refs/heads/main', {}, [{ ref: 'refs/heads/main', old: ZERO_OID, new: a }])).to.equal(undefined);
