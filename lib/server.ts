@@ -576,6 +576,13 @@ export class QuorumGitNode {
           );
       }
     }
+    if (result.final === false) {
+      // Decided here, but no other node was known to hold the decision: recovery settles it either way.
+      throw new QuorumGitError(
+        'txn_in_doubt',
+        `the ${op.kind} of ${op.repoId} was decided but no other node confirmed it in time; its outcome is settled by recovery within seconds: check with GET /repos/${op.repoId}`,
+      );
+    }
     const confirmedPeers = result.confirmed.filter((n) => n !== this.url);
     if (op.kind === 'delete') return this.send(res, 204);
     return this.send(res, result.confirmed.length >= this.config.quorum ? 201 : 202, {

@@ -107,11 +107,12 @@ export type AbortCode = 'repo_exists' | 'repo_not_found' | 'repo_busy' | 'quorum
 
 export type CoordinatorResult =
   /**
-   * `confirmed`: nodes that applied it (for a push, the coordinator counts: receive-pack moves its refs
-   * before the client hears back); `applying`: yes voters a push's answer did not wait for;
-   * `behind`: the rest, which catch up later.
+   * `confirmed`: nodes that applied it (for a push, the coordinator counts once final: receive-pack
+   * moves its refs before the client hears back); `applying`: yes voters a push's answer did not wait
+   * for; `behind`: the rest, which catch up later. `final: false`: no W nodes were known to hold the
+   * decision when the resends ran out, so the outcome is left to recovery (it may yet abort).
    */
-  | { outcome: 'committed'; epoch: number; generation: number; confirmed: NodeId[]; applying: NodeId[]; behind: NodeId[] }
+  | { outcome: 'committed'; epoch: number; generation: number; confirmed: NodeId[]; applying: NodeId[]; behind: NodeId[]; final?: boolean }
   /** `failed`: nodes that did not vote yes for want of being reachable or able to stage; `unprepared` the latter. */
   | { outcome: 'aborted'; code: AbortCode; failed: NodeId[]; unprepared?: NodeId[]; detail?: string };
 
@@ -342,6 +343,7 @@ export class CoordinatorTxn {
           confirmed,
           applying,
           behind: this.options.nodes.filter((n) => !confirmed.includes(n) && !applying.includes(n)),
+          final: this.final,
         },
       });
     }
@@ -359,7 +361,7 @@ export class CoordinatorTxn {
     return [
       {
         type: 'reply',
-        result: { outcome: 'committed', epoch: this.epoch, generation: this.generation, confirmed: [], applying: [], behind: [...this.options.nodes] },
+        result: { outcome: 'committed', epoch: this.epoch, generation: this.generation, confirmed: [], applying: [], behind: [...this.options.nodes], final: false },
       },
     ];
   }
