@@ -549,10 +549,10 @@ export class Sim {
   }
 
   /** One recovery round on `id` after the in-doubt grace period: returns the verdicts it logged. */
-  async recover(id: NodeId): Promise<Record<string, string>> {
-    await this.advance(this.timeouts.prepareTimeoutMs);
+  async recover(id: NodeId, options: Filters = {}): Promise<Record<string, string>> {
+    await this.advance(this.timeouts.prepareTimeoutMs, options);
     this.verdicts.clear();
-    await this.settle(this.node(id).driver.resolveInDoubtOnce());
+    await this.settle(this.node(id).driver.resolveInDoubtOnce(), options);
     return Object.fromEntries(this.verdicts);
   }
 
@@ -562,12 +562,12 @@ export class Sim {
   }
 
   /** Delivers messages until `work` settles (no timer fires). */
-  async settle<T>(work: Promise<T>): Promise<T> {
+  async settle<T>(work: Promise<T>, options: Filters = {}): Promise<T> {
     let done = false;
     const result = work.finally(() => (done = true));
     for (let guard = 0; !done; guard += 1) {
       if (guard > 100_000) throw new Error('work did not settle');
-      await this.run();
+      await this.run(options);
       if (!done) {
         const timer = this.nextTimer(Infinity);
         if (!timer) break;
