@@ -150,6 +150,10 @@ export class Sim {
   /** A readable account of the run, filled when `verbose` (scripts/sim.ts). */
   readonly story: string[] = [];
   verbose = false;
+  /** Off in seeded runs (the trace is for the hand-driven specs). */
+  tracing = true;
+  /** Bumped by every change to a log or a replica: invariants are checked again only after one. */
+  mutations = 0;
   /** Verdicts of recovery rounds, from the driver's log lines: txnId → verdict. */
   readonly verdicts = new Map<string, string>();
   readonly net: NetEvent[] = [];
@@ -328,7 +332,7 @@ export class Sim {
       sendTxn: (to: NodeId, msg: TxnMessage & { inlineFiles?: Record<string, string> }): Promise<Vote> => {
         const { inlineFiles: _files, ...bare } = msg;
         const m = bare as TxnMessage;
-        if (m.type === 'commitTxn' || m.type === 'abortTxn') this.trace.push(`${from}:coord-send-${m.type}:${m.txnId}`);
+        if (m.type === 'commitTxn' || m.type === 'abortTxn') this.tracing && this.trace.push(`${from}:coord-send-${m.type}:${m.txnId}`);
         return this.request(inc, { kind: 'msg', from, to, txnId: m.txnId, msg: m }, (t) => t.driver.handleMessage(m));
       },
       queryTxn: (to: NodeId, txnId: string, opts: { refuse: boolean; asCoordinator: boolean }): Promise<{ outcome: QueryOutcome; epoch?: number; generation?: number }> =>
@@ -381,6 +385,7 @@ export class Sim {
       return refs;
     };
     const move = (repoId: string, updates: readonly RefUpdate[], txnId: string): void => {
+      this.mutations += 1;
       const refs = refsOf(repoId);
       const edits: RefUpdate[] = [];
       for (const u of updates) {
@@ -488,8 +493,9 @@ export class Sim {
         append: (entry: LogEntry) => {
           if (!inc.alive) return never();
           n.disk.log.push(structuredClone(entry));
+          this.mutations += 1;
           const txnId = 'txnId' in entry ? entry.txnId : entry.repoId;
-          this.trace.push(`${id}:${entry.t === 'decision' ? 'coord-persist' : 'persist'}:${txnId}`);
+          this.tracing && this.trace.push(`${id}:${entry.t === 'decision' ? 'coord-persist' : 'persist'}:${txnId}`);
           return Promise.resolve();
         },
       },
@@ -504,7 +510,7 @@ export class Sim {
     const handleMessage = inc.driver.handleMessage.bind(inc.driver);
     inc.driver.handleMessage = async (msg, files) => {
       const vote = await handleMessage(msg, files);
-      this.trace.push(`${id}:reply:${msg.txnId}`);
+      this.tracing && this.trace.push(`${id}:reply:${msg.txnId}`);
       return vote;
     };
     inc.started = inc.driver.start();
@@ -536,6 +542,7 @@ export class Sim {
           // receive-pack moves each ref whose old value still holds, then exits.
           const refs = n.disk.repos.get(op.repoId);
           if (refs) {
+            this.mutations += 1;
             for (const u of op.updates) {
               if ((refs[u.ref] ?? ZERO_OID) !== u.old || [...inc.held.values()].some((h) => h.repoId === op.repoId && h.refs.includes(u.ref))) continue;
               if (u.new === ZERO_OID) delete refs[u.ref];
@@ -584,3 +591,301 @@ function describe(op: TxnOp): string {
 }
 
 export { compareVersions };
+
+// ---------------------------------------------------------------------------------------------
+// Seeded runs: a workload, a nemesis, the server's background rounds, and the invariants.
+
+export interface SeedOptions {
+  seed: number;
+  nodes: 3 | 5;
+  /** Simulated time with faults, then with the cluster healed. */
+  faultMs?: number;
+  healMs?: number;
+  verbose?: boolean;
+}
+
+export interface SeedReport {
+  seed: number;
+  nodes: number;
+  violation?: string;
+  acked: number;
+  ops: number;
+  crashes: number;
+  dead: NodeId[];
+  events: number;
+  story: string[];
+}
+
+interface Acked {
+  txnId: string;
+  op: TxnOp;
+  epoch: number;
+  generation: number;
+}
+
+class Violation extends Error {}
+
+const REPOS = ['o/a', 'o/b'];
+const REFS = ['refs/heads/main', 'refs/heads/dev', 'refs/heads/f'];
+const ROUND_MS = 250;
+
+/** Runs one seed; returns a violation (the invariant and what broke it) or none. */
+export async function runSeed(options: SeedOptions): Promise<SeedReport> {
+  const random = seededRandom(options.seed * 7919 + options.nodes);
+  const n = options.nodes;
+  const ids = Array.from({ length: n }, (_, i) => `n${i + 1}`);
+  const quorum = Math.floor(n / 2) + 1;
+  const sim = new Sim(ids, quorum, { prepareTimeoutMs: 200, commitTimeoutMs: 100, commitResends: 2 }, { requestTimeoutMs: 150, start: false });
+  sim.verbose = options.verbose ?? false;
+  sim.tracing = false;
+  sim.random = random;
+  const faultMs = options.faultMs ?? 2500;
+  const healMs = options.healMs ?? 3000;
+  const report: SeedReport = { seed: options.seed, nodes: n, acked: 0, ops: 0, crashes: 0, dead: [], events: 0, story: sim.story };
+  const acked: Acked[] = [];
+  const ackedDeletes: Acked[] = [];
+  let oid = 0;
+  const pick = <T>(xs: readonly T[]): T => xs[Math.floor(random() * xs.length)]!;
+  const upNodes = (): SimNode[] => [...sim.nodes.values()].filter((x) => x.up && x.inc?.alive);
+
+  // The server's recovery loop on each running node: in-doubt resolution, anti-entropy, catch-up.
+  const scheduleRounds = (node: SimNode): void => {
+    const inc = node.inc!;
+    const tick = (): void => {
+      if (!inc.alive) return;
+      sim.addTimer(inc, tick, ROUND_MS + Math.floor(random() * 50));
+      if (inc.roundRunning || !node.up) return;
+      inc.roundRunning = true;
+      void (async () => {
+        await inc.driver.resolveInDoubtOnce();
+        const behind = await inc.driver.syncOnce();
+        for (const repoId of behind) await catchUp(sim, inc, repoId);
+      })()
+        .catch((err: Error) => sim.say(`${node.id} round failed: ${err.message}`))
+        .finally(() => (inc.roundRunning = false));
+    };
+    sim.addTimer(inc, tick, Math.floor(random() * ROUND_MS));
+  };
+  const start = async (id: NodeId): Promise<void> => {
+    await sim.restart(id);
+    scheduleRounds(sim.node(id));
+  };
+
+  const launch = (): void => {
+    const up = upNodes();
+    if (up.length === 0) return;
+    const via = pick(up);
+    const repoId = pick(REPOS);
+    const p = via.participant;
+    const roll = random();
+    let op: TxnOp;
+    if (roll < 0.12) op = { kind: 'create', repoId };
+    else if (roll < 0.2) op = { kind: 'delete', repoId };
+    else {
+      // Built as PushService does: the coordinator's own version and refs.
+      const refs = via.disk.repos.get(repoId);
+      if (!p.isLive(repoId) || !refs) return;
+      const touched = [...new Set([pick(REFS), ...(random() < 0.3 ? [pick(REFS)] : [])])];
+      const updates = touched.map((ref): RefUpdate => {
+        const old = refs[ref] ?? ZERO_OID;
+        const del = old !== ZERO_OID && random() < 0.1;
+        return { ref, old, new: del ? ZERO_OID : (oid += 1).toString(16).padStart(40, '0') };
+      });
+      op = { kind: 'push', repoId, updates, base: p.versionOf(repoId) };
+    }
+    report.ops += 1;
+    const txnId = sim.begin(via.id, op);
+    pending.set(txnId, op);
+  };
+  const pending = new Map<string, TxnOp>();
+  const collect = (): void => {
+    for (const [txnId, op] of pending) {
+      const result = sim.results.get(txnId);
+      if (!result) continue;
+      pending.delete(txnId);
+      if (result.outcome !== 'committed' || result.confirmed.length < quorum) continue;
+      const a = { txnId, op, epoch: result.epoch, generation: result.generation };
+      acked.push(a);
+      if (op.kind === 'delete') ackedDeletes.push(a);
+      report.acked += 1;
+    }
+  };
+
+  // Setup: both repos created with no faults.
+  for (const id of ids) await start(id);
+  for (const repoId of REPOS) {
+    const t = sim.begin(ids[0]!, { kind: 'create', repoId });
+    pending.set(t, { kind: 'create', repoId });
+    while (!sim.results.has(t)) if (!(await sim.step())) break;
+  }
+  collect();
+
+  // The nemesis and the clients, as timers of the simulation itself.
+  sim.faults = { lossRate: random() * 0.15, duplicateRate: random() * 0.1, maxDelayMs: 5 + Math.floor(random() * 40), refusedRate: 0.5 };
+  const t0 = sim.now;
+  const maxDead = Math.floor((n - 1) / 2);
+  const opCount = 10 + Math.floor(random() * 15);
+  for (let i = 0; i < opCount; i += 1) sim.addTimer(undefined, launch, Math.floor(random() * faultMs));
+  const crashCount = Math.floor(random() * (n + 2));
+  for (let i = 0; i < crashCount; i += 1) {
+    sim.addTimer(
+      undefined,
+      () => {
+        const victim = pick(upNodes());
+        if (!victim) return;
+        sim.crash(victim.id);
+        report.crashes += 1;
+        if (report.dead.length < maxDead && random() < 0.25) {
+          victim.dead = true;
+          report.dead.push(victim.id);
+          sim.say(`${victim.id} DEAD for good`);
+          return;
+        }
+        sim.addTimer(undefined, () => void start(victim.id), 20 + Math.floor(random() * 1500));
+      },
+      Math.floor(random() * faultMs),
+    );
+  }
+
+  let checkedAt = -1;
+  const check = (final: boolean): void => {
+    collect();
+    if (sim.mutations !== checkedAt || final) checkDivergence(sim);
+    checkedAt = sim.mutations;
+    if (final) checkFinal(sim, quorum, acked, ackedDeletes);
+  };
+  try {
+    while (sim.now < t0 + faultMs) {
+      if (!(await sim.step())) break;
+      report.events += 1;
+      check(false);
+    }
+    // Heal: no more loss or duplication; every node not dead for good comes back.
+    sim.faults = { ...sim.faults, lossRate: 0, duplicateRate: 0, refusedRate: 1 };
+    sim.say('HEAL');
+    for (const node of sim.nodes.values()) if (!node.dead && !node.up) await start(node.id);
+    const end = sim.now + healMs;
+    while (sim.now < end) {
+      if (!(await sim.step())) break;
+      report.events += 1;
+      check(false);
+    }
+    check(true);
+  } catch (err) {
+    if (!(err instanceof Violation)) throw err;
+    report.violation = err.message;
+  }
+  // Stop every process so nothing of this seed runs on.
+  for (const node of sim.nodes.values()) if (node.inc) node.inc.alive = false;
+  return report;
+}
+
+/** The catch-up the server runs for a repo syncOnce reports behind: copy refs and version from the newest peer. */
+async function catchUp(sim: Sim, inc: Incarnation, repoId: string): Promise<void> {
+  const mine = inc.driver.participant.repo(repoId);
+  if (mine?.state !== 'live') return;
+  let best: SimNode | undefined;
+  for (const peer of sim.nodes.values()) {
+    if (peer === inc.node || !peer.up || !peer.inc?.alive) continue;
+    const v = peer.participant.repo(repoId);
+    if (v?.state !== 'live' || v.epoch !== mine.epoch || peer.participant.lockedBy(repoId) !== undefined) continue;
+    if (!best || v.generation > best.participant.versionOf(repoId).generation) best = peer;
+  }
+  if (!best) return;
+  const source = best;
+  // The snapshot is read at the source, under its repo queue, with its version (as repoState does).
+  const snapshot = await source.driver.withRepoResult(repoId, async () => {
+    if (source.participant.lockedBy(repoId) !== undefined) return undefined;
+    return { version: source.participant.versionOf(repoId), refs: { ...(source.disk.repos.get(repoId) ?? {}) } };
+  });
+  if (!snapshot || !inc.alive) return;
+  await inc.driver.withRepo(repoId, async () => {
+    const now = inc.driver.participant.repo(repoId);
+    if (inc.driver.participant.lockedBy(repoId) !== undefined || now?.state !== 'live') return;
+    if (now.epoch !== snapshot.version.epoch || now.generation >= snapshot.version.generation) return;
+    if (!inc.alive || !inc.node.disk.repos.has(repoId)) return;
+    inc.node.disk.repos.set(repoId, snapshot.refs);
+    sim.mutations += 1;
+    inc.node.applied.push(`catch-up:${repoId}@${snapshot.version.generation}`);
+    sim.say(`${inc.node.id} caught up ${repoId} to ${snapshot.version.epoch}.${snapshot.version.generation} from ${source.id}`);
+    await inc.driver.caughtUp(repoId, snapshot.version);
+  });
+}
+
+/** (b) No two replicas at one version of a repo hold different refs (replicas mid-transaction aside). */
+function checkDivergence(sim: Sim): void {
+  for (const repoId of REPOS) {
+    const seen = new Map<string, { node: NodeId; refs: string }>();
+    for (const node of sim.nodes.values()) {
+      if (!node.up || !node.inc?.alive) continue;
+      const p = node.participant;
+      if (!p.isLive(repoId) || p.lockedBy(repoId) !== undefined) continue;
+      const refs = node.disk.repos.get(repoId);
+      if (!refs) continue;
+      const v = p.versionOf(repoId);
+      const key = `${v.epoch}.${v.generation}`;
+      const mine = Object.keys(refs).sort().map((r) => `${r}=${refs[r]}`).join(' ');
+      const other = seen.get(key);
+      if (other && other.refs !== mine) throw new Violation(`(b) divergence: ${repoId} at ${key} on ${other.node} ${other.refs} but on ${node.id} ${mine}`);
+      seen.set(key, { node: node.id, refs: mine });
+    }
+  }
+}
+
+/** (a) nothing acknowledged lost, (c) no deleted repo back, (d) nothing left in doubt, unapplied or locked. */
+function checkFinal(sim: Sim, quorum: number, acked: Acked[], ackedDeletes: Acked[]): void {
+  const live = [...sim.nodes.values()].filter((x) => !x.dead);
+  for (const node of live) {
+    if (!node.up) throw new Violation(`(d) ${node.id} did not come back up`);
+    const p = node.participant;
+    const doubt = p.inDoubt();
+    if (doubt.length > 0) throw new Violation(`(d) ${node.id} still holds in doubt ${doubt.map((t) => `${t.txnId} (${t.status}, coordinator ${t.coordinator})`).join(', ')}`);
+    const unapplied = p.unapplied();
+    if (unapplied.length > 0) throw new Violation(`(d) ${node.id} has final commits not applied: ${unapplied.map((t) => t.txnId).join(', ')}`);
+    for (const repoId of REPOS) if (p.lockedBy(repoId) !== undefined) throw new Violation(`(d) ${node.id} still has ${repoId} locked by ${p.lockedBy(repoId)}`);
+  }
+  // Every push some node logged as committed, by repo and version: a later one may supersede an acked ref.
+  const committedPushes: { op: Extract<TxnOp, { kind: 'push' }>; epoch: number; generation: number }[] = [];
+  for (const node of sim.nodes.values()) {
+    const ops = new Map<string, TxnOp>();
+    for (const e of node.disk.log) {
+      if (e.t === 'prepared' || e.t === 'decision') ops.set(e.txnId, e.op);
+      if (e.t === 'committed') {
+        const op = ops.get(e.txnId);
+        if (op?.kind === 'push') committedPushes.push({ op, epoch: e.epoch, generation: e.generation ?? 0 });
+      }
+    }
+  }
+  for (const a of acked) {
+    for (const node of live) {
+      const state = node.participant.repo(a.op.repoId);
+      if (a.op.kind === 'create' || a.op.kind === 'delete') {
+        if (!state || state.epoch < a.epoch) throw new Violation(`(a) acknowledged ${a.op.kind} ${a.txnId} of ${a.op.repoId} at epoch ${a.epoch} missing on ${node.id} (${JSON.stringify(state)})`);
+        continue;
+      }
+      if (!state || state.epoch > a.epoch) continue; // deleted (or re-created) since: superseded
+      if (compareVersions(state, a) < 0) throw new Violation(`(a) acknowledged push ${a.txnId} (${a.epoch}.${a.generation}) lost on ${node.id}: at ${state.epoch}.${state.generation}`);
+      const refs = node.disk.repos.get(a.op.repoId) ?? {};
+      const updates = a.op.kind === 'push' ? a.op.updates : [];
+      for (const u of updates) {
+        const later = committedPushes.some((c) => c.op.repoId === a.op.repoId && c.epoch === a.epoch && c.generation > a.generation && c.op.updates.some((x) => x.ref === u.ref));
+        if (!later && (refs[u.ref] ?? ZERO_OID) !== u.new) {
+          throw new Violation(`(a) acknowledged push ${a.txnId} (${a.epoch}.${a.generation}) lost on ${node.id}: ${u.ref} is ${refs[u.ref] ?? 'absent'}, pushed ${u.new}`);
+        }
+      }
+    }
+  }
+  for (const d of ackedDeletes) {
+    for (const node of live) {
+      const state = node.participant.repo(d.op.repoId);
+      if (state?.state === 'live' && state.epoch <= d.epoch) throw new Violation(`(c) ${d.op.repoId} deleted at epoch ${d.epoch} (${d.txnId}) is live on ${node.id} at epoch ${state.epoch}`);
+      if (state?.state !== 'live' && node.disk.repos.has(d.op.repoId)) throw new Violation(`(c) ${d.op.repoId} deleted but still on ${node.id}'s disk`);
+    }
+  }
+  // After healing, every replica agrees.
+  for (const repoId of REPOS) {
+    const states = new Set(live.map((x) => `${JSON.stringify(x.participant.repo(repoId) ?? null)} ${JSON.stringify(Object.entries(x.disk.repos.get(repoId) ?? {}).sort())}`));
+    if (states.size > 1) throw new Violation(`(a) replicas of ${repoId} did not converge: ${[...states].join(' | ')}`);
+  }
+  void quorum;
+}
