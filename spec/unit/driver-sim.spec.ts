@@ -30,3 +30,19 @@ for (const nodes of [3, 5] as const) {
     });
   });
 }
+
+// Found by the simulation (see the report of branch helper-f): the termination rule counts refusals
+// among all N nodes, so a commit decision that never became final, one of whose yes voters refused it
+// after a restart, waits forever when the nodes that never voted are dead: fewer than W yes voters
+// can still accept it (so abort is safe), but N - W + 1 refusals never come. The repo stays locked.
+describe('driver simulation, seeds that found a stuck in-doubt transaction', () => {
+  for (const [seed, nodes] of [
+    [55, 3],
+    [16, 5],
+  ] as const) {
+    it(`seed ${seed} with ${nodes} nodes leaves nothing in doubt once a majority lives (npm run sim -- --seed ${seed} --nodes ${nodes})`, async () => {
+      const report = await runSeed({ seed, nodes });
+      expect(report.violation).to.equal(undefined);
+    });
+  }
+});
