@@ -8,6 +8,7 @@ import type { Logger } from './logger.js';
 import { KEEP_ALIVE_TIMEOUT_MS, PeerClient, REQUEST_ID_HEADER, SECRET_HEADER, peerAgent } from './peer-client.js';
 import { parseRepoId } from './repo-id.js';
 import { RepoStore } from './repo-store.js';
+import { GitReplica } from './replica.js';
 import { TXN_ID, route, type Route } from './router.js';
 import { compareVersions, type NodeId, type TxnMessage, type TxnOp } from './txn-core.js';
 import { TxnDriver, systemClock, type Clock } from './txn-driver.js';
@@ -96,8 +97,8 @@ export class QuorumGitNode {
       peers: config.peerUrls,
       quorum: config.quorum,
       log: this.txnLog,
-      store: this.store,
-      client: this.client,
+      replica: new GitReplica(this.store, logger),
+      transport: this.client,
       logger,
       clock,
       newTxnId: () => `${config.serverId}-${clock.now().toString(36)}-${randomBytes(6).toString('hex')}`,

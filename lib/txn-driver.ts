@@ -1,9 +1,7 @@
 import type { Logger } from './logger.js';
 import type { PeerClient } from './peer-client.js';
-import type { RepoStore } from './repo-store.js';
+import type { ReplicaStore } from './replica.js';
 import type { TxnLog } from './txn-log.js';
-import { applyUpdates, expectRefsUnlocked, installPackBuffers, installPackFiles, readHead, readRefValues, readRefs, setHead } from './git-refs.js';
-import { RefTransactions } from './ref-txn.js';
 import { failpointAction, hit, type FailpointName } from './failpoints.js';
 import {
   CoordinatorTxn,
@@ -18,15 +16,17 @@ import {
   type ParticipantEffect,
   type PeerAnswer,
   type QueryOutcome,
-  type RefUpdate,
   type RepoVersion,
   type TxnMessage,
   type TxnOp,
   type Vote,
 } from './txn-core.js';
 
-// Carries out what the pure protocol core (txn-core.ts) decides: the disk, the network and the
-// timers live here. Effects run in the order the core returns them, persist before send before reply.
+// Carries out what the pure protocol core (txn-core.ts) decides. Effects run in the order the core
+// returns them, persist before send before reply. Every effect goes through an injected interface:
+// the log (TxnLog), the replica's disk side (ReplicaStore, lib/replica.ts), the peers (Transport,
+// PeerClient) and the clock; the seeded simulation (spec/unit/sim.ts) runs this very driver over
+// in-memory fakes of each.
 
 export interface Clock {
   now(): number;
@@ -46,13 +46,19 @@ export interface TxnTimeouts {
   commitResends: number;
 }
 
+/** What the driver needs of its transaction log. */
+export type DriverLog = Pick<TxnLog, 'replay' | 'open' | 'append'>;
+
+/** What the driver needs of the network: the protocol messages to peers (PeerClient is the real one). */
+export type Transport = Pick<PeerClient, 'sendTxn' | 'queryTxn' | 'catalog'>;
+
 export interface TxnDriverOptions {
   self: NodeId;
   peers: readonly NodeId[];
   quorum: number;
-  log: TxnLog;
-  store: RepoStore;
-  client: PeerClient;
+  log: DriverLog;
+  replica: ReplicaStore;
+  transport: Transport;
   logger: Logger;
   clock: Clock;
   newTxnId: () => string;
@@ -76,9 +82,6 @@ interface ActiveTxn {
   resolve: (result: CoordinatorResult) => void;
   beforePrepare?: (to: NodeId) => Promise<InlineFiles | void>;
 }
-
-/** How long the coordinator's replica waits for a pushed ref's lock to go (git's own lock retry is 100 ms). */
-const REF_LOCK_WAIT_MS = 100;
 
 /** Small files (a push's pack) sent inside a prepare instead of ahead of it: name → base64. */
 export type InlineFiles = Record<string, string>;
@@ -105,8 +108,6 @@ export class TxnDriver {
   private readonly localSettled = new Map<string, { promise: Promise<void>; resolve: () => void }>();
   /** File-system work on one repo runs one step at a time, in arrival order. */
   private readonly repoChains = new Map<string, Promise<void>>();
-  /** A peer's push holds its refs locked in git from prepare to commit (lib/ref-txn.ts). */
-  private readonly refTxns = new RefTransactions({ maxSpares: 64, idleMs: 60_000 });
   /** A small pack that came inside a push's prepare, held in memory until the stage writes it. */
   private readonly inlinePacks = new Map<string, Readonly<Record<string, Buffer>>>();
 
@@ -116,14 +117,13 @@ export class TxnDriver {
 
   /** Ends the git sessions this driver holds (a prepared push's ref locks are released by git). */
   close(): void {
-    this.refTxns.close();
+    this.options.replica.close();
   }
 
   /** Undoes a push's or create's staging here: its ref transaction, then its files. */
   private async discardStaged(txnId: string): Promise<void> {
     this.inlinePacks.delete(txnId);
-    this.refTxns.abort(txnId);
-    await this.options.store.discard(txnId);
+    await this.options.replica.discard(txnId);
   }
 
   get nodes(): NodeId[] {
@@ -136,20 +136,20 @@ export class TxnDriver {
     for (const entry of entries) this.participant.replay(entry);
     await this.options.log.open();
     const keep = new Set([...this.participant.inDoubt(), ...this.participant.unapplied()].map((t) => t.txnId));
-    const cleared = await this.options.store.init(keep);
+    const cleared = await this.options.replica.init(keep);
     if (cleared.length > 0) this.options.logger.warn('removed what dead gits left (lock files, quarantines)', { paths: cleared });
     // Make the served tree agree with the catalog: a crash between an fs step and its log line
     // leaves a difference only in the direction the log already records as decided.
     for (const [repoId, entry] of Object.entries(this.participant.catalog())) {
       if (this.participant.lockedBy(repoId)) continue;
-      const present = await this.options.store.exists(repoId);
+      const present = await this.options.replica.exists(repoId);
       if (entry.state === 'live' && !present) {
         // Its pushes are gone with it: an empty repo at generation 0, which catch-up then refills.
-        await this.options.store.recreate(repoId, 'repair');
+        await this.options.replica.recreate(repoId, 'repair');
         for (const effect of this.participant.onRepoLost(repoId)) await this.runParticipantEffect(effect);
         this.options.logger.warn('repo missing on disk; recreated empty and marked behind', { repo_id: repoId });
       }
-      if (entry.state === 'deleted' && present) await this.options.store.remove(repoId, 'repair');
+      if (entry.state === 'deleted' && present) await this.options.replica.remove(repoId, 'repair');
     }
     // Final commits whose `applied` record is missing are applied again before anything is served: a
     // push is applied idempotently (refs already at the new values are left alone), a create finds its
@@ -235,7 +235,7 @@ export class TxnDriver {
       vote =
         to === this.options.self
           ? await this.handleMessage(msg)
-          : await this.options.client.sendTxn(to, inline ? { ...msg, inlineFiles: inline } : msg, txn.requestId);
+          : await this.options.transport.sendTxn(to, inline ? { ...msg, inlineFiles: inline } : msg, txn.requestId);
     } catch (err) {
       this.options.logger.warn('peer did not answer', { txn_id: coord.txnId, peer: to, msg: msg.type, err: (err as Error).message });
       vote = { vote: 'no', code: 'unreachable' };
@@ -266,7 +266,6 @@ export class TxnDriver {
         // A push is checked against the refs on disk, read in the repo's queue so that a commit still
         // being applied is seen whole.
         const op = msg.op;
-        const repoPath = this.options.store.repoPath(op.repoId);
         // A push that creates a ref is checked against every ref (name/directory clashes); one that
         // only moves or deletes existing refs needs just those, read without starting git.
         const creates = op.updates.some((u) => u.old === ZERO_OID);
@@ -278,7 +277,7 @@ export class TxnDriver {
         let effects: ParticipantEffect[] = [];
         await this.withRepo(op.repoId, async () => {
           let refs: Record<string, string> | undefined;
-          if (this.participant.isLive(op.repoId)) refs = creates ? await readRefs(repoPath) : await readRefValues(repoPath, op.updates.map((u) => u.ref));
+          if (this.participant.isLive(op.repoId)) refs = await this.options.replica.readRefs(op.repoId, creates ? undefined : op.updates.map((u) => u.ref));
           effects = this.participant.onPrepare(msg, refs);
         });
         const vote = await this.runParticipantEffects(effects, msg.txnId);
@@ -363,7 +362,7 @@ export class TxnDriver {
   }
 
   private async runParticipantEffect(effect: ParticipantEffect): Promise<void> {
-    const { store, log } = this.options;
+    const { replica: store, log } = this.options;
     switch (effect.type) {
       case 'stage':
         if (effect.op.kind === 'create') await store.stageCreate(effect.txnId);
@@ -371,14 +370,10 @@ export class TxnDriver {
         // quarantine, and its refs are moved (and locked) by receive-pack itself once the hook says
         // yes, so here it only makes sure no lock stands in receive-pack's way. A peer's objects came
         // inside the prepare or were streamed ahead of it; its refs are locked in git until the decision.
-        if (effect.op.kind === 'push' && effect.coordinator === this.options.self) {
-          await expectRefsUnlocked(store.repoPath(effect.op.repoId), effect.op.updates.map((u) => u.ref), REF_LOCK_WAIT_MS);
-        } else if (effect.op.kind === 'push') {
-          const repoPath = store.repoPath(effect.op.repoId);
+        if (effect.op.kind === 'push') {
+          const own = effect.coordinator === this.options.self;
           const inline = this.inlinePacks.get(effect.txnId);
-          if (inline) installPackBuffers(repoPath, inline);
-          else await installPackFiles(repoPath, store.incomingDir(effect.txnId));
-          await this.refTxns.prepare(effect.txnId, repoPath, effect.op.updates);
+          await store.stagePush(effect.txnId, effect.op.repoId, effect.op.updates, own ? { own } : { own, ...(inline ? { inline } : {}) });
         }
         return;
       case 'apply': {
@@ -386,7 +381,7 @@ export class TxnDriver {
         if (op.kind === 'push') {
           const gate = this.selfCommitGates.get(txnId);
           if (gate) await gate;
-          await this.withRepo(op.repoId, () => this.applyPush(txnId, store.repoPath(op.repoId), op.updates, op.head));
+          await this.withRepo(op.repoId, () => store.applyPush(txnId, op.repoId, op.updates, op.head));
           this.options.afterWrite?.(op.repoId);
           return;
         }
@@ -409,29 +404,13 @@ export class TxnDriver {
     }
   }
 
-  /**
-   * Moves a committed push's refs here: by committing the ref transaction prepared with the vote, or,
-   * with none held (the coordinator's replica after receive-pack, a transaction replayed after a
-   * restart, a session that failed), by applying the updates afresh, which is idempotent.
-   */
-  private async applyPush(txnId: string, repoPath: string, updates: readonly RefUpdate[], head: string | undefined): Promise<void> {
-    let committed = false;
-    try {
-      committed = await this.refTxns.commit(txnId);
-    } catch (err) {
-      this.options.logger.warn('prepared ref transaction failed to commit; applying the push afresh', { txn_id: txnId, err: (err as Error).message });
-    }
-    if (!committed) return applyUpdates(repoPath, updates, head);
-    if (head !== undefined && (await readHead(repoPath)) !== head) await setHead(repoPath, head);
-  }
-
   /** Drops shipped packs whose upload was abandoned (see RepoStore.sweepIncoming); returns how many. */
   async sweepIncoming(idleMs: number): Promise<number> {
     const active = (txnId: string): boolean => {
       const status = this.participant.status(txnId);
       return status === 'preparing' || status === 'prepared' || status === 'committing' || this.applying.has(txnId);
     };
-    const removed = await this.options.store.sweepIncoming(active, idleMs, this.options.clock.now());
+    const removed = await this.options.replica.sweepIncoming(active, idleMs, this.options.clock.now());
     if (removed.length > 0) this.options.logger.info('dropped abandoned pack uploads', { txn_ids: removed });
     return removed.length;
   }
@@ -545,7 +524,7 @@ export class TxnDriver {
       const peers: PeerAnswer[] = [];
       for (const node of this.options.peers) {
         try {
-          peers.push((await this.options.client.queryTxn(node, txnId, { refuse: true, asCoordinator: false })).outcome);
+          peers.push((await this.options.transport.queryTxn(node, txnId, { refuse: true, asCoordinator: false })).outcome);
         } catch {
           peers.push('unreachable');
         }
@@ -570,7 +549,7 @@ export class TxnDriver {
           const answer =
             node === this.options.self
               ? await this.handleQuery(txn.txnId, !asCoordinator, asCoordinator)
-              : await this.options.client.queryTxn(node, txn.txnId, { refuse: !asCoordinator, asCoordinator });
+              : await this.options.transport.queryTxn(node, txn.txnId, { refuse: !asCoordinator, asCoordinator });
           if ((answer.outcome === 'committed' || answer.outcome === 'accepted') && answer.epoch !== undefined) {
             version = { epoch: answer.epoch, generation: answer.generation ?? 0 };
           }
@@ -616,7 +595,7 @@ export class TxnDriver {
   /** A proven abort is told to every peer (best effort): a refusing node then records it as final. */
   private tellAbort(txnId: string): void {
     for (const peer of this.options.peers) {
-      this.options.client.sendTxn(peer, { type: 'abortTxn', txnId }, txnId).catch(() => undefined);
+      this.options.transport.sendTxn(peer, { type: 'abortTxn', txnId }, txnId).catch(() => undefined);
     }
   }
 
@@ -648,7 +627,7 @@ export class TxnDriver {
     for (const peer of this.options.peers) {
       let catalog: Record<string, CatalogEntry>;
       try {
-        catalog = await this.options.client.catalog(peer);
+        catalog = await this.options.transport.catalog(peer);
       } catch {
         continue;
       }

@@ -8,10 +8,10 @@ const C = 'http://c';
 const oid = (n: number): string => n.toString(16).padStart(40, '0');
 
 /** A 3-node sim with repo o/r created everywhere. */
-function cluster(): Sim {
+async function cluster(): Promise<Sim> {
   const sim = new Sim([A, B, C], 2);
   sim.begin(A, { kind: 'create', repoId: 'o/r' });
-  sim.run();
+  await sim.run();
   return sim;
 }
 
@@ -27,10 +27,10 @@ function refsOf(sim: Sim, id: string): Record<string, string> {
 const commitsOnly = (e: Envelope): boolean => e.kind === 'msg' && e.msg.type === 'commitTxn';
 
 describe('push two-phase commit core', () => {
-  it('moves the refs of every replica and bumps the generation, answering once a quorum applied it', () => {
-    const sim = cluster();
+  it('moves the refs of every replica and bumps the generation, answering once a quorum applied it', async () => {
+    const sim = await cluster();
     const txn = push(sim, A, [{ ref: 'refs/heads/main', old: ZERO_OID, new: oid(1) }]);
-    sim.run();
+    await sim.run();
     const result = sim.results.get(txn) as Extract<CoordinatorResult, { outcome: 'committed' }>;
     expect(result.outcome).to.equal('committed');
     expect(result.generation).to.equal(1);
@@ -45,32 +45,32 @@ describe('push two-phase commit core', () => {
     }
   });
 
-  it('answers the hook before its own replica acknowledges (receive-pack commits it after the hook exits)', () => {
-    const sim = cluster();
+  it('answers the hook before its own replica acknowledges (receive-pack commits it after the hook exits)', async () => {
+    const sim = await cluster();
     const txn = push(sim, A, [{ ref: 'refs/heads/main', old: ZERO_OID, new: oid(1) }]);
-    sim.run({ drop: (e) => commitsOnly(e) && e.to === A });
+    await sim.run({ drop: (e) => commitsOnly(e) && e.to === A });
     expect(sim.results.get(txn)?.outcome).to.equal('committed');
   });
 
-  it('rejects with ref_conflict when a replica no longer holds the old value, and nothing moves', () => {
-    const sim = cluster();
+  it('rejects with ref_conflict when a replica no longer holds the old value, and nothing moves', async () => {
+    const sim = await cluster();
     push(sim, A, [{ ref: 'refs/heads/main', old: ZERO_OID, new: oid(1) }]);
-    sim.run();
+    await sim.run();
     const stale = push(sim, B, [{ ref: 'refs/heads/main', old: ZERO_OID, new: oid(2) }]);
-    sim.run();
+    await sim.run();
     expect(sim.results.get(stale)).to.deep.include({ outcome: 'aborted', code: 'ref_conflict', detail: 'refs/heads/main' });
     for (const id of [A, B, C]) expect(refsOf(sim, id)).to.deep.equal({ 'refs/heads/main': oid(1) });
   });
 
-  it('a replica at another generation votes stale; the push still commits on the quorum that is current', () => {
-    const sim = cluster();
+  it('a replica at another generation votes stale; the push still commits on the quorum that is current', async () => {
+    const sim = await cluster();
     sim.crash(C);
     push(sim, A, [{ ref: 'refs/heads/main', old: ZERO_OID, new: oid(1) }]);
-    sim.run();
-    sim.advance(1000);
-    sim.restart(C);
+    await sim.run();
+    await sim.advance(1000);
+    await sim.restart(C);
     const txn = push(sim, A, [{ ref: 'refs/heads/main', old: oid(1), new: oid(2) }]);
-    sim.run();
+    await sim.run();
     const result = sim.results.get(txn) as Extract<CoordinatorResult, { outcome: 'committed' }>;
     expect(result.outcome).to.equal('committed');
     expect(result.behind).to.deep.equal([C]);
@@ -78,101 +78,101 @@ describe('push two-phase commit core', () => {
     expect(sim.node(C).participant.versionOf('o/r').generation).to.equal(0);
   });
 
-  it('a lost prepare to one peer does not stop the push; a lost prepare to two aborts it everywhere', () => {
-    const sim = cluster();
+  it('a lost prepare to one peer does not stop the push; a lost prepare to two aborts it everywhere', async () => {
+    const sim = await cluster();
     const ok = push(sim, A, [{ ref: 'refs/heads/main', old: ZERO_OID, new: oid(1) }]);
-    sim.run({ drop: (e) => e.kind === 'msg' && e.msg.type === 'prepare' && e.to === C });
+    await sim.run({ drop: (e) => e.kind === 'msg' && e.msg.type === 'prepare' && e.to === C });
     expect(sim.results.get(ok)?.outcome).to.equal('committed');
-    sim.advance(1000);
+    await sim.advance(1000);
     const lost = push(sim, A, [{ ref: 'refs/heads/main', old: oid(1), new: oid(2) }]);
-    sim.run({ drop: (e) => e.kind === 'msg' && e.msg.type === 'prepare' && e.to !== A });
-    sim.advance(100);
+    await sim.run({ drop: (e) => e.kind === 'msg' && e.msg.type === 'prepare' && e.to !== A });
+    await sim.advance(100);
     expect(sim.results.get(lost)).to.deep.include({ outcome: 'aborted', code: 'quorum_unreachable' });
     expect(sim.node(A).participant.lockedBy('o/r')).to.equal(undefined);
     for (const id of [A, B]) expect(refsOf(sim, id)).to.deep.equal({ 'refs/heads/main': oid(1) });
   });
 
-  it('never answers ok before a quorum confirmed: a lost commit is re-sent and the answer waits for it', () => {
-    const sim = cluster();
+  it('never answers ok before a quorum confirmed: a lost commit is re-sent and the answer waits for it', async () => {
+    const sim = await cluster();
     const txn = push(sim, A, [{ ref: 'refs/heads/main', old: ZERO_OID, new: oid(1) }]);
     let dropped = 0;
     // A's own commit waits for receive-pack; B's and C's first commits are lost.
-    sim.run({ drop: (e) => commitsOnly(e) && e.to !== A && (dropped += 1) <= 2 });
+    await sim.run({ drop: (e) => commitsOnly(e) && e.to !== A && (dropped += 1) <= 2 });
     expect(sim.results.get(txn)).to.equal(undefined);
-    sim.advance(100);
+    await sim.advance(100);
     expect(sim.results.get(txn)?.outcome).to.equal('committed');
   });
 
-  it('when no peer acknowledges before the resends run out, answers with nothing confirmed (the decision never became final)', () => {
-    const sim = cluster();
+  it('when no peer acknowledges before the resends run out, answers with nothing confirmed (the decision never became final)', async () => {
+    const sim = await cluster();
     const txn = push(sim, A, [{ ref: 'refs/heads/main', old: ZERO_OID, new: oid(1) }]);
     const lost = (e: Envelope): boolean => commitsOnly(e) && e.to !== A;
-    sim.run({ drop: lost });
+    await sim.run({ drop: lost });
     expect(sim.results.get(txn)).to.equal(undefined);
-    for (let i = 0; i < 3; i += 1) sim.advance(100, { drop: lost });
+    for (let i = 0; i < 3; i += 1) await sim.advance(100, { drop: lost });
     // Decided by A alone: no second node holds the decision, so not even A applies it, and the push
     // service must not say "ok".
     expect(sim.results.get(txn)).to.deep.include({ outcome: 'committed', confirmed: [], behind: [A, B, C] });
     expect(sim.node(A).applied.filter((a) => a.startsWith('push'))).to.deep.equal([]);
   });
 
-  it('duplicated messages apply each push once', () => {
-    const sim = cluster();
+  it('duplicated messages apply each push once', async () => {
+    const sim = await cluster();
     const txn = push(sim, A, [{ ref: 'refs/heads/main', old: ZERO_OID, new: oid(1) }]);
-    sim.run({ duplicate: () => true });
+    await sim.run({ duplicate: () => true });
     expect(sim.results.get(txn)?.outcome).to.equal('committed');
     for (const id of [A, B, C]) expect(sim.node(id).applied.filter((a) => a.startsWith('push'))).to.deep.equal(['push:o/r@1']);
   });
 
-  it('coordinator dead after its decision reached no replica: the two live nodes abort without it, and it learns so on return', () => {
-    const sim = cluster();
+  it('coordinator dead after its decision reached no replica: the two live nodes abort without it, and it learns so on return', async () => {
+    const sim = await cluster();
     const txn = push(sim, A, [{ ref: 'refs/heads/main', old: ZERO_OID, new: oid(1) }]);
-    sim.run({ drop: commitsOnly });
+    await sim.run({ drop: commitsOnly });
     sim.crash(A);
     // No replica accepted the commit, so it never became final (nothing was acknowledged): B and C
     // together are N - W + 1 refusals and finish it without A (defect 5: this used to wait forever).
-    expect(sim.recover(B)).to.deep.equal({ [txn]: 'abort' });
+    expect(await sim.recover(B)).to.deep.equal({ [txn]: 'abort' });
     expect(sim.node(C).participant.lockedBy('o/r')).to.equal(undefined);
     expect(sim.node(B).participant.lockedBy('o/r')).to.equal(undefined);
-    sim.restart(A);
-    expect(sim.recover(A)).to.deep.equal({ [txn]: 'abort' });
+    await sim.restart(A);
+    expect(await sim.recover(A)).to.deep.equal({ [txn]: 'abort' });
     expect(sim.node(A).participant.onCoordinatorQuery(txn, false).outcome).to.equal('aborted');
     for (const id of [A, B, C]) expect(refsOf(sim, id)).to.deep.equal({});
   });
 
-  it('coordinator dead after one replica applied its decision: the other commits at the decided generation', () => {
-    const sim = cluster();
+  it('coordinator dead after one replica applied its decision: the other commits at the decided generation', async () => {
+    const sim = await cluster();
     const txn = push(sim, A, [{ ref: 'refs/heads/main', old: ZERO_OID, new: oid(1) }]);
-    sim.run({ drop: (e) => commitsOnly(e) && e.to === C });
+    await sim.run({ drop: (e) => commitsOnly(e) && e.to === C });
     expect(sim.results.get(txn)?.outcome).to.equal('committed');
     sim.crash(A);
-    expect(sim.recover(C)).to.deep.equal({ [txn]: 'commit' });
+    expect(await sim.recover(C)).to.deep.equal({ [txn]: 'commit' });
     for (const id of [B, C]) {
       expect(refsOf(sim, id)).to.deep.equal({ 'refs/heads/main': oid(1) });
       expect(sim.node(id).participant.versionOf('o/r')).to.deep.equal({ epoch: 1, generation: 1 });
     }
   });
 
-  it('participant crash while prepared: it keeps the repo locked across the restart, then commits', () => {
-    const sim = cluster();
+  it('participant crash while prepared: it keeps the repo locked across the restart, then commits', async () => {
+    const sim = await cluster();
     const txn = push(sim, A, [{ ref: 'refs/heads/main', old: ZERO_OID, new: oid(1) }]);
-    sim.run({ drop: (e) => commitsOnly(e) && e.to === C });
+    await sim.run({ drop: (e) => commitsOnly(e) && e.to === C });
     sim.crash(C);
-    sim.advance(2000);
-    sim.restart(C);
+    await sim.advance(2000);
+    await sim.restart(C);
     expect(sim.node(C).participant.lockedBy('o/r')).to.equal(txn);
-    expect(sim.recover(C)).to.deep.equal({ [txn]: 'commit' });
+    expect(await sim.recover(C)).to.deep.equal({ [txn]: 'commit' });
     expect(refsOf(sim, C)).to.deep.equal({ 'refs/heads/main': oid(1) });
   });
 
-  it('two coordinators pushing one branch at once never both commit, whatever the order (200 seeded orders)', () => {
+  it('two coordinators pushing one branch at once never both commit, whatever the order (200 seeded orders)', async () => {
     for (let seed = 1; seed <= 200; seed += 1) {
       const random = seededRandom(seed);
-      const sim = cluster();
+      const sim = await cluster();
       const first = push(sim, A, [{ ref: 'refs/heads/main', old: ZERO_OID, new: oid(1) }]);
       const second = push(sim, B, [{ ref: 'refs/heads/main', old: ZERO_OID, new: oid(2) }]);
-      sim.run({ pick: (n) => Math.floor(random() * n) });
-      sim.advance(1000);
+      await sim.run({ pick: (n) => Math.floor(random() * n) });
+      await sim.advance(1000);
       const won = [first, second].filter((t) => sim.results.get(t)?.outcome === 'committed');
       expect(won.length, `seed ${seed}`).to.be.at.most(1);
       // Replicas at the same generation hold the same refs: no divergence.

@@ -1,18 +1,31 @@
-// A deterministic in-memory cluster for the pure 2PC core: a fake transport (a queue of envelopes that
-// a spec delivers, drops or duplicates), a manual clock, per-node logs that survive a crash while the
-// in-memory state does not, and a seeded random order of delivery. Nothing here sleeps.
+// A deterministic in-memory cluster that runs the REAL TxnDriver (lib/txn-driver.ts) on every node,
+// with each of its effects injected: an in-memory transaction log (what was appended survives a
+// crash), an in-memory replica (refs per repo and staged creates survive a crash; the ref locks a
+// prepared push holds in git do not), a transport whose requests and replies are events in one
+// queue, and a manual clock whose timers are events in the same queue. Nothing here sleeps: after
+// each event the microtasks are drained (setImmediate), so one seed always gives one run.
+//
+// Two ways to drive it:
+// - by hand (txn-core.spec.ts, push-core.spec.ts): `begin` a transaction, `run` the messages with
+//   drop/duplicate/pick filters, `advance` the clock, `crash`/`restart` nodes, `recover` one node
+//   (a round of resolveInDoubtOnce), `sync` (syncOnce);
+// - seeded (`runSeed`, driver-sim.spec.ts, scripts/sim.ts): random pushes, creates and deletes through
+//   random coordinators, message delay, loss, duplication and reordering, crashes with restart from
+//   the log, a minority killed for good, the server's background rounds; invariants checked after
+//   every event and, once the faults stop and the cluster heals, at the end.
 
+import type { Logger } from '../../lib/logger.js';
+import type { PushSource, ReplicaStore } from '../../lib/replica.js';
+import { TxnDriver, type Clock, type Transport } from '../../lib/txn-driver.js';
 import {
   ZERO_OID,
-  CoordinatorTxn,
-  Participant,
-  resolveInDoubt,
-  type CoordinatorEffect,
+  compareVersions,
+  type CatalogEntry,
   type CoordinatorResult,
   type LogEntry,
   type NodeId,
-  type ParticipantEffect,
-  type PeerAnswer,
+  type QueryOutcome,
+  type RefUpdate,
   type TxnMessage,
   type TxnOp,
   type Vote,
@@ -20,28 +33,10 @@ import {
 
 export type Envelope =
   | { kind: 'msg'; from: NodeId; to: NodeId; txnId: string; msg: TxnMessage }
-  | { kind: 'reply'; from: NodeId; to: NodeId; txnId: string; about: TxnMessage['type']; vote: Vote; final?: boolean };
-
-interface SimNode {
-  id: NodeId;
-  up: boolean;
-  participant: Participant;
-  log: LogEntry[];
-  staged: Set<string>;
-  applied: string[];
-  /** The replica's refs per repo, moved by applied pushes (the fake of git's ref store). */
-  refs: Map<string, Record<string, string>>;
-}
-
-interface Timer {
-  at: number;
-  txnId: string;
-  name: 'prepare' | 'commit';
-}
-
-export class ManualClock {
-  now = 0;
-}
+  | { kind: 'query'; from: NodeId; to: NodeId; txnId: string; refuse: boolean; asCoordinator: boolean }
+  | { kind: 'catalog'; from: NodeId; to: NodeId; txnId: '' }
+  | { kind: 'state'; from: NodeId; to: NodeId; txnId: ''; repoId: string }
+  | { kind: 'reply'; from: NodeId; to: NodeId; txnId: string; about: string; vote?: Vote; final?: boolean; failed?: boolean };
 
 /** Mulberry32: a small seeded PRNG so a failing order can be replayed from its seed. */
 export function seededRandom(seed: number): () => number {
@@ -55,21 +50,132 @@ export function seededRandom(seed: number): () => number {
   };
 }
 
-export class Sim {
-  readonly clock = new ManualClock();
-  readonly nodes = new Map<NodeId, SimNode>();
-  readonly queue: Envelope[] = [];
-  readonly results = new Map<string, CoordinatorResult>();
-  /** Every effect carried out, in order, as `node:effect`: specs check persist-before-send from it. */
-  readonly trace: string[] = [];
-  private readonly coordinators = new Map<string, { coord: CoordinatorTxn; node: NodeId }>();
-  private readonly timers: Timer[] = [];
-  private nextId = 0;
-  readonly quorum: number;
+/** Lets every promise chain that can move without a new event settle. */
+const drain = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
-  constructor(ids: NodeId[], quorum: number, readonly timeouts = { prepareTimeoutMs: 100, commitTimeoutMs: 100, commitResends: 2 }) {
-    this.quorum = quorum;
-    for (const id of ids) this.nodes.set(id, { id, up: true, participant: new Participant(), log: [], staged: new Set(), applied: [], refs: new Map() });
+const never = <T>(): Promise<T> => new Promise<T>(() => undefined);
+
+interface NetEvent {
+  seq: number;
+  readyAt: number;
+  env: Envelope;
+  run: () => void;
+}
+
+interface Timer {
+  seq: number;
+  at: number;
+  owner: Incarnation | undefined;
+  fn: () => void;
+  cancelled: boolean;
+}
+
+/** What a node keeps across a crash. */
+interface Disk {
+  log: LogEntry[];
+  repos: Map<string, Record<string, string>>;
+  staging: Set<string>;
+}
+
+/** One run of a node's process: everything it holds in memory dies with it. */
+class Incarnation {
+  alive = true;
+  driver!: TxnDriver;
+  /** Ref locks a prepared peer push holds in git (lost on a crash, as git aborts the open transaction). */
+  readonly held = new Map<string, { repoId: string; refs: string[] }>();
+  roundRunning = false;
+  /** Resolves once the driver's start() is done (the node serves nothing before). */
+  started: Promise<void> = Promise.resolve();
+  constructor(readonly node: SimNode) {}
+}
+
+export class SimNode {
+  up = false;
+  /** Killed for good: never restarted. */
+  dead = false;
+  readonly disk: Disk = { log: [], repos: new Map(), staging: new Set() };
+  /** Changes applied to the replica, in order (`create:o/r@1`, `push:o/r@2`, `sync:o/r:live@1`). */
+  readonly applied: string[] = [];
+  inc: Incarnation | undefined;
+  constructor(readonly id: NodeId) {}
+
+  get participant(): TxnDriver['participant'] {
+    if (!this.inc) throw new Error(`${this.id} never started`);
+    return this.inc.driver.participant;
+  }
+
+  get driver(): TxnDriver {
+    if (!this.inc) throw new Error(`${this.id} never started`);
+    return this.inc.driver;
+  }
+
+  get log(): LogEntry[] {
+    return this.disk.log;
+  }
+
+  get refs(): Map<string, Record<string, string>> {
+    return this.disk.repos;
+  }
+
+  /** What this replica has staged or holds locked for transactions. */
+  get staged(): Set<string> {
+    return new Set([...this.disk.staging, ...(this.inc?.held.keys() ?? [])]);
+  }
+}
+
+export interface SimTimeouts {
+  prepareTimeoutMs: number;
+  commitTimeoutMs: number;
+  commitResends: number;
+}
+
+export interface NetFaults {
+  lossRate: number;
+  duplicateRate: number;
+  maxDelayMs: number;
+  /** A request to a node that is down: refused at once (probability), else lost (the sender times out). */
+  refusedRate: number;
+}
+
+const NO_FAULTS: NetFaults = { lossRate: 0, duplicateRate: 0, maxDelayMs: 0, refusedRate: 0 };
+
+type Filters = { drop?: (e: Envelope) => boolean; duplicate?: (e: Envelope) => boolean; pick?: (n: number) => number };
+
+export class Sim {
+  now = 0;
+  readonly nodes = new Map<NodeId, SimNode>();
+  readonly results = new Map<string, CoordinatorResult>();
+  /** Effects in order as `node:what:txnId`: specs check persist-before-reply from it. */
+  readonly trace: string[] = [];
+  /** A readable account of the run, filled when `verbose` (scripts/sim.ts). */
+  readonly story: string[] = [];
+  verbose = false;
+  /** Off in seeded runs (the trace is for the hand-driven specs). */
+  tracing = true;
+  /** Bumped by every change to a log or a replica: invariants are checked again only after one. */
+  mutations = 0;
+  /** Verdicts of recovery rounds, from the driver's log lines: txnId → verdict. */
+  readonly verdicts = new Map<string, string>();
+  readonly net: NetEvent[] = [];
+  readonly timers: Timer[] = [];
+  faults: NetFaults = NO_FAULTS;
+  random: () => number = () => 0;
+  requestTimeoutMs: number;
+  /** Pushes whose coordinator answered the pre-receive hook "ok" (receive-pack then moved its refs). */
+  readonly gates = new Map<string, () => void>();
+  private seq = 0;
+  private nextTxn = 0;
+
+  constructor(
+    ids: NodeId[],
+    readonly quorum: number,
+    readonly timeouts: SimTimeouts = { prepareTimeoutMs: 100, commitTimeoutMs: 100, commitResends: 2 },
+    options: { requestTimeoutMs?: number; start?: boolean } = {},
+  ) {
+    this.requestTimeoutMs = options.requestTimeoutMs ?? 1000;
+    for (const id of ids) this.nodes.set(id, new SimNode(id));
+    // Every node starts from an empty log at once (no I/O happens before the first event).
+    if (options.start !== false) for (const id of ids) void this.restart(id);
   }
 
   node(id: NodeId): SimNode {
@@ -78,186 +184,708 @@ export class Sim {
     return n;
   }
 
+  get ids(): NodeId[] {
+    return [...this.nodes.keys()];
+  }
+
+  say(line: string): void {
+    if (this.verbose) this.story.push(`${String(this.now).padStart(6)} ${line}`);
+  }
+
+  // ------------------------------------------------------------------ the queue
+
+  addTimer(owner: Incarnation | undefined, fn: () => void, ms: number): Timer {
+    const timer: Timer = { seq: (this.seq += 1), at: this.now + Math.max(0, ms), owner, fn, cancelled: false };
+    this.timers.push(timer);
+    return timer;
+  }
+
+  private enqueue(env: Envelope, run: () => void, delayMs = 0): void {
+    this.net.push({ seq: (this.seq += 1), readyAt: this.now + delayMs, env, run });
+  }
+
+  private nextTimer(until: number): Timer | undefined {
+    let best: Timer | undefined;
+    for (let i = this.timers.length - 1; i >= 0; i -= 1) {
+      const t = this.timers[i]!;
+      if (t.cancelled || (t.owner && !t.owner.alive)) {
+        this.timers.splice(i, 1);
+        continue;
+      }
+      if (t.at <= until && (!best || t.at < best.at || (t.at === best.at && t.seq < best.seq))) best = t;
+    }
+    return best;
+  }
+
+  private fire(timer: Timer): void {
+    this.timers.splice(this.timers.indexOf(timer), 1);
+    this.now = Math.max(this.now, timer.at);
+    timer.fn();
+  }
+
+  /** Delivers queued network events until none is left (timers do not fire). */
+  async run(options: Filters = {}): Promise<void> {
+    await drain();
+    for (let guard = 0; this.net.length > 0; guard += 1) {
+      if (guard > 100_000) throw new Error('simulation did not settle');
+      const index = options.pick ? options.pick(this.net.length) : 0;
+      const [event] = this.net.splice(index, 1);
+      if (!event || options.drop?.(event.env)) continue;
+      event.run();
+      await drain();
+      // The copy arrives once the first was handled (a copy overtaking it is the seeded mode's job).
+      if (options.duplicate?.(event.env)) {
+        event.run();
+        await drain();
+      }
+    }
+  }
+
+  /** Moves the clock, firing due timers in order and delivering what each sent (with the same filters). */
+  async advance(ms: number, options: Filters = {}): Promise<void> {
+    const until = this.now + ms;
+    await this.run(options);
+    for (let timer = this.nextTimer(until); timer; timer = this.nextTimer(until)) {
+      this.fire(timer);
+      await this.run(options);
+    }
+    this.now = until;
+  }
+
+  /** Seeded mode: the earliest event (network or timer) happens next. Returns false when none is left. */
+  async step(): Promise<boolean> {
+    let net: NetEvent | undefined;
+    let netIndex = -1;
+    this.net.forEach((e, i) => {
+      if (!net || e.readyAt < net.readyAt || (e.readyAt === net.readyAt && e.seq < net.seq)) [net, netIndex] = [e, i];
+    });
+    const timer = this.nextTimer(Infinity);
+    if (!net && !timer) return false;
+    if (net && (!timer || net.readyAt < timer.at || (net.readyAt === timer.at && net.seq < timer.seq))) {
+      this.net.splice(netIndex, 1);
+      this.now = Math.max(this.now, net.readyAt);
+      net.run();
+    } else if (timer) {
+      this.fire(timer);
+    }
+    await drain();
+    return true;
+  }
+
+  // ------------------------------------------------------------------ the network
+
+  /** One request from `inc` to node `to`; its answer comes back as a reply event. */
+  private request<T>(inc: Incarnation, env: Envelope, handle: (target: Incarnation) => Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      let settled = false;
+      const settle = (fn: () => void): void => {
+        if (settled || !inc.alive) return;
+        settled = true;
+        timeout.cancelled = true;
+        fn();
+      };
+      const timeout = this.addTimer(inc, () => settle(() => reject(new Error('request timed out'))), this.requestTimeoutMs);
+      const about = env.kind === 'msg' ? env.msg.type : env.kind;
+      const reply = (value: T | undefined, failed: boolean): void => {
+        const back: Envelope = {
+          kind: 'reply',
+          from: env.to,
+          to: env.from,
+          txnId: env.txnId,
+          about,
+          ...(env.kind === 'msg' && value !== undefined ? { vote: value as Vote } : {}),
+          ...(env.kind === 'msg' && env.msg.type === 'commitTxn' ? { final: env.msg.final ?? true } : {}),
+          ...(failed ? { failed } : {}),
+        };
+        if (this.random() < this.faults.lossRate) return;
+        this.enqueue(back, () => settle(() => (failed ? reject(new Error('peer failed')) : resolve(value as T))), this.delay());
+      };
+      const deliver = (): void => {
+        const target = this.node(env.to);
+        const tinc = target.inc;
+        if (!target.up || !tinc?.alive) {
+          if (this.random() < this.faults.refusedRate) settle(() => reject(new Error('connection refused')));
+          return;
+        }
+        handle(tinc).then(
+          (value) => {
+            if (tinc.alive) reply(value, false);
+          },
+          () => {
+            if (tinc.alive) reply(undefined, true);
+          },
+        );
+      };
+      if (this.random() < this.faults.lossRate) return;
+      this.enqueue(env, deliver, this.delay());
+      if (this.random() < this.faults.duplicateRate) this.enqueue(env, deliver, this.delay());
+    });
+  }
+
+  private delay(): number {
+    return this.faults.maxDelayMs > 0 ? Math.floor(this.random() * this.faults.maxDelayMs) : 0;
+  }
+
+  private transport(inc: Incarnation): Transport {
+    const from = inc.node.id;
+    return {
+      sendTxn: (to: NodeId, msg: TxnMessage & { inlineFiles?: Record<string, string> }): Promise<Vote> => {
+        const { inlineFiles: _files, ...bare } = msg;
+        const m = bare as TxnMessage;
+        if (m.type === 'commitTxn' || m.type === 'abortTxn') this.tracing && this.trace.push(`${from}:coord-send-${m.type}:${m.txnId}`);
+        return this.request(inc, { kind: 'msg', from, to, txnId: m.txnId, msg: m }, (t) => t.driver.handleMessage(m));
+      },
+      queryTxn: (to: NodeId, txnId: string, opts: { refuse: boolean; asCoordinator: boolean }): Promise<{ outcome: QueryOutcome; epoch?: number; generation?: number }> =>
+        this.request(inc, { kind: 'query', from, to, txnId, ...opts }, (t) => t.driver.handleQuery(txnId, opts.refuse, opts.asCoordinator)),
+      catalog: (to: NodeId): Promise<Record<string, CatalogEntry>> =>
+        this.request(inc, { kind: 'catalog', from, to, txnId: '' }, async (t) => structuredClone(t.driver.participant.catalog())),
+    } as unknown as Transport;
+  }
+
+  // ------------------------------------------------------------------ one node's injected effects
+
+  private clock(inc: Incarnation): Clock {
+    return {
+      now: () => this.now,
+      setTimeout: (fn, ms) => this.addTimer(inc, fn, ms),
+      clearTimeout: (handle) => {
+        if (handle) (handle as Timer).cancelled = true;
+      },
+    };
+  }
+
+  private logger(inc: Incarnation): Logger {
+    const write = (level: string) => (message: string, meta?: Record<string, unknown>) => {
+      if (message === 'in-doubt txn' && meta) this.verdicts.set(String(meta.txn_id), String(meta.verdict));
+      if (this.verbose && inc.alive) this.say(`${inc.node.id} ${level} ${message} ${meta ? JSON.stringify(meta, (_k, v) => (v instanceof Error ? v.message : v)) : ''}`);
+    };
+    const logger = { info: write('info'), warn: write('warn'), error: write('error'), debug: write('debug'), child: () => logger };
+    return logger as unknown as Logger;
+  }
+
+  private replica(inc: Incarnation): ReplicaStore {
+    const node = inc.node;
+    const disk = node.disk;
+    // A dead process does nothing more: its pending steps never finish.
+    const live = <T>(fn: () => T): Promise<T> => {
+      if (!inc.alive) return never<T>();
+      try {
+        return Promise.resolve(fn());
+      } catch (err) {
+        return Promise.reject(err);
+      }
+    };
+    const heldBy = (repoId: string, ref: string, except?: string): string | undefined => {
+      for (const [txnId, h] of inc.held) if (txnId !== except && h.repoId === repoId && h.refs.includes(ref)) return txnId;
+      return undefined;
+    };
+    const refsOf = (repoId: string): Record<string, string> => {
+      const refs = disk.repos.get(repoId);
+      if (!refs) throw new Error(`${repoId}: not a git repository`);
+      return refs;
+    };
+    const move = (repoId: string, updates: readonly RefUpdate[], txnId: string): void => {
+      this.mutations += 1;
+      const refs = refsOf(repoId);
+      const edits: RefUpdate[] = [];
+      for (const u of updates) {
+        const found = refs[u.ref] ?? ZERO_OID;
+        if (found === u.new) continue;
+        if (found !== u.old) throw new Error(`${u.ref} is at ${found}, expected ${u.old}`);
+        if (heldBy(repoId, u.ref, txnId)) throw new Error(`cannot lock ref ${u.ref}: File exists`);
+        edits.push(u);
+      }
+      for (const u of edits) {
+        if (u.new === ZERO_OID) delete refs[u.ref];
+        else refs[u.ref] = u.new;
+      }
+    };
+    const committedVersion = (txnId: string): string => {
+      for (let i = disk.log.length - 1; i >= 0; i -= 1) {
+        const e = disk.log[i]!;
+        if (e.t === 'committed' && e.txnId === txnId) return `${e.epoch}.${e.generation ?? 0}`;
+      }
+      return '?';
+    };
+    return {
+      init: (keep) =>
+        live(() => {
+          for (const txnId of [...disk.staging]) if (!keep.has(txnId)) disk.staging.delete(txnId);
+          return [];
+        }),
+      exists: (repoId) => live(() => disk.repos.has(repoId)),
+      recreate: (repoId, reason) =>
+        live(() => {
+          disk.repos.set(repoId, {});
+          const v = inc.driver.participant.repo(repoId);
+          node.applied.push(`${reason}:${repoId}:live@${v?.epoch ?? '?'}`);
+        }),
+      remove: (repoId, reason) =>
+        live(() => {
+          const had = disk.repos.delete(repoId);
+          if (reason === 'sync') node.applied.push(`sync:${repoId}:deleted@${inc.driver.participant.repo(repoId)?.epoch ?? '?'}`);
+          else if (reason !== 'repair') node.applied.push(`delete:${repoId}@${committedVersion(reason).split('.')[0]}${had ? '' : ' (absent)'}`);
+        }),
+      stageCreate: (txnId) => live(() => void disk.staging.add(txnId)),
+      commitCreate: (txnId, repoId) =>
+        live(() => {
+          if (disk.staging.delete(txnId)) {
+            disk.repos.set(repoId, {});
+            node.applied.push(`create:${repoId}@${committedVersion(txnId).split('.')[0]}`);
+          } else if (!disk.repos.has(repoId)) throw new Error(`rename staging/${txnId}.git: ENOENT`);
+        }),
+      readRefs: (repoId, refs) =>
+        live(() => {
+          const all = refsOf(repoId);
+          if (refs === undefined) return { ...all };
+          return Object.fromEntries(refs.filter((r) => all[r] !== undefined).map((r) => [r, all[r]!]));
+        }),
+      stagePush: (txnId: string, repoId: string, updates: readonly RefUpdate[], source: PushSource) =>
+        live(() => {
+          const refs = refsOf(repoId);
+          for (const u of updates) {
+            const other = heldBy(repoId, u.ref, txnId);
+            if (other) throw new Error(`cannot lock ref '${u.ref}': File exists`);
+          }
+          if (source.own || inc.held.has(txnId)) return;
+          for (const u of updates) if ((refs[u.ref] ?? ZERO_OID) !== u.old) throw new Error(`cannot lock ref '${u.ref}': is at ${refs[u.ref]} but expected ${u.old}`);
+          inc.held.set(txnId, { repoId, refs: updates.map((u) => u.ref) });
+        }),
+      applyPush: (txnId, repoId, updates) =>
+        live(() => {
+          move(repoId, updates, txnId);
+          inc.held.delete(txnId);
+          node.applied.push(`push:${repoId}@${committedVersion(txnId).split('.')[1]}`);
+        }),
+      discard: (txnId) =>
+        live(() => {
+          inc.held.delete(txnId);
+          disk.staging.delete(txnId);
+        }),
+      sweepIncoming: () => live(() => []),
+      close: () => undefined,
+    };
+  }
+
+  // ------------------------------------------------------------------ nodes
+
+  /** Loses the node's memory: its timers, its requests in flight, its git ref locks. Its disk stays. */
+  crash(id: NodeId): void {
+    const n = this.node(id);
+    if (n.inc) n.inc.alive = false;
+    n.up = false;
+    this.say(`${id} CRASH`);
+  }
+
+  /** A new process on the node's disk: a new TxnDriver replays the log and starts. */
+  async restart(id: NodeId): Promise<void> {
+    const n = this.node(id);
+    if (n.inc?.alive) n.inc.alive = false;
+    const inc = new Incarnation(n);
+    n.inc = inc;
+    inc.driver = new TxnDriver({
+      self: id,
+      peers: this.ids.filter((p) => p !== id),
+      quorum: this.quorum,
+      log: {
+        replay: () => (inc.alive ? Promise.resolve(structuredClone(n.disk.log)) : never()),
+        open: () => (inc.alive ? Promise.resolve() : never()),
+        append: (entry: LogEntry) => {
+          if (!inc.alive) return never();
+          n.disk.log.push(structuredClone(entry));
+          this.mutations += 1;
+          const txnId = 'txnId' in entry ? entry.txnId : entry.repoId;
+          this.tracing && this.trace.push(`${id}:${entry.t === 'decision' ? 'coord-persist' : 'persist'}:${txnId}`);
+          return Promise.resolve();
+        },
+      },
+      replica: this.replica(inc),
+      transport: this.transport(inc),
+      logger: this.logger(inc),
+      clock: this.clock(inc),
+      newTxnId: () => `t${(this.nextTxn += 1)}`,
+      timeouts: this.timeouts,
+    });
+    // The reply of a participant to a protocol message, in-process ones (the coordinator's own) included.
+    const handleMessage = inc.driver.handleMessage.bind(inc.driver);
+    inc.driver.handleMessage = async (msg, files) => {
+      const vote = await handleMessage(msg, files);
+      this.tracing && this.trace.push(`${id}:reply:${msg.txnId}`);
+      return vote;
+    };
+    inc.started = inc.driver.start();
+    await inc.started;
+    if (inc.alive) n.up = true;
+    this.say(`${id} started (log ${n.disk.log.length} entries, in doubt ${inc.driver.participant.inDoubt().length})`);
+  }
+
+  /**
+   * Starts a transaction with `coordinator` as its coordinator; its answer lands in `results`. A push
+   * is carried out as PushService does: the coordinator's replica is moved by "receive-pack" once the
+   * hook hears ok (committed on a quorum), and its own commit waits for that (the gate).
+   */
   begin(coordinator: NodeId, op: TxnOp): string {
-    const txnId = `t${(this.nextId += 1)}`;
-    const coord = new CoordinatorTxn({ txnId, op, self: coordinator, nodes: [...this.nodes.keys()], quorum: this.quorum, ...this.timeouts });
-    this.coordinators.set(txnId, { coord, node: coordinator });
-    this.runCoordinator(txnId, coord.start());
+    const n = this.node(coordinator);
+    const inc = n.inc;
+    if (!inc?.alive) throw new Error(`${coordinator} is down`);
+    const txnId = `t${(this.nextTxn += 1)}`;
+    let openGate!: () => void;
+    const gate = new Promise<void>((resolve) => (openGate = resolve));
+    this.say(`${coordinator} begins ${txnId} ${describe(op)}`);
+    void inc.started
+      .then(() => inc.driver.runTxn(op, txnId, { txnId, ...(op.kind === 'push' ? { selfCommitGate: gate } : {}) }))
+      .then((result) => {
+        if (!inc.alive) return;
+        this.results.set(txnId, result);
+        this.say(`${coordinator} answers ${txnId}: ${result.outcome}${result.outcome === 'committed' ? ` ${result.epoch}.${result.generation} confirmed ${result.confirmed.length}` : ` ${result.code}`}`);
+        if (op.kind === 'push' && result.outcome === 'committed' && result.confirmed.length >= this.quorum) {
+          // receive-pack moves each ref whose old value still holds, then exits.
+          const refs = n.disk.repos.get(op.repoId);
+          if (refs) {
+            this.mutations += 1;
+            for (const u of op.updates) {
+              if ((refs[u.ref] ?? ZERO_OID) !== u.old || [...inc.held.values()].some((h) => h.repoId === op.repoId && h.refs.includes(u.ref))) continue;
+              if (u.new === ZERO_OID) delete refs[u.ref];
+              else refs[u.ref] = u.new;
+            }
+          }
+        }
+        openGate();
+      });
     return txnId;
   }
 
-  /** Delivers queued envelopes until none is left. `pick` chooses which one goes next. */
-  run(options: { drop?: (e: Envelope) => boolean; duplicate?: (e: Envelope) => boolean; pick?: (n: number) => number } = {}): void {
-    for (let guard = 0; this.queue.length > 0; guard += 1) {
-      if (guard > 10_000) throw new Error('simulation did not settle');
-      const index = options.pick ? options.pick(this.queue.length) : 0;
-      const [envelope] = this.queue.splice(index, 1);
-      if (!envelope || options.drop?.(envelope)) continue;
-      this.deliver(envelope);
-      if (options.duplicate?.(envelope)) this.deliver(envelope);
+  /** One recovery round on `id` after the in-doubt grace period: returns the verdicts it logged. */
+  async recover(id: NodeId, options: Filters = {}): Promise<Record<string, string>> {
+    await this.advance(this.timeouts.prepareTimeoutMs, options);
+    this.verdicts.clear();
+    await this.settle(this.node(id).driver.resolveInDoubtOnce(), options);
+    return Object.fromEntries(this.verdicts);
+  }
+
+  /** Anti-entropy on `id` from every node that answers. */
+  async sync(id: NodeId): Promise<string[]> {
+    return this.settle(this.node(id).driver.syncOnce());
+  }
+
+  /** Delivers messages until `work` settles (no timer fires). */
+  async settle<T>(work: Promise<T>, options: Filters = {}): Promise<T> {
+    let done = false;
+    const result = work.finally(() => (done = true));
+    for (let guard = 0; !done; guard += 1) {
+      if (guard > 100_000) throw new Error('work did not settle');
+      await this.run(options);
+      if (!done) {
+        const timer = this.nextTimer(Infinity);
+        if (!timer) break;
+        this.fire(timer);
+      }
+    }
+    return result;
+  }
+}
+
+function describe(op: TxnOp): string {
+  if (op.kind !== 'push') return `${op.kind} ${op.repoId}`;
+  return `push ${op.repoId} base ${op.base.epoch}.${op.base.generation} ${op.updates.map((u) => `${u.ref.replace('refs/heads/', '')} ${u.old.slice(-4)}->${u.new.slice(-4)}`).join(' ')}`;
+}
+
+export { compareVersions };
+
+// ---------------------------------------------------------------------------------------------
+// Seeded runs: a workload, a nemesis, the server's background rounds, and the invariants.
+
+export interface SeedOptions {
+  seed: number;
+  nodes: 3 | 5;
+  /** Simulated time with faults, then with the cluster healed. */
+  faultMs?: number;
+  healMs?: number;
+  verbose?: boolean;
+}
+
+export interface SeedReport {
+  seed: number;
+  nodes: number;
+  violation?: string;
+  acked: number;
+  ops: number;
+  crashes: number;
+  dead: NodeId[];
+  events: number;
+  story: string[];
+}
+
+interface Acked {
+  txnId: string;
+  op: TxnOp;
+  epoch: number;
+  generation: number;
+}
+
+class Violation extends Error {}
+
+const REPOS = ['o/a', 'o/b'];
+const REFS = ['refs/heads/main', 'refs/heads/dev', 'refs/heads/f'];
+const ROUND_MS = 250;
+
+/** Runs one seed; returns a violation (the invariant and what broke it) or none. */
+export async function runSeed(options: SeedOptions): Promise<SeedReport> {
+  const random = seededRandom(options.seed * 7919 + options.nodes);
+  const n = options.nodes;
+  const ids = Array.from({ length: n }, (_, i) => `n${i + 1}`);
+  const quorum = Math.floor(n / 2) + 1;
+  const sim = new Sim(ids, quorum, { prepareTimeoutMs: 200, commitTimeoutMs: 100, commitResends: 2 }, { requestTimeoutMs: 150, start: false });
+  sim.verbose = options.verbose ?? false;
+  sim.tracing = false;
+  sim.random = random;
+  const faultMs = options.faultMs ?? 2500;
+  const healMs = options.healMs ?? 3000;
+  const report: SeedReport = { seed: options.seed, nodes: n, acked: 0, ops: 0, crashes: 0, dead: [], events: 0, story: sim.story };
+  const acked: Acked[] = [];
+  const ackedDeletes: Acked[] = [];
+  let oid = 0;
+  const pick = <T>(xs: readonly T[]): T => xs[Math.floor(random() * xs.length)]!;
+  const upNodes = (): SimNode[] => [...sim.nodes.values()].filter((x) => x.up && x.inc?.alive);
+
+  // The server's recovery loop on each running node: in-doubt resolution, anti-entropy, catch-up.
+  const scheduleRounds = (node: SimNode): void => {
+    const inc = node.inc!;
+    const tick = (): void => {
+      if (!inc.alive) return;
+      sim.addTimer(inc, tick, ROUND_MS + Math.floor(random() * 50));
+      if (inc.roundRunning || !node.up) return;
+      inc.roundRunning = true;
+      void (async () => {
+        await inc.driver.resolveInDoubtOnce();
+        const behind = await inc.driver.syncOnce();
+        for (const repoId of behind) await catchUp(sim, inc, repoId);
+      })()
+        .catch((err: Error) => sim.say(`${node.id} round failed: ${err.message}`))
+        .finally(() => (inc.roundRunning = false));
+    };
+    sim.addTimer(inc, tick, Math.floor(random() * ROUND_MS));
+  };
+  const start = async (id: NodeId): Promise<void> => {
+    await sim.restart(id);
+    scheduleRounds(sim.node(id));
+  };
+
+  const launch = (): void => {
+    const up = upNodes();
+    if (up.length === 0) return;
+    const via = pick(up);
+    const repoId = pick(REPOS);
+    const p = via.participant;
+    const roll = random();
+    let op: TxnOp;
+    if (roll < 0.12) op = { kind: 'create', repoId };
+    else if (roll < 0.2) op = { kind: 'delete', repoId };
+    else {
+      // Built as PushService does: the coordinator's own version and refs.
+      const refs = via.disk.repos.get(repoId);
+      if (!p.isLive(repoId) || !refs) return;
+      const touched = [...new Set([pick(REFS), ...(random() < 0.3 ? [pick(REFS)] : [])])];
+      const updates = touched.map((ref): RefUpdate => {
+        const old = refs[ref] ?? ZERO_OID;
+        const del = old !== ZERO_OID && random() < 0.1;
+        return { ref, old, new: del ? ZERO_OID : (oid += 1).toString(16).padStart(40, '0') };
+      });
+      op = { kind: 'push', repoId, updates, base: p.versionOf(repoId) };
+    }
+    report.ops += 1;
+    const txnId = sim.begin(via.id, op);
+    pending.set(txnId, op);
+  };
+  const pending = new Map<string, TxnOp>();
+  const collect = (): void => {
+    for (const [txnId, op] of pending) {
+      const result = sim.results.get(txnId);
+      if (!result) continue;
+      pending.delete(txnId);
+      if (result.outcome !== 'committed' || result.confirmed.length < quorum) continue;
+      const a = { txnId, op, epoch: result.epoch, generation: result.generation };
+      acked.push(a);
+      if (op.kind === 'delete') ackedDeletes.push(a);
+      report.acked += 1;
+    }
+  };
+
+  // Setup: both repos created with no faults.
+  for (const id of ids) await start(id);
+  for (const repoId of REPOS) {
+    const t = sim.begin(ids[0]!, { kind: 'create', repoId });
+    pending.set(t, { kind: 'create', repoId });
+    while (!sim.results.has(t)) if (!(await sim.step())) break;
+  }
+  collect();
+
+  // The nemesis and the clients, as timers of the simulation itself.
+  sim.faults = { lossRate: random() * 0.15, duplicateRate: random() * 0.1, maxDelayMs: 5 + Math.floor(random() * 40), refusedRate: 0.5 };
+  const t0 = sim.now;
+  const maxDead = Math.floor((n - 1) / 2);
+  const opCount = 10 + Math.floor(random() * 15);
+  for (let i = 0; i < opCount; i += 1) sim.addTimer(undefined, launch, Math.floor(random() * faultMs));
+  const crashCount = Math.floor(random() * (n + 2));
+  for (let i = 0; i < crashCount; i += 1) {
+    sim.addTimer(
+      undefined,
+      () => {
+        const victim = pick(upNodes());
+        if (!victim) return;
+        sim.crash(victim.id);
+        report.crashes += 1;
+        if (report.dead.length < maxDead && random() < 0.25) {
+          victim.dead = true;
+          report.dead.push(victim.id);
+          sim.say(`${victim.id} DEAD for good`);
+          return;
+        }
+        sim.addTimer(undefined, () => void start(victim.id), 20 + Math.floor(random() * 1500));
+      },
+      Math.floor(random() * faultMs),
+    );
+  }
+
+  let checkedAt = -1;
+  const check = (final: boolean): void => {
+    collect();
+    if (sim.mutations !== checkedAt || final) checkDivergence(sim);
+    checkedAt = sim.mutations;
+    if (final) checkFinal(sim, quorum, acked, ackedDeletes);
+  };
+  try {
+    while (sim.now < t0 + faultMs) {
+      if (!(await sim.step())) break;
+      report.events += 1;
+      check(false);
+    }
+    // Heal: no more loss or duplication; every node not dead for good comes back.
+    sim.faults = { ...sim.faults, lossRate: 0, duplicateRate: 0, refusedRate: 1 };
+    sim.say('HEAL');
+    for (const node of sim.nodes.values()) if (!node.dead && !node.up) await start(node.id);
+    const end = sim.now + healMs;
+    while (sim.now < end) {
+      if (!(await sim.step())) break;
+      report.events += 1;
+      check(false);
+    }
+    check(true);
+  } catch (err) {
+    if (!(err instanceof Violation)) throw err;
+    report.violation = err.message;
+  }
+  // Stop every process so nothing of this seed runs on.
+  for (const node of sim.nodes.values()) if (node.inc) node.inc.alive = false;
+  return report;
+}
+
+/** The catch-up the server runs for a repo syncOnce reports behind: copy refs and version from the newest peer. */
+async function catchUp(sim: Sim, inc: Incarnation, repoId: string): Promise<void> {
+  const mine = inc.driver.participant.repo(repoId);
+  if (mine?.state !== 'live') return;
+  let best: SimNode | undefined;
+  for (const peer of sim.nodes.values()) {
+    if (peer === inc.node || !peer.up || !peer.inc?.alive) continue;
+    const v = peer.participant.repo(repoId);
+    if (v?.state !== 'live' || v.epoch !== mine.epoch || peer.participant.lockedBy(repoId) !== undefined) continue;
+    if (!best || v.generation > best.participant.versionOf(repoId).generation) best = peer;
+  }
+  if (!best) return;
+  const source = best;
+  // The snapshot is read at the source, under its repo queue, with its version (as repoState does).
+  const snapshot = await source.driver.withRepoResult(repoId, async () => {
+    if (source.participant.lockedBy(repoId) !== undefined) return undefined;
+    return { version: source.participant.versionOf(repoId), refs: { ...(source.disk.repos.get(repoId) ?? {}) } };
+  });
+  if (!snapshot || !inc.alive) return;
+  await inc.driver.withRepo(repoId, async () => {
+    const now = inc.driver.participant.repo(repoId);
+    if (inc.driver.participant.lockedBy(repoId) !== undefined || now?.state !== 'live') return;
+    if (now.epoch !== snapshot.version.epoch || now.generation >= snapshot.version.generation) return;
+    if (!inc.alive || !inc.node.disk.repos.has(repoId)) return;
+    inc.node.disk.repos.set(repoId, snapshot.refs);
+    sim.mutations += 1;
+    inc.node.applied.push(`catch-up:${repoId}@${snapshot.version.generation}`);
+    sim.say(`${inc.node.id} caught up ${repoId} to ${snapshot.version.epoch}.${snapshot.version.generation} from ${source.id}`);
+    await inc.driver.caughtUp(repoId, snapshot.version);
+  });
+}
+
+/** (b) No two replicas at one version of a repo hold different refs (replicas mid-transaction aside). */
+function checkDivergence(sim: Sim): void {
+  for (const repoId of REPOS) {
+    const seen = new Map<string, { node: NodeId; refs: string }>();
+    for (const node of sim.nodes.values()) {
+      if (!node.up || !node.inc?.alive) continue;
+      const p = node.participant;
+      if (!p.isLive(repoId) || p.lockedBy(repoId) !== undefined) continue;
+      const refs = node.disk.repos.get(repoId);
+      if (!refs) continue;
+      const v = p.versionOf(repoId);
+      const key = `${v.epoch}.${v.generation}`;
+      const mine = Object.keys(refs).sort().map((r) => `${r}=${refs[r]}`).join(' ');
+      const other = seen.get(key);
+      if (other && other.refs !== mine) throw new Violation(`(b) divergence: ${repoId} at ${key} on ${other.node} ${other.refs} but on ${node.id} ${mine}`);
+      seen.set(key, { node: node.id, refs: mine });
     }
   }
+}
 
-  /** Moves the manual clock and fires due timers (then delivers what they sent, with the same options). */
-  advance(ms: number, options: Parameters<Sim['run']>[0] = {}): void {
-    const until = this.clock.now + ms;
-    for (;;) {
-      this.timers.sort((a, b) => a.at - b.at);
-      const next = this.timers[0];
-      if (!next || next.at > until) break;
-      this.timers.shift();
-      this.clock.now = next.at;
-      const entry = this.coordinators.get(next.txnId);
-      if (entry && this.node(entry.node).up) this.runCoordinator(next.txnId, entry.coord.onTimer(next.name));
-      this.run(options);
+/** (a) nothing acknowledged lost, (c) no deleted repo back, (d) nothing left in doubt, unapplied or locked. */
+function checkFinal(sim: Sim, quorum: number, acked: Acked[], ackedDeletes: Acked[]): void {
+  const live = [...sim.nodes.values()].filter((x) => !x.dead);
+  for (const node of live) {
+    if (!node.up) throw new Violation(`(d) ${node.id} did not come back up`);
+    const p = node.participant;
+    const doubt = p.inDoubt();
+    if (doubt.length > 0) throw new Violation(`(d) ${node.id} still holds in doubt ${doubt.map((t) => `${t.txnId} (${t.status}, coordinator ${t.coordinator})`).join(', ')}`);
+    const unapplied = p.unapplied();
+    if (unapplied.length > 0) throw new Violation(`(d) ${node.id} has final commits not applied: ${unapplied.map((t) => t.txnId).join(', ')}`);
+    for (const repoId of REPOS) if (p.lockedBy(repoId) !== undefined) throw new Violation(`(d) ${node.id} still has ${repoId} locked by ${p.lockedBy(repoId)}`);
+  }
+  // Every push some node logged as committed, by repo and version: a later one may supersede an acked ref.
+  const committedPushes: { op: Extract<TxnOp, { kind: 'push' }>; epoch: number; generation: number }[] = [];
+  for (const node of sim.nodes.values()) {
+    const ops = new Map<string, TxnOp>();
+    for (const e of node.disk.log) {
+      if (e.t === 'prepared' || e.t === 'decision') ops.set(e.txnId, e.op);
+      if (e.t === 'committed') {
+        const op = ops.get(e.txnId);
+        if (op?.kind === 'push') committedPushes.push({ op, epoch: e.epoch, generation: e.generation ?? 0 });
+      }
     }
-    this.clock.now = until;
   }
-
-  /** Loses the node's memory (and its running coordinators); its log survives. */
-  crash(id: NodeId): void {
-    const n = this.node(id);
-    n.up = false;
-    for (const [txnId, entry] of this.coordinators) if (entry.node === id) this.coordinators.delete(txnId);
-  }
-
-  restart(id: NodeId): void {
-    const n = this.node(id);
-    n.participant = new Participant();
-    for (const entry of n.log) n.participant.replay(entry);
-    n.up = true;
-  }
-
-  /** One round of recovery for every transaction `id` holds in doubt; returns the verdicts. */
-  recover(id: NodeId): Record<string, 'commit' | 'abort' | 'wait'> {
-    const n = this.node(id);
-    const verdicts: Record<string, 'commit' | 'abort' | 'wait'> = {};
-    for (const txn of n.participant.inDoubt()) {
-      let epoch: number | undefined;
-      let generation = 0;
-      const ask = (node: NodeId, asCoordinator: boolean): PeerAnswer => {
-        const target = this.node(node);
-        if (!target.up) return 'unreachable';
-        const answer = asCoordinator
-          ? target.participant.onCoordinatorQuery(txn.txnId, this.coordinators.has(txn.txnId))
-          : target.participant.onQuery(txn.txnId, true);
-        this.runParticipant(target, txn.txnId, answer.effects);
-        if (answer.epoch !== undefined) epoch = answer.epoch;
-        if (answer.generation !== undefined) generation = answer.generation;
-        return answer.outcome;
-      };
-      const coordinator = ask(txn.coordinator, true);
-      if (coordinator === 'pending') {
-        verdicts[txn.txnId] = 'wait';
+  for (const a of acked) {
+    for (const node of live) {
+      const state = node.participant.repo(a.op.repoId);
+      if (a.op.kind === 'create' || a.op.kind === 'delete') {
+        if (!state || state.epoch < a.epoch) throw new Violation(`(a) acknowledged ${a.op.kind} ${a.txnId} of ${a.op.repoId} at epoch ${a.epoch} missing on ${node.id} (${JSON.stringify(state)})`);
         continue;
       }
-      const peers =
-        coordinator === 'committed' || coordinator === 'aborted'
-          ? []
-          : [...this.nodes.keys()].filter((p) => p !== txn.coordinator && p !== id).map((p) => ask(p, false));
-      const self = txn.coordinator === id ? 'counted' : txn.status;
-      const verdict = resolveInDoubt({ coordinator, peers, self }, this.nodes.size, this.quorum);
-      verdicts[txn.txnId] = verdict;
-      if (verdict === 'commit') {
-        if (epoch === undefined && txn.op.kind === 'push') [epoch, generation] = [txn.op.base.epoch, txn.op.base.generation + 1];
-        if (epoch !== undefined) {
-          this.runParticipant(n, txn.txnId, n.participant.onCommit(txn.txnId, epoch, generation, true));
-          this.runParticipant(n, txn.txnId, n.participant.onCommitted(txn.txnId));
+      if (!state || state.epoch > a.epoch) continue; // deleted (or re-created) since: superseded
+      if (compareVersions(state, a) < 0) throw new Violation(`(a) acknowledged push ${a.txnId} (${a.epoch}.${a.generation}) lost on ${node.id}: at ${state.epoch}.${state.generation}`);
+      const refs = node.disk.repos.get(a.op.repoId) ?? {};
+      const updates = a.op.kind === 'push' ? a.op.updates : [];
+      for (const u of updates) {
+        const later = committedPushes.some((c) => c.op.repoId === a.op.repoId && c.epoch === a.epoch && c.generation > a.generation && c.op.updates.some((x) => x.ref === u.ref));
+        if (!later && (refs[u.ref] ?? ZERO_OID) !== u.new) {
+          throw new Violation(`(a) acknowledged push ${a.txnId} (${a.epoch}.${a.generation}) lost on ${node.id}: ${u.ref} is ${refs[u.ref] ?? 'absent'}, pushed ${u.new}`);
         }
       }
-      if (verdict === 'abort') {
-        if (txn.coordinator === id && n.participant.decision(txn.txnId)?.outcome === 'commit') {
-          n.participant.recordDecision(txn.txnId, 'abort');
-          n.log.push({ t: 'decision', txnId: txn.txnId, outcome: 'abort', op: txn.op });
-        }
-        this.runParticipant(n, txn.txnId, n.participant.onAbort(txn.txnId));
-      }
-    }
-    return verdicts;
-  }
-
-  /** Anti-entropy from every node that is up. */
-  sync(id: NodeId): void {
-    const n = this.node(id);
-    for (const peer of this.nodes.values()) {
-      if (peer.id === id || !peer.up) continue;
-      for (const [repoId, entry] of Object.entries(peer.participant.catalog())) {
-        this.runParticipant(n, `sync:${repoId}`, n.participant.onPeerState(repoId, entry));
-      }
     }
   }
-
-  private deliver(envelope: Envelope): void {
-    const target = this.node(envelope.to);
-    if (!target.up) return;
-    if (envelope.kind === 'reply') {
-      const entry = this.coordinators.get(envelope.txnId);
-      if (!entry || entry.node !== envelope.to) return;
-      if (envelope.about === 'prepare') this.runCoordinator(envelope.txnId, entry.coord.onVote(envelope.from, envelope.vote));
-      else if (envelope.about === 'commitTxn') this.runCoordinator(envelope.txnId, entry.coord.onCommitReply(envelope.from, envelope.vote, envelope.final ?? true));
-      return;
-    }
-    const { msg } = envelope;
-    const p = target.participant;
-    const effects =
-      msg.type === 'prepare'
-        ? p.onPrepare(msg, target.refs.get(msg.op.repoId) ?? {})
-        : msg.type === 'commitTxn'
-          ? p.onCommit(msg.txnId, msg.epoch, msg.generation, msg.final ?? true)
-          : p.onAbort(msg.txnId);
-    const vote = this.runParticipant(target, msg.txnId, effects);
-    if (effects.some((e) => e.type === 'stage')) p.onPrepared(msg.txnId);
-    if (effects.some((e) => e.type === 'apply')) this.runParticipant(target, msg.txnId, p.onCommitted(msg.txnId));
-    const final = msg.type === 'commitTxn' ? (msg.final ?? true) : undefined;
-    if (vote) this.queue.push({ kind: 'reply', from: target.id, to: envelope.from, txnId: msg.txnId, about: msg.type, vote, ...(final === undefined ? {} : { final }) });
-  }
-
-  private runParticipant(n: SimNode, txnId: string, effects: ParticipantEffect[]): Vote | undefined {
-    let vote: Vote | undefined;
-    for (const effect of effects) {
-      this.trace.push(`${n.id}:${effect.type}:${txnId}`);
-      if (effect.type === 'persist') n.log.push(effect.entry);
-      else if (effect.type === 'stage') n.staged.add(effect.txnId);
-      else if (effect.type === 'discard') n.staged.delete(effect.txnId);
-      else if (effect.type === 'apply' && effect.op.kind === 'push') {
-        const refs = { ...(n.refs.get(effect.op.repoId) ?? {}) };
-        for (const u of effect.op.updates) {
-          if (u.new === ZERO_OID) delete refs[u.ref];
-          else refs[u.ref] = u.new;
-        }
-        n.refs.set(effect.op.repoId, refs);
-        n.applied.push(`push:${effect.op.repoId}@${effect.generation}`);
-      } else if (effect.type === 'apply') n.applied.push(`${effect.op.kind}:${effect.op.repoId}@${effect.epoch}`);
-      else if (effect.type === 'sync') n.applied.push(`sync:${effect.repoId}:${effect.to.state}@${effect.to.epoch}`);
-      else if (effect.type === 'reply') vote = effect.vote;
-    }
-    return vote;
-  }
-
-  private runCoordinator(txnId: string, effects: CoordinatorEffect[]): void {
-    const entry = this.coordinators.get(txnId);
-    if (!entry) return;
-    const n = this.node(entry.node);
-    for (const effect of effects) {
-      this.trace.push(`${n.id}:coord-${effect.type}${effect.type === 'send' ? `-${effect.msg.type}` : ''}:${txnId}`);
-      switch (effect.type) {
-        case 'persist':
-          n.log.push(effect.entry);
-          if (effect.entry.t === 'decision') n.participant.recordDecision(txnId, effect.entry.outcome, effect.entry.epoch, effect.entry.generation);
-          break;
-        case 'send':
-          this.queue.push({ kind: 'msg', from: n.id, to: effect.to, txnId, msg: effect.msg });
-          break;
-        case 'setTimer':
-          this.timers.push({ at: this.clock.now + effect.ms, txnId, name: effect.name });
-          break;
-        case 'reply':
-          this.results.set(txnId, effect.result);
-          break;
-        case 'done':
-          this.coordinators.delete(txnId);
-          break;
-      }
+  for (const d of ackedDeletes) {
+    for (const node of live) {
+      const state = node.participant.repo(d.op.repoId);
+      if (state?.state === 'live' && state.epoch <= d.epoch) throw new Violation(`(c) ${d.op.repoId} deleted at epoch ${d.epoch} (${d.txnId}) is live on ${node.id} at epoch ${state.epoch}`);
+      if (state?.state !== 'live' && node.disk.repos.has(d.op.repoId)) throw new Violation(`(c) ${d.op.repoId} deleted but still on ${node.id}'s disk`);
     }
   }
+  // After healing, every replica agrees.
+  for (const repoId of REPOS) {
+    const states = new Set(live.map((x) => `${JSON.stringify(x.participant.repo(repoId) ?? null)} ${JSON.stringify(Object.entries(x.disk.repos.get(repoId) ?? {}).sort())}`));
+    if (states.size > 1) throw new Violation(`(a) replicas of ${repoId} did not converge: ${[...states].join(' | ')}`);
+  }
+  void quorum;
 }
