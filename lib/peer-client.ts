@@ -84,12 +84,16 @@ export class PeerClient {
     return this.requestJson<Vote>('POST', `${node}/internal/txn/${path}`, msg, requestId, timeoutMs);
   }
 
-  async queryTxn(node: NodeId, txnId: string, opts: { refuse: boolean; asCoordinator: boolean }): Promise<{ outcome: QueryOutcome; epoch?: number; generation?: number }> {
+  async queryTxn(
+    node: NodeId,
+    txnId: string,
+    opts: { refuse: boolean; asCoordinator: boolean },
+  ): Promise<{ outcome: QueryOutcome; epoch?: number; generation?: number; acceptors?: NodeId[] }> {
     return this.got
       .get(`${node}/internal/txn/${encodeURIComponent(txnId)}`, {
         searchParams: { refuse: opts.refuse ? '1' : '0', coordinator: opts.asCoordinator ? '1' : '0' },
       })
-      .json<{ outcome: QueryOutcome; epoch?: number; generation?: number }>();
+      .json<{ outcome: QueryOutcome; epoch?: number; generation?: number; acceptors?: NodeId[] }>();
   }
 
   /** Streams one pack file of a push to a peer, ahead of the prepare (never buffered whole). */

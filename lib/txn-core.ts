@@ -77,20 +77,20 @@ export type TxnMessage =
    * The commit decision with the version it gives. `final: false` asks a yes voter to accept it (log it,
    * apply nothing); `final: true` (or absent) tells it to apply: W nodes hold the decision once it accepts.
    */
-  | { type: 'commitTxn'; txnId: string; epoch: number; generation: number; final?: boolean }
+  | { type: 'commitTxn'; txnId: string; epoch: number; generation: number; final?: boolean; acceptors?: NodeId[] }
   | { type: 'abortTxn'; txnId: string };
 
 export type LogEntry =
   | { t: 'prepared'; txnId: string; op: TxnOp; coordinator: NodeId }
   /** A commit decision accepted here but not known final: nothing applied yet. */
-  | { t: 'accepted'; txnId: string; epoch: number; generation: number }
+  | { t: 'accepted'; txnId: string; epoch: number; generation: number; acceptors?: NodeId[] }
   /** A final commit, logged before it is applied; `applied` follows once the replica holds it. */
-  | { t: 'committed'; txnId: string; epoch: number; generation?: number }
+  | { t: 'committed'; txnId: string; epoch: number; generation?: number; acceptors?: NodeId[] }
   | { t: 'applied'; txnId: string }
   | { t: 'aborted'; txnId: string }
   /** A promise never to prepare or accept a commit of this transaction (a vote towards abort). */
   | { t: 'refused'; txnId: string }
-  | { t: 'decision'; txnId: string; outcome: 'commit' | 'abort'; op: TxnOp; epoch?: number; generation?: number }
+  | { t: 'decision'; txnId: string; outcome: 'commit' | 'abort'; op: TxnOp; epoch?: number; generation?: number; acceptors?: NodeId[] }
   | { t: 'synced'; repoId: string; state: RepoState; epoch: number; generation?: number };
 
 export type RepoState = 'live' | 'deleted';
@@ -146,8 +146,17 @@ export class CoordinatorTxn {
   readonly op: TxnOp;
   private readonly options: CoordinatorOptions;
   private readonly votes = new Map<NodeId, Vote>();
-  /** Yes voters that accepted the commit decision (W > 2 only), the coordinator's own log included. */
+  /**
+   * The nodes that may accept the commit: the coordinator (its log) and the yes voters when it decided.
+   * Fixed at the decision and sent with it, so a node recovering the transaction knows that once more
+   * than |acceptors| - W of them refused, it can never become final. A yes that comes later is told
+   * the commit only once it is final, and never counts towards it.
+   */
+  private acceptors: NodeId[] = [];
+  /** Acceptors that accepted the commit decision (W > 2 only), the coordinator's own log included. */
   private readonly accepted = new Set<NodeId>();
+  /** Yes voters heard after the decision, told the commit once it is final. */
+  private readonly lateVoters = new Set<NodeId>();
   /** Nodes that applied the final commit, at the decided version. */
   private readonly acks = new Set<NodeId>();
   /** Nodes that refused the commit (they promised a recovering node never to accept it). */
@@ -199,7 +208,10 @@ export class CoordinatorTxn {
       // A yes that arrives after the decision still gets the decision, so the voter is not left in doubt.
       this.votes.set(from, vote);
       if (vote.vote === 'no') return [];
-      if (from === this.options.self && !this.final) return [];
+      if (!this.final) {
+        this.lateVoters.add(from);
+        return [];
+      }
       return [{ type: 'send', to: from, msg: this.commitMessage(from) }];
     }
     if (this.phase !== 'collecting') return [];
@@ -220,15 +232,15 @@ export class CoordinatorTxn {
   onCommitReply(from: NodeId, vote: Vote, final: boolean): CoordinatorEffect[] {
     if ((this.phase !== 'accepting' && this.phase !== 'committing') || !this.yesVoters().includes(from)) return [];
     if (vote.vote === 'no') {
-      if (vote.code !== 'refused' || this.final) return [];
+      if (vote.code !== 'refused' || this.final || !this.acceptors.includes(from)) return [];
       this.refusals.add(from);
-      // N - W + 1 refusals: no W nodes can ever accept, so the commit can never become final.
-      if (this.refusals.size >= this.options.nodes.length - this.options.quorum + 1) return this.abortUnfinished();
+      // More than |acceptors| - W refusals: no W acceptors are left, so the commit can never be final.
+      if (this.refusals.size > this.acceptors.length - this.options.quorum) return this.abortUnfinished();
       return [];
     }
     if (vote.epoch !== this.epoch || vote.generation !== this.generation) return [];
     if (!final) {
-      if (this.phase !== 'accepting' || this.accepted.has(from)) return [];
+      if (this.phase !== 'accepting' || this.accepted.has(from) || !this.acceptors.includes(from)) return [];
       this.accepted.add(from);
       if (this.accepted.size < this.options.quorum) return [];
       return this.becomeFinal();
@@ -272,7 +284,7 @@ export class CoordinatorTxn {
     // Before the decision is final, a yes voter is asked to accept it; the coordinator's own replica
     // is only ever told once final (its log already holds the decision).
     const final = this.final || (this.finalOnFirstAccept && to !== this.options.self);
-    return { type: 'commitTxn', txnId: this.txnId, epoch: this.epoch, generation: this.generation, final };
+    return { type: 'commitTxn', txnId: this.txnId, epoch: this.epoch, generation: this.generation, final, acceptors: this.acceptors };
   }
 
   private tally(): { yes: NodeId[]; no: NodeId[] } {
@@ -309,9 +321,11 @@ export class CoordinatorTxn {
     if (this.phase === 'accepting') {
       this.phase = 'committing';
       for (const to of this.yesVoters()) if (!this.refusals.has(to)) effects.push({ type: 'send', to, msg: this.commitMessage(to) });
-    } else if (!this.selfCommitSent && this.yesVoters().includes(self)) {
-      effects.push({ type: 'send', to: self, msg: this.commitMessage(self) });
+    } else {
+      if (!this.selfCommitSent && this.yesVoters().includes(self)) effects.push({ type: 'send', to: self, msg: this.commitMessage(self) });
+      for (const to of this.lateVoters) if (to !== self) effects.push({ type: 'send', to, msg: this.commitMessage(to) });
     }
+    this.lateVoters.clear();
     this.selfCommitSent = true;
     return effects;
   }
@@ -380,6 +394,7 @@ export class CoordinatorTxn {
       this.generation = 0;
     }
     this.phase = this.finalOnFirstAccept ? 'committing' : 'accepting';
+    this.acceptors = [...new Set([this.options.self, ...yes])];
     this.accepted.add(this.options.self);
     // A single node is its own quorum: the logged decision is final.
     if (this.options.quorum <= 1) {
@@ -390,7 +405,7 @@ export class CoordinatorTxn {
     const { txnId, op } = this;
     const { self } = this.options;
     return [
-      { type: 'persist', entry: { t: 'decision', txnId, outcome: 'commit', op, epoch: this.epoch, generation: this.generation } },
+      { type: 'persist', entry: { t: 'decision', txnId, outcome: 'commit', op, epoch: this.epoch, generation: this.generation, acceptors: this.acceptors } },
       ...yes.filter((to) => to !== self || this.final).map((to): CoordinatorEffect => ({ type: 'send', to, msg: this.commitMessage(to) })),
       { type: 'setTimer', name: 'commit', ms: this.options.commitTimeoutMs },
     ];
@@ -418,14 +433,10 @@ export class CoordinatorTxn {
     this.phase = 'aborted';
     const { txnId, op } = this;
     const effects: CoordinatorEffect[] = [{ type: 'persist', entry: { t: 'decision', txnId, outcome: 'abort', op } }];
-    // Every node a prepare went to hears the abort (one that voted no holds nothing, but its prepare may
-    // still be on its way in a duplicate); a node we cannot reach asks us later.
-    for (const to of this.options.nodes) {
-      const vote = this.votes.get(to);
-      if (vote === undefined || vote.vote === 'yes' || vote.code === 'unreachable') {
-        effects.push({ type: 'send', to, msg: { type: 'abortTxn', txnId } });
-      }
-    }
+    // Every node a prepare went to hears the abort, whatever it answered: a no may have come from a
+    // duplicate while the first copy was still preparing, and a node that is paused may get its
+    // prepare after this; either then holds nothing for long. A node we cannot reach asks us later.
+    for (const to of this.options.nodes) effects.push({ type: 'send', to, msg: { type: 'abortTxn', txnId } });
     effects.push({ type: 'reply', result: this.abortResult(timedOut) }, { type: 'done' });
     this.replied = true;
     return effects;
@@ -476,6 +487,8 @@ interface TxnRecord {
   generation?: number;
   /** A push this replica could not apply (it stays behind until catch-up). */
   applyFailed?: boolean;
+  /** The decision's acceptors, as the commit message named them. */
+  acceptors?: NodeId[];
 }
 
 export type ParticipantEffect =
@@ -491,6 +504,8 @@ export interface QueryAnswer {
   outcome: QueryOutcome;
   epoch?: number;
   generation?: number;
+  /** With `accepted` or `committed`: the nodes that may accept the commit (see CoordinatorTxn). */
+  acceptors?: NodeId[];
   effects: ParticipantEffect[];
 }
 interface Decision {
@@ -498,10 +513,16 @@ interface Decision {
   epoch?: number;
   generation?: number;
   op?: TxnOp;
+  acceptors?: NodeId[];
 }
 
-function versionFields(v: { epoch?: number; generation?: number }): { epoch?: number; generation?: number } {
-  return { ...(v.epoch === undefined ? {} : { epoch: v.epoch }), ...(v.generation === undefined ? {} : { generation: v.generation }) };
+/** The version (and the acceptors, when known) of a record or decision, as optional fields. */
+function versionFields(v: { epoch?: number; generation?: number; acceptors?: NodeId[] }): { epoch?: number; generation?: number; acceptors?: NodeId[] } {
+  return {
+    ...(v.epoch === undefined ? {} : { epoch: v.epoch }),
+    ...(v.generation === undefined ? {} : { generation: v.generation }),
+    ...(v.acceptors === undefined ? {} : { acceptors: v.acceptors }),
+  };
 }
 
 /** The version a commit of `op` must give a replica at `current`, or why it cannot. */
@@ -538,17 +559,18 @@ export class Participant {
       }
       case 'accepted': {
         const rec = this.txns.get(entry.txnId);
-        if (rec?.status === 'prepared') Object.assign(rec, { status: 'accepted', epoch: entry.epoch, generation: entry.generation });
+        if (rec?.status === 'prepared') Object.assign(rec, { status: 'accepted', epoch: entry.epoch, generation: entry.generation }, entry.acceptors ? { acceptors: entry.acceptors } : {});
         return;
       }
       case 'committed': {
         const rec = this.txns.get(entry.txnId);
         const generation = entry.generation ?? 0;
+        const acceptors = entry.acceptors ? { acceptors: entry.acceptors } : {};
         if (rec?.op && (rec.status === 'prepared' || rec.status === 'accepted')) {
           // Final, maybe not applied: the driver makes sure at start (idempotently) unless `applied` follows.
-          Object.assign(rec, { status: 'committing', epoch: entry.epoch, generation });
+          Object.assign(rec, { status: 'committing', epoch: entry.epoch, generation }, acceptors);
         } else {
-          this.txns.set(entry.txnId, { ...rec, status: 'committed', epoch: entry.epoch, generation });
+          this.txns.set(entry.txnId, { ...rec, status: 'committed', epoch: entry.epoch, generation, ...acceptors });
         }
         return;
       }
@@ -563,7 +585,7 @@ export class Participant {
         return;
       }
       case 'decision':
-        this.recordDecision(entry.txnId, entry.outcome, entry.epoch, entry.generation, entry.op);
+        this.recordDecision(entry.txnId, entry.outcome, entry.epoch, entry.generation, entry.op, entry.acceptors);
         return;
       case 'synced':
         this.repos.set(entry.repoId, { state: entry.state, epoch: entry.epoch, generation: entry.generation ?? 0 });
@@ -623,10 +645,21 @@ export class Participant {
     return this.decisions.get(txnId);
   }
 
-  recordDecision(txnId: string, outcome: 'commit' | 'abort', epoch?: number, generation?: number, op?: TxnOp): void {
+  recordDecision(txnId: string, outcome: 'commit' | 'abort', epoch?: number, generation?: number, op?: TxnOp, acceptors?: NodeId[]): void {
     const known = this.decisions.get(txnId)?.op;
     const kept = op ?? known;
-    this.decisions.set(txnId, { outcome, ...(epoch === undefined ? {} : { epoch }), ...(generation === undefined ? {} : { generation }), ...(kept ? { op: kept } : {}) });
+    this.decisions.set(txnId, {
+      outcome,
+      ...(epoch === undefined ? {} : { epoch }),
+      ...(generation === undefined ? {} : { generation }),
+      ...(kept ? { op: kept } : {}),
+      ...(acceptors && outcome === 'commit' ? { acceptors } : {}),
+    });
+  }
+
+  /** The acceptors of a transaction's commit decision, if this node knows them. */
+  acceptorsOf(txnId: string): NodeId[] | undefined {
+    return this.txns.get(txnId)?.acceptors ?? this.decisions.get(txnId)?.acceptors;
   }
 
   /**
@@ -747,7 +780,7 @@ export class Participant {
    * applied it (onCommitted). Refused when this node promised a recovering node never to accept it,
    * or when the version does not follow this replica's own.
    */
-  onCommit(txnId: string, epoch: number, generation = 0, final = true): ParticipantEffect[] {
+  onCommit(txnId: string, epoch: number, generation = 0, final = true, acceptors?: NodeId[]): ParticipantEffect[] {
     const rec = this.txns.get(txnId);
     const no = (code: NoVoteCode, detail?: string): ParticipantEffect[] => [
       { type: 'reply', vote: { vote: 'no', code, ...(detail === undefined ? {} : { detail }) } },
@@ -769,17 +802,19 @@ export class Participant {
     const problem = commitVersionProblem(rec.op, this.versionOf(rec.op.repoId), { epoch, generation });
     if (problem !== undefined) return no('stale', problem);
     if (rec.status === 'accepted' && (rec.epoch !== epoch || rec.generation !== generation)) return no('stale', 'accepted another version');
+    const named = acceptors ?? rec.acceptors;
+    const withAcceptors = named ? { acceptors: named } : {};
     if (!final) {
       if (rec.status === 'accepted') return [{ type: 'reply', vote: { vote: 'yes', epoch, generation } }];
-      Object.assign(rec, { status: 'accepted', epoch, generation });
+      Object.assign(rec, { status: 'accepted', epoch, generation }, withAcceptors);
       return [
-        { type: 'persist', entry: { t: 'accepted', txnId, epoch, generation } },
+        { type: 'persist', entry: { t: 'accepted', txnId, epoch, generation, ...withAcceptors } },
         { type: 'reply', vote: { vote: 'yes', epoch, generation } },
       ];
     }
-    Object.assign(rec, { status: 'committing', epoch, generation });
+    Object.assign(rec, { status: 'committing', epoch, generation }, withAcceptors);
     return [
-      { type: 'persist', entry: { t: 'committed', txnId, epoch, generation } },
+      { type: 'persist', entry: { t: 'committed', txnId, epoch, generation, ...withAcceptors } },
       { type: 'apply', txnId, op: rec.op, epoch, generation, coordinator: rec.coordinator ?? '' },
       { type: 'reply', vote: { vote: 'yes', epoch, generation } },
     ];
@@ -908,8 +943,9 @@ export class Participant {
     for (const [txnId, rec] of this.txns) {
       if ((rec.status === 'preparing' || rec.status === 'prepared' || rec.status === 'accepted' || rec.status === 'committing') && rec.op) {
         entries.push({ t: 'prepared', txnId, op: rec.op, coordinator: rec.coordinator ?? '' });
-        if (rec.status === 'accepted') entries.push({ t: 'accepted', txnId, epoch: rec.epoch ?? 0, generation: rec.generation ?? 0 });
-        if (rec.status === 'committing') entries.push({ t: 'committed', txnId, epoch: rec.epoch ?? 0, generation: rec.generation ?? 0 });
+        const acceptors = rec.acceptors ? { acceptors: rec.acceptors } : {};
+        if (rec.status === 'accepted') entries.push({ t: 'accepted', txnId, epoch: rec.epoch ?? 0, generation: rec.generation ?? 0, ...acceptors });
+        if (rec.status === 'committing') entries.push({ t: 'committed', txnId, epoch: rec.epoch ?? 0, generation: rec.generation ?? 0, ...acceptors });
       } else if (rec.status !== 'preparing') {
         settled.push(txnId);
       }
@@ -947,6 +983,7 @@ export class Participant {
         op: d.op ?? { kind: 'create', repoId: '' },
         ...(d.epoch === undefined ? {} : { epoch: d.epoch }),
         ...(d.generation === undefined ? {} : { generation: d.generation }),
+        ...(d.acceptors === undefined ? {} : { acceptors: d.acceptors }),
       });
     }
     return entries;
@@ -1028,7 +1065,17 @@ export type PeerAnswer = QueryOutcome | 'unreachable';
  * about its own transaction). See the rules at the top of this file.
  */
 export function resolveInDoubt(
-  answers: { coordinator: PeerAnswer; peers: PeerAnswer[]; self?: 'prepared' | 'accepted' | 'counted' },
+  answers: {
+    coordinator: PeerAnswer;
+    peers: PeerAnswer[];
+    self?: 'prepared' | 'accepted' | 'counted';
+    /**
+     * When some answer (or our own record) named the decision's acceptors: the set, and which node gave
+     * each answer (`peerIds` in the order of `peers`), so refusals and acceptances are counted among them.
+     */
+    acceptors?: readonly NodeId[];
+    ids?: { coordinator: NodeId; peers: readonly NodeId[]; self: NodeId };
+  },
   clusterSize: number,
   quorum: number,
 ): 'commit' | 'abort' | 'wait' {
@@ -1042,5 +1089,15 @@ export function resolveInDoubt(
   if (accepts >= quorum) return 'commit';
   const refusals = all.filter((a) => a === 'refused').length + (self === 'prepared' ? 1 : 0);
   if (refusals >= clusterSize - quorum + 1) return 'abort';
+  // Only the acceptors can ever accept: once more than |acceptors| - W of them refused, fewer than W
+  // are left, whatever the nodes that never voted (dead ones included) would say.
+  const { acceptors, ids } = answers;
+  if (acceptors && ids) {
+    const members = new Set(acceptors);
+    let refusedMembers = answers.peers.filter((a, i) => a === 'refused' && members.has(ids.peers[i]!)).length;
+    if (answers.coordinator === 'refused' && members.has(ids.coordinator)) refusedMembers += 1;
+    if (self === 'prepared' && members.has(ids.self)) refusedMembers += 1;
+    if (refusedMembers > members.size - quorum) return 'abort';
+  }
   return 'wait';
 }

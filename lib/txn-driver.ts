@@ -103,6 +103,8 @@ export class TxnDriver {
   private readonly active = new Map<string, ActiveTxn>();
   private readonly selfCommitGates = new Map<string, Promise<void>>();
   private readonly applying = new Map<string, Promise<Vote>>();
+  /** Prepares being carried out, by txn id. */
+  private readonly preparing = new Map<string, Promise<Vote>>();
   /** When this node prepared each transaction it still holds (in memory only). */
   private readonly preparedAt = new Map<string, number>();
   private readonly localSettled = new Map<string, { promise: Promise<void>; resolve: () => void }>();
@@ -192,7 +194,7 @@ export class TxnDriver {
           }
           if (effect.entry.t === 'decision') {
             // The decision with the version it gives: a participant recovering through us derives nothing.
-            this.participant.recordDecision(coord.txnId, effect.entry.outcome, effect.entry.epoch, effect.entry.generation);
+            this.participant.recordDecision(coord.txnId, effect.entry.outcome, effect.entry.epoch, effect.entry.generation, effect.entry.op, effect.entry.acceptors);
             this.options.logger.info('txn decided', { txn_id: coord.txnId, outcome: effect.entry.outcome, epoch: effect.entry.epoch, generation: effect.entry.generation });
           }
           break;
@@ -255,6 +257,23 @@ export class TxnDriver {
    * `packFiles`: a push's small pack that came inside its prepare (a large one was streamed ahead).
    */
   async handleMessage(msg: TxnMessage, packFiles?: Readonly<Record<string, Buffer>>): Promise<Vote> {
+    if (msg.type === 'prepare') {
+      // A duplicate of a prepare still being staged gets that prepare's vote, not "busy": a "no" here
+      // could count as this node's vote while the first copy leaves it prepared.
+      const inFlight = this.preparing.get(msg.txnId);
+      if (inFlight) return inFlight;
+      const vote = this.handleOne(msg, packFiles);
+      this.preparing.set(msg.txnId, vote);
+      try {
+        return await vote;
+      } finally {
+        this.preparing.delete(msg.txnId);
+      }
+    }
+    return this.handleOne(msg, packFiles);
+  }
+
+  private async handleOne(msg: TxnMessage, packFiles?: Readonly<Record<string, Buffer>>): Promise<Vote> {
     switch (msg.type) {
       case 'prepare': {
         if (msg.op.kind !== 'push') {
@@ -290,7 +309,7 @@ export class TxnDriver {
         return vote;
       }
       case 'commitTxn':
-        return this.commitLocally(msg.txnId, msg.epoch, msg.generation, msg.final ?? true);
+        return this.commitLocally(msg.txnId, msg.epoch, msg.generation, msg.final ?? true, msg.acceptors);
       case 'abortTxn':
         return this.runParticipantEffects(this.participant.onAbort(msg.txnId), msg.txnId);
     }
@@ -300,13 +319,13 @@ export class TxnDriver {
    * Applies a commit here. A second commit for the same transaction (a re-send, or recovery racing the
    * coordinator's own message) waits for the apply in flight and gets its answer.
    */
-  private async commitLocally(txnId: string, epoch: number, generation: number, final: boolean): Promise<Vote> {
+  private async commitLocally(txnId: string, epoch: number, generation: number, final: boolean, acceptors?: NodeId[]): Promise<Vote> {
     const inFlight = this.applying.get(txnId);
     if (inFlight) return inFlight;
     const op = this.participant.opOf(txnId);
     const status = this.participant.status(txnId);
     if (op && final && (status === 'prepared' || status === 'accepted')) await failpoint(op, 'participant', 'before-apply');
-    const effects = this.participant.onCommit(txnId, epoch, generation, final);
+    const effects = this.participant.onCommit(txnId, epoch, generation, final, acceptors);
     const refused = effects.find((e) => e.type === 'reply' && e.vote.vote === 'no');
     if (refused && refused.type === 'reply' && refused.vote.vote === 'no' && refused.vote.code === 'stale') {
       this.options.logger.error('refused a commit whose version does not follow this replica', { txn_id: txnId, epoch, generation, detail: refused.vote.detail });
@@ -495,7 +514,7 @@ export class TxnDriver {
   }
 
   /** Answers another node's question about a transaction (recovery). */
-  async handleQuery(txnId: string, refuse: boolean, asCoordinator: boolean): Promise<{ outcome: QueryOutcome; epoch?: number; generation?: number }> {
+  async handleQuery(txnId: string, refuse: boolean, asCoordinator: boolean): Promise<{ outcome: QueryOutcome; epoch?: number; generation?: number; acceptors?: NodeId[] }> {
     const answer = asCoordinator
       ? this.participant.onCoordinatorQuery(txnId, this.active.has(txnId))
       : this.participant.onQuery(txnId, refuse);
@@ -529,7 +548,13 @@ export class TxnDriver {
           peers.push('unreachable');
         }
       }
-      const verdict = resolveInDoubt({ coordinator: 'accepted', peers, self: 'counted' }, this.nodes.length, this.options.quorum);
+      const { self } = this.options;
+      const acceptors = this.participant.acceptorsOf(txnId);
+      const verdict = resolveInDoubt(
+        { coordinator: 'accepted', peers, self: 'counted', ...(acceptors ? { acceptors, ids: { coordinator: self, peers: this.options.peers, self } } : {}) },
+        this.nodes.length,
+        this.options.quorum,
+      );
       if (verdict === 'wait') continue;
       this.options.logger.info('own decision settled', { txn_id: txnId, peers, verdict });
       for (const effect of this.participant.onDecisionSettled(txnId, verdict)) await this.runParticipantEffect(effect);
@@ -544,6 +569,7 @@ export class TxnDriver {
       const preparedAt = this.preparedAt.get(txn.txnId);
       if (preparedAt !== undefined && now - preparedAt < this.inDoubtGraceMs) continue;
       let version: RepoVersion | undefined;
+      let acceptors = this.participant.acceptorsOf(txn.txnId);
       const ask = async (node: NodeId, asCoordinator: boolean): Promise<PeerAnswer> => {
         try {
           const answer =
@@ -553,6 +579,7 @@ export class TxnDriver {
           if ((answer.outcome === 'committed' || answer.outcome === 'accepted') && answer.epoch !== undefined) {
             version = { epoch: answer.epoch, generation: answer.generation ?? 0 };
           }
+          if (answer.acceptors) acceptors = answer.acceptors;
           return answer.outcome;
         } catch {
           return 'unreachable';
@@ -566,14 +593,16 @@ export class TxnDriver {
       const current = this.participant.status(txn.txnId);
       if (current !== 'prepared' && current !== 'accepted') continue;
       const peers: PeerAnswer[] = [];
+      const peerIds = this.nodes.filter((node) => node !== txn.coordinator && node !== this.options.self);
       if (coordinator !== 'committed' && coordinator !== 'aborted') {
-        for (const node of this.nodes) if (node !== txn.coordinator && node !== this.options.self) peers.push(await ask(node, false));
+        for (const node of peerIds) peers.push(await ask(node, false));
       }
       const after = this.participant.status(txn.txnId);
       if (after !== 'prepared' && after !== 'accepted') continue;
       const self = ownTxn ? 'counted' : after;
-      const verdict = resolveInDoubt({ coordinator, peers, self }, this.nodes.length, this.options.quorum);
-      this.options.logger.info('in-doubt txn', { txn_id: txn.txnId, coordinator, peers, self, verdict });
+      const ids = { coordinator: txn.coordinator, peers: peers.length > 0 ? peerIds : [], self: this.options.self };
+      const verdict = resolveInDoubt({ coordinator, peers, self, ...(acceptors ? { acceptors, ids } : {}) }, this.nodes.length, this.options.quorum);
+      this.options.logger.info('in-doubt txn', { txn_id: txn.txnId, coordinator, peers, self, acceptors, verdict });
       if (verdict === 'commit') {
         const decided = version ?? (txn.op.kind === 'push' ? { epoch: txn.op.base.epoch, generation: txn.op.base.generation + 1 } : undefined);
         if (decided === undefined) continue;

@@ -8,17 +8,19 @@ import { runSeed } from './sim.js';
 // lost, no deleted repo back, nothing left in doubt, unapplied or locked, every replica equal).
 // SIM_SEEDS=<n> runs more seeds per cluster size; a failing seed is replayed with `npm run sim`.
 
-const SEEDS = Number(process.env.SIM_SEEDS ?? 300);
+const SEEDS = Number(process.env.SIM_SEEDS ?? 1000);
 
 for (const nodes of [3, 5] as const) {
   describe(`driver simulation, ${nodes} nodes`, () => {
     it(`keeps every invariant over ${SEEDS} seeds`, async function () {
       this.timeout(0);
       const failures: string[] = [];
+      const blocked: number[] = [];
       let acked = 0;
       for (let seed = 1; seed <= SEEDS; seed += 1) {
         const report = await runSeed({ seed, nodes });
         acked += report.acked;
+        if (report.blocked.length > 0) blocked.push(seed);
         if (report.violation) {
           failures.push(`seed ${seed}: ${report.violation}\n    replay: npm run sim -- --seed ${seed} --nodes ${nodes}`);
           if (failures.length >= 5) break;
@@ -27,14 +29,18 @@ for (const nodes of [3, 5] as const) {
       // The workload must have done something worth checking.
       expect(acked, 'acknowledged operations').to.be.greaterThan(SEEDS * 3);
       expect(failures, failures.join('\n')).to.deep.equal([]);
+      // The two-fault wait the protocol allows (an acceptor dead for good decides): rare, and said.
+      if (blocked.length > 0) console.log(`      ${blocked.length} of ${SEEDS} seeds ended with a repo held by a transaction whose dead acceptor decides: ${blocked.slice(0, 10).join(', ')}`);
+      expect(blocked.length, `seeds blocked by a dead acceptor: ${blocked.join(', ')}`).to.be.below(SEEDS / 10);
     });
   });
 }
 
-// Found by the simulation (see the report of branch helper-f): the termination rule counts refusals
-// among all N nodes, so a commit decision that never became final, one of whose yes voters refused it
-// after a restart, waits forever when the nodes that never voted are dead: fewer than W yes voters
-// can still accept it (so abort is safe), but N - W + 1 refusals never come. The repo stays locked.
+// Found by the simulation: the termination rule counted refusals among all N nodes, so a commit
+// decision that never became final, one of whose yes voters refused it after a restart, waited
+// forever when the nodes that never voted were dead: fewer than W yes voters could still accept it
+// (so abort is safe), but N - W + 1 refusals never came. Fixed by sending the decision's acceptors
+// with it and counting refusals among them.
 describe('driver simulation, seeds that found a stuck in-doubt transaction', () => {
   for (const [seed, nodes] of [
     [55, 3],
