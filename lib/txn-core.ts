@@ -587,9 +587,14 @@ export class Participant {
       case 'decision':
         this.recordDecision(entry.txnId, entry.outcome, entry.epoch, entry.generation, entry.op, entry.acceptors);
         return;
-      case 'synced':
+      case 'synced': {
+        // A catch-up or an adopted state logged after a final commit of the repo means that commit's
+        // apply was settled (it failed and the replica was caught up instead): never apply it again.
+        const holder = this.locks.get(entry.repoId);
+        if (holder !== undefined && this.txns.get(holder)?.status === 'committing') this.onCommitted(holder);
         this.repos.set(entry.repoId, { state: entry.state, epoch: entry.epoch, generation: entry.generation ?? 0 });
         return;
+      }
     }
   }
 
