@@ -79,7 +79,8 @@ describe('hostile input on git smart HTTP (3-node cluster)', function () {
   const env = {
     MAX_GIT_PROCESSES: '4',
     MAX_GIT_PROCESSES_PER_CLIENT: '3',
-    GIT_BODY_IDLE_TIMEOUT_MS: '1500',
+    // Long enough that held requests outlive the probes on a loaded 2-core machine.
+    GIT_BODY_IDLE_TIMEOUT_MS: '5000',
     MAX_PACK_BYTES: String(1024 * 1024),
     PREPARE_TIMEOUT_MS: '10000',
     COMMIT_TIMEOUT_MS: '5000',
