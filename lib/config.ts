@@ -35,6 +35,12 @@ export interface Config {
   retainSettledTxns: number;
   /** Opt-in: serve a possibly stale local copy when fewer than R nodes answer (labelled so). */
   allowStaleReads: boolean;
+  /** A git RPC whose request body sends no byte (or whose client reads none) for this long is ended. */
+  gitBodyIdleTimeoutMs: number;
+  /** Git RPCs (upload-pack, receive-pack POSTs) one node serves at once; 503 with Retry-After beyond. */
+  maxGitProcesses: number;
+  /** The same per client address (a peer's proxied request counts for the client it forwards). */
+  maxGitProcessesPerClient: number;
 }
 
 export const DEV_CLUSTER_SECRET = 'quorum-git-dev-secret';
@@ -101,5 +107,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     checkpointEveryEntries: int(env, 'CHECKPOINT_EVERY_ENTRIES', 10_000, 10),
     retainSettledTxns: int(env, 'RETAIN_SETTLED_TXNS', 10_000, 0),
     allowStaleReads: env.ALLOW_STALE_READS === '1' || env.ALLOW_STALE_READS === 'true',
+    gitBodyIdleTimeoutMs: int(env, 'GIT_BODY_IDLE_TIMEOUT_MS', 30_000, 100),
+    maxGitProcesses: int(env, 'MAX_GIT_PROCESSES', 64, 1),
+    maxGitProcessesPerClient: int(env, 'MAX_GIT_PROCESSES_PER_CLIENT', 16, 1),
   };
 }

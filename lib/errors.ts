@@ -21,6 +21,8 @@ export type ErrorCode =
   | 'replica_behind'
   | 'read_quorum_unreachable'
   | 'peer_unavailable'
+  | 'request_timeout'
+  | 'git_busy'
   | 'internal';
 
 export const statusByCode = {
@@ -42,6 +44,8 @@ export const statusByCode = {
   replica_behind: 503,
   read_quorum_unreachable: 503,
   peer_unavailable: 502,
+  request_timeout: 408,
+  git_busy: 503,
   internal: 500,
 } as const satisfies Record<ErrorCode, number>;
 

@@ -56,7 +56,7 @@ while IFS= read -r -t ${HOOK_TIMEOUT_S} line <&3 || [ -n "$line" ]; do printf '%
  * our hooks; always keep pushed objects as a pack (receive.unpackLimit=1), so there is exactly one
  * indexed pack to ship; hide refs that repair set aside; no gc inside a push; and durable refs.
  */
-export function applyGitEnvironment(env: NodeJS.ProcessEnv, hooksDir: string): void {
+export function applyGitEnvironment(env: NodeJS.ProcessEnv, hooksDir: string, limits: { maxInputSizeBytes?: number } = {}): void {
   const settings: [string, string][] = [
     ['core.hooksPath', hooksDir],
     ['receive.unpackLimit', '1'],
@@ -70,6 +70,10 @@ export function applyGitEnvironment(env: NodeJS.ProcessEnv, hooksDir: string): v
     // node's txn log says "committed" only after git moved the refs).
     ['core.fsync', 'committed,pack-metadata,reference'],
   ];
+  // An oversized push is refused by receive-pack (index-pack) while it arrives, with git's own
+  // message naming the limit, instead of being taken into quarantine in full and then refused by
+  // the peers (MAX_PACK_BYTES).
+  if (limits.maxInputSizeBytes !== undefined) settings.push(['receive.maxInputSize', String(limits.maxInputSizeBytes)]);
   addGitConfig(env, settings);
 }
 

@@ -1,9 +1,10 @@
-import { randomBytes, randomInt, randomUUID, timingSafeEqual } from 'node:crypto';
+import { createHash, randomBytes, randomInt, randomUUID, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
 import os from 'node:os';
 import type { Config } from './config.js';
 import { QuorumGitError, errorBody, isQuorumGitError, statusByCode } from './errors.js';
 import { GitHttp } from './git-http.js';
+import { PKT_MAX_BYTES, clientAddress } from './git-rpc.js';
 import type { Logger } from './logger.js';
 import { KEEP_ALIVE_TIMEOUT_MS, PeerClient, REQUEST_ID_HEADER, SECRET_HEADER, peerAgent } from './peer-client.js';
 import { parseRepoId } from './repo-id.js';
@@ -105,7 +106,13 @@ export class QuorumGitNode {
       afterWrite: (repoId) => this.maintenance.touched(repoId),
       timeouts: { prepareTimeoutMs: config.prepareTimeoutMs, commitTimeoutMs: config.commitTimeoutMs, commitResends: config.commitResends },
     });
-    this.gitHttp = new GitHttp((repoId) => this.store.repoPath(repoId), logger);
+    this.gitHttp = new GitHttp((repoId) => this.store.repoPath(repoId), logger, {
+      // A push's commands: the same bound per ref as the hook's input, plus one pkt-line of slack.
+      maxHeadBytes: config.maxRefsPerPush * 300 + PKT_MAX_BYTES,
+      bodyIdleTimeoutMs: config.gitBodyIdleTimeoutMs,
+      maxProcesses: config.maxGitProcesses,
+      maxProcessesPerClient: config.maxGitProcessesPerClient,
+    });
     this.pushService = new PushService({
       driver: this.driver,
       store: this.store,
@@ -141,7 +148,7 @@ export class QuorumGitNode {
     // The hook talks to this node's own listener (bash's /dev/tcp takes a bare IPv6 address).
     const hookHost = this.config.host === '0.0.0.0' ? '127.0.0.1' : this.config.host === '::' ? '::1' : this.config.host;
     const hooksDir = await installHooks(this.config.dataDir, hookHost, this.config.port, this.config.clusterSecret);
-    applyGitEnvironment(process.env, hooksDir);
+    applyGitEnvironment(process.env, hooksDir, { maxInputSizeBytes: this.config.maxPackBytes });
     await this.driver.start();
     await new Promise<void>((resolve, reject) => {
       this.server.once('error', reject);
@@ -327,6 +334,8 @@ export class QuorumGitNode {
       case 'internalHook': {
         const body = await this.readBody(req, this.config.maxRefsPerPush * 300);
         const pid = Number(req.headers['x-receive-pack-pid']);
+        // From here the push may be committed anywhere: its receive-pack must not be killed when its client goes away.
+        if (Number.isInteger(pid) && pid > 0) this.gitHttp.markHookStarted(pid);
         const verdict = await this.pushService.preReceive({
           gitDir: String(req.headers['x-git-dir'] ?? ''),
           quarantine: String(req.headers['x-quarantine'] ?? ''),
@@ -373,7 +382,7 @@ export class QuorumGitNode {
         throw new QuorumGitError('replica_behind', 'this node is still applying the latest push to this repository; try again');
       }
       if (kind === 'gitInfoRefs') return this.gitHttp.infoRefs(req, res, repoId, service);
-      return this.gitHttp.rpc(req, res, repoId, service, log);
+      return this.gitHttp.rpc(req, res, repoId, service, log, clientAddress(req.socket.remoteAddress, req.headers['x-forwarded-for'], fromPeer));
     };
     if (fromPeer && req.headers[DIRECT_HEADER] === '1') return serveLocal();
     if (service === 'receive-pack' && !fromPeer) {
@@ -518,9 +527,11 @@ export class QuorumGitNode {
   }
 
   private isPeer(req: http.IncomingMessage): boolean {
-    const given = Buffer.from(String(req.headers[SECRET_HEADER] ?? ''));
-    const expected = Buffer.from(this.config.clusterSecret);
-    return given.length === expected.length && timingSafeEqual(given, expected);
+    // Fixed-length digests: comparing the raw values would end early on a length mismatch and so
+    // tell an attacker the secret's length.
+    const given = createHash('sha256').update(String(req.headers[SECRET_HEADER] ?? '')).digest();
+    const expected = createHash('sha256').update(this.config.clusterSecret).digest();
+    return timingSafeEqual(given, expected);
   }
 
   /** A peer streams one file of a push's pack to us ahead of the prepare; bounded, never buffered. */
@@ -718,6 +729,13 @@ export class QuorumGitNode {
   }
 
   private async readJson(req: http.IncomingMessage): Promise<unknown> {
+    // Only application/json: a cross-site HTML form can send text/plain (or urlencoded) without a
+    // preflight, so accepting those would let any web page create repos through a browser.
+    const type = String(req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
+    if (type !== 'application/json') {
+      req.resume();
+      throw new QuorumGitError('unsupported_media_type', `the body must be application/json, got ${type === '' ? 'no content-type' : type}`);
+    }
     return this.parseJson(await this.readBody(req, this.config.maxBodyBytes));
   }
 

@@ -1,0 +1,185 @@
+import type { GitService } from './router.js';
+
+// The head of a smart-HTTP RPC request body, checked before git sees it. Pure: bytes in, a verdict
+// out; no I/O. Linear in the bytes fed and bounded in what it keeps (at most one pkt-line prefix).
+//
+// gitprotocol-common(5), pkt-line format:
+//   pkt-line     = data-pkt / flush-pkt
+//   data-pkt     = pkt-len pkt-payload
+//   pkt-len      = 4*(HEXDIG)
+//   flush-pkt    = "0000"
+//   "0001" is the delim-pkt and "0002" the response-end-pkt of protocol v2; any other pkt-len below
+//   4 is invalid, and a pkt-line is at most 65520 bytes (LARGE_PACKET_MAX).
+// The request head is the pkt-lines up to the first flush-pkt: the commands of receive-pack (then the
+// pack follows, which is not pkt-lines), the wants of upload-pack v0, the command of protocol v2.
+// node-git-server matched a regular expression over the raw first chunk instead: quadratic on junk
+// (64 KB of 'a' held the event loop ~5 s). Here every byte is looked at once, and the head is capped.
+
+export const PKT_MAX_BYTES = 65520;
+/** Bytes of the first payload compared with what the service expects. */
+const FIRST_LINE_PREFIX_BYTES = 140;
+
+/**
+ * What a first request line may start with (gitprotocol-pack(5), gitprotocol-v2(5)): receive-pack
+ * begins with a command `<old-oid> SP <new-oid> SP <ref>` (or a shallow line or a push certificate),
+ * upload-pack with `want` (v0/v1) or `command=` (v2).
+ */
+const FIRST_LINE: Record<GitService, RegExp> = {
+  'receive-pack': /^(?:(?:[0-9a-f]{40}|[0-9a-f]{64}) (?:[0-9a-f]{40}|[0-9a-f]{64}) |shallow |push-cert\0)/,
+  'upload-pack': /^(?:want |command=)/,
+};
+
+export type HeadVerdict = { state: 'more' } | { state: 'done' } | { state: 'invalid'; message: string };
+
+/**
+ * Feeds chunks of a request body; says `more` while the head is incomplete and fine so far, `done`
+ * once the head's flush-pkt has passed (the rest is not looked at), `invalid` at the first byte that
+ * cannot belong to a valid head or once the head exceeds `maxHeadBytes`.
+ */
+export class RequestHeadScanner {
+  private readonly service: GitService;
+  private readonly maxHeadBytes: number;
+  private verdict: HeadVerdict = { state: 'more' };
+  /** Bytes of the head seen so far. */
+  private consumed = 0;
+  /** The pkt-len being read (0-4 hex digits). */
+  private lenDigits = '';
+  /** Payload bytes of the current pkt-line still to skip. */
+  private payloadLeft = 0;
+  /** The first pkt-line's payload prefix, kept until it can be checked. */
+  private first: Uint8Array[] | undefined = [];
+  private firstBytes = 0;
+  private firstWanted = 0;
+
+  constructor(service: GitService, maxHeadBytes: number) {
+    this.service = service;
+    this.maxHeadBytes = maxHeadBytes;
+  }
+
+  get state(): HeadVerdict {
+    return this.verdict;
+  }
+
+  /** True once the first pkt-line was seen and found plausible: the moment git may be started. */
+  get firstLineChecked(): boolean {
+    return this.first === undefined && this.verdict.state !== 'invalid';
+  }
+
+  feed(chunk: Uint8Array): HeadVerdict {
+    let i = 0;
+    while (i < chunk.length && this.verdict.state === 'more') {
+      if (this.consumed >= this.maxHeadBytes) return this.fail(`the request head exceeds ${this.maxHeadBytes} bytes`);
+      if (this.payloadLeft > 0) {
+        const take = Math.min(this.payloadLeft, chunk.length - i, this.maxHeadBytes - this.consumed);
+        if (this.first !== undefined && this.firstBytes < this.firstWanted) {
+          const part = chunk.subarray(i, i + Math.min(take, this.firstWanted - this.firstBytes));
+          this.first.push(part);
+          this.firstBytes += part.length;
+        }
+        i += take;
+        this.consumed += take;
+        this.payloadLeft -= take;
+        if (this.first !== undefined && (this.firstBytes >= this.firstWanted || this.payloadLeft === 0)) this.checkFirstLine();
+        continue;
+      }
+      const c = chunk[i]!;
+      const hex = (c >= 0x30 && c <= 0x39) || (c >= 0x61 && c <= 0x66) || (c >= 0x41 && c <= 0x46);
+      if (!hex) return this.fail('the request body is not in pkt-line format');
+      this.lenDigits += String.fromCharCode(c);
+      i += 1;
+      this.consumed += 1;
+      if (this.lenDigits.length < 4) continue;
+      const len = parseInt(this.lenDigits, 16);
+      this.lenDigits = '';
+      if (len === 0) {
+        // A flush first: an empty request (git sends one for a push with nothing to update).
+        this.first = undefined;
+        this.verdict = { state: 'done' };
+      } else if (len === 1 || len === 2) {
+        if (this.first !== undefined) return this.fail('the request does not start with a command');
+      } else if (len < 4 || len > PKT_MAX_BYTES) {
+        return this.fail(`invalid pkt-line length ${len}`);
+      } else {
+        this.payloadLeft = len - 4;
+        if (this.first !== undefined) this.firstWanted = Math.min(this.payloadLeft, FIRST_LINE_PREFIX_BYTES);
+        if (this.payloadLeft === 0 && this.first !== undefined) this.checkFirstLine();
+      }
+    }
+    return this.verdict;
+  }
+
+  private checkFirstLine(): void {
+    const prefix = Buffer.concat(this.first ?? []).toString('latin1');
+    this.first = undefined;
+    if (!FIRST_LINE[this.service].test(prefix)) this.fail(`the request does not start with a git-${this.service} command`);
+  }
+
+  private fail(message: string): HeadVerdict {
+    this.verdict = { state: 'invalid', message };
+    return this.verdict;
+  }
+}
+
+/** How a request body is decoded: HTTP content-codings git sends (gzip) and the other standard one. */
+export type BodyDecoding = 'identity' | 'gzip' | 'deflate';
+
+/** The decoding for a content-encoding header, or undefined when we do not support it. */
+export function bodyDecoding(header: string | undefined): BodyDecoding | undefined {
+  const value = (header ?? '').trim().toLowerCase();
+  if (value === '' || value === 'identity') return 'identity';
+  if (value === 'gzip' || value === 'x-gzip') return 'gzip';
+  // RFC 9110 8.4.1.2: "deflate" is the zlib format (RFC 1950), i.e. zlib's inflate, not raw deflate.
+  if (value === 'deflate') return 'deflate';
+  return undefined;
+}
+
+/**
+ * The address a git request is charged to for the per-client limit. A peer proxying a client's
+ * request appends the address it saw to x-forwarded-for (http-proxy's xfwd); only that last entry is
+ * trusted, as a client can write any earlier ones itself.
+ */
+export function clientAddress(remoteAddress: string | undefined, forwardedFor: string | string[] | undefined, fromPeer: boolean): string {
+  if (fromPeer && forwardedFor !== undefined) {
+    const all = Array.isArray(forwardedFor) ? forwardedFor.join(',') : forwardedFor;
+    const last = all.slice(all.lastIndexOf(',') + 1).trim();
+    if (last !== '') return last;
+  }
+  return remoteAddress ?? 'unknown';
+}
+
+/** Counts git RPCs in flight per node and per client address; pure bookkeeping, no clock. */
+export class GitSlots {
+  private readonly maxTotal: number;
+  private readonly maxPerClient: number;
+  private total = 0;
+  private readonly perClient = new Map<string, number>();
+
+  constructor(maxTotal: number, maxPerClient: number) {
+    this.maxTotal = maxTotal;
+    this.maxPerClient = maxPerClient;
+  }
+
+  get inUse(): number {
+    return this.total;
+  }
+
+  /** Takes a slot for `client`; returns its release (idempotent), or why there is none. */
+  take(client: string): { release: () => void } | { refused: 'node' | 'client' } {
+    const mine = this.perClient.get(client) ?? 0;
+    if (this.total >= this.maxTotal) return { refused: 'node' };
+    if (mine >= this.maxPerClient) return { refused: 'client' };
+    this.total += 1;
+    this.perClient.set(client, mine + 1);
+    let released = false;
+    return {
+      release: () => {
+        if (released) return;
+        released = true;
+        this.total -= 1;
+        const left = (this.perClient.get(client) ?? 1) - 1;
+        if (left <= 0) this.perClient.delete(client);
+        else this.perClient.set(client, left);
+      },
+    };
+  }
+}

@@ -1,0 +1,296 @@
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import nodeHttp from 'node:http';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+import zlib from 'node:zlib';
+import { expect } from 'chai';
+import { Cluster, GitClient, eventually, http, type HttpResult, type TestNode, withCluster } from '../support/cluster.js';
+import { SECRET_HEADER, cloneLocal, commitFile, createRepo, diskRefs, expectFsckClean, expectPushed, repoCoordinatedBy } from '../support/push-helpers.js';
+
+// Hostile input on git's smart HTTP (issue 8, "a node survives every request"): every request here
+// is unauthenticated and malformed, abusive or cut off. Each test checks the answer, that nothing
+// changed on any node, and that every node still answers /health.
+
+interface RawAnswer {
+  status: number;
+  headers: nodeHttp.IncomingHttpHeaders;
+  body: Buffer;
+}
+
+/** A POST sent byte for byte (headers as given, no content-type added). */
+function rawPost(base: string, pathname: string, headers: Record<string, string>, body: Buffer | string): Promise<RawAnswer> {
+  const { hostname, port } = new URL(base);
+  return new Promise((resolve, reject) => {
+    const req = nodeHttp.request({ host: hostname, port, method: 'POST', path: pathname, headers, timeout: 30_000 }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(new Error(`POST ${pathname} timed out`)));
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+/** A POST that announces a huge body and sends only `first` (maybe nothing); the answer, if any, arrives later. */
+function heldPost(base: string, pathname: string, headers: Record<string, string>, first: Buffer | string): { answer: Promise<RawAnswer | 'closed'>; abort: () => void } {
+  const { hostname, port } = new URL(base);
+  const req = nodeHttp.request({ host: hostname, port, method: 'POST', path: pathname, headers: { 'content-length': String(10 ** 9), ...headers } });
+  const answer = new Promise<RawAnswer | 'closed'>((resolve) => {
+    req.on('response', (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
+      res.on('error', () => resolve('closed'));
+    });
+    req.on('error', () => resolve('closed'));
+  });
+  req.flushHeaders();
+  if (first.length > 0) req.write(first);
+  return { answer, abort: () => req.destroy() };
+}
+
+function errorCode(answer: RawAnswer): string | undefined {
+  try {
+    return JSON.parse(answer.body.toString('utf8')).error?.code;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The git RPC processes (not ref advertisements) a node runs for `service`. */
+function rpcGits(node: TestNode, service: string): string[] {
+  return node
+    .processes()
+    .map((p) => p.command)
+    .filter((c) => c.includes(service) && c.includes('--stateless-rpc') && !c.includes('--advertise-refs'));
+}
+
+function pkt(line: string): string {
+  return (4 + Buffer.byteLength(line)).toString(16).padStart(4, '0') + line;
+}
+
+describe('hostile input on git smart HTTP (3-node cluster)', function () {
+  let cluster: Cluster;
+  let git: GitClient;
+  const env = {
+    MAX_GIT_PROCESSES: '4',
+    MAX_GIT_PROCESSES_PER_CLIENT: '3',
+    // Long enough that held requests outlive the probes on a loaded 2-core machine.
+    GIT_BODY_IDLE_TIMEOUT_MS: '5000',
+    MAX_PACK_BYTES: String(1024 * 1024),
+    PREPARE_TIMEOUT_MS: '10000',
+    COMMIT_TIMEOUT_MS: '5000',
+    PEER_TIMEOUT_MS: '10000',
+    // Holds every push in its hook for a moment after the decision, so a client can be killed there.
+    FAILPOINTS: 'push.participant.before-apply=delay(1500)',
+  };
+  withCluster(3, { env }, (c, g) => {
+    [cluster, git] = [c, g];
+  });
+
+  let repoId: string;
+  let coordinator: TestNode;
+  let other: TestNode;
+  let head: string;
+  let baseline: Record<string, string>[];
+
+  async function expectUnchangedAndHealthy(): Promise<void> {
+    for (const node of cluster.nodes) {
+      expect(node.running, `${node.serverId} exited:\n${node.logTail()}`).to.equal(true);
+      const health = await http(`${node.url}/health`, { timeoutMs: 5000 });
+      expect(health.status, node.serverId).to.equal(200);
+    }
+    const now = await Promise.all(cluster.nodes.map((n) => diskRefs(git, n, repoId)));
+    expect(now).to.deep.equal(baseline);
+  }
+
+  before(async function () {
+    coordinator = cluster.node(1);
+    other = cluster.node(2);
+    repoId = repoCoordinatedBy(cluster, coordinator, 'mallory', 'hostile');
+    await createRepo(cluster, coordinator, repoId);
+    const work = await cloneLocal(git, coordinator, repoId, 'seed');
+    head = await commitFile(git, work, 'README.md', '# hostile\n');
+    expectPushed(await git.run(['push', coordinator.gitUrl(repoId), 'HEAD:refs/heads/main'], { cwd: work }));
+    await eventually(async () => {
+      for (const n of cluster.nodes) expect((await diskRefs(git, n, repoId))['refs/heads/main'], n.serverId).to.equal(head);
+    });
+    baseline = await Promise.all(cluster.nodes.map((n) => diskRefs(git, n, repoId)));
+  });
+
+  describe('bodies that do not decode or are not git', function () {
+    it('answers 400 to a gzip body that is not gzip (upload-pack, receive-pack, and receive-pack proxied to the coordinator)', async function () {
+      const junk = Buffer.from('this is not gzip at all, just text');
+      for (const [node, service] of [
+        [coordinator, 'upload-pack'],
+        [coordinator, 'receive-pack'],
+        [other, 'receive-pack'],
+      ] as const) {
+        const answer = await rawPost(node.url, `/${repoId}.git/git-${service}`, { 'content-type': `application/x-git-${service}-request`, 'content-encoding': 'gzip' }, junk);
+        expect(answer.status, `${node.serverId} ${service}: ${answer.body}`).to.equal(400);
+        expect(errorCode(answer)).to.equal('invalid_body');
+        expect(answer.body.toString()).not.to.match(/\n\s+at /);
+      }
+      await expectUnchangedAndHealthy();
+    });
+
+    it('refuses 64 KB of junk to receive-pack with 400 before starting git', async function () {
+      const answer = await rawPost(coordinator.url, `/${repoId}.git/git-receive-pack`, { 'content-type': 'application/x-git-receive-pack-request' }, 'a'.repeat(64 * 1024));
+      expect(answer.status, answer.body.toString()).to.equal(400);
+      expect(errorCode(answer)).to.equal('invalid_body');
+      await expectUnchangedAndHealthy();
+    });
+
+    it('inflates a deflate body (it used to be deflated a second time)', async function () {
+      const request = pkt(`want ${head}\n`) + '0000' + pkt('done\n');
+      const answer = await rawPost(coordinator.url, `/${repoId}.git/git-upload-pack`, { 'content-type': 'application/x-git-upload-pack-request', 'content-encoding': 'deflate' }, zlib.deflateSync(request));
+      expect(answer.status).to.equal(200);
+      expect(answer.body.includes(Buffer.from('PACK')), answer.body.toString('latin1')).to.equal(true);
+      await expectUnchangedAndHealthy();
+    });
+
+    it('answers 415 to a content-encoding it does not know', async function () {
+      const answer = await rawPost(coordinator.url, `/${repoId}.git/git-upload-pack`, { 'content-type': 'application/x-git-upload-pack-request', 'content-encoding': 'br' }, 'xx');
+      expect(answer.status).to.equal(415);
+      expect(errorCode(answer)).to.equal('unsupported_media_type');
+      await expectUnchangedAndHealthy();
+    });
+  });
+
+  describe('slow and idle clients', function () {
+    const uploadPath = (): string => `/${repoId}.git/git-upload-pack`;
+    const headers = { 'content-type': 'application/x-git-upload-pack-request' };
+
+    it('starts no git for a request without a body, caps RPCs per client with 503 + Retry-After, and ends idle ones', async function () {
+      const held = [1, 2, 3].map(() => heldPost(coordinator.url, uploadPath(), headers, ''));
+      // The three are in (the fourth is refused because they hold their slots) while no git runs for them.
+      const refused = await eventually(async () => {
+        const answer = await rawPost(coordinator.url, uploadPath(), headers, pkt(`want ${head}\n`) + '0000' + pkt('done\n'));
+        expect(answer.status).to.equal(503);
+        return answer;
+      });
+      expect(errorCode(refused)).to.equal('git_busy');
+      expect(Number(refused.headers['retry-after'])).to.be.greaterThan(0);
+      expect(rpcGits(coordinator, 'upload-pack')).to.deep.equal([]);
+      // No byte for GIT_BODY_IDLE_TIMEOUT_MS: each held request is answered 408 (or cut off).
+      const answers = await Promise.all(held.map((h) => h.answer));
+      for (const a of answers) if (a !== 'closed') expect(a.status).to.equal(408);
+      // Their slots are free again.
+      const dir = path.join(await git.tempDir('after-idle'), 'clone');
+      expect((await git.run(['clone', coordinator.gitUrl(repoId), dir])).code).to.equal(0);
+      await expectUnchangedAndHealthy();
+    });
+
+    it('caps RPCs per node across clients (as told by a peer proxying them)', async function () {
+      const asPeerFrom = (address: string): Record<string, string> => ({ ...headers, [SECRET_HEADER]: cluster.secret, 'x-forwarded-for': address });
+      const held = [
+        ...[1, 2, 3].map(() => heldPost(coordinator.url, uploadPath(), asPeerFrom('10.0.0.1'), '')),
+        heldPost(coordinator.url, uploadPath(), asPeerFrom('10.0.0.2'), ''),
+      ];
+      const refused = await eventually(async () => {
+        const answer = await rawPost(coordinator.url, uploadPath(), asPeerFrom('10.0.0.3'), pkt(`want ${head}\n`) + '0000' + pkt('done\n'));
+        expect(answer.status).to.equal(503);
+        return answer;
+      });
+      expect(errorCode(refused)).to.equal('git_busy');
+      for (const h of held) h.abort();
+      await Promise.all(held.map((h) => h.answer));
+      await expectUnchangedAndHealthy();
+    });
+
+    it('does not cut off a slow but live push', async function () {
+      // A proxy that passes the push's body on 64 bytes at a time, 200 ms apart: several times the
+      // idle timeout in all, but never idle that long.
+      const upstream = new URL(coordinator.url);
+      const server = nodeHttp.createServer((req, res) => {
+        const out = nodeHttp.request({ host: upstream.hostname, port: upstream.port, method: req.method, path: req.url, headers: { ...req.headers, host: upstream.host } }, (answer) => {
+          res.writeHead(answer.statusCode ?? 502, answer.headers);
+          answer.pipe(res);
+        });
+        out.on('error', () => res.destroy());
+        if (req.method !== 'POST') return void req.pipe(out);
+        const chunks: Buffer[] = [];
+        req.on('data', (c: Buffer) => chunks.push(c));
+        req.on('end', async () => {
+          const body = Buffer.concat(chunks);
+          for (let at = 0; at < body.length; at += 64) {
+            out.write(body.subarray(at, at + 64));
+            await new Promise((resolve) => setTimeout(resolve, 200));
+          }
+          out.end();
+        });
+      });
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+      try {
+        const work = await cloneLocal(git, coordinator, repoId, 'slow');
+        await fs.writeFile(path.join(work, 'noise.bin'), randomBytes(3000));
+        await git.ok(['add', 'noise.bin'], { cwd: work });
+        await git.ok(['commit', '-q', '-m', 'noise'], { cwd: work });
+        const oid = (await git.ok(['rev-parse', 'HEAD'], { cwd: work })).trim();
+        const port = (server.address() as AddressInfo).port;
+        expectPushed(await git.run(['-c', 'http.postBuffer=1048576', 'push', `http://127.0.0.1:${port}/${repoId}.git`, 'HEAD:refs/heads/slow'], { cwd: work }));
+        await eventually(async () => {
+          for (const n of cluster.nodes) expect((await diskRefs(git, n, repoId))['refs/heads/slow'], n.serverId).to.equal(oid);
+        });
+        // Put back what the other tests compare with.
+        expectPushed(await git.run(['push', coordinator.gitUrl(repoId), ':refs/heads/slow'], { cwd: work }));
+        await eventually(async () => expect(await Promise.all(cluster.nodes.map((n) => diskRefs(git, n, repoId)))).to.deep.equal(baseline));
+      } finally {
+        await new Promise<void>((resolve) => server.close(() => resolve()));
+      }
+      await expectUnchangedAndHealthy();
+    });
+  });
+
+  describe('pushes', function () {
+    it('refuses a pack over MAX_PACK_BYTES at the coordinator, naming the limit', async function () {
+      const work = await cloneLocal(git, coordinator, repoId, 'big');
+      await fs.writeFile(path.join(work, 'big.bin'), randomBytes(3 * 1024 * 1024));
+      await git.ok(['add', 'big.bin'], { cwd: work });
+      await git.ok(['commit', '-q', '-m', 'big'], { cwd: work });
+      const push = await git.run(['push', other.gitUrl(repoId), 'HEAD:refs/heads/big'], { cwd: work });
+      expect(push.code).not.to.equal(0);
+      expect(push.stderr).to.match(/pack exceeds maximum allowed size/);
+      expect(push.stderr, push.stderr).not.to.match(/unreachable/);
+      await expectUnchangedAndHealthy();
+    });
+
+    it('lets receive-pack finish when the client goes away after the hook started', async function () {
+      const work = await cloneLocal(git, coordinator, repoId, 'killed');
+      const oid = await commitFile(git, work, 'killed.txt', 'the client dies mid-push\n');
+      // The peers hold the push's lock from their prepare until the commit: the hook has started then.
+      const client = spawn('git', ['push', coordinator.gitUrl(repoId), 'HEAD:refs/heads/killed'], { cwd: work, env: git.env, stdio: 'ignore' });
+      const exited = new Promise((resolve) => client.once('exit', resolve));
+      await eventually(async () => {
+        const state: HttpResult = await http(`${other.url}/internal/repo-state/${repoId}`, { headers: { [SECRET_HEADER]: cluster.secret } });
+        expect(state.body.locked).to.equal(true);
+      }, 20_000, 5);
+      client.kill('SIGKILL');
+      await exited;
+      await eventually(async () => {
+        for (const n of cluster.nodes) expect((await diskRefs(git, n, repoId))['refs/heads/killed'], n.serverId).to.equal(oid);
+      });
+      await eventually(async () => {
+        const objects = await fs.readdir(path.join(coordinator.repoDir(repoId), 'objects'));
+        expect(objects.filter((e) => e.startsWith('tmp_objdir-incoming-'))).to.deep.equal([]);
+      });
+      await expectFsckClean(git, coordinator, repoId);
+      baseline = await Promise.all(cluster.nodes.map((n) => diskRefs(git, n, repoId)));
+      await expectUnchangedAndHealthy();
+    });
+  });
+
+  describe('the management API', function () {
+    it('answers 415 to a create whose content-type is not application/json, and creates nothing', async function () {
+      const answer = await http(`${coordinator.url}/repos`, { method: 'POST', body: JSON.stringify({ repo_id: 'mallory/form-post' }), headers: { 'content-type': 'text/plain' } });
+      expect(answer.status).to.equal(415);
+      expect(answer.body.error.code).to.equal('unsupported_media_type');
+      expect((await coordinator.getRepo('mallory/form-post')).status).to.equal(404);
+      await expectUnchangedAndHealthy();
+    });
+  });
+});

@@ -1,0 +1,103 @@
+import { expect } from 'chai';
+import { GitSlots, RequestHeadScanner, bodyDecoding, clientAddress } from '../../lib/git-rpc.js';
+
+// The request-head check in front of git's RPCs (issue 8 items 1-3): pkt-line framing, the first
+// command, caps; and the bookkeeping of git slots.
+
+const OID_A = 'a'.repeat(40);
+const OID_B = 'b'.repeat(40);
+
+function pkt(line: string): string {
+  return (4 + Buffer.byteLength(line)).toString(16).padStart(4, '0') + line;
+}
+
+/** Feeds `body` split into `size`-byte chunks; returns the last verdict. */
+function scan(service: 'upload-pack' | 'receive-pack', body: string | Buffer, size = 7, maxHeadBytes = 1 << 20): ReturnType<RequestHeadScanner['feed']> {
+  const scanner = new RequestHeadScanner(service, maxHeadBytes);
+  const bytes = Buffer.isBuffer(body) ? body : Buffer.from(body, 'latin1');
+  let verdict = scanner.state;
+  for (let at = 0; at < bytes.length && verdict.state === 'more'; at += size) verdict = scanner.feed(bytes.subarray(at, at + size));
+  return verdict;
+}
+
+describe('RequestHeadScanner', function () {
+  it('accepts a push head (commands, flush) in chunks of any size, and ignores the pack after it', function () {
+    const body = pkt(`${OID_A} ${OID_B} refs/heads/main\0report-status side-band-64k\n`) + pkt(`${'0'.repeat(40)} ${OID_B} refs/notes/x\n`) + '0000PACK\x00\x00\x00\x02junk';
+    for (const size of [1, 3, 4, 5, 64, 4096]) expect(scan('receive-pack', body, size), `chunks of ${size}`).to.deep.equal({ state: 'done' });
+  });
+
+  it('accepts upload-pack v0 wants and a protocol v2 command with its delim-pkt', function () {
+    expect(scan('upload-pack', pkt(`want ${OID_A} multi_ack\n`) + '0000' + pkt('done\n'))).to.deep.equal({ state: 'done' });
+    expect(scan('upload-pack', pkt('command=fetch\n') + pkt('agent=git/2.39\n') + '0001' + pkt(`want ${OID_A}\n`) + '0000')).to.deep.equal({ state: 'done' });
+  });
+
+  it('refuses 64 KB of "a" at its first pkt-line, having looked at no more than that line', function () {
+    const scanner = new RequestHeadScanner('receive-pack', 1 << 20);
+    // 'aaaa' is a valid length (43690): the verdict comes once the first line's prefix is in.
+    const verdict = scanner.feed(Buffer.alloc(64 * 1024, 'a'));
+    expect(verdict.state).to.equal('invalid');
+  });
+
+  it('refuses bytes that are not pkt-lines, bad lengths, and a delim-pkt before any command', function () {
+    expect(scan('upload-pack', 'GET / HTTP/1.1\r\n').state).to.equal('invalid');
+    expect(scan('upload-pack', '0003').state).to.equal('invalid');
+    expect(scan('upload-pack', 'fff1' + 'x'.repeat(10)).state).to.equal('invalid');
+    expect(scan('upload-pack', '0001' + pkt('command=fetch\n')).state).to.equal('invalid');
+  });
+
+  it('refuses a first line the service would not start with', function () {
+    expect(scan('receive-pack', pkt(`want ${OID_A}\n`) + '0000').state).to.equal('invalid');
+    expect(scan('upload-pack', pkt(`${OID_A} ${OID_B} refs/heads/main\n`) + '0000').state).to.equal('invalid');
+  });
+
+  it('refuses a head longer than its cap', function () {
+    const line = pkt(`${OID_A} ${OID_B} refs/heads/main\n`);
+    const verdict = scan('receive-pack', line.repeat(100) + '0000', 64, 50 * line.length);
+    expect(verdict).to.deep.equal({ state: 'invalid', message: `the request head exceeds ${50 * line.length} bytes` });
+  });
+
+  it('says more while the head is incomplete, and a bare flush is a complete (empty) head', function () {
+    expect(scan('receive-pack', pkt(`${OID_A} ${OID_B} refs/heads/main\n`)).state).to.equal('more');
+    expect(scan('receive-pack', '0000')).to.deep.equal({ state: 'done' });
+  });
+});
+
+describe('bodyDecoding', function () {
+  it('maps content-encodings to decoders; unknown ones to undefined', function () {
+    expect([undefined, '', 'identity', 'gzip', 'x-gzip', ' Deflate ', 'br', 'gzip, gzip'].map(bodyDecoding)).to.deep.equal([
+      'identity',
+      'identity',
+      'identity',
+      'gzip',
+      'gzip',
+      'deflate',
+      undefined,
+      undefined,
+    ]);
+  });
+});
+
+describe('clientAddress', function () {
+  it('trusts only the last x-forwarded-for entry, and only from a peer', function () {
+    expect(clientAddress('127.0.0.1', '6.6.6.6, 10.0.0.7', true)).to.equal('10.0.0.7');
+    expect(clientAddress('192.0.2.1', '10.0.0.7', false)).to.equal('192.0.2.1');
+    expect(clientAddress('127.0.0.1', undefined, true)).to.equal('127.0.0.1');
+  });
+});
+
+describe('GitSlots', function () {
+  it('refuses beyond the per-client and per-node caps, and a release (idempotent) frees the slot', function () {
+    const slots = new GitSlots(3, 2);
+    const a1 = slots.take('a');
+    const a2 = slots.take('a');
+    expect(slots.take('a')).to.deep.equal({ refused: 'client' });
+    const b1 = slots.take('b');
+    expect(slots.take('c')).to.deep.equal({ refused: 'node' });
+    if ('refused' in a1 || 'refused' in a2 || 'refused' in b1) throw new Error('expected slots');
+    a1.release();
+    a1.release();
+    expect(slots.inUse).to.equal(2);
+    expect('release' in slots.take('c')).to.equal(true);
+    expect(slots.take('a')).to.deep.equal({ refused: 'node' });
+  });
+});
