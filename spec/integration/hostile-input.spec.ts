@@ -163,14 +163,18 @@ describe('hostile input on git smart HTTP (3-node cluster)', function () {
 
   describe('slow and idle clients', function () {
     const uploadPath = (): string => `/${repoId}.git/git-upload-pack`;
-    const headers = { 'content-type': 'application/x-git-upload-pack-request' };
+    // Served here, not after a read check that could send them to another node (or answer 503
+    // read_quorum_unreachable on a loaded machine): the caps are this node's.
+    const headers = { 'content-type': 'application/x-git-upload-pack-request', [SECRET_HEADER]: '', 'x-quorum-direct': '1' };
 
     it('starts no git for a request without a body, caps RPCs per client with 503 + Retry-After, and ends idle ones', async function () {
-      const held = [1, 2, 3].map(() => heldPost(coordinator.url, uploadPath(), headers, ''));
+      const direct = { ...headers, [SECRET_HEADER]: cluster.secret };
+      const held = [1, 2, 3].map(() => heldPost(coordinator.url, uploadPath(), direct, ''));
       // The three are in (the fourth is refused because they hold their slots) while no git runs for them.
       const refused = await eventually(async () => {
-        const answer = await rawPost(coordinator.url, uploadPath(), headers, pkt(`want ${head}\n`) + '0000' + pkt('done\n'));
+        const answer = await rawPost(coordinator.url, uploadPath(), direct, pkt(`want ${head}\n`) + '0000' + pkt('done\n'));
         expect(answer.status).to.equal(503);
+        expect(errorCode(answer)).to.equal('git_busy');
         return answer;
       });
       expect(errorCode(refused)).to.equal('git_busy');
@@ -194,6 +198,7 @@ describe('hostile input on git smart HTTP (3-node cluster)', function () {
       const refused = await eventually(async () => {
         const answer = await rawPost(coordinator.url, uploadPath(), asPeerFrom('10.0.0.3'), pkt(`want ${head}\n`) + '0000' + pkt('done\n'));
         expect(answer.status).to.equal(503);
+        expect(errorCode(answer)).to.equal('git_busy');
         return answer;
       });
       expect(errorCode(refused)).to.equal('git_busy');
