@@ -232,7 +232,8 @@ describe('hostile input on git smart HTTP (3-node cluster)', function () {
       await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
       try {
         const work = await cloneLocal(git, coordinator, repoId, 'slow');
-        await fs.writeFile(path.join(work, 'noise.bin'), randomBytes(3000));
+        // About 1.6 KB of pack: 25 writes 200 ms apart, 5 s in all, as long as the idle timeout, never idle.
+        await fs.writeFile(path.join(work, 'noise.bin'), randomBytes(1200));
         await git.ok(['add', 'noise.bin'], { cwd: work });
         await git.ok(['commit', '-q', '-m', 'noise'], { cwd: work });
         const oid = (await git.ok(['rev-parse', 'HEAD'], { cwd: work })).trim();

@@ -240,17 +240,19 @@ describe('every kind of ref update, replicated (3-node cluster)', function () {
     }
   });
 
-  it('replicates a push of 5,000 new refs', async function () {
+  // 2,000 in the suite (5,000 took 45 s of it); MANY_REFS=5000 for the size a real monorepo reaches.
+  const manyRefs = Number(process.env.MANY_REFS ?? 2000);
+  it(`replicates a push of ${manyRefs} new refs`, async function () {
     this.timeout(120_000);
     const oid = await rev('HEAD');
-    const names = Array.from({ length: 5000 }, (_, i) => `refs/heads/bulk/b-${String(i).padStart(4, '0')}`);
+    const names = Array.from({ length: manyRefs }, (_, i) => `refs/heads/bulk/b-${String(i).padStart(4, '0')}`);
     await git.ok(['-c', 'core.logAllRefUpdates=false', 'update-ref', '--stdin'], { cwd: work, input: names.map((n) => `create ${n} ${oid}\n`).join('') });
     await push(n3, ['--quiet', 'refs/heads/bulk/*:refs/heads/bulk/*']);
     for (const name of names) expected[name] = oid;
     await expectEverywhere();
     for (const node of cluster.nodes) {
       const listed = (await git.ok(['ls-remote', '--heads', node.gitUrl(repoId), 'bulk/*'])).trim().split('\n');
-      expect(listed, node.serverId).to.have.length(5000);
+      expect(listed, node.serverId).to.have.length(manyRefs);
     }
   });
 });

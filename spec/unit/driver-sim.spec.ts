@@ -8,7 +8,7 @@ import { runSeed } from './sim.js';
 // lost, no deleted repo back, nothing left in doubt, unapplied or locked, every replica equal).
 // SIM_SEEDS=<n> runs more seeds per cluster size; a failing seed is replayed with `npm run sim`.
 
-const SEEDS = Number(process.env.SIM_SEEDS ?? 600);
+const SEEDS = Number(process.env.SIM_SEEDS ?? 500);
 
 for (const nodes of [3, 5] as const) {
   describe(`driver simulation, ${nodes} nodes`, () => {
