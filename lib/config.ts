@@ -104,7 +104,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     readCheckTimeoutMs: int(env, 'READ_CHECK_TIMEOUT_MS', 1000, 1),
     catchUpTimeoutMs: int(env, 'CATCH_UP_TIMEOUT_MS', 120_000, 1),
     gcDelayMs: int(env, 'GC_DELAY_MS', 5000, 1),
-    checkpointEveryEntries: int(env, 'CHECKPOINT_EVERY_ENTRIES', 10_000, 10),
+    checkpointEveryEntries: int(env, 'CHECKPOINT_EVERY_ENTRIES', 10_000, 1),
     retainSettledTxns: int(env, 'RETAIN_SETTLED_TXNS', 10_000, 0),
     allowStaleReads: env.ALLOW_STALE_READS === '1' || env.ALLOW_STALE_READS === 'true',
     gitBodyIdleTimeoutMs: int(env, 'GIT_BODY_IDLE_TIMEOUT_MS', 30_000, 100),

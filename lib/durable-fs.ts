@@ -17,16 +17,19 @@ export interface DiskSync {
   syncDir(dir: string): Promise<void>;
 }
 
+/** fsyncs a directory, so that the names just created or renamed in it survive a power loss. */
+export async function syncDir(dir: string): Promise<void> {
+  const handle = await fs.open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
 export const realDiskSync: DiskSync = {
   syncFile: (handle) => handle.sync(),
-  async syncDir(dir) {
-    const handle = await fs.open(dir, 'r');
-    try {
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-  },
+  syncDir,
 };
 
 /** fsync of a file by path: opens it read-only (an fsync through any descriptor flushes the file). */

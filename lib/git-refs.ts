@@ -3,6 +3,7 @@ import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, promises as fs, 
 import path from 'node:path';
 import { runGit } from './git.js';
 import { ZERO_OID, type RefUpdate } from './txn-core.js';
+import { syncDir } from './durable-fs.js';
 
 // Reading and moving refs of a bare repo with the real git, and installing shipped packs.
 
@@ -249,15 +250,7 @@ export function installPackBuffers(repoPath: string, files: Readonly<Record<stri
   }
 }
 
-/** fsyncs a directory, so that the names just created or renamed in it survive a power loss. */
-export async function syncDir(dir: string): Promise<void> {
-  const handle = await fs.open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
+export { syncDir };
 
 /**
  * Moves shipped pack files into the repo's object store: the .pack (and .rev) first, the .idx last,

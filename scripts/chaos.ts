@@ -30,6 +30,7 @@ import {
   type RefResult,
 } from './chaos-history.js';
 import { Relay } from './chaos-relay.js';
+import { seededRandom } from '../lib/seeded-random.js';
 
 // `npm run chaos`: a bounded, loopback-only crash test of a real cluster, in the manner of Jepsen.
 // N real nodes, each the leader of its own process group; concurrent clients push (own branches, a
@@ -87,18 +88,7 @@ const FAULTS = !args['no-faults'];
 const KILL_FOR_GOOD = FAULTS && !args['no-kill-for-good'];
 const CONVERGE_TIMEOUT_MS = intArg('converge-timeout-s', args['converge-timeout-s'], 1, 3600) * 1000;
 
-/** mulberry32: a small seeded generator, so a run's choices (not its timing) replay from its seed. */
-function makeRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-const random = makeRandom(SEED);
+const random = seededRandom(SEED);
 const pick = <T>(items: readonly T[]): T => items[Math.floor(random() * items.length)]!;
 const between = (lo: number, hi: number): number => lo + Math.floor(random() * (hi - lo + 1));
 

@@ -208,7 +208,7 @@ describe('hostile input on git smart HTTP (3-node cluster)', function () {
     });
 
     it('does not cut off a slow but live push', async function () {
-      // A proxy that passes the push's body on 64 bytes at a time, 200 ms apart: several times the
+      // A proxy that passes the push's body on 64 bytes at a time, 100 ms apart: longer than the
       // idle timeout in all, but never idle that long.
       const upstream = new URL(coordinator.url);
       const server = nodeHttp.createServer((req, res) => {
@@ -224,7 +224,7 @@ describe('hostile input on git smart HTTP (3-node cluster)', function () {
           const body = Buffer.concat(chunks);
           for (let at = 0; at < body.length; at += 64) {
             out.write(body.subarray(at, at + 64));
-            await new Promise((resolve) => setTimeout(resolve, 200));
+            await new Promise((resolve) => setTimeout(resolve, 100));
           }
           out.end();
         });
@@ -232,7 +232,7 @@ describe('hostile input on git smart HTTP (3-node cluster)', function () {
       await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
       try {
         const work = await cloneLocal(git, coordinator, repoId, 'slow');
-        // About 1.6 KB of pack: 25 writes 200 ms apart, 5 s in all, as long as the idle timeout, never idle.
+        // A small pack: writes 100 ms apart, several seconds in all (the idle timeout is 5 s), never idle.
         await fs.writeFile(path.join(work, 'noise.bin'), randomBytes(1200));
         await git.ok(['add', 'noise.bin'], { cwd: work });
         await git.ok(['commit', '-q', '-m', 'noise'], { cwd: work });

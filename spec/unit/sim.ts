@@ -38,17 +38,8 @@ export type Envelope =
   | { kind: 'state'; from: NodeId; to: NodeId; txnId: ''; repoId: string }
   | { kind: 'reply'; from: NodeId; to: NodeId; txnId: string; about: string; vote?: Vote; final?: boolean; failed?: boolean };
 
-/** Mulberry32: a small seeded PRNG so a failing order can be replayed from its seed. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { seededRandom } from '../../lib/seeded-random.js';
+export { seededRandom };
 
 /** Lets every promise chain that can move without a new event settle. */
 const drain = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
