@@ -117,6 +117,11 @@ export function configureFailpoints(spec: string | undefined): void {
 }
 
 /** What the failpoint `name` does, or undefined when it is off (the common case: one Map lookup). */
+/** True when any failpoint is set: the driver's hot path asks this before building a name. */
+export function failpointsSet(): boolean {
+  return active.size > 0;
+}
+
 export function failpointAction(name: FailpointName): FailpointAction | undefined {
   return active.get(name);
 }

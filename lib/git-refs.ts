@@ -291,7 +291,11 @@ export function isPrivateRef(ref: string): boolean {
 
 /** Every ref below `prefix` (which ends in '/'), full names, with its value. */
 export async function readRefsUnder(repoPath: string, prefix: string): Promise<Record<string, string>> {
-  const out = await runGit(['for-each-ref', '--format=%(objectname) %(refname)', prefix], { cwd: repoPath });
+  return parseForEachRef(await runGit(['for-each-ref', '--format=%(objectname) %(refname)', prefix], { cwd: repoPath }));
+}
+
+/** `git for-each-ref --format='%(objectname) %(refname)'` output as ref -> oid. */
+export function parseForEachRef(out: string): Record<string, string> {
   const refs: Record<string, string> = {};
   for (const line of out.split('\n')) {
     if (line === '') continue;

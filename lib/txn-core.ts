@@ -638,6 +638,17 @@ export class Participant {
     return out;
   }
 
+  /** Applying again a final commit whose `applied` record is missing: idempotent, answered yes at its version. */
+  onReapply(txnId: string): ParticipantEffect[] {
+    const rec = this.txns.get(txnId);
+    if (rec?.status !== 'committing' || !rec.op) return [];
+    const version = { epoch: rec.epoch ?? 0, generation: rec.generation ?? 0 };
+    return [
+      { type: 'apply', txnId, op: rec.op, ...version, coordinator: rec.coordinator ?? '' },
+      { type: 'reply', vote: { vote: 'yes', ...version } },
+    ];
+  }
+
   status(txnId: string): TxnStatus | undefined {
     return this.txns.get(txnId)?.status;
   }

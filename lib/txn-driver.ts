@@ -2,7 +2,7 @@ import type { Logger } from './logger.js';
 import type { PeerClient } from './peer-client.js';
 import type { ReplicaStore } from './replica.js';
 import type { TxnLog } from './txn-log.js';
-import { failpointAction, hit, type FailpointName } from './failpoints.js';
+import { failpointAction, failpointsSet, hit, type FailpointName } from './failpoints.js';
 import {
   CoordinatorTxn,
   ZERO_OID,
@@ -69,6 +69,7 @@ export interface TxnDriverOptions {
 
 /** Runs a named failpoint (FAILPOINTS) if one is set for this point; a map lookup when none is. */
 async function failpoint(op: TxnOp, role: 'coordinator' | 'participant', point: string): Promise<void> {
+  if (!failpointsSet()) return;
   const name = `${op.kind}.${role}.${point}` as FailpointName;
   if (failpointAction(name)) await hit(name);
 }
@@ -326,16 +327,22 @@ export class TxnDriver {
     const status = this.participant.status(txnId);
     if (op && final && (status === 'prepared' || status === 'accepted')) await failpoint(op, 'participant', 'before-apply');
     const effects = this.participant.onCommit(txnId, epoch, generation, final, acceptors);
-    const refused = effects.find((e) => e.type === 'reply' && e.vote.vote === 'no');
-    if (refused && refused.type === 'reply' && refused.vote.vote === 'no' && refused.vote.code === 'stale') {
-      this.options.logger.error('refused a commit whose version does not follow this replica', { txn_id: txnId, epoch, generation, detail: refused.vote.detail });
+    for (const e of effects) {
+      if (e.type === 'reply' && e.vote.vote === 'no' && e.vote.code === 'stale') {
+        this.options.logger.error('refused a commit whose version does not follow this replica', { txn_id: txnId, epoch, generation, detail: e.vote.detail });
+      }
     }
+    const vote = await this.trackApply(txnId, effects);
+    if (op && effects.some((e) => e.type === 'apply') && vote.vote === 'yes') await failpoint(op, 'participant', 'after-apply');
+    return vote;
+  }
+
+  /** Runs a commit's effects as the one apply in flight for the transaction (see `applying`). */
+  private async trackApply(txnId: string, effects: ParticipantEffect[]): Promise<Vote> {
     const applied = this.runParticipantEffects(effects, txnId);
     this.applying.set(txnId, applied);
     try {
-      const vote = await applied;
-      if (op && effects.some((e) => e.type === 'apply') && vote.vote === 'yes') await failpoint(op, 'participant', 'after-apply');
-      return vote;
+      return await applied;
     } finally {
       this.applying.delete(txnId);
     }
@@ -630,21 +637,7 @@ export class TxnDriver {
 
   /** Applies again a final commit whose apply did not finish (a restart, a failure). */
   private async reapply(txnId: string): Promise<Vote> {
-    const inFlight = this.applying.get(txnId);
-    if (inFlight) return inFlight;
-    const rec = this.participant.unapplied().find((t) => t.txnId === txnId);
-    if (!rec) return { vote: 'no', code: 'refused' };
-    const effects: ParticipantEffect[] = [
-      { type: 'apply', txnId, op: rec.op, epoch: rec.epoch, generation: rec.generation, coordinator: rec.coordinator },
-      { type: 'reply', vote: { vote: 'yes', epoch: rec.epoch, generation: rec.generation } },
-    ];
-    const applied = this.runParticipantEffects(effects, txnId);
-    this.applying.set(txnId, applied);
-    try {
-      return await applied;
-    } finally {
-      this.applying.delete(txnId);
-    }
+    return this.applying.get(txnId) ?? this.trackApply(txnId, this.participant.onReapply(txnId));
   }
 
   /**

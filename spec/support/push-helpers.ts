@@ -7,6 +7,7 @@ import path from 'node:path';
 import { expect } from 'chai';
 import { pickCoordinator } from '../../lib/routing.js';
 import { eventually, http, type Cluster, type GitClient, type GitResult, type TestNode } from './cluster.js';
+import { parseForEachRef } from '../../lib/git-refs.js';
 
 // Helpers for the replicated-push specs: what each node holds for a repo (read straight from its
 // bare directory on disk, and its version from the internal API), checks that the replicas agree,
@@ -23,14 +24,7 @@ export interface ReplicaState {
 
 /** The refs of a node's copy of a repo, read with git from its bare directory (works on stopped nodes too). */
 export async function diskRefs(git: GitClient, node: TestNode, repoId: string): Promise<Record<string, string>> {
-  const out = await git.ok(['--git-dir', node.repoDir(repoId), 'for-each-ref', '--format=%(objectname) %(refname)']);
-  const refs: Record<string, string> = {};
-  for (const line of out.split('\n')) {
-    if (line === '') continue;
-    const space = line.indexOf(' ');
-    refs[line.slice(space + 1)] = line.slice(0, space);
-  }
-  return refs;
+  return parseForEachRef(await git.ok(['--git-dir', node.repoDir(repoId), 'for-each-ref', '--format=%(objectname) %(refname)']));
 }
 
 export async function diskState(git: GitClient, node: TestNode, repoId: string): Promise<ReplicaState> {
