@@ -1,3 +1,4 @@
+import type { Clock } from './clock.js';
 import type { Logger } from './logger.js';
 import type { PeerClient } from './peer-client.js';
 import type { ReplicaStore } from './replica.js';
@@ -27,18 +28,6 @@ import {
 // the log (TxnLog), the replica's disk side (ReplicaStore, lib/replica.ts), the peers (Transport,
 // PeerClient) and the clock; the seeded simulation (spec/unit/sim.ts) runs this very driver over
 // in-memory fakes of each.
-
-export interface Clock {
-  now(): number;
-  setTimeout(fn: () => void, ms: number): unknown;
-  clearTimeout(handle: unknown): void;
-}
-
-export const systemClock: Clock = {
-  now: () => Date.now(),
-  setTimeout: (fn, ms) => setTimeout(fn, ms),
-  clearTimeout: (handle) => clearTimeout(handle as NodeJS.Timeout),
-};
 
 export interface TxnTimeouts {
   prepareTimeoutMs: number;

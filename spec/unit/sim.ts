@@ -16,7 +16,8 @@
 
 import type { Logger } from '../../lib/logger.js';
 import type { PushSource, ReplicaStore } from '../../lib/replica.js';
-import { TxnDriver, type Clock, type Transport } from '../../lib/txn-driver.js';
+import type { Clock } from '../../lib/clock.js';
+import { TxnDriver, type Transport } from '../../lib/txn-driver.js';
 import {
   ZERO_OID,
   compareVersions,
