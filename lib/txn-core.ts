@@ -489,6 +489,8 @@ interface TxnRecord {
   applyFailed?: boolean;
   /** The decision's acceptors, as the commit message named them. */
   acceptors?: NodeId[];
+  /** When this node finished preparing it (memory only: one replayed at start has none). */
+  preparedAt?: number;
 }
 
 export type ParticipantEffect =
@@ -709,9 +711,13 @@ export class Participant {
    */
   onPrepare(msg: Extract<TxnMessage, { type: 'prepare' }>, observedRefs?: Readonly<Record<string, string>>): ParticipantEffect[] {
     const { txnId, op, coordinator } = msg;
-    const no = (code: NoVoteCode, detail?: string): ParticipantEffect[] => [
-      { type: 'reply', vote: { vote: 'no', code, ...(detail === undefined ? {} : { detail }) } },
-    ];
+    // A no from a node that does not hold the transaction (stale, conflict, busy, refused) also drops
+    // the pack shipped ahead of the prepare: nobody sends an abort to a no voter.
+    const no = (code: NoVoteCode, detail?: string): ParticipantEffect[] => {
+      const status = this.txns.get(txnId)?.status;
+      const drop = op.kind === 'push' && (status === undefined || status === 'refused');
+      return [...(drop ? [{ type: 'discard', txnId, op } as const] : []), { type: 'reply', vote: { vote: 'no', code, ...(detail === undefined ? {} : { detail }) } }];
+    };
     const known = this.txns.get(txnId);
     if (known) {
       // Duplicate prepare: repeat the durable answer, never a second staging. An abort or a refusal
@@ -739,17 +745,66 @@ export class Participant {
     }
     this.locks.set(op.repoId, txnId);
     this.txns.set(txnId, { status: 'preparing', op, coordinator });
-    return [
-      { type: 'stage', txnId, op, coordinator },
-      { type: 'persist', entry: { t: 'prepared', txnId, op, coordinator } },
-      { type: 'reply', vote: { vote: 'yes', ...this.versionOf(op.repoId) } },
-    ];
+    return [{ type: 'stage', txnId, op, coordinator }];
   }
 
-  /** The driver carried out the `stage` and `persist` of a prepare. */
-  onPrepared(txnId: string): void {
+  /**
+   * The driver staged a prepare: log it, unless an abort overtook the staging (the coordinator gave
+   * up on us meanwhile), in which case what was staged is undone and the vote is no. `prepared` is
+   * never logged after `aborted`.
+   */
+  onStaged(txnId: string): ParticipantEffect[] {
     const rec = this.txns.get(txnId);
-    if (rec?.status === 'preparing') rec.status = 'prepared';
+    if (rec?.status === 'preparing' && rec.op && rec.coordinator !== undefined) {
+      return [{ type: 'persist', entry: { t: 'prepared', txnId, op: rec.op, coordinator: rec.coordinator } }];
+    }
+    return this.abortedWhileStaging(txnId, rec);
+  }
+
+  /**
+   * The driver logged `prepared` (at `now` on its clock, which starts the in-doubt grace period):
+   * vote yes, or, if an abort arrived while the entry was being written, undo and vote no.
+   */
+  onPrepared(txnId: string, now?: number): ParticipantEffect[] {
+    const rec = this.txns.get(txnId);
+    if (rec?.status === 'preparing' && rec.op) {
+      rec.status = 'prepared';
+      if (now !== undefined) rec.preparedAt = now;
+      return [{ type: 'reply', vote: { vote: 'yes', ...this.versionOf(rec.op.repoId) } }];
+    }
+    return this.abortedWhileStaging(txnId, rec);
+  }
+
+  private abortedWhileStaging(txnId: string, rec: TxnRecord | undefined): ParticipantEffect[] {
+    return [...(rec?.op ? [{ type: 'discard', txnId, op: rec.op } as const] : []), { type: 'reply', vote: { vote: 'no', code: 'refused' } }];
+  }
+
+  /**
+   * What the driver must do before a prepare can be judged: wait for the apply of the commit that
+   * still holds the repo (the previous push's answer went to its pusher once a quorum had it, and a
+   * push right behind it should find the repo free, not busy), and which refs to read from disk. A
+   * push that creates a ref is checked against every ref (directory/file clashes); one that only
+   * moves or deletes refs needs just those.
+   */
+  planPrepare(msg: Extract<TxnMessage, { type: 'prepare' }>): { waitForApply?: string; readRefs: 'none' | 'all' | string[] } {
+    const { op } = msg;
+    const holder = this.locks.get(op.repoId);
+    const waitForApply = holder !== undefined && this.txns.get(holder)?.status === 'committing' ? { waitForApply: holder } : {};
+    if (op.kind !== 'push' || !this.isLive(op.repoId)) return { ...waitForApply, readRefs: 'none' };
+    const creates = op.updates.some((u) => u.old === ZERO_OID);
+    return { ...waitForApply, readRefs: creates ? 'all' : op.updates.map((u) => u.ref) };
+  }
+
+  /**
+   * Transactions in doubt that are due to be asked about: prepared longer ago than `graceMs` (before
+   * that the coordinator is still deciding, and asking would only race its commit), or replayed from
+   * the log at start (asked at once).
+   */
+  inDoubtDue(now: number, graceMs: number): ReturnType<Participant['inDoubt']> {
+    return this.inDoubt().filter((t) => {
+      const at = this.txns.get(t.txnId)?.preparedAt;
+      return at === undefined || now - at >= graceMs;
+    });
   }
 
   /**
@@ -784,6 +839,7 @@ export class Participant {
   /** Staging or logging failed: release the lock, undo what was staged, vote no. */
   onPrepareFailed(txnId: string): ParticipantEffect[] {
     const rec = this.txns.get(txnId);
+    if (rec?.status === 'aborted' && rec.op) return [{ type: 'discard', txnId, op: rec.op }, { type: 'reply', vote: { vote: 'no', code: 'stage_failed' } }];
     if (rec?.status !== 'preparing' || !rec.op) return [];
     this.txns.delete(txnId);
     this.unlock(rec.op.repoId, txnId);
@@ -834,6 +890,15 @@ export class Participant {
       { type: 'apply', txnId, op: rec.op, epoch, generation, coordinator: rec.coordinator ?? '' },
       { type: 'reply', vote: { vote: 'yes', epoch, generation } },
     ];
+  }
+
+  /**
+   * Recovery proved abort for a transaction in doubt here. If it is our own and we had decided commit,
+   * that decision was never final: the log answers abort from now on.
+   */
+  onRecoveredAbort(txnId: string): ParticipantEffect[] {
+    const own = this.decisions.get(txnId)?.outcome === 'commit' ? this.onDecisionSettled(txnId, 'abort') : [];
+    return [...own, ...this.onAbort(txnId)];
   }
 
   /** The outcome is abort (the coordinator's decision, or proven by recovery). */
@@ -1116,4 +1181,128 @@ export function resolveInDoubt(
     if (refusedMembers > members.size - quorum) return 'abort';
   }
   return 'wait';
+}
+
+/** An answer to a recovery question: what the node holds (or that it could not be reached). */
+export type RecoveryAnswer = { outcome: QueryOutcome; epoch?: number; generation?: number; acceptors?: NodeId[] } | 'unreachable';
+
+/** The next thing recovery needs: a question to one node, or its conclusion. */
+export type RecoveryStep =
+  | { type: 'ask'; node: NodeId; asCoordinator: boolean; refuse: boolean }
+  | { type: 'commit'; version: RepoVersion }
+  | { type: 'abort' }
+  /** Nothing proven yet (or the transaction moved on while we asked): try again next round. */
+  | { type: 'wait' };
+
+export interface ClusterView {
+  self: NodeId;
+  nodes: readonly NodeId[];
+  quorum: number;
+}
+
+/**
+ * Recovery of one transaction this node cannot settle alone, as a pure conversation: `next()` says
+ * whom to ask (the driver asks and hands the answer to `onAnswer`) until it returns a conclusion.
+ *
+ * - In doubt here (prepared or accepted): the coordinator is asked first, as coordinator. While it
+ *   still runs the transaction ("pending") we wait for its commit or abort; if it answers the outcome,
+ *   that is the outcome. Otherwise every other node is asked, in cluster order, with `refuse`: each
+ *   answers what it holds and, unless it accepted the commit, promises never to accept it. Then
+ *   `resolveInDoubt` judges. A commit is applied at the version an answer gave or, for a push, at
+ *   the one its operation gives (base + 1).
+ * - A commit decision of our own not known final (we hold no replica in it): every peer is asked with
+ *   `refuse`, our log counting as the coordinator's acceptance.
+ * If our own record moved while we asked (a commit or abort arrived), the conclusion is `wait`: the
+ * next round finds nothing to do.
+ */
+export class Recovery {
+  private phase: 'coordinator' | 'peers' | 'done';
+  private coordinatorAnswer: PeerAnswer;
+  private readonly askIds: NodeId[];
+  private readonly answers: PeerAnswer[] = [];
+  private version: RepoVersion | undefined;
+  private acceptors: NodeId[] | undefined;
+
+  constructor(
+    private readonly participant: Participant,
+    private readonly txn: { txnId: string; op: TxnOp; coordinator: NodeId; ownDecision?: boolean },
+    private readonly cluster: ClusterView,
+  ) {
+    const { self, nodes } = cluster;
+    this.acceptors = participant.acceptorsOf(txn.txnId);
+    if (txn.ownDecision) {
+      this.phase = 'peers';
+      this.coordinatorAnswer = 'accepted';
+      this.askIds = nodes.filter((n) => n !== self);
+    } else {
+      this.phase = 'coordinator';
+      this.coordinatorAnswer = 'unreachable';
+      this.askIds = nodes.filter((n) => n !== txn.coordinator && n !== self);
+    }
+  }
+
+  get txnId(): string {
+    return this.txn.txnId;
+  }
+
+  /** What the answers gathered so far hold, for the log line. */
+  get gathered(): { coordinator: PeerAnswer; peers: PeerAnswer[]; acceptors?: NodeId[] } {
+    return { coordinator: this.coordinatorAnswer, peers: [...this.answers], ...(this.acceptors ? { acceptors: this.acceptors } : {}) };
+  }
+
+  next(): RecoveryStep {
+    if (this.phase === 'coordinator') return { type: 'ask', node: this.txn.coordinator, asCoordinator: true, refuse: false };
+    if (this.phase === 'peers' && this.answers.length < this.askIds.length) {
+      return { type: 'ask', node: this.askIds[this.answers.length]!, asCoordinator: false, refuse: true };
+    }
+    this.phase = 'done';
+    return this.conclude();
+  }
+
+  onAnswer(answer: RecoveryAnswer): void {
+    const outcome: PeerAnswer = answer === 'unreachable' ? 'unreachable' : answer.outcome;
+    if (answer !== 'unreachable') {
+      if ((outcome === 'committed' || outcome === 'accepted') && answer.epoch !== undefined) {
+        this.version = { epoch: answer.epoch, generation: answer.generation ?? 0 };
+      }
+      if (answer.acceptors) this.acceptors = answer.acceptors;
+    }
+    if (this.phase === 'coordinator') {
+      this.coordinatorAnswer = outcome;
+      // Still running at the coordinator (its answer is coming), or decided there: no one else to ask.
+      this.phase = outcome === 'pending' || outcome === 'committed' || outcome === 'aborted' || this.moved() ? 'done' : 'peers';
+      return;
+    }
+    this.answers.push(outcome);
+  }
+
+  /** Our own record left doubt while we asked. */
+  private moved(): boolean {
+    if (this.txn.ownDecision) return false;
+    const status = this.participant.status(this.txn.txnId);
+    return status !== 'prepared' && status !== 'accepted';
+  }
+
+  private conclude(): RecoveryStep {
+    if (this.coordinatorAnswer === 'pending' || this.moved()) return { type: 'wait' };
+    const { self, nodes, quorum } = this.cluster;
+    const own = this.txn.ownDecision === true || this.txn.coordinator === self;
+    const status = this.participant.status(this.txn.txnId);
+    const selfState = own ? 'counted' : status === 'accepted' ? 'accepted' : 'prepared';
+    const coordinatorId = this.txn.ownDecision ? self : this.txn.coordinator;
+    const peers = this.phase === 'done' && this.answers.length > 0 ? this.askIds.slice(0, this.answers.length) : [];
+    const ids = { coordinator: coordinatorId, peers, self };
+    const verdict = resolveInDoubt(
+      { coordinator: this.coordinatorAnswer, peers: this.answers, self: selfState, ...(this.acceptors ? { acceptors: this.acceptors, ids } : {}) },
+      nodes.length,
+      quorum,
+    );
+    if (verdict === 'abort') return { type: 'abort' };
+    if (verdict === 'wait') return { type: 'wait' };
+    const { op } = this.txn;
+    const decided = this.txn.ownDecision ? this.participant.decision(this.txn.txnId) : undefined;
+    const fromDecision = decided?.epoch === undefined ? undefined : { epoch: decided.epoch, generation: decided.generation ?? 0 };
+    const version = fromDecision ?? this.version ?? (op.kind === 'push' ? { epoch: op.base.epoch, generation: op.base.generation + 1 } : undefined);
+    return version === undefined ? { type: 'wait' } : { type: 'commit', version };
+  }
 }

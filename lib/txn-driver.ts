@@ -9,13 +9,14 @@ import {
   ZERO_OID,
   compareVersions,
   Participant,
-  resolveInDoubt,
+  Recovery,
   type CatalogEntry,
   type CoordinatorEffect,
   type CoordinatorResult,
   type NodeId,
   type ParticipantEffect,
-  type PeerAnswer,
+  type RecoveryAnswer,
+  type RecoveryStep,
   type QueryOutcome,
   type RepoVersion,
   type TxnMessage,
@@ -95,8 +96,6 @@ export class TxnDriver {
   private readonly applying = new Map<string, Promise<Vote>>();
   /** Prepares being carried out, by txn id. */
   private readonly preparing = new Map<string, Promise<Vote>>();
-  /** When this node prepared each transaction it still holds (in memory only). */
-  private readonly preparedAt = new Map<string, number>();
   private readonly localSettled = new Map<string, { promise: Promise<void>; resolve: () => void }>();
   /** File-system work on one repo runs one step at a time, in arrival order. */
   private readonly repoChains = new Map<string, Promise<void>>();
@@ -266,43 +265,50 @@ export class TxnDriver {
   private async handleOne(msg: TxnMessage, packFiles?: Readonly<Record<string, Buffer>>): Promise<Vote> {
     switch (msg.type) {
       case 'prepare': {
-        if (msg.op.kind !== 'push') {
-          const vote = await this.runParticipantEffects(this.participant.onPrepare(msg), msg.txnId);
+        if (packFiles && !this.participant.status(msg.txnId)) this.inlinePacks.set(msg.txnId, packFiles);
+        try {
+          const vote = await this.prepare(msg);
           if (vote.vote === 'yes') await failpoint(msg.op, 'participant', 'after-prepare');
           return vote;
+        } finally {
+          this.inlinePacks.delete(msg.txnId);
         }
-        if (packFiles && !this.participant.status(msg.txnId)) this.inlinePacks.set(msg.txnId, packFiles);
-        // A push is checked against the refs on disk, read in the repo's queue so that a commit still
-        // being applied is seen whole.
-        const op = msg.op;
-        // A push that creates a ref is checked against every ref (name/directory clashes); one that
-        // only moves or deletes existing refs needs just those, read without starting git.
-        const creates = op.updates.some((u) => u.old === ZERO_OID);
-        // The previous push may still be committing here (its answer went to the pusher once a quorum
-        // had it): a push right behind it waits for that commit rather than find the repo busy.
-        const previous = this.participant.lockedBy(op.repoId);
-        const committing = previous === undefined ? undefined : this.applying.get(previous);
-        if (committing) await committing;
-        let effects: ParticipantEffect[] = [];
-        await this.withRepo(op.repoId, async () => {
-          let refs: Record<string, string> | undefined;
-          if (this.participant.isLive(op.repoId)) refs = await this.options.replica.readRefs(op.repoId, creates ? undefined : op.updates.map((u) => u.ref));
-          effects = this.participant.onPrepare(msg, refs);
-        });
-        const vote = await this.runParticipantEffects(effects, msg.txnId);
-        this.inlinePacks.delete(msg.txnId);
-        // A no from a node that never took the transaction (stale, conflict, busy) would leave the pack
-        // shipped ahead of this prepare in incoming/ until a restart: nobody sends an abort to a no voter.
-        const status = this.participant.status(msg.txnId);
-        if (vote.vote === 'no' && (status === undefined || status === 'refused')) await this.discardStaged(msg.txnId);
-        if (vote.vote === 'yes') await failpoint(msg.op, 'participant', 'after-prepare');
-        return vote;
       }
       case 'commitTxn':
         return this.commitLocally(msg.txnId, msg.epoch, msg.generation, msg.final ?? true, msg.acceptors);
       case 'abortTxn':
         return this.runParticipantEffects(this.participant.onAbort(msg.txnId), msg.txnId);
     }
+  }
+
+  /**
+   * A prepare, step by step as the core plans it: wait for the commit still being applied to the repo,
+   * read the refs the core needs (in the repo's queue, so a commit being applied is seen whole), judge,
+   * stage, log; after each step the core says what follows (an abort may have overtaken the staging).
+   */
+  private async prepare(msg: Extract<TxnMessage, { type: 'prepare' }>): Promise<Vote> {
+    const { txnId, op } = msg;
+    const plan = this.participant.planPrepare(msg);
+    if (plan.waitForApply !== undefined) await this.applying.get(plan.waitForApply);
+    let effects: ParticipantEffect[] = [];
+    await this.withRepo(op.repoId, async () => {
+      const refs = plan.readRefs === 'none' ? undefined : await this.options.replica.readRefs(op.repoId, plan.readRefs === 'all' ? undefined : plan.readRefs);
+      effects = this.participant.onPrepare(msg, refs);
+    });
+    const stage = effects.find((e) => e.type === 'stage');
+    if (!stage) return this.runParticipantEffects(effects, txnId);
+    for (const next of [() => [stage], () => this.participant.onStaged(txnId)]) {
+      const step = next();
+      try {
+        for (const effect of step) if (effect.type !== 'reply') await this.runParticipantEffect(effect);
+      } catch (err) {
+        this.options.logger.error('participant step failed', { txn_id: txnId, step: step[0]?.type, err: (err as Error).message });
+        return this.runParticipantEffects(this.participant.onPrepareFailed(txnId), txnId);
+      }
+      const reply = step.find((e) => e.type === 'reply');
+      if (reply) return reply.vote;
+    }
+    return this.runParticipantEffects(this.participant.onPrepared(txnId, this.options.clock.now()), txnId);
   }
 
   /**
@@ -339,19 +345,12 @@ export class TxnDriver {
 
   private async runParticipantEffects(effects: ParticipantEffect[], txnId: string): Promise<Vote> {
     let vote: Vote = { vote: 'no', code: 'refused' };
-    const staging = effects.some((e) => e.type === 'stage');
     const settles = effects.some((e) => e.type === 'apply' || e.type === 'discard');
     for (const effect of effects) {
-      if (staging && effect.type !== 'stage' && this.participant.status(txnId) === 'aborted') {
-        // Aborted while we staged: undo, log nothing more, and vote no.
-        await this.discardStaged(txnId);
-        return { vote: 'no', code: 'refused' };
-      }
       try {
         await this.runParticipantEffect(effect);
       } catch (err) {
         this.options.logger.error('participant step failed', { txn_id: txnId, step: effect.type, err: (err as Error).message });
-        if (staging) return this.runParticipantEffects(this.participant.onPrepareFailed(txnId), txnId);
         // A failed apply is not an acknowledgement; see Participant.onApplyFailed for what it leaves.
         if (effect.type === 'apply') {
           this.participant.onApplyFailed(txnId);
@@ -368,11 +367,6 @@ export class TxnDriver {
       }
     }
     if (settles) this.settle(txnId);
-    if (staging) {
-      this.participant.onPrepared(txnId);
-      this.preparedAt.set(txnId, this.options.clock.now());
-      if (this.participant.status(txnId) === 'aborted') await this.discardStaged(txnId);
-    }
     return vote;
   }
 
@@ -480,7 +474,6 @@ export class TxnDriver {
   }
 
   private settle(txnId: string): void {
-    this.preparedAt.delete(txnId);
     this.selfCommitGates.delete(txnId);
     const entry = this.localSettled.get(txnId);
     if (entry) {
@@ -534,87 +527,51 @@ export class TxnDriver {
       const vote = await this.reapply(txn.txnId);
       if (vote.vote === 'yes') settled += 1;
     }
-    for (const { txnId } of this.participant.unsettledDecisions()) {
+    const cluster = { self: this.options.self, nodes: this.nodes, quorum: this.options.quorum };
+    for (const { txnId, op } of this.participant.unsettledDecisions()) {
       if (this.active.has(txnId)) continue;
-      const peers: PeerAnswer[] = [];
-      for (const node of this.options.peers) {
-        try {
-          peers.push((await this.options.transport.queryTxn(node, txnId, { refuse: true, asCoordinator: false })).outcome);
-        } catch {
-          peers.push('unreachable');
-        }
-      }
-      const { self } = this.options;
-      const acceptors = this.participant.acceptorsOf(txnId);
-      const verdict = resolveInDoubt(
-        { coordinator: 'accepted', peers, self: 'counted', ...(acceptors ? { acceptors, ids: { coordinator: self, peers: this.options.peers, self } } : {}) },
-        this.nodes.length,
-        this.options.quorum,
-      );
-      if (verdict === 'wait') continue;
-      this.options.logger.info('own decision settled', { txn_id: txnId, peers, verdict });
-      for (const effect of this.participant.onDecisionSettled(txnId, verdict)) await this.runParticipantEffect(effect);
-      if (verdict === 'abort') this.tellAbort(txnId);
+      const recovery = new Recovery(this.participant, { txnId, op, coordinator: this.options.self, ownDecision: true }, cluster);
+      const step = await this.converse(recovery);
+      if (step.type === 'wait') continue;
+      this.options.logger.info('own decision settled', { txn_id: txnId, ...recovery.gathered, verdict: step.type });
+      for (const effect of this.participant.onDecisionSettled(txnId, step.type)) await this.runParticipantEffect(effect);
+      if (step.type === 'abort') this.tellAbort(txnId);
       settled += 1;
     }
-    const now = this.options.clock.now();
-    for (const txn of this.participant.inDoubt()) {
+    for (const txn of this.participant.inDoubtDue(this.options.clock.now(), this.inDoubtGraceMs)) {
       if (this.active.has(txn.txnId)) continue;
-      // A transaction prepared moments ago is still in the coordinator's hands; asking now would only
-      // race its commit. Those replayed at start have no time and are asked at once.
-      const preparedAt = this.preparedAt.get(txn.txnId);
-      if (preparedAt !== undefined && now - preparedAt < this.inDoubtGraceMs) continue;
-      let version: RepoVersion | undefined;
-      let acceptors = this.participant.acceptorsOf(txn.txnId);
-      const ask = async (node: NodeId, asCoordinator: boolean): Promise<PeerAnswer> => {
-        try {
-          const answer =
-            node === this.options.self
-              ? await this.handleQuery(txn.txnId, !asCoordinator, asCoordinator)
-              : await this.options.transport.queryTxn(node, txn.txnId, { refuse: !asCoordinator, asCoordinator });
-          if ((answer.outcome === 'committed' || answer.outcome === 'accepted') && answer.epoch !== undefined) {
-            version = { epoch: answer.epoch, generation: answer.generation ?? 0 };
-          }
-          if (answer.acceptors) acceptors = answer.acceptors;
-          return answer.outcome;
-        } catch {
-          return 'unreachable';
-        }
-      };
-      const ownTxn = txn.coordinator === this.options.self;
-      const coordinator = await ask(txn.coordinator, true);
-      // The coordinator is still running it: its answer is coming.
-      if (coordinator === 'pending') continue;
-      // Our own state may have moved while we asked (a commit or an abort arrived).
-      const current = this.participant.status(txn.txnId);
-      if (current !== 'prepared' && current !== 'accepted') continue;
-      const peers: PeerAnswer[] = [];
-      const peerIds = this.nodes.filter((node) => node !== txn.coordinator && node !== this.options.self);
-      if (coordinator !== 'committed' && coordinator !== 'aborted') {
-        for (const node of peerIds) peers.push(await ask(node, false));
+      const recovery = new Recovery(this.participant, txn, cluster);
+      const step = await this.converse(recovery);
+      if (step.type !== 'wait' || recovery.gathered.coordinator !== 'pending') {
+        this.options.logger.info('in-doubt txn', { txn_id: txn.txnId, ...recovery.gathered, verdict: step.type });
       }
-      const after = this.participant.status(txn.txnId);
-      if (after !== 'prepared' && after !== 'accepted') continue;
-      const self = ownTxn ? 'counted' : after;
-      const ids = { coordinator: txn.coordinator, peers: peers.length > 0 ? peerIds : [], self: this.options.self };
-      const verdict = resolveInDoubt({ coordinator, peers, self, ...(acceptors ? { acceptors, ids } : {}) }, this.nodes.length, this.options.quorum);
-      this.options.logger.info('in-doubt txn', { txn_id: txn.txnId, coordinator, peers, self, acceptors, verdict });
-      if (verdict === 'commit') {
-        const decided = version ?? (txn.op.kind === 'push' ? { epoch: txn.op.base.epoch, generation: txn.op.base.generation + 1 } : undefined);
-        if (decided === undefined) continue;
-        await this.commitLocally(txn.txnId, decided.epoch, decided.generation, true);
+      if (step.type === 'commit') {
+        await this.commitLocally(txn.txnId, step.version.epoch, step.version.generation, true);
         settled += 1;
-      } else if (verdict === 'abort') {
-        if (ownTxn && this.participant.decision(txn.txnId)?.outcome === 'commit') {
-          // Our own commit decision was never final: the log must answer abort from now on.
-          for (const effect of this.participant.onDecisionSettled(txn.txnId, 'abort')) await this.runParticipantEffect(effect);
-        }
-        await this.runParticipantEffects(this.participant.onAbort(txn.txnId), txn.txnId);
+      } else if (step.type === 'abort') {
+        await this.runParticipantEffects(this.participant.onRecoveredAbort(txn.txnId), txn.txnId);
         this.tellAbort(txn.txnId);
         settled += 1;
       }
     }
     return settled;
+  }
+
+  /** Carries out a recovery's questions, in the order it asks them, until it concludes. */
+  private async converse(recovery: Recovery): Promise<Exclude<RecoveryStep, { type: 'ask' }>> {
+    for (let step = recovery.next(); ; step = recovery.next()) {
+      if (step.type !== 'ask') return step;
+      let answer: RecoveryAnswer;
+      try {
+        answer =
+          step.node === this.options.self
+            ? await this.handleQuery(recovery.txnId, step.refuse, step.asCoordinator)
+            : await this.options.transport.queryTxn(step.node, recovery.txnId, { refuse: step.refuse, asCoordinator: step.asCoordinator });
+      } catch {
+        answer = 'unreachable';
+      }
+      recovery.onAnswer(answer);
+    }
   }
 
   /** A proven abort is told to every peer (best effort): a refusing node then records it as final. */

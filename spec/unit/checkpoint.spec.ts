@@ -16,6 +16,7 @@ function committedPush(p: Participant, txnId: string, repoId: string, n: number)
     for (const e of effects) if (e.type === 'persist' && e.entry) log.push(e.entry);
   };
   keep(p.onPrepare({ type: 'prepare', txnId, op, coordinator: A }, { 'refs/heads/main': n === 1 ? ZERO_OID : oid(n - 1) }));
+  keep(p.onStaged(txnId));
   p.onPrepared(txnId);
   keep(p.onCommit(txnId, base.epoch, base.generation + 1, true));
   keep(p.onCommitted(txnId));
