@@ -15,6 +15,7 @@ import { addGitConfig } from './hooks.js';
 import type { Logger } from './logger.js';
 import { SECRET_HEADER, type PeerClient, type RepoStateAnswer } from './peer-client.js';
 import type { RepoStore } from './repo-store.js';
+import { catchUpSource, copyStillValid, repairVerdict } from './convergence.js';
 import { compareVersions, type NodeId, type RepoVersion } from './txn-core.js';
 import type { TxnDriver } from './txn-driver.js';
 
@@ -152,13 +153,8 @@ export class CatchUp {
     const { driver, client, peers } = this.options;
     const mine = driver.participant.repo(repoId);
     if (mine?.state !== 'live') return 'current';
-    const states = await Promise.all(peers.map((p) => client.repoState(p, repoId, {}).then((s) => ({ peer: p, s }), () => undefined)));
-    let best: { peer: NodeId; s: RepoStateAnswer } | undefined;
-    for (const answer of states) {
-      if (!answer || !answer.s.live || answer.s.epoch !== mine.epoch) continue;
-      if (compareVersions(answer.s, mine) <= 0) continue;
-      if (!best || answer.s.generation > best.s.generation) best = answer;
-    }
+    const states = await Promise.all(peers.map((p) => client.repoState(p, repoId, {}).then((s) => ({ peer: p, ...s }), () => undefined)));
+    const best = catchUpSource(mine, states);
     if (!best) return 'current';
     const snapshot = await client.repoState(best.peer, repoId, { refs: true });
     if (!snapshot.refs || snapshot.epoch !== mine.epoch || snapshot.generation <= mine.generation) return 'skipped';
@@ -194,18 +190,16 @@ export class CatchUp {
       if (!a?.s.live || a.s.digest === undefined || compareVersions(a.s, own.version) !== 0) continue;
       groups.set(a.s.digest, [...(groups.get(a.s.digest) ?? []), a.peer]);
     }
-    if (groups.size === 1) return 'agreed';
+    const verdict = repairVerdict(own.digest, [...groups].filter(([d]) => d !== own.digest).flatMap(([digest, nodes]) => nodes.map((peer) => ({ peer, digest }))));
+    if (verdict.type === 'agreed') return 'agreed';
     const sizes = Object.fromEntries([...groups].map(([d, nodes]) => [d.slice(0, 12), nodes]));
-    const ownCount = groups.get(own.digest)!.length;
-    const [bestDigest, bestNodes] = [...groups].filter(([d]) => d !== own.digest).sort((a, b) => b[1].length - a[1].length)[0]!;
     logger.error('replicas diverged at the same version', { repo_id: repoId, generation: own.version.generation, digests: sizes });
-    if (bestNodes.length < ownCount) return 'not-mine';
-    if (bestNodes.length === ownCount) throw new Error(`refs differ from a peer's at generation ${own.version.generation} with no majority to repair from`);
-    const source = bestNodes[0]!;
-    const snapshot = await client.repoState(source, repoId, { refs: true });
+    if (verdict.type === 'not-mine') return 'not-mine';
+    if (verdict.type === 'tie') throw new Error(`refs differ from a peer's at generation ${own.version.generation} with no majority to repair from`);
+    const snapshot = await client.repoState(verdict.source, repoId, { refs: true });
     // The source's refs must still be the ones the majority agreed on, at the version compared.
-    if (!snapshot.refs || snapshot.head === undefined || compareVersions(snapshot, own.version) !== 0 || refsDigest(snapshot.refs, snapshot.head) !== bestDigest) return 'skipped';
-    return this.copyFrom(repoId, source, snapshot, 'repair', own.version);
+    if (!snapshot.refs || snapshot.head === undefined || compareVersions(snapshot, own.version) !== 0 || refsDigest(snapshot.refs, snapshot.head) !== verdict.digest) return 'skipped';
+    return this.copyFrom(repoId, verdict.source, snapshot, 'repair', own.version);
   }
 
   /**
@@ -222,13 +216,9 @@ export class CatchUp {
     await this.options.beforeCopy?.(repoId, mode);
     await driver.withRepo(repoId, async () => {
       const mine = driver.participant.repo(repoId);
-      if (driver.participant.lockedBy(repoId) !== undefined || mine?.state !== 'live') return;
-      const stillValid =
-        mode === 'repair'
-          ? compareVersions(mine, decidedAt) === 0 && compareVersions(mine, snapshot) === 0
-          : mine.epoch === snapshot.epoch && mine.generation < snapshot.generation;
-      if (!stillValid) {
-        logger.info(`${mode} skipped: this replica's version moved meanwhile`, { repo_id: repoId, version: { epoch: mine.epoch, generation: mine.generation }, decided_at: decidedAt });
+      const locked = driver.participant.lockedBy(repoId) !== undefined;
+      if (!mine || !copyStillValid(mode, mine, locked, decidedAt, snapshot)) {
+        if (mine?.state === 'live' && !locked) logger.info(`${mode} skipped: this replica's version moved meanwhile`, { repo_id: repoId, version: { epoch: mine.epoch, generation: mine.generation }, decided_at: decidedAt });
         return;
       }
       const repoPath = this.options.store.repoPath(repoId);

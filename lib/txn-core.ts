@@ -165,8 +165,8 @@ export class CoordinatorTxn {
   /** The decision is final: W nodes hold it. Only then is anything applied, the coordinator's own replica included. */
   private final = false;
   private selfCommitSent = false;
-  private epoch = 0;
-  private generation = 0;
+  protected epoch = 0;
+  protected generation = 0;
   private replied = false;
   private resendsLeft: number;
 
@@ -871,7 +871,7 @@ export class Participant {
       return [{ type: 'reply', vote: { vote: 'yes', epoch, generation } }];
     }
     if (!rec.op) return no('refused');
-    const problem = commitVersionProblem(rec.op, this.versionOf(rec.op.repoId), { epoch, generation });
+    const problem = this.commitProblem(rec.op, this.versionOf(rec.op.repoId), { epoch, generation });
     if (problem !== undefined) return no('stale', problem);
     if (rec.status === 'accepted' && (rec.epoch !== epoch || rec.generation !== generation)) return no('stale', 'accepted another version');
     const named = acceptors ?? rec.acceptors;
@@ -890,6 +890,16 @@ export class Participant {
       { type: 'apply', txnId, op: rec.op, epoch, generation, coordinator: rec.coordinator ?? '' },
       { type: 'reply', vote: { vote: 'yes', epoch, generation } },
     ];
+  }
+
+  /** Why a commit of `op` at `version` cannot be applied to a replica at `current` (see commitVersionProblem). */
+  protected commitProblem(op: TxnOp, current: RepoVersion, version: RepoVersion): string | undefined {
+    return commitVersionProblem(op, current, version);
+  }
+
+  /** The recovery conversation for a transaction this node cannot settle alone (see Recovery). */
+  recovery(txn: { txnId: string; op: TxnOp; coordinator: NodeId; ownDecision?: boolean }, cluster: ClusterView): Recovery {
+    return new Recovery(this, txn, cluster);
   }
 
   /**
@@ -1217,16 +1227,16 @@ export interface ClusterView {
  */
 export class Recovery {
   private phase: 'coordinator' | 'peers' | 'done';
-  private coordinatorAnswer: PeerAnswer;
-  private readonly askIds: NodeId[];
-  private readonly answers: PeerAnswer[] = [];
+  protected coordinatorAnswer: PeerAnswer;
+  protected readonly askIds: NodeId[];
+  protected readonly answers: PeerAnswer[] = [];
   private version: RepoVersion | undefined;
   private acceptors: NodeId[] | undefined;
 
   constructor(
-    private readonly participant: Participant,
-    private readonly txn: { txnId: string; op: TxnOp; coordinator: NodeId; ownDecision?: boolean },
-    private readonly cluster: ClusterView,
+    protected readonly participant: Participant,
+    protected readonly txn: { txnId: string; op: TxnOp; coordinator: NodeId; ownDecision?: boolean },
+    protected readonly cluster: ClusterView,
   ) {
     const { self, nodes } = cluster;
     this.acceptors = participant.acceptorsOf(txn.txnId);
@@ -1277,13 +1287,13 @@ export class Recovery {
   }
 
   /** Our own record left doubt while we asked. */
-  private moved(): boolean {
+  protected moved(): boolean {
     if (this.txn.ownDecision) return false;
     const status = this.participant.status(this.txn.txnId);
     return status !== 'prepared' && status !== 'accepted';
   }
 
-  private conclude(): RecoveryStep {
+  protected conclude(): RecoveryStep {
     if (this.coordinatorAnswer === 'pending' || this.moved()) return { type: 'wait' };
     const { self, nodes, quorum } = this.cluster;
     const own = this.txn.ownDecision === true || this.txn.coordinator === self;

@@ -9,7 +9,7 @@ import {
   ZERO_OID,
   compareVersions,
   Participant,
-  Recovery,
+  type Recovery,
   type CatalogEntry,
   type CoordinatorEffect,
   type CoordinatorResult,
@@ -53,6 +53,10 @@ export interface TxnDriverOptions {
   clock: Clock;
   newTxnId: () => string;
   timeouts: TxnTimeouts;
+  /** The protocol core this driver carries out (default a new one; the simulation passes a variant). */
+  participant?: Participant;
+  /** The coordinator's state machine (default CoordinatorTxn; the simulation passes a variant). */
+  coordinatorTxn?: typeof CoordinatorTxn;
   /** Told after this replica's refs of a repo moved (a push applied, a catch-up): housekeeping. */
   afterWrite?: (repoId: string) => void;
 }
@@ -89,7 +93,7 @@ export interface RunTxnOptions {
 }
 
 export class TxnDriver {
-  readonly participant = new Participant();
+  readonly participant: Participant;
   private readonly options: TxnDriverOptions;
   private readonly active = new Map<string, ActiveTxn>();
   private readonly selfCommitGates = new Map<string, Promise<void>>();
@@ -104,6 +108,7 @@ export class TxnDriver {
 
   constructor(options: TxnDriverOptions) {
     this.options = options;
+    this.participant = options.participant ?? new Participant();
   }
 
   /** Ends the git sessions this driver holds (a prepared push's ref locks are released by git). */
@@ -153,7 +158,7 @@ export class TxnDriver {
   /** Runs one create or delete as coordinator; resolves with the outcome the client should hear. */
   runTxn(op: TxnOp, requestId: string, options: RunTxnOptions = {}): Promise<CoordinatorResult> {
     const { self, quorum, timeouts, newTxnId } = this.options;
-    const coord = new CoordinatorTxn({ txnId: options.txnId ?? newTxnId(), op, self, nodes: this.nodes, quorum, ...timeouts });
+    const coord = new (this.options.coordinatorTxn ?? CoordinatorTxn)({ txnId: options.txnId ?? newTxnId(), op, self, nodes: this.nodes, quorum, ...timeouts });
     if (options.selfCommitGate) this.selfCommitGates.set(coord.txnId, options.selfCommitGate);
     return new Promise((resolve) => {
       const txn: ActiveTxn = { coord, requestId, timers: new Map(), resolve, ...(options.beforePrepare ? { beforePrepare: options.beforePrepare } : {}) };
@@ -530,7 +535,7 @@ export class TxnDriver {
     const cluster = { self: this.options.self, nodes: this.nodes, quorum: this.options.quorum };
     for (const { txnId, op } of this.participant.unsettledDecisions()) {
       if (this.active.has(txnId)) continue;
-      const recovery = new Recovery(this.participant, { txnId, op, coordinator: this.options.self, ownDecision: true }, cluster);
+      const recovery = this.participant.recovery({ txnId, op, coordinator: this.options.self, ownDecision: true }, cluster);
       const step = await this.converse(recovery);
       if (step.type === 'wait') continue;
       this.options.logger.info('own decision settled', { txn_id: txnId, ...recovery.gathered, verdict: step.type });
@@ -540,7 +545,7 @@ export class TxnDriver {
     }
     for (const txn of this.participant.inDoubtDue(this.options.clock.now(), this.inDoubtGraceMs)) {
       if (this.active.has(txn.txnId)) continue;
-      const recovery = new Recovery(this.participant, txn, cluster);
+      const recovery = this.participant.recovery(txn, cluster);
       const step = await this.converse(recovery);
       if (step.type !== 'wait' || recovery.gathered.coordinator !== 'pending') {
         this.options.logger.info('in-doubt txn', { txn_id: txn.txnId, ...recovery.gathered, verdict: step.type });

@@ -16,6 +16,7 @@
 
 import type { Logger } from '../../lib/logger.js';
 import type { PushSource, ReplicaStore } from '../../lib/replica.js';
+import { mutantCore, type MutantName } from './sim-mutants.js';
 import type { Clock } from '../../lib/clock.js';
 import { TxnDriver, type Transport } from '../../lib/txn-driver.js';
 import {
@@ -39,6 +40,7 @@ export type Envelope =
   | { kind: 'state'; from: NodeId; to: NodeId; txnId: ''; repoId: string }
   | { kind: 'reply'; from: NodeId; to: NodeId; txnId: string; about: string; vote?: Vote; final?: boolean; failed?: boolean };
 
+import { catchUpSource, copyStillValid } from '../../lib/convergence.js';
 import { seededRandom } from '../../lib/seeded-random.js';
 export { seededRandom };
 
@@ -469,6 +471,12 @@ export class Sim {
     this.say(`${id} CRASH`);
   }
 
+  /** The refs first seen at each version of each repo (`repo@epoch.generation`), for invariant (b). */
+  readonly refsAtVersion = new Map<string, { node: NodeId; refs: string }>();
+
+  /** A defect put back into the core (sim-mutants.ts), to show the simulation finds it. */
+  mutant: MutantName | undefined;
+
   /** A new process on the node's disk: a new TxnDriver replays the log and starts. */
   async restart(id: NodeId): Promise<void> {
     const n = this.node(id);
@@ -492,6 +500,7 @@ export class Sim {
         },
       },
       replica: this.replica(inc),
+      ...(this.mutant ? mutantCore(this.mutant) : {}),
       transport: this.transport(inc),
       logger: this.logger(inc),
       clock: this.clock(inc),
@@ -594,6 +603,8 @@ export interface SeedOptions {
   faultMs?: number;
   healMs?: number;
   verbose?: boolean;
+  /** Run a core with one of issue 7's defects put back (sim-mutants.ts). */
+  mutant?: MutantName;
 }
 
 export interface SeedReport {
@@ -634,6 +645,7 @@ export async function runSeed(options: SeedOptions): Promise<SeedReport> {
   const quorum = Math.floor(n / 2) + 1;
   const sim = new Sim(ids, quorum, { prepareTimeoutMs: 200, commitTimeoutMs: 100, commitResends: 2 }, { requestTimeoutMs: 150, start: false });
   sim.verbose = options.verbose ?? false;
+  sim.mutant = options.mutant;
   sim.tracing = false;
   sim.random = random;
   const faultMs = options.faultMs ?? 2500;
@@ -781,15 +793,15 @@ export async function runSeed(options: SeedOptions): Promise<SeedReport> {
 async function catchUp(sim: Sim, inc: Incarnation, repoId: string): Promise<void> {
   const mine = inc.driver.participant.repo(repoId);
   if (mine?.state !== 'live') return;
-  let best: SimNode | undefined;
-  for (const peer of sim.nodes.values()) {
-    if (peer === inc.node || !peer.up || !peer.inc?.alive) continue;
+  // What each reachable peer's repoState would answer (a replica mid-transaction answers nothing).
+  const answers = [...sim.nodes.values()].map((peer) => {
+    if (peer === inc.node || !peer.up || !peer.inc?.alive || peer.participant.lockedBy(repoId) !== undefined) return undefined;
     const v = peer.participant.repo(repoId);
-    if (v?.state !== 'live' || v.epoch !== mine.epoch || peer.participant.lockedBy(repoId) !== undefined) continue;
-    if (!best || v.generation > best.participant.versionOf(repoId).generation) best = peer;
-  }
+    return v ? { peer: peer.id, node: peer, live: v.state === 'live', epoch: v.epoch, generation: v.generation } : undefined;
+  });
+  const best = catchUpSource(mine, answers);
   if (!best) return;
-  const source = best;
+  const source = best.node;
   // The snapshot is read at the source, under its repo queue, with its version (as repoState does).
   const snapshot = await source.driver.withRepoResult(repoId, async () => {
     if (source.participant.lockedBy(repoId) !== undefined) return undefined;
@@ -797,9 +809,8 @@ async function catchUp(sim: Sim, inc: Incarnation, repoId: string): Promise<void
   });
   if (!snapshot || !inc.alive) return;
   await inc.driver.withRepo(repoId, async () => {
-    const now = inc.driver.participant.repo(repoId);
-    if (inc.driver.participant.lockedBy(repoId) !== undefined || now?.state !== 'live') return;
-    if (now.epoch !== snapshot.version.epoch || now.generation >= snapshot.version.generation) return;
+    const p = inc.driver.participant;
+    if (!copyStillValid('catch-up', p.repo(repoId), p.lockedBy(repoId) !== undefined, mine, snapshot.version)) return;
     if (!inc.alive || !inc.node.disk.repos.has(repoId)) return;
     inc.node.disk.repos.set(repoId, snapshot.refs);
     sim.mutations += 1;
@@ -809,10 +820,13 @@ async function catchUp(sim: Sim, inc: Incarnation, repoId: string): Promise<void
   });
 }
 
-/** (b) No two replicas at one version of a repo hold different refs (replicas mid-transaction aside). */
+/**
+ * (b) No two replicas at one version of a repo hold different refs (replicas mid-transaction aside),
+ * at the same moment or ever: the first refs seen at each version are remembered, so a replica whose
+ * refs moved while its version stayed is caught even when the replica it differs from is down by then.
+ */
 function checkDivergence(sim: Sim): void {
   for (const repoId of REPOS) {
-    const seen = new Map<string, { node: NodeId; refs: string }>();
     for (const node of sim.nodes.values()) {
       if (!node.up || !node.inc?.alive) continue;
       const p = node.participant;
@@ -820,11 +834,11 @@ function checkDivergence(sim: Sim): void {
       const refs = node.disk.repos.get(repoId);
       if (!refs) continue;
       const v = p.versionOf(repoId);
-      const key = `${v.epoch}.${v.generation}`;
+      const key = `${repoId}@${v.epoch}.${v.generation}`;
       const mine = Object.keys(refs).sort().map((r) => `${r}=${refs[r]}`).join(' ');
-      const other = seen.get(key);
-      if (other && other.refs !== mine) throw new Violation(`(b) divergence: ${repoId} at ${key} on ${other.node} ${other.refs} but on ${node.id} ${mine}`);
-      seen.set(key, { node: node.id, refs: mine });
+      const other = sim.refsAtVersion.get(key);
+      if (other && other.refs !== mine) throw new Violation(`(b) divergence: ${key} on ${other.node} ${other.refs} but on ${node.id} ${mine}`);
+      sim.refsAtVersion.set(key, { node: node.id, refs: mine });
     }
   }
 }
