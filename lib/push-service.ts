@@ -190,7 +190,7 @@ export class PushService {
         // "ok" now would acknowledge a push held by fewer than W nodes, so git is told it failed:
         // receive-pack then leaves our refs alone, and the push is not acknowledged (a peer that did
         // apply it may still spread it by catch-up, so the client should fetch before pushing again).
-        logger.error('push decided but not confirmed on a quorum', { txn_id: txnId, repo_id: repoId, confirmed: result.confirmed, behind: result.behind });
+        logger.error('push decided but not confirmed on a quorum', { txn_id: txnId, request_id: request.requestId, repo_id: repoId, confirmed: result.confirmed, behind: result.behind });
         return {
           ok: false,
           message: `quorum-git: the push could not be confirmed on a quorum of ${this.options.quorum} of ${total} nodes (confirmed: ${result.confirmed.join(', ')}); fetch to see whether it landed, then push again`,
@@ -200,14 +200,14 @@ export class PushService {
         releaseLater = true;
         const timeout = new Promise<void>((resolve) => setTimeout(resolve, limits.localApplyTimeoutMs).unref());
         void Promise.race([localApplied, timeout]).then(release);
-        logger.info('push committed', { txn_id: txnId, repo_id: repoId, refs: updates.length, generation: result.generation, confirmed: result.confirmed.length });
+        logger.info('push committed', { txn_id: txnId, request_id: request.requestId, repo_id: repoId, refs: updates.length, generation: result.generation, confirmed: result.confirmed.length });
         const lines = [`quorum-git: replicated to ${result.confirmed.length}/${total} nodes (quorum ${this.options.quorum}), generation ${result.generation}`];
         if (result.applying.length > 0) lines.push(`quorum-git: still applying: ${result.applying.join(', ')}`);
         if (result.behind.length > 0) lines.push(`quorum-git: behind, will catch up: ${result.behind.join(', ')}`);
         return { ok: true, message: lines.join('\n') };
       }
       driver.forgetOutcome(txnId);
-      logger.warn('push rejected', { txn_id: txnId, repo_id: repoId, code: result.code, failed: result.failed, detail: result.detail });
+      logger.warn('push rejected', { txn_id: txnId, request_id: request.requestId, repo_id: repoId, code: result.code, failed: result.failed, detail: result.detail });
       return { ok: false, message: rejectionMessage(result.code, result.failed, result.unprepared ?? [], result.detail, this.options.quorum, total) };
     } finally {
       if (!releaseLater) release();

@@ -1,4 +1,4 @@
-import { createHash, randomBytes, randomInt, randomUUID, timingSafeEqual } from 'node:crypto';
+import { createHash, randomBytes, randomInt, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
 import os from 'node:os';
 import type { Config } from './config.js';
@@ -21,6 +21,7 @@ import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createProxyServer, type ProxyServer } from 'http-proxy-3';
 import { CatchUp, DIRECT_HEADER, repoDigest } from './catch-up.js';
+import { requestIdFrom } from './request-id.js';
 import { PACK_FILE } from './git-refs.js';
 import { applyGitEnvironment, installHooks } from './hooks.js';
 import { Maintenance } from './maintenance.js';
@@ -32,7 +33,6 @@ import { mergeCatalogs, type CatalogAnswer } from './catalog-merge.js';
 // One node: the HTTP server that wires router, management API, internal API and git together, and
 // the background loops (peer heartbeat, recovery of in-doubt transactions, anti-entropy).
 
-const REQUEST_ID = /^[A-Za-z0-9._:-]{1,64}$/;
 const BUSY_RETRIES = 3;
 /** Repos whose refs digest is compared with the peers' in each anti-entropy round. */
 const VERIFY_PER_ROUND = 8;
@@ -259,8 +259,8 @@ export class QuorumGitNode {
   // ---------------------------------------------------------------------------------------------
 
   private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
-    const incoming = req.headers[REQUEST_ID_HEADER];
-    const requestId = typeof incoming === 'string' && REQUEST_ID.test(incoming) ? incoming : randomUUID();
+    // The client's id if it is safe (lib/request-id.ts): on the response, every log line, every peer call.
+    const requestId = requestIdFrom(req.headers[REQUEST_ID_HEADER]);
     res.setHeader(REQUEST_ID_HEADER, requestId);
     const log = this.logger.child({ request_id: requestId });
     const started = this.clock.now();
