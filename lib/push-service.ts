@@ -3,6 +3,7 @@ import path from 'node:path';
 import { isPrivateRef, quarantinePackFiles, readHead, readRefs } from './git-refs.js';
 import { KeyedLock, LockTimeoutError } from './keyed-lock.js';
 import type { Logger } from './logger.js';
+import type { TxnTimer } from './metrics.js';
 import type { PeerClient } from './peer-client.js';
 import type { RepoStore } from './repo-store.js';
 import { ZERO_OID, type NodeId, type RefUpdate, type TxnOp } from './txn-core.js';
@@ -48,6 +49,8 @@ export interface PushServiceOptions {
   newTxnId: () => string;
   /** Resolves when the receive-pack process with this pid has exited (undefined if not ours). */
   receivePackExit: (pid: number) => Promise<void> | undefined;
+  /** Runs the push's transaction and records it (the node's metrics); default: just runs it. */
+  timeTxn?: TxnTimer;
 }
 
 const UPDATE_LINE = /^([0-9a-f]{40}|[0-9a-f]{64}) ([0-9a-f]{40}|[0-9a-f]{64}) (refs\/\S+|HEAD)$/;
@@ -172,7 +175,8 @@ export class PushService {
       const uploads: Promise<unknown>[] = [];
       const exit = request.receivePackPid === undefined ? undefined : this.options.receivePackExit(request.receivePackPid);
       const localApplied = driver.localOutcome(txnId);
-      const result = await driver.runTxn(op, request.requestId, {
+      const timeTxn = this.options.timeTxn ?? ((_kind, run) => run());
+      const result = await timeTxn('push', () => driver.runTxn(op, request.requestId, {
         txnId,
         selfCommitGate: exit ?? Promise.resolve(),
         beforePrepare: async (peer: NodeId) => {
@@ -182,7 +186,7 @@ export class PushService {
           uploads.push(upload);
           await upload;
         },
-      });
+      }));
       if (packFiles.length > 0) void Promise.allSettled(uploads).then(() => store.dropOutgoing(txnId));
       const total = driver.nodes.length;
       if (result.outcome === 'committed' && result.confirmed.length < this.options.quorum) {
