@@ -1,6 +1,9 @@
 import { expect } from 'chai';
 import { EventEmitter } from 'node:events';
+import { readFileSync } from 'node:fs';
 import type http from 'node:http';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { register as globalRegistry } from 'prom-client';
 import { readiness } from '../../lib/health.js';
 import { NodeMetrics, routeClass, txnOutcome, type NodeView } from '../../lib/metrics.js';
@@ -10,6 +13,8 @@ import type { CoordinatorResult } from '../../lib/txn-core.js';
 // The node's metrics (lib/metrics.ts) fed with recorded events and read back in Prometheus' text
 // format; the readiness rule (lib/health.ts) and the request-id check (lib/request-id.ts).
 
+/** The repository's root, from dist/spec/unit. */
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 const PEER_B = 'http://127.0.0.1:3002';
 const PEER_C = 'http://127.0.0.1:3003';
 
@@ -216,6 +221,37 @@ describe('node metrics', () => {
     text = await metrics.text();
     expect(sample(text, 'quorum_git_txns_in_doubt')).to.equal(0);
     expect(sample(text, 'quorum_git_ready')).to.equal(1);
+  });
+});
+
+describe('metrics documentation and dashboard', () => {
+  /** Metric names as a query or a reader sees them: a histogram as its _bucket, _sum and _count series. */
+  async function seriesNames(): Promise<{ ours: string[]; all: Set<string> }> {
+    const text = await new NodeMetrics({ view: view() }).text();
+    const types = [...text.matchAll(/^# TYPE (\S+) (\S+)$/gm)].map((m) => [m[1]!, m[2]!] as const);
+    return {
+      ours: types.map(([name]) => name).filter((name) => name.startsWith('quorum_git_')),
+      all: new Set(types.flatMap(([name, type]) => (type === 'histogram' ? [`${name}_bucket`, `${name}_sum`, `${name}_count`] : [name]))),
+    };
+  }
+
+  it('lists every quorum_git_ metric in the README', async () => {
+    const readme = readFileSync(path.join(ROOT, 'README.md'), 'utf8');
+    const { ours } = await seriesNames();
+    expect(ours.filter((name) => !readme.includes(`\`${name}\``))).to.deep.equal([]);
+  });
+
+  it('charts only metrics that exist, in valid dashboard JSON with a PromQL query per panel', async () => {
+    const dashboard = JSON.parse(readFileSync(path.join(ROOT, 'scripts', 'grafana-dashboard.json'), 'utf8')) as { panels: { type: string; targets?: { expr: string }[] }[] };
+    const charts = dashboard.panels.filter((p) => p.type !== 'row');
+    expect(charts.length).to.be.greaterThan(10);
+    const { all } = await seriesNames();
+    const used = new Set<string>();
+    for (const panel of charts) {
+      expect(panel.targets ?? []).to.have.length.greaterThan(0);
+      for (const t of panel.targets ?? []) for (const m of t.expr.matchAll(/\b((?:quorum_git|process|nodejs)_[a-z0-9_]+)/g)) used.add(m[1]!);
+    }
+    expect([...used].filter((name) => !all.has(name))).to.deep.equal([]);
   });
 });
 
