@@ -92,8 +92,8 @@ describe('node metrics', () => {
     const metrics = new NodeMetrics({ view: view() });
     expect(metrics.contentType).to.match(/^text\/plain; version=0\.0\.4; charset=utf-8$/);
     const text = await metrics.text();
-    const types = new Map([...text.matchAll(/^# TYPE (\S+) (\S+)$/gm)].map((m) => [m[1], m[2]]));
-    const helps = new Set([...text.matchAll(/^# HELP (\S+) /gm)].map((m) => m[1]));
+    const types = new Map([...text.matchAll(/^# TYPE (\S+) (\S+)$/gm)].map((m) => [m[1]!, m[2]!]));
+    const helps = new Set([...text.matchAll(/^# HELP (\S+) /gm)].map((m) => m[1]!));
     expect([...types.keys()].every((name) => helps.has(name))).to.equal(true);
     for (const line of text.split('\n').filter((l) => l !== '' && !l.startsWith('#'))) {
       expect(line).to.match(/^[a-zA-Z_:][a-zA-Z0-9_:]*(\{.*\})? \S+$/);
