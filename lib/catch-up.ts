@@ -13,6 +13,7 @@ import {
 import { runGit } from './git.js';
 import { addGitConfig } from './hooks.js';
 import type { Logger } from './logger.js';
+import type { CatchUpMode, CatchUpResult } from './metrics.js';
 import { SECRET_HEADER, type PeerClient, type RepoStateAnswer } from './peer-client.js';
 import type { RepoStore } from './repo-store.js';
 import { catchUpSource, copyStillValid, repairVerdict } from './convergence.js';
@@ -35,6 +36,8 @@ import type { TxnDriver } from './txn-driver.js';
 // silence: see notConverging().
 
 export const DIRECT_HEADER = 'x-quorum-direct';
+/** Marks a catch-up's or repair's fetch, so the serving node counts its bytes as replica traffic. */
+export const CATCH_UP_HEADER = 'x-quorum-catch-up';
 
 /** Consecutive failures after which a replica is reported as not converging. */
 export const NOT_CONVERGING_AFTER_FAILURES = 3;
@@ -56,6 +59,8 @@ export interface CatchUpOptions {
    * push may commit. A seam for specs; nothing in the node sets it.
    */
   beforeCopy?: (repoId: string, mode: 'catch-up' | 'repair') => void | Promise<void>;
+  /** Told the result and duration of every catch-up run and repair check (the node's metrics). */
+  observe?: (mode: CatchUpMode, result: CatchUpResult, seconds: number) => void;
 }
 
 /** A replica reported as not converging (GET /health `replicas_not_converging`). */
@@ -92,13 +97,16 @@ export class CatchUp {
   request(repoId: string): Promise<boolean> {
     let run = this.running.get(repoId);
     if (!run) {
+      const started = performance.now();
       run = this.run(repoId)
         .then(
           (result) => {
+            this.observed('catch-up', result, started);
             if (result !== 'skipped') this.succeeded(repoId);
             return result === 'moved';
           },
           (err) => {
+            this.observed('catch-up', 'failed', started);
             this.options.logger.warn('catch-up failed', { repo_id: repoId, err: (err as Error).message });
             this.failed(repoId, err);
             return false;
@@ -123,6 +131,10 @@ export class CatchUp {
       out.push({ repo_id: repoId, failures: f.failures, since: new Date(f.sinceMs).toISOString(), last_error: f.lastError });
     }
     return out.sort((a, b) => a.repo_id.localeCompare(b.repo_id));
+  }
+
+  private observed(mode: CatchUpMode, result: CatchUpResult, startedMs: number): void {
+    this.options.observe?.(mode, result, (performance.now() - startedMs) / 1000);
   }
 
   private failed(repoId: string, err: unknown): void {
@@ -169,10 +181,13 @@ export class CatchUp {
    */
   async verify(repoIds: readonly string[]): Promise<void> {
     for (const repoId of repoIds) {
+      const started = performance.now();
       try {
         const result = await this.verifyOne(repoId);
+        this.observed('repair', result, started);
         if (result !== 'skipped') this.succeeded(repoId);
       } catch (err) {
+        this.observed('repair', 'failed', started);
         this.options.logger.warn('repair failed', { repo_id: repoId, err: (err as Error).message });
         this.failed(repoId, err);
       }
@@ -274,6 +289,7 @@ export class CatchUp {
     addGitConfig(env, [
       ['http.extraHeader', `${SECRET_HEADER}: ${this.options.secret}`],
       ['http.extraHeader', `${DIRECT_HEADER}: 1`],
+      ['http.extraHeader', `${CATCH_UP_HEADER}: 1`],
     ]);
     // The source hides its private refs anyway (transfer.hideRefs); the negative refspecs make sure.
     const refspecs = [`+refs/*:${namespace}*`, `^${LOST_FOUND_PREFIX}*`, `^${FETCH_NAMESPACE_PREFIX}*`];

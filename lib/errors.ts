@@ -23,6 +23,7 @@ export type ErrorCode =
   | 'peer_unavailable'
   | 'request_timeout'
   | 'git_busy'
+  | 'not_ready'
   | 'internal';
 
 export const statusByCode = {
@@ -46,6 +47,7 @@ export const statusByCode = {
   peer_unavailable: 502,
   request_timeout: 408,
   git_busy: 503,
+  not_ready: 503,
   internal: 500,
 } as const satisfies Record<ErrorCode, number>;
 

@@ -5,7 +5,9 @@ import zlib from 'node:zlib';
 import nodeGitServer from 'node-git-server';
 import { QuorumGitError } from './errors.js';
 import { GitSlots, RequestHeadScanner, bodyDecoding } from './git-rpc.js';
+import { REQUEST_ID_ENV } from './hooks.js';
 import type { Logger } from './logger.js';
+import { REQUEST_ID_HEADER } from './peer-client.js';
 import type { GitService } from './router.js';
 
 const { Git, infoResponse } = nodeGitServer;
@@ -223,7 +225,10 @@ export class GitHttp {
     res.setHeader('cache-control', 'no-cache, max-age=0, must-revalidate');
     // `git <service>` runs the builtin in this very process, so child.pid is the pid the pre-receive
     // hook reports as its parent. The environment is process.env (hooks path, config).
-    const child = spawn('git', [service, '--stateless-rpc', dir], { stdio: ['pipe', 'pipe', 'pipe'] });
+    // A push's request id goes to its pre-receive hook, which sends it back with the push (lib/hooks.ts).
+    const requestId = res.getHeader(REQUEST_ID_HEADER);
+    const env = service === 'receive-pack' && typeof requestId === 'string' ? { ...process.env, [REQUEST_ID_ENV]: requestId } : process.env;
+    const child = spawn('git', [service, '--stateless-rpc', dir], { stdio: ['pipe', 'pipe', 'pipe'], env });
     started(child);
     this.running.add(child);
     let stderr = '';

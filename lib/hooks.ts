@@ -1,11 +1,17 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { SECRET_HEADER } from './peer-client.js';
+import { REQUEST_ID_HEADER, SECRET_HEADER } from './peer-client.js';
 
 // The git side of replication: a pre-receive hook shared by every repo of a node (core.hooksPath),
 // and the git configuration every git process the node starts inherits through the environment.
 
 export const HOOK_TIMEOUT_S = 3600;
+
+/**
+ * receive-pack runs with the push's request id in this variable (lib/git-http.ts), and the hook sends
+ * it back, so the push's transaction carries the id the client's request had (lib/request-id.ts).
+ */
+export const REQUEST_ID_ENV = 'QUORUM_REQUEST_ID';
 
 /** Where the hook posts; the node's router sends it to the push service. */
 export const HOOK_PATH = '/internal/hooks/pre-receive';
@@ -36,8 +42,8 @@ fail() { echo "quorum-git: $1" >&2; exit 1; }
 IFS= read -r -d '' updates
 IFS= read -r auth < ${quote(authFile)} || fail 'the hook cannot read its credentials; nothing was changed'
 { exec 3<>/dev/tcp/${host}/${port}; } 2>/dev/null || fail 'the local node did not answer; nothing was changed'
-printf 'POST ${HOOK_PATH} HTTP/1.0\\r\\nhost: ${host}\\r\\n%s\\r\\nx-git-dir: %s\\r\\nx-quarantine: %s\\r\\nx-receive-pack-pid: %s\\r\\ncontent-type: text/plain\\r\\ncontent-length: %d\\r\\n\\r\\n%s' \\
-  "$auth" "$PWD" "\${GIT_QUARANTINE_PATH:-}" "$PPID" "\${#updates}" "$updates" >&3 2>/dev/null || fail 'the local node did not answer; nothing was changed'
+printf 'POST ${HOOK_PATH} HTTP/1.0\\r\\nhost: ${host}\\r\\n%s\\r\\n${REQUEST_ID_HEADER}: %s\\r\\nx-git-dir: %s\\r\\nx-quarantine: %s\\r\\nx-receive-pack-pid: %s\\r\\ncontent-type: text/plain\\r\\ncontent-length: %d\\r\\n\\r\\n%s' \\
+  "$auth" "\${${REQUEST_ID_ENV}:-}" "$PWD" "\${GIT_QUARANTINE_PATH:-}" "$PPID" "\${#updates}" "$updates" >&3 2>/dev/null || fail 'the local node did not answer; nothing was changed'
 # Once the push was handed over, a silent node may have committed it on other nodes before it stopped.
 IFS=' ' read -r -t ${HOOK_TIMEOUT_S} _ status _ <&3 || fail 'the local node stopped answering; fetch to see whether the push landed, then push again'
 while IFS= read -r -t ${HOOK_TIMEOUT_S} line <&3 && [ "\${line%$'\\r'}" != '' ]; do :; done

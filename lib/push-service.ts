@@ -3,6 +3,7 @@ import path from 'node:path';
 import { isPrivateRef, quarantinePackFiles, readHead, readRefs } from './git-refs.js';
 import { KeyedLock, LockTimeoutError } from './keyed-lock.js';
 import type { Logger } from './logger.js';
+import type { TxnTimer } from './metrics.js';
 import type { PeerClient } from './peer-client.js';
 import type { RepoStore } from './repo-store.js';
 import { ZERO_OID, type NodeId, type RefUpdate, type TxnOp } from './txn-core.js';
@@ -48,6 +49,8 @@ export interface PushServiceOptions {
   newTxnId: () => string;
   /** Resolves when the receive-pack process with this pid has exited (undefined if not ours). */
   receivePackExit: (pid: number) => Promise<void> | undefined;
+  /** Runs the push's transaction and records it (the node's metrics); default: just runs it. */
+  timeTxn?: TxnTimer;
 }
 
 const UPDATE_LINE = /^([0-9a-f]{40}|[0-9a-f]{64}) ([0-9a-f]{40}|[0-9a-f]{64}) (refs\/\S+|HEAD)$/;
@@ -172,7 +175,8 @@ export class PushService {
       const uploads: Promise<unknown>[] = [];
       const exit = request.receivePackPid === undefined ? undefined : this.options.receivePackExit(request.receivePackPid);
       const localApplied = driver.localOutcome(txnId);
-      const result = await driver.runTxn(op, request.requestId, {
+      const timeTxn = this.options.timeTxn ?? ((_kind, run) => run());
+      const result = await timeTxn('push', () => driver.runTxn(op, request.requestId, {
         txnId,
         selfCommitGate: exit ?? Promise.resolve(),
         beforePrepare: async (peer: NodeId) => {
@@ -182,7 +186,7 @@ export class PushService {
           uploads.push(upload);
           await upload;
         },
-      });
+      }));
       if (packFiles.length > 0) void Promise.allSettled(uploads).then(() => store.dropOutgoing(txnId));
       const total = driver.nodes.length;
       if (result.outcome === 'committed' && result.confirmed.length < this.options.quorum) {
@@ -190,7 +194,7 @@ export class PushService {
         // "ok" now would acknowledge a push held by fewer than W nodes, so git is told it failed:
         // receive-pack then leaves our refs alone, and the push is not acknowledged (a peer that did
         // apply it may still spread it by catch-up, so the client should fetch before pushing again).
-        logger.error('push decided but not confirmed on a quorum', { txn_id: txnId, repo_id: repoId, confirmed: result.confirmed, behind: result.behind });
+        logger.error('push decided but not confirmed on a quorum', { txn_id: txnId, request_id: request.requestId, repo_id: repoId, confirmed: result.confirmed, behind: result.behind });
         return {
           ok: false,
           message: `quorum-git: the push could not be confirmed on a quorum of ${this.options.quorum} of ${total} nodes (confirmed: ${result.confirmed.join(', ')}); fetch to see whether it landed, then push again`,
@@ -200,14 +204,14 @@ export class PushService {
         releaseLater = true;
         const timeout = new Promise<void>((resolve) => setTimeout(resolve, limits.localApplyTimeoutMs).unref());
         void Promise.race([localApplied, timeout]).then(release);
-        logger.info('push committed', { txn_id: txnId, repo_id: repoId, refs: updates.length, generation: result.generation, confirmed: result.confirmed.length });
+        logger.info('push committed', { txn_id: txnId, request_id: request.requestId, repo_id: repoId, refs: updates.length, generation: result.generation, confirmed: result.confirmed.length });
         const lines = [`quorum-git: replicated to ${result.confirmed.length}/${total} nodes (quorum ${this.options.quorum}), generation ${result.generation}`];
         if (result.applying.length > 0) lines.push(`quorum-git: still applying: ${result.applying.join(', ')}`);
         if (result.behind.length > 0) lines.push(`quorum-git: behind, will catch up: ${result.behind.join(', ')}`);
         return { ok: true, message: lines.join('\n') };
       }
       driver.forgetOutcome(txnId);
-      logger.warn('push rejected', { txn_id: txnId, repo_id: repoId, code: result.code, failed: result.failed, detail: result.detail });
+      logger.warn('push rejected', { txn_id: txnId, request_id: request.requestId, repo_id: repoId, code: result.code, failed: result.failed, detail: result.detail });
       return { ok: false, message: rejectionMessage(result.code, result.failed, result.unprepared ?? [], result.detail, this.options.quorum, total) };
     } finally {
       if (!releaseLater) release();

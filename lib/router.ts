@@ -9,6 +9,9 @@ export type GitService = 'upload-pack' | 'receive-pack';
 
 export type Route =
   | { kind: 'health' }
+  | { kind: 'healthLive' }
+  | { kind: 'healthReady' }
+  | { kind: 'metrics' }
   | { kind: 'listRepos' }
   | { kind: 'createRepo' }
   | { kind: 'getRepo'; repoId: string }
@@ -54,6 +57,14 @@ export function route(method: string, rawUrl: string): Route {
   if (first === 'health' && segments.length === 1) {
     if (method !== 'GET' && method !== 'HEAD') throw methodNotAllowed(method, 'GET');
     return { kind: 'health' };
+  }
+  if (first === 'health' && segments.length === 2 && (second === 'live' || second === 'ready')) {
+    if (method !== 'GET' && method !== 'HEAD') throw methodNotAllowed(method, 'GET');
+    return { kind: second === 'live' ? 'healthLive' : 'healthReady' };
+  }
+  if (first === 'metrics' && segments.length === 1) {
+    if (method !== 'GET' && method !== 'HEAD') throw methodNotAllowed(method, 'GET');
+    return { kind: 'metrics' };
   }
   if (first === 'repos') {
     if (segments.length === 1) {

@@ -1,4 +1,4 @@
-import { createHash, randomBytes, randomInt, randomUUID, timingSafeEqual } from 'node:crypto';
+import { createHash, randomBytes, randomInt, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
 import os from 'node:os';
 import type { Config } from './config.js';
@@ -20,7 +20,10 @@ import path from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createProxyServer, type ProxyServer } from 'http-proxy-3';
-import { CatchUp, DIRECT_HEADER, repoDigest } from './catch-up.js';
+import { CATCH_UP_HEADER, CatchUp, DIRECT_HEADER, repoDigest } from './catch-up.js';
+import { readiness, type Readiness } from './health.js';
+import { NodeMetrics } from './metrics.js';
+import { requestIdFrom } from './request-id.js';
 import { PACK_FILE } from './git-refs.js';
 import { applyGitEnvironment, installHooks } from './hooks.js';
 import { Maintenance } from './maintenance.js';
@@ -32,7 +35,6 @@ import { mergeCatalogs, type CatalogAnswer } from './catalog-merge.js';
 // One node: the HTTP server that wires router, management API, internal API and git together, and
 // the background loops (peer heartbeat, recovery of in-doubt transactions, anti-entropy).
 
-const REQUEST_ID = /^[A-Za-z0-9._:-]{1,64}$/;
 const BUSY_RETRIES = 3;
 /** Repos whose refs digest is compared with the peers' in each anti-entropy round. */
 const VERIFY_PER_ROUND = 8;
@@ -72,6 +74,7 @@ export class QuorumGitNode {
   private readonly pushService: PushService;
   private readonly catchUpper: CatchUp;
   private readonly maintenance: Maintenance;
+  private readonly metrics: NodeMetrics;
   private readonly proxy: ProxyServer;
   private readonly proxyAgent = peerAgent(256);
   private readonly server: http.Server;
@@ -123,6 +126,7 @@ export class QuorumGitNode {
       limits: { maxRefsPerPush: config.maxRefsPerPush, inlinePackMaxBytes: INLINE_PACK_MAX_BYTES, pushLockTimeoutMs: config.pushLockTimeoutMs, localApplyTimeoutMs: config.commitTimeoutMs * 10 },
       newTxnId: () => `${config.serverId}-${clock.now().toString(36)}-${randomBytes(6).toString('hex')}`,
       receivePackExit: (pid) => this.gitHttp.receivePackExit(pid),
+      timeTxn: (kind, run) => this.metrics.timeTxn(kind, run),
     });
     this.catchUpper = new CatchUp({
       driver: this.driver,
@@ -132,6 +136,22 @@ export class QuorumGitNode {
       peers: config.peerUrls,
       secret: config.clusterSecret,
       timeoutMs: config.catchUpTimeoutMs,
+      observe: (mode, result, seconds) => this.metrics.catchUpRun(mode, result, seconds),
+    });
+    this.metrics = new NodeMetrics({
+      view: {
+        serverId: config.serverId,
+        url: config.selfUrl,
+        nodes: this.driver.nodes.length,
+        quorum: config.quorum,
+        inDoubt: () => this.driver.participant.inDoubt().length,
+        notConverging: () => this.catchUpper.notConverging().length,
+        recovered: () => this.recovered,
+        ready: () => this.readiness().ready,
+        repos: () => this.driver.participant.liveRepos().length,
+        gitProcesses: () => this.gitHttp.activeProcesses,
+        peers: () => this.peers.values(),
+      },
     });
     // Streams both ways without buffering; no timeout of its own (a long clone is not an error).
     this.proxy = createProxyServer({ agent: this.proxyAgent, xfwd: true });
@@ -188,6 +208,7 @@ export class QuorumGitNode {
     // An upload is followed by its prepare within moments; one idle for two peer timeouts was abandoned.
     await this.driver.sweepIncoming(2 * this.config.peerTimeoutMs);
     const behind = await this.driver.syncOnce();
+    this.metrics.replicasBehind(behind.length);
     for (const repoId of behind) await this.catchUpper.request(repoId);
     // A few repos per round have their refs compared with the peers' (divergence check).
     const live = this.driver.participant.liveRepos().filter((r) => !behind.includes(r));
@@ -212,12 +233,15 @@ export class QuorumGitNode {
   private async heartbeat(): Promise<void> {
     await Promise.all(
       [...this.peers.values()].map(async (peer) => {
+        const started = performance.now();
         try {
           const info = await this.client.ping(peer.url, Math.min(this.config.heartbeatIntervalMs, 1000));
+          this.metrics.heartbeat(peer.url, true, (performance.now() - started) / 1000);
           peer.server_id = info.server_id;
           peer.reachable = true;
           peer.last_seen = new Date(this.clock.now()).toISOString();
         } catch {
+          this.metrics.heartbeat(peer.url, false, 0);
           peer.reachable = false;
         }
       }),
@@ -259,9 +283,10 @@ export class QuorumGitNode {
   // ---------------------------------------------------------------------------------------------
 
   private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
-    const incoming = req.headers[REQUEST_ID_HEADER];
-    const requestId = typeof incoming === 'string' && REQUEST_ID.test(incoming) ? incoming : randomUUID();
+    // The client's id if it is safe (lib/request-id.ts): on the response, every log line, every peer call.
+    const requestId = requestIdFrom(req.headers[REQUEST_ID_HEADER]);
     res.setHeader(REQUEST_ID_HEADER, requestId);
+    this.metrics.observeRequest(req, res);
     const log = this.logger.child({ request_id: requestId });
     const started = this.clock.now();
     res.once('finish', () => {
@@ -274,6 +299,7 @@ export class QuorumGitNode {
   private fail(res: http.ServerResponse, err: unknown, log: Logger): void {
     const known = isQuorumGitError(err) ? err : new QuorumGitError('internal', 'internal error', { cause: err });
     if (known.code === 'internal') log.error('request failed', { err });
+    this.metrics.errorAnswered(known.code);
     if (res.headersSent) {
       res.destroy();
       return;
@@ -304,6 +330,13 @@ export class QuorumGitNode {
     switch (target.kind) {
       case 'health':
         return this.send(res, 200, this.health());
+      case 'healthLive':
+        return this.send(res, 200, { status: 'live', server_id: this.config.serverId });
+      case 'healthReady':
+        return this.ready(res);
+      case 'metrics':
+        // Open like /health (README, Metrics): counts and states, no repo names or secrets.
+        return this.metrics.respond(res);
       case 'listRepos':
         return this.apiListRepos(res, requestId);
       case 'getRepo':
@@ -383,6 +416,7 @@ export class QuorumGitNode {
         throw new QuorumGitError('replica_behind', 'this node is still applying the latest push to this repository; try again');
       }
       if (kind === 'gitInfoRefs') return this.gitHttp.infoRefs(req, res, repoId, service);
+      this.metrics.observeGitRpc(req, res, service, !fromPeer ? 'client' : req.headers[CATCH_UP_HEADER] === '1' ? 'replica' : 'proxied');
       return this.gitHttp.rpc(req, res, repoId, service, log, clientAddress(req.socket.remoteAddress, req.headers['x-forwarded-for'], fromPeer));
     };
     if (fromPeer && req.headers[DIRECT_HEADER] === '1') return serveLocal();
@@ -564,10 +598,11 @@ export class QuorumGitNode {
     // Two coordinators that lock the same name on different nodes can both lose (repo_busy) when no
     // third node breaks the tie; each retries after a random pause, and the second attempt of the
     // loser then finds the winner's repo (repo_exists).
-    let result = await this.driver.runTxn(op, requestId);
+    const run = (): ReturnType<TxnDriver['runTxn']> => this.metrics.timeTxn(op.kind, () => this.driver.runTxn(op, requestId));
+    let result = await run();
     for (let attempt = 1; attempt <= BUSY_RETRIES && result.outcome === 'aborted' && result.code === 'repo_busy'; attempt += 1) {
       await new Promise((resolve) => setTimeout(resolve, randomInt(BUSY_BACKOFF_MS * attempt, BUSY_BACKOFF_MS * attempt * 3)));
-      result = await this.driver.runTxn(op, requestId);
+      result = await run();
     }
     if (result.outcome === 'aborted') {
       const failedPeers = result.failed.filter((n) => n !== this.url);
@@ -771,6 +806,19 @@ export class QuorumGitNode {
       });
       req.on('error', (err) => reject(new QuorumGitError('invalid_body', 'the request body could not be read', { cause: err })));
     });
+  }
+
+  private readiness(): Readiness {
+    const nodesReachable = 1 + [...this.peers.values()].filter((p) => p.reachable).length;
+    return readiness({ recovered: this.recovered, nodesReachable, nodes: this.driver.nodes.length, quorum: this.config.quorum });
+  }
+
+  /** GET /health/ready: 200 once recovered with a write quorum reachable, else 503 saying why. */
+  private ready(res: http.ServerResponse): void {
+    const { ready, reasons } = this.readiness();
+    if (ready) return this.send(res, 200, { status: 'ready', server_id: this.config.serverId });
+    const err = new QuorumGitError('not_ready', `not ready: ${reasons.join('; ')}`, { details: { reasons } });
+    this.send(res, statusByCode[err.code], errorBody(err));
   }
 
   private health(): Record<string, unknown> {

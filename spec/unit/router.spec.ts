@@ -56,6 +56,9 @@ describe('repo ids', () => {
 describe('router', () => {
   const table: [string, string, unknown][] = [
     ['GET', '/health', { kind: 'health' }],
+    ['GET', '/health/live', { kind: 'healthLive' }],
+    ['HEAD', '/health/ready', { kind: 'healthReady' }],
+    ['GET', '/metrics', { kind: 'metrics' }],
     ['GET', '/repos', { kind: 'listRepos' }],
     ['POST', '/repos', { kind: 'createRepo' }],
     ['GET', '/repos/alice/demo', { kind: 'getRepo', repoId: 'alice/demo' }],
@@ -82,6 +85,9 @@ describe('router', () => {
     ['GET', '/repos/repos/x', 'reserved_owner'],
     ['PUT', '/repos', 'method_not_allowed'],
     ['POST', '/health', 'method_not_allowed'],
+    ['POST', '/health/ready', 'method_not_allowed'],
+    ['DELETE', '/metrics', 'method_not_allowed'],
+    ['GET', '/health/other', 'not_found'],
     ['GET', '/alice/demo/git-upload-pack', 'method_not_allowed'],
     ['GET', '/alice/demo/info/refs', 'invalid_path'],
     ['GET', '/alice/.x/info/refs?service=git-upload-pack', 'repo_not_found'],
