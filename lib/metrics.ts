@@ -100,6 +100,7 @@ export class NodeMetrics {
   private readonly txns: Counter<'kind' | 'outcome'>;
   private readonly txnDuration: Histogram<'kind' | 'outcome'>;
   private readonly txnAborts: Counter<'kind' | 'code'>;
+  private readonly txnPhase: Histogram<'kind' | 'phase'>;
   private readonly quorumFailures: Counter<'type'>;
   private readonly catchUps: Counter<'mode' | 'result'>;
   private readonly catchUpDuration: Histogram<'mode'>;
@@ -167,6 +168,13 @@ export class NodeMetrics {
       name: 'quorum_git_txn_duration_seconds',
       help: 'Duration of transactions this node coordinated, from start to the answer (a push\'s pack shipping included).',
       labelNames: ['kind', 'outcome'],
+      buckets: TXN_BUCKETS_S,
+      registers,
+    });
+    this.txnPhase = new Histogram({
+      name: 'quorum_git_txn_phase_duration_seconds',
+      help: 'Phases of transactions this node coordinated: prepare (start to the logged decision: votes, staging and the prepare fsyncs) and commit (decision to the answer: commit messages, applies and acknowledgements).',
+      labelNames: ['kind', 'phase'],
       buckets: TXN_BUCKETS_S,
       registers,
     });
@@ -290,6 +298,11 @@ export class NodeMetrics {
   errorAnswered(code: string): void {
     this.errors.inc({ code });
     if (code === 'read_quorum_unreachable') this.quorumFailures.inc({ type: 'read' });
+  }
+
+  /** One phase of a coordinated transaction (TxnDriver's observePhase). */
+  txnPhaseObserved(kind: TxnKind, phase: 'prepare' | 'commit', ms: number): void {
+    this.txnPhase.observe({ kind, phase }, ms / 1000);
   }
 
   /** Runs one coordinated transaction (TxnDriver.runTxn) and records it. */

@@ -108,6 +108,7 @@ export class QuorumGitNode {
       clock,
       newTxnId: () => `${config.serverId}-${clock.now().toString(36)}-${randomBytes(6).toString('hex')}`,
       afterWrite: (repoId) => this.maintenance.touched(repoId),
+      observePhase: (kind, phase, ms) => this.metrics.txnPhaseObserved(kind, phase, ms),
       timeouts: { prepareTimeoutMs: config.prepareTimeoutMs, commitTimeoutMs: config.commitTimeoutMs, commitResends: config.commitResends },
     });
     this.gitHttp = new GitHttp((repoId) => this.store.repoPath(repoId), logger, {

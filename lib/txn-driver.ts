@@ -57,6 +57,11 @@ export interface TxnDriverOptions {
   participant?: Participant;
   /** The coordinator's state machine (default CoordinatorTxn; the simulation passes a variant). */
   coordinatorTxn?: typeof CoordinatorTxn;
+  /**
+   * Told the duration of each phase of a transaction this node coordinates: `prepare` (start to the
+   * logged decision) and `commit` (decision to the answer the client hears). For metrics.
+   */
+  observePhase?: (kind: TxnOp['kind'], phase: 'prepare' | 'commit', ms: number) => void;
   /** Told after this replica's refs of a repo moved (a push applied, a catch-up): housekeeping. */
   afterWrite?: (repoId: string) => void;
 }
@@ -72,6 +77,9 @@ interface ActiveTxn {
   coord: CoordinatorTxn;
   /** A commit message went to a peer and was answered (the `after-first-commit` failpoint). */
   firstCommitDone?: boolean;
+  /** When the transaction started, and when its decision was logged (clock time), for observePhase. */
+  startedAt: number;
+  decidedAt?: number;
   requestId: string;
   timers: Map<string, unknown>;
   resolve: (result: CoordinatorResult) => void;
@@ -161,7 +169,7 @@ export class TxnDriver {
     const coord = new (this.options.coordinatorTxn ?? CoordinatorTxn)({ txnId: options.txnId ?? newTxnId(), op, self, nodes: this.nodes, quorum, ...timeouts });
     if (options.selfCommitGate) this.selfCommitGates.set(coord.txnId, options.selfCommitGate);
     return new Promise((resolve) => {
-      const txn: ActiveTxn = { coord, requestId, timers: new Map(), resolve, ...(options.beforePrepare ? { beforePrepare: options.beforePrepare } : {}) };
+      const txn: ActiveTxn = { coord, requestId, timers: new Map(), resolve, startedAt: this.options.clock.now(), ...(options.beforePrepare ? { beforePrepare: options.beforePrepare } : {}) };
       this.active.set(coord.txnId, txn);
       this.options.logger.info('txn started', { txn_id: coord.txnId, request_id: requestId, op: op.kind, repo_id: op.repoId });
       failpoint(op, 'coordinator', 'before-prepare').then(
@@ -189,7 +197,9 @@ export class TxnDriver {
           if (effect.entry.t === 'decision') {
             // The decision with the version it gives: a participant recovering through us derives nothing.
             this.participant.recordDecision(coord.txnId, effect.entry.outcome, effect.entry.epoch, effect.entry.generation, effect.entry.op, effect.entry.acceptors);
-            this.options.logger.info('txn decided', { txn_id: coord.txnId, outcome: effect.entry.outcome, epoch: effect.entry.epoch, generation: effect.entry.generation });
+            this.options.logger.info('txn decided', { txn_id: coord.txnId, request_id: txn.requestId, outcome: effect.entry.outcome, epoch: effect.entry.epoch, generation: effect.entry.generation });
+            txn.decidedAt = this.options.clock.now();
+            this.options.observePhase?.(coord.op.kind, 'prepare', txn.decidedAt - txn.startedAt);
           }
           break;
         case 'send':
@@ -205,6 +215,7 @@ export class TxnDriver {
           break;
         }
         case 'reply':
+          if (txn.decidedAt !== undefined) this.options.observePhase?.(coord.op.kind, 'commit', this.options.clock.now() - txn.decidedAt);
           txn.resolve(effect.result);
           break;
         case 'done':

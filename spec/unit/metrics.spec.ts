@@ -177,6 +177,15 @@ describe('node metrics', () => {
     expect(sample(text, 'quorum_git_txn_duration_seconds_count', { kind: 'push', outcome: 'aborted' })).to.equal(2);
   });
 
+  it('records the prepare and commit phases the driver reports', async () => {
+    const metrics = new NodeMetrics({ view: view() });
+    metrics.txnPhaseObserved('push', 'prepare', 120);
+    metrics.txnPhaseObserved('push', 'commit', 30);
+    const text = await metrics.text();
+    expect(sample(text, 'quorum_git_txn_phase_duration_seconds_count', { kind: 'push', phase: 'prepare' })).to.equal(1);
+    expect(sample(text, 'quorum_git_txn_phase_duration_seconds_sum', { kind: 'push', phase: 'commit' })).to.equal(0.03);
+  });
+
   it('counts error answers by code, a refused read as a read quorum failure', async () => {
     const metrics = new NodeMetrics({ view: view(), processMetrics: false });
     metrics.errorAnswered('read_quorum_unreachable');
