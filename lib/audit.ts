@@ -11,7 +11,7 @@ export interface AuditWho {
   user: string | null;
   via?: 'password' | 'token';
   /** The token's name (never the token). */
-  token?: string;
+  token_name?: string;
   /** The client's address (a proxying peer's x-forwarded-for entry for proxied requests). */
   client: string;
 }
@@ -29,7 +29,7 @@ export function auditDenied(
   log: Logger,
   fields: AuditWho & { request_id: string; method: string; path: string; repo_id?: string; status: number; reason: string },
 ): void {
-  log.warn('audit', { audit: 'denied', ...fields });
+  log.info('audit', { audit: 'denied', ...fields });
 }
 
 export function auditRepoChange(

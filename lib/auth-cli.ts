@@ -273,8 +273,10 @@ async function firstLine(stream: NodeJS.ReadableStream): Promise<string> {
 
 /** Reads one line from a terminal in raw mode, echoing nothing. Ctrl-C or Ctrl-D before any input abandons. */
 function promptHidden(io: CliIo, prompt: string): Promise<string> {
-  io.stderr.write(prompt);
   const stdin = io.stdin;
+  // Echo off before the prompt shows: whatever is typed once it shows must not appear.
+  stdin.setRawMode!(true);
+  io.stderr.write(prompt);
   return new Promise((resolve, reject) => {
     let value = '';
     const done = (err?: Error): void => {
@@ -293,7 +295,6 @@ function promptHidden(io: CliIo, prompt: string): Promise<string> {
         else if (Buffer.byteLength(value) <= PASSWORD_MAX_BYTES) value += ch;
       }
     };
-    stdin.setRawMode!(true);
     stdin.resume();
     stdin.on('data', onData);
   });

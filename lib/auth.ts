@@ -506,6 +506,8 @@ export class UserDirectory {
   private async checkPassword(user: string, password: string): Promise<AuthOutcome> {
     const record = Object.hasOwn(this.snapshot.users.users, user) ? this.snapshot.users.users[user] : undefined;
     if (Buffer.byteLength(password) > PASSWORD_MAX_BYTES) return { ok: false, reason: 'password too long', user };
+    // git's second try when the URL names a user but no password; it asks for one after this 401.
+    if (password === '') return { ok: false, reason: 'empty password', user };
     const encoded = record?.password ?? null;
     const cacheKey = createHmac('sha256', this.cacheKey).update(`${user}\0${password}\0${encoded ?? ''}`).digest('base64');
     const now = this.options.clock.now();

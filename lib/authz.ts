@@ -69,6 +69,46 @@ export function decideCreate(principal: Principal | undefined, repoId: string): 
   return { allow: true };
 }
 
+/**
+ * What a route needs before its handler runs: nothing (`open`: health), the cluster secret (`peer`:
+ * checked by the server), a level on a repo, a user (a create: its repo id is in the body, checked by
+ * Gate.checkCreate), or any caller whose credentials, if sent, are right (`any`: a list shows each what
+ * they may read). Exhaustive: a new route does not compile until it says what it needs.
+ */
+export type Requirement =
+  | { kind: 'open' }
+  | { kind: 'peer' }
+  | { kind: 'any' }
+  | { kind: 'user' }
+  | { kind: 'repo'; repoId: string; level: Level };
+
+export function requirement(route: Route): Requirement {
+  switch (route.kind) {
+    case 'health':
+      return { kind: 'open' };
+    case 'internalPing':
+    case 'internalCatalog':
+    case 'internalNode':
+    case 'internalTxn':
+    case 'internalQuery':
+    case 'internalHook':
+    case 'internalPackUpload':
+    case 'internalRepoState':
+      return { kind: 'peer' };
+    case 'listRepos':
+      return { kind: 'any' };
+    case 'createRepo':
+      return { kind: 'user' };
+    case 'getRepo':
+      return { kind: 'repo', repoId: route.repoId, level: 'read' };
+    case 'deleteRepo':
+      return { kind: 'repo', repoId: route.repoId, level: 'admin' };
+    case 'gitInfoRefs':
+    case 'gitRpc':
+      return { kind: 'repo', repoId: route.repoId, level: route.service === 'receive-pack' ? 'write' : 'read' };
+  }
+}
+
 /** Who sent a request, as the rest of the node needs to know it. */
 export interface Caller {
   /** undefined: anonymous (or no AUTH_FILE). */
@@ -111,31 +151,23 @@ export class Gate {
   async authorize(req: http.IncomingMessage, res: http.ServerResponse, route: Route, ctx: RequestContext, trustedPeer: boolean): Promise<Caller> {
     const anonymous: Caller = { principal: undefined, enforced: this.enforced, who: { user: null, client: ctx.client } };
     const users = this.options.users;
-    if (users === undefined || route.kind === 'health' || route.kind.startsWith('internal') || trustedPeer) return anonymous;
-    const outcome = await users.authenticate(req.headers.authorization);
+    const need = requirement(route);
+    if (users === undefined || need.kind === 'open' || need.kind === 'peer' || trustedPeer) return anonymous;
+    let outcome;
+    try {
+      outcome = await users.authenticate(req.headers.authorization);
+    } catch (err) {
+      if (err instanceof QuorumGitError && err.code === 'auth_busy') res.setHeader('retry-after', '1');
+      throw err;
+    }
     if (!outcome.ok) {
       const who: AuditWho = { user: outcome.user ?? null, client: ctx.client };
       throw this.deny(res, ctx, who, 'repoId' in route ? route.repoId : undefined, { allow: false, status: 401, reason: outcome.reason }, 'authentication failed');
     }
     const principal = outcome.principal;
     const caller: Caller = { principal, enforced: true, who: whoOf(principal, ctx.client) };
-    switch (route.kind) {
-      case 'getRepo':
-        this.check(res, ctx, caller, route.repoId, 'read');
-        break;
-      case 'deleteRepo':
-        this.check(res, ctx, caller, route.repoId, 'admin');
-        break;
-      case 'gitInfoRefs':
-      case 'gitRpc':
-        this.check(res, ctx, caller, route.repoId, route.service === 'receive-pack' ? 'write' : 'read');
-        break;
-      case 'createRepo':
-        if (principal === undefined) throw this.deny(res, ctx, caller.who, undefined, { allow: false, status: 401, reason: 'create needs a user' });
-        break;
-      case 'listRepos':
-        break;
-    }
+    if (need.kind === 'repo') this.check(res, ctx, caller, need.repoId, need.level);
+    if (need.kind === 'user' && principal === undefined) throw this.deny(res, ctx, caller.who, undefined, { allow: false, status: 401, reason: 'needs a user' });
     return caller;
   }
 
@@ -158,6 +190,11 @@ export class Gate {
 
   /** Logs the denial and returns the error to answer; a 401 carries the challenge git answers with credentials. */
   private deny(res: http.ServerResponse, ctx: RequestContext, who: AuditWho, repoId: string | undefined, decision: Decision & { allow: false }, message?: string): QuorumGitError {
+    // The body of a refused request is not read (a push's pack): the connection closes after the answer.
+    if (ctx.method !== 'GET' && ctx.method !== 'HEAD') {
+      res.setHeader('connection', 'close');
+      res.once('finish', () => res.req.destroy());
+    }
     auditDenied(ctx.log, { ...who, request_id: ctx.requestId, method: ctx.method, path: ctx.path, ...(repoId === undefined ? {} : { repo_id: repoId }), status: decision.status, reason: decision.reason });
     switch (decision.status) {
       case 401:
@@ -174,5 +211,5 @@ export class Gate {
 
 function whoOf(principal: Principal | undefined, client: string): AuditWho {
   if (principal === undefined) return { user: null, client };
-  return { user: principal.user, via: principal.via, ...(principal.token === undefined ? {} : { token: principal.token }), client };
+  return { user: principal.user, via: principal.via, ...(principal.token === undefined ? {} : { token_name: principal.token }), client };
 }

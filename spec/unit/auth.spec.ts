@@ -21,7 +21,8 @@ import {
   type UsersFile,
 } from '../../lib/auth.js';
 import { tokenCommand, userCommand, type CliIo } from '../../lib/auth-cli.js';
-import { PRIVATE_REPO_ACCESS, decideCreate, decideRepo, type RepoAccess } from '../../lib/authz.js';
+import { PRIVATE_REPO_ACCESS, decideCreate, decideRepo, requirement, type RepoAccess } from '../../lib/authz.js';
+import { route } from '../../lib/router.js';
 import type { Clock } from '../../lib/clock.js';
 import { QuorumGitError } from '../../lib/errors.js';
 
@@ -225,6 +226,7 @@ describe('auth: the user directory', () => {
     expect(await users.authenticate(basic('alice', 'correct horsf'))).to.deep.include({ ok: false, reason: 'wrong password' });
     expect(await users.authenticate(basic('mallory', alicePassword))).to.deep.include({ ok: false, reason: 'unknown user' });
     expect(await users.authenticate(basic('root', 'anything at all'))).to.deep.include({ ok: false, reason: 'user has no password' });
+    expect(await users.authenticate(basic('alice', ''))).to.deep.include({ ok: false, reason: 'empty password' });
     expect(await users.authenticate('Digest x')).to.deep.include({ ok: false });
   });
 
@@ -317,6 +319,18 @@ describe('authz: decisions', () => {
       expect(decision.allow ? true : decision.status).to.equal(expected);
     });
   }
+
+  it('knows what each route needs: every git request a level on its repo, the push POST too', () => {
+    expect(requirement(route('GET', '/health'))).to.deep.equal({ kind: 'open' });
+    expect(requirement(route('POST', '/internal/txn/prepare'))).to.deep.equal({ kind: 'peer' });
+    expect(requirement(route('GET', '/repos'))).to.deep.equal({ kind: 'any' });
+    expect(requirement(route('POST', '/repos'))).to.deep.equal({ kind: 'user' });
+    expect(requirement(route('GET', '/a/r.git/info/refs?service=git-upload-pack'))).to.deep.equal({ kind: 'repo', repoId: 'a/r', level: 'read' });
+    expect(requirement(route('POST', '/a/r.git/git-upload-pack'))).to.deep.equal({ kind: 'repo', repoId: 'a/r', level: 'read' });
+    expect(requirement(route('GET', '/a/r/info/refs?service=git-receive-pack'))).to.deep.equal({ kind: 'repo', repoId: 'a/r', level: 'write' });
+    expect(requirement(route('POST', '/a/r.git/git-receive-pack'))).to.deep.equal({ kind: 'repo', repoId: 'a/r', level: 'write' });
+    expect(requirement(route('DELETE', '/repos/a/r'))).to.deep.equal({ kind: 'repo', repoId: 'a/r', level: 'admin' });
+  });
 
   it('lets a user create under their own name only, an admin anywhere, a token only with the scope for it', () => {
     const status = (p: Principal | undefined, id: string): true | number => {
