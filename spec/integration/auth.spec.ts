@@ -145,7 +145,7 @@ describe('users, tokens and permissions (3-node cluster with AUTH_FILE)', functi
     expect(del.body.error.code).to.equal('forbidden');
   });
 
-  it("hides another user's private repo (404, as if it did not exist) and refuses creating under another name (403), but not to an admin", async function () {
+  it("hides another user's private repo (404, as if it did not exist) and refuses creating under another name (403), but not to an admin, who may delete it too", async function () {
     const bob = basic('bob', PASSWORDS.bob);
     const clone = await git.run(['ls-remote', withCredentials(cluster.node(2).gitUrl(repoId), 'bob', PASSWORDS.bob)]);
     expect(clone.code).to.not.equal(0);
@@ -166,6 +166,8 @@ describe('users, tokens and permissions (3-node cluster with AUTH_FILE)', functi
     expect(byAdmin.status, byAdmin.text).to.equal(201);
     const listed = await http(`${cluster.node(2).url}/repos`, { headers: bob });
     expect(listed.body.repos).to.deep.equal(['bob/by-root']);
+    const deleted = await http(`${cluster.node(3).url}/repos/bob/by-root`, { method: 'DELETE', headers: basic('root', PASSWORDS.root) });
+    expect(deleted.status, deleted.text).to.equal(204);
     expect((await cluster.repoEverywhere('alice/by-bob')).every((r) => !r.onDisk)).to.equal(true);
   });
 
@@ -223,6 +225,7 @@ describe('users, tokens and permissions (3-node cluster with AUTH_FILE)', functi
     expect(create).to.deep.include({ user: 'alice', via: 'password', outcome: 'committed' });
     expect(create!.txn_ids).to.have.length.greaterThan(0);
     expect(lines.find((l) => l.audit === 'create' && l.repo_id === 'bob/by-root')).to.deep.include({ user: 'root', outcome: 'committed' });
+    expect(lines.find((l) => l.audit === 'delete' && l.repo_id === 'bob/by-root')).to.deep.include({ user: 'root', via: 'password', outcome: 'committed' });
     expect(lines.some((l) => l.audit === 'push' && l.user === 'alice' && l.via === 'password')).to.equal(true);
     const denied = lines.filter((l) => l.audit === 'denied');
     expect(denied.some((l) => l.status === 401 && l.user === null)).to.equal(true);
