@@ -14,6 +14,8 @@ const USAGE = [
   '       quorum-git status --node URL [--json] [--timeout-ms N]',
   '                every node\'s reachability, recovery, repos and in-doubt transactions; exit 0 all reachable, 1 not',
   '       (verify and status authenticate with CLUSTER_SECRET from the environment)',
+  '       quorum-git user add|passwd|remove|list ...     users of the users file (AUTH_FILE); `quorum-git user --help`',
+  '       quorum-git token create|list|revoke ...        their personal access tokens; `quorum-git token --help`',
 ].join('\n');
 
 /** Per-request timeout of the operator tools, unless --timeout-ms says otherwise. */
@@ -149,6 +151,9 @@ if (command === 'serve') {
   void serve();
 } else if (command === 'verify' || command === 'status') {
   void tool(command, process.argv.slice(3));
+} else if (command === 'user' || command === 'token') {
+  // The users file (AUTH_FILE): lib/auth-cli.ts.
+  void import('./auth-cli.js').then((m) => (command === 'user' ? m.userCommand : m.tokenCommand)(process.argv.slice(3))).then((code) => process.exit(code));
 } else {
   process.stderr.write(`${USAGE}\n`);
   process.exit(command === undefined || command === '--help' || command === '-h' ? 0 : 2);

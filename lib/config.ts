@@ -41,6 +41,10 @@ export interface Config {
   maxGitProcesses: number;
   /** The same per client address (a peer's proxied request counts for the client it forwards). */
   maxGitProcessesPerClient: number;
+  /** The users file (lib/auth.ts); undefined: no authentication, everything allowed to everyone. */
+  authFile: string | undefined;
+  /** How often the users file is looked at for changes. */
+  authReloadIntervalMs: number;
 }
 
 export const DEV_CLUSTER_SECRET = 'quorum-git-dev-secret';
@@ -110,5 +114,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     gitBodyIdleTimeoutMs: int(env, 'GIT_BODY_IDLE_TIMEOUT_MS', 30_000, 100),
     maxGitProcesses: int(env, 'MAX_GIT_PROCESSES', 64, 1),
     maxGitProcessesPerClient: int(env, 'MAX_GIT_PROCESSES_PER_CLIENT', 16, 1),
+    authFile: env.AUTH_FILE ? path.resolve(env.AUTH_FILE) : undefined,
+    authReloadIntervalMs: int(env, 'AUTH_RELOAD_INTERVAL_MS', 1000, 10),
   };
 }

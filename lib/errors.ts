@@ -16,6 +16,8 @@ export type ErrorCode =
   | 'method_not_allowed'
   | 'unsupported_media_type'
   | 'unauthorized'
+  | 'forbidden'
+  | 'auth_busy'
   | 'quorum_unreachable'
   | 'txn_in_doubt'
   | 'replica_behind'
@@ -40,6 +42,8 @@ export const statusByCode = {
   method_not_allowed: 405,
   unsupported_media_type: 415,
   unauthorized: 401,
+  forbidden: 403,
+  auth_busy: 503,
   quorum_unreachable: 503,
   txn_in_doubt: 503,
   replica_behind: 503,

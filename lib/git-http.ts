@@ -49,6 +49,8 @@ export interface GitHttpLimits {
 interface ReceivePack {
   exit: Promise<void>;
   hookStarted: boolean;
+  /** Who sent the push, as the caller of rpc() described it (for the audit line its hook writes). */
+  origin: unknown;
 }
 
 export class GitHttp {
@@ -98,9 +100,10 @@ export class GitHttp {
   /**
    * Serves one RPC POST. Resolves when the response is over; rejects with a QuorumGitError the
    * caller turns into the answer while nothing was sent yet (after that the response is cut off).
-   * `client` is the address the per-client limit charges.
+   * `client` is the address the per-client limit charges; `origin` is kept with a receive-pack for
+   * its hook (receivePackOrigin).
    */
-  rpc(req: http.IncomingMessage, res: http.ServerResponse, repoId: string, service: GitService, log: Logger, client: string): Promise<void> {
+  rpc(req: http.IncomingMessage, res: http.ServerResponse, repoId: string, service: GitService, log: Logger, client: string, origin?: unknown): Promise<void> {
     const decoding = bodyDecoding(req.headers['content-encoding']);
     if (decoding === undefined) return this.refuse(req, res, new QuorumGitError('unsupported_media_type', `content-encoding ${String(req.headers['content-encoding'])} is not supported; use gzip or none`));
     const slot = this.slots.take(client);
@@ -160,7 +163,7 @@ export class GitHttp {
 
       const scanner = new RequestHeadScanner(service, this.limits.maxHeadBytes);
       let held: Buffer[] = [];
-      const start = (): void => this.startRpc(service, dir, log, gate, res, (c) => (child = c), slot.release, arm);
+      const start = (): void => this.startRpc(service, dir, log, gate, res, (c) => (child = c), slot.release, arm, origin);
       const gate = new Transform({
         transform(chunk: Buffer, _encoding, done) {
           if (scanner.state.state === 'more') {
@@ -220,7 +223,7 @@ export class GitHttp {
   }
 
   /** Spawns git for an RPC whose first command has arrived; its stdin is what `body` passes on. */
-  private startRpc(service: GitService, dir: string, log: Logger, body: Readable, res: http.ServerResponse, started: (child: ChildProcess) => void, release: () => void, progress: () => void): void {
+  private startRpc(service: GitService, dir: string, log: Logger, body: Readable, res: http.ServerResponse, started: (child: ChildProcess) => void, release: () => void, progress: () => void, origin: unknown): void {
     res.setHeader('content-type', `application/x-git-${service}-result`);
     res.setHeader('cache-control', 'no-cache, max-age=0, must-revalidate');
     // `git <service>` runs the builtin in this very process, so child.pid is the pid the pre-receive
@@ -244,6 +247,7 @@ export class GitHttp {
       const pid = child.pid;
       this.receivePacks.set(pid, {
         hookStarted: false,
+        origin,
         exit: new Promise<void>((resolve) =>
           child.once('exit', () => {
             this.receivePacks.delete(pid);
@@ -270,6 +274,11 @@ export class GitHttp {
 
   receivePackExit(pid: number): Promise<void> | undefined {
     return this.receivePacks.get(pid)?.exit;
+  }
+
+  /** What rpc() was told about the sender of the push receive-pack `pid` serves. */
+  receivePackOrigin(pid: number): unknown {
+    return this.receivePacks.get(pid)?.origin;
   }
 
   /**

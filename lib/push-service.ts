@@ -37,6 +37,8 @@ export interface HookRequest {
 export interface HookVerdict {
   ok: boolean;
   message: string;
+  /** The push's transaction, once it had one (for the audit line). */
+  txnId?: string;
 }
 
 export interface PushServiceOptions {
@@ -197,6 +199,7 @@ export class PushService {
         logger.error('push decided but not confirmed on a quorum', { txn_id: txnId, request_id: request.requestId, repo_id: repoId, confirmed: result.confirmed, behind: result.behind });
         return {
           ok: false,
+          txnId,
           message: `quorum-git: the push could not be confirmed on a quorum of ${this.options.quorum} of ${total} nodes (confirmed: ${result.confirmed.join(', ')}); fetch to see whether it landed, then push again`,
         };
       }
@@ -208,11 +211,11 @@ export class PushService {
         const lines = [`quorum-git: replicated to ${result.confirmed.length}/${total} nodes (quorum ${this.options.quorum}), generation ${result.generation}`];
         if (result.applying.length > 0) lines.push(`quorum-git: still applying: ${result.applying.join(', ')}`);
         if (result.behind.length > 0) lines.push(`quorum-git: behind, will catch up: ${result.behind.join(', ')}`);
-        return { ok: true, message: lines.join('\n') };
+        return { ok: true, message: lines.join('\n'), txnId };
       }
       driver.forgetOutcome(txnId);
       logger.warn('push rejected', { txn_id: txnId, request_id: request.requestId, repo_id: repoId, code: result.code, failed: result.failed, detail: result.detail });
-      return { ok: false, message: rejectionMessage(result.code, result.failed, result.unprepared ?? [], result.detail, this.options.quorum, total) };
+      return { ok: false, message: rejectionMessage(result.code, result.failed, result.unprepared ?? [], result.detail, this.options.quorum, total), txnId };
     } finally {
       if (!releaseLater) release();
     }

@@ -31,6 +31,9 @@ import { PushService } from './push-service.js';
 import { readQuorum } from './quorum.js';
 import { pickCoordinator, planRead, type ReadPlan, type ReplicaAnswer } from './routing.js';
 import { mergeCatalogs, type CatalogAnswer } from './catalog-merge.js';
+import { UserDirectory } from './auth.js';
+import { Gate, PRIVATE_REPO_ACCESS, type Caller, type RepoAccess, type RequestContext } from './authz.js';
+import { auditPush, auditRepoChange, auditUpdates, type AuditWho } from './audit.js';
 
 // One node: the HTTP server that wires router, management API, internal API and git together, and
 // the background loops (peer heartbeat, recovery of in-doubt transactions, anti-entropy).
@@ -41,6 +44,12 @@ const VERIFY_PER_ROUND = 8;
 /** Packs up to this size ride inside the prepare message (saves a request per peer on small pushes). */
 const INLINE_PACK_MAX_BYTES = 512 * 1024;
 const BUSY_BACKOFF_MS = 15;
+/**
+ * Set (with the cluster secret) on a client's request one node proxies to another: the receiving
+ * node authorizes the client's own credentials again. A peer's request without it (catch-up's fetch)
+ * is the cluster's own and the secret authorizes it.
+ */
+export const PROXIED_HEADER = 'x-quorum-proxied';
 
 interface PeerStatus {
   url: string;
@@ -88,6 +97,11 @@ export class QuorumGitNode {
   /** The first recovery round since start (in-doubt resolution, catalog sync) has run; for `status`. */
   private recovered = false;
   private verifyCursor = 0;
+  /** The users file, with AUTH_FILE; read at start. */
+  private users: UserDirectory | undefined;
+  private gate = new Gate({ users: undefined, repoAccess: (repoId) => this.repoAccess(repoId) });
+  /** Who sent each request being served, for the handlers after the router (and the audit log). */
+  private readonly callers = new WeakMap<http.IncomingMessage, { caller: Caller; ctx: RequestContext }>();
 
   constructor(config: Config, logger: Logger, clock: Clock = systemClock) {
     this.config = config;
@@ -106,7 +120,7 @@ export class QuorumGitNode {
       transport: this.client,
       logger,
       clock,
-      newTxnId: () => `${config.serverId}-${clock.now().toString(36)}-${randomBytes(6).toString('hex')}`,
+      newTxnId: () => this.newTxnId(),
       afterWrite: (repoId) => this.maintenance.touched(repoId),
       observePhase: (kind, phase, ms) => this.metrics.txnPhaseObserved(kind, phase, ms),
       timeouts: { prepareTimeoutMs: config.prepareTimeoutMs, commitTimeoutMs: config.commitTimeoutMs, commitResends: config.commitResends },
@@ -125,7 +139,7 @@ export class QuorumGitNode {
       logger,
       quorum: config.quorum,
       limits: { maxRefsPerPush: config.maxRefsPerPush, inlinePackMaxBytes: INLINE_PACK_MAX_BYTES, pushLockTimeoutMs: config.pushLockTimeoutMs, localApplyTimeoutMs: config.commitTimeoutMs * 10 },
-      newTxnId: () => `${config.serverId}-${clock.now().toString(36)}-${randomBytes(6).toString('hex')}`,
+      newTxnId: () => this.newTxnId(),
       receivePackExit: (pid) => this.gitHttp.receivePackExit(pid),
       timeTxn: (kind, run) => this.metrics.timeTxn(kind, run),
     });
@@ -162,11 +176,21 @@ export class QuorumGitNode {
     this.server.timeout = 0;
   }
 
+  private newTxnId(): string {
+    return `${this.config.serverId}-${this.clock.now().toString(36)}-${randomBytes(6).toString('hex')}`;
+  }
+
   get url(): string {
     return this.config.selfUrl;
   }
 
   async start(): Promise<void> {
+    if (this.config.authFile !== undefined) {
+      this.users = await UserDirectory.open({ file: this.config.authFile, clock: this.clock, logger: this.logger, reloadIntervalMs: this.config.authReloadIntervalMs });
+      this.gate = new Gate({ users: this.users, repoAccess: (repoId) => this.repoAccess(repoId) });
+      this.users.start();
+      this.logger.info('authentication on', { auth_file: this.config.authFile, users: this.users.userNames.length });
+    }
     // The hook talks to this node's own listener (bash's /dev/tcp takes a bare IPv6 address).
     const hookHost = this.config.host === '0.0.0.0' ? '127.0.0.1' : this.config.host === '::' ? '::1' : this.config.host;
     const hooksDir = await installHooks(this.config.dataDir, hookHost, this.config.port, this.config.clusterSecret);
@@ -268,6 +292,7 @@ export class QuorumGitNode {
   async stop(): Promise<void> {
     this.stopping = true;
     for (const t of this.timers) clearInterval(t);
+    this.users?.stop();
     this.gitHttp.killAll();
     this.maintenance.stop();
     this.driver.close();
@@ -328,6 +353,23 @@ export class QuorumGitNode {
   private async dispatch(req: http.IncomingMessage, res: http.ServerResponse, requestId: string, log: Logger): Promise<void> {
     const target: Route = route(req.method ?? 'GET', req.url ?? '/');
     if (target.kind.startsWith('internal')) this.authorizePeer(req);
+    const fromPeer = this.isPeer(req);
+    const ctx: RequestContext = {
+      log,
+      requestId,
+      client: clientAddress(req.socket.remoteAddress, req.headers['x-forwarded-for'], fromPeer),
+      method: req.method ?? 'GET',
+      path: (req.url ?? '').split('?')[0]!,
+    };
+    let caller: Caller;
+    try {
+      caller = await this.gate.authorize(req, res, target, ctx, fromPeer && req.headers[PROXIED_HEADER] !== '1');
+    } catch (err) {
+      // A repo the caller may not see reads exactly like one that does not exist.
+      if (target.kind === 'getRepo' && isQuorumGitError(err) && err.code === 'repo_not_found') return this.sendRepoNotFound(res, target.repoId);
+      throw err;
+    }
+    this.callers.set(req, { caller, ctx });
     switch (target.kind) {
       case 'health':
         return this.send(res, 200, this.health());
@@ -378,6 +420,7 @@ export class QuorumGitNode {
           body: body.toString('utf8'),
           requestId,
         });
+        this.auditPush(log, req, pid, body.toString('utf8'), verdict);
         res.writeHead(verdict.ok ? 200 : 409, { 'content-type': 'text/plain; charset=utf-8' });
         res.end(verdict.message === '' ? '' : `${verdict.message}\n`);
         return;
@@ -418,7 +461,9 @@ export class QuorumGitNode {
       }
       if (kind === 'gitInfoRefs') return this.gitHttp.infoRefs(req, res, repoId, service);
       this.metrics.observeGitRpc(req, res, service, !fromPeer ? 'client' : req.headers[CATCH_UP_HEADER] === '1' ? 'replica' : 'proxied');
-      return this.gitHttp.rpc(req, res, repoId, service, log, clientAddress(req.socket.remoteAddress, req.headers['x-forwarded-for'], fromPeer));
+      const who = this.callers.get(req);
+      const origin = who === undefined ? undefined : { ...who.caller.who, request_id: who.ctx.requestId };
+      return this.gitHttp.rpc(req, res, repoId, service, log, clientAddress(req.socket.remoteAddress, req.headers['x-forwarded-for'], fromPeer), origin);
     };
     if (fromPeer && req.headers[DIRECT_HEADER] === '1') return serveLocal();
     if (service === 'receive-pack' && !fromPeer) {
@@ -548,6 +593,8 @@ export class QuorumGitNode {
     log.info('proxying', { to: target, direct });
     const headers: Record<string, string> = { [SECRET_HEADER]: this.config.clusterSecret, [REQUEST_ID_HEADER]: String(res.getHeader(REQUEST_ID_HEADER)) };
     if (direct) headers[DIRECT_HEADER] = '1';
+    // The client's Authorization header goes along as is: the receiving node authorizes it again.
+    headers[PROXIED_HEADER] = '1';
     this.proxy.web(req, res, { target, headers }, (err) => {
       log.warn('proxy failed', { to: target, err: (err as Error).message });
       const peer = this.peers.get(target);
@@ -595,11 +642,15 @@ export class QuorumGitNode {
     this.send(res, 204);
   }
 
-  private async replicate(op: TxnOp, requestId: string, res: http.ServerResponse): Promise<void> {
+  private async replicate(op: TxnOp, requestId: string, res: http.ServerResponse, txnIds: string[] = []): Promise<void> {
     // Two coordinators that lock the same name on different nodes can both lose (repo_busy) when no
     // third node breaks the tie; each retries after a random pause, and the second attempt of the
     // loser then finds the winner's repo (repo_exists).
-    const run = (): ReturnType<TxnDriver['runTxn']> => this.metrics.timeTxn(op.kind, () => this.driver.runTxn(op, requestId));
+    const run = (): ReturnType<TxnDriver['runTxn']> => {
+      const txnId = this.newTxnId();
+      txnIds.push(txnId);
+      return this.metrics.timeTxn(op.kind, () => this.driver.runTxn(op, requestId, { txnId }));
+    };
     let result = await run();
     for (let attempt = 1; attempt <= BUSY_RETRIES && result.outcome === 'aborted' && result.code === 'repo_busy'; attempt += 1) {
       await new Promise((resolve) => setTimeout(resolve, randomInt(BUSY_BACKOFF_MS * attempt, BUSY_BACKOFF_MS * attempt * 3)));
@@ -657,10 +708,8 @@ export class QuorumGitNode {
     switch (plan.action) {
       case 'unavailable':
         throw this.readQuorumError(plan);
-      case 'not_found': {
-        const err = new QuorumGitError('repo_not_found', `repository ${repoId} does not exist`);
-        return this.send(res, 404, { repo_id: repoId, exists: false, ...errorBody(err) });
-      }
+      case 'not_found':
+        return this.sendRepoNotFound(res, repoId);
       case 'local':
       case 'proxy': {
         // 'local': our copy is the newest, read again now (it can only have moved on).
@@ -676,15 +725,64 @@ export class QuorumGitNode {
    */
   private async apiCreateRepo(req: http.IncomingMessage, res: http.ServerResponse, requestId: string): Promise<void> {
     const repoId = this.repoIdFromBody(await this.readJson(req));
-    const plan = await this.planRead(repoId, requestId);
-    if (plan.action === 'local' || plan.action === 'proxy') throw new QuorumGitError('repo_exists', `repository ${repoId} already exists`);
-    return this.replicate({ kind: 'create', repoId }, requestId, res);
+    const { caller, ctx } = this.callers.get(req)!;
+    this.gate.checkCreate(res, ctx, caller, repoId);
+    return this.audited('create', res, repoId, async (txnIds) => {
+      const plan = await this.planRead(repoId, requestId);
+      if (plan.action === 'local' || plan.action === 'proxy') throw new QuorumGitError('repo_exists', `repository ${repoId} already exists`);
+      return this.replicate({ kind: 'create', repoId }, requestId, res, txnIds);
+    });
   }
 
   private async apiDeleteRepo(res: http.ServerResponse, repoId: string, requestId: string): Promise<void> {
-    const plan = await this.planRead(repoId, requestId);
-    if (plan.action === 'not_found') throw new QuorumGitError('repo_not_found', `repository ${repoId} does not exist`);
-    return this.replicate({ kind: 'delete', repoId }, requestId, res);
+    return this.audited('delete', res, repoId, async (txnIds) => {
+      const plan = await this.planRead(repoId, requestId);
+      if (plan.action === 'not_found') throw new QuorumGitError('repo_not_found', `repository ${repoId} does not exist`);
+      return this.replicate({ kind: 'delete', repoId }, requestId, res, txnIds);
+    });
+  }
+
+  /** Runs a create or delete and writes its audit line: who, the outcome (the status, or the error's code), its transactions. */
+  private async audited(action: 'create' | 'delete', res: http.ServerResponse, repoId: string, run: (txnIds: string[]) => Promise<void>): Promise<void> {
+    const { caller, ctx } = this.callers.get(res.req)!;
+    const txnIds: string[] = [];
+    const line = (outcome: string): void => auditRepoChange(ctx.log, { ...caller.who, action, request_id: ctx.requestId, repo_id: repoId, outcome, txn_ids: txnIds });
+    try {
+      await run(txnIds);
+    } catch (err) {
+      line(isQuorumGitError(err) ? err.code : 'internal');
+      throw err;
+    }
+    line(res.statusCode === 202 ? 'committed_unconfirmed' : 'committed');
+  }
+
+  /** One push's audit line, written where its pre-receive hook ran (the repo's coordinator). */
+  private auditPush(log: Logger, req: http.IncomingMessage, pid: number, body: string, verdict: { ok: boolean; message: string; txnId?: string }): void {
+    const repoId = this.store.repoIdOf(String(req.headers['x-git-dir'] ?? '')) ?? 'unknown';
+    const origin = (Number.isInteger(pid) && pid > 0 ? this.gitHttp.receivePackOrigin(pid) : undefined) as (AuditWho & { request_id?: string }) | undefined;
+    const { updates, total } = auditUpdates(body);
+    if (total === 0) return;
+    const reason = verdict.ok ? undefined : verdict.message.split('\n')[0]!.replace(/^quorum-git: /, '').slice(0, 300);
+    auditPush(log, {
+      ...(origin ?? { user: null, client: 'unknown' }),
+      request_id: origin?.request_id,
+      repo_id: repoId,
+      updates,
+      refs_total: total,
+      outcome: verdict.ok ? 'committed' : 'rejected',
+      ...(reason === undefined ? {} : { reason }),
+      ...(verdict.txnId === undefined ? {} : { txn_id: verdict.txnId }),
+    });
+  }
+
+  /** A repo's access settings (lib/authz.ts). Replicated repo settings will answer here; until then every repo is private. */
+  private repoAccess(_repoId: string): RepoAccess {
+    return PRIVATE_REPO_ACCESS;
+  }
+
+  private sendRepoNotFound(res: http.ServerResponse, repoId: string): void {
+    const err = new QuorumGitError('repo_not_found', `repository ${repoId} does not exist`);
+    this.send(res, 404, { repo_id: repoId, exists: false, ...errorBody(err) });
   }
 
   /** The live repos by the catalogs of R nodes, newest state per repo; 503 with fewer than R. */
@@ -715,8 +813,9 @@ export class QuorumGitNode {
     }
     const merged = mergeCatalogs([...answers], r);
     if (merged.action === 'unavailable') throw this.readQuorumError(merged);
+    const { caller } = this.callers.get(res.req)!;
     const repos = Object.entries(merged.repos)
-      .filter(([, e]) => e.state === 'live')
+      .filter(([id, e]) => e.state === 'live' && this.gate.canRead(caller, id))
       .map(([id]) => id);
     return this.send(res, 200, { repos, count: repos.length });
   }

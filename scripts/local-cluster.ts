@@ -81,8 +81,16 @@ process.stdout.write(
     ...urls.map((u, i) => `  node-${i + 1}  ${u}`),
     '',
     'Try:',
-    `  curl -s -X POST ${urls[0]}/repos -H 'content-type: application/json' -d '{"repo_id":"alice/hello"}'`,
-    `  git clone ${urls[size > 1 ? 1 : 0]}/alice/hello.git`,
+    ...(process.env.AUTH_FILE
+      ? [
+          `  (users from AUTH_FILE=${process.env.AUTH_FILE}; TOKEN from \`quorum-git token create alice --name laptop\`)`,
+          `  curl -s -X POST ${urls[0]}/repos -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' -d '{"repo_id":"alice/hello"}'`,
+          `  git clone http://alice@${urls[size > 1 ? 1 : 0]!.slice('http://'.length)}/alice/hello.git      (password: the token)`,
+        ]
+      : [
+          `  curl -s -X POST ${urls[0]}/repos -H 'content-type: application/json' -d '{"repo_id":"alice/hello"}'`,
+          `  git clone ${urls[size > 1 ? 1 : 0]}/alice/hello.git`,
+        ]),
     `  curl -s ${urls[0]}/health`,
     '',
     'Ctrl-C stops all nodes.',
