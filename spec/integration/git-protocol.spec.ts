@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
-import { Cluster, GitClient, http, type TestNode, withCluster } from '../support/cluster.js';
+import { Cluster, GitClient, eventually, http, type TestNode, withCluster } from '../support/cluster.js';
 import { commitFile, createRepo, expectPushed, startWith, waitForView } from '../support/push-helpers.js';
 
 // Protocol v2 and partial clones on a 3-node cluster, driven by the real git client: the client's
@@ -180,5 +180,15 @@ describe('protocol v2 and partial clones (3-node cluster)', function () {
     expect(n3.logText().slice(logBefore)).to.match(/"message":"proxying"/);
     const local = await git.ok(['--git-dir', n3.repoDir(repoId), 'rev-parse', 'refs/heads/main']);
     expect(local.trim()).to.equal(second);
+
+    // Restarted with a working catch-up, it fetches from a current node over v2 as well (its gits
+    // inherit GIT_TRACE_PACKET from the node).
+    await n3.stop();
+    const trace = path.join(cluster.root, 'node-3-packets.trace');
+    await startWith(n3, { GIT_TRACE_PACKET: trace });
+    await eventually(async () => expect((await git.ok(['--git-dir', n3.repoDir(repoId), 'rev-parse', 'refs/heads/main'])).trim()).to.equal(third), 20_000);
+    const packets = await fs.readFile(trace, 'utf8');
+    expect(sent(packets)).to.include('command=fetch');
+    expect(received(packets)).to.include('version 2');
   });
 });
