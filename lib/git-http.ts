@@ -1,28 +1,36 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import type http from 'node:http';
 import { PassThrough, Transform, type Readable } from 'node:stream';
 import zlib from 'node:zlib';
-import nodeGitServer from 'node-git-server';
 import { QuorumGitError } from './errors.js';
+import { advertisementHasServiceLine, gitProtocolEnv } from './git-protocol.js';
 import { GitSlots, RequestHeadScanner, bodyDecoding } from './git-rpc.js';
 import { REQUEST_ID_ENV } from './hooks.js';
 import type { Logger } from './logger.js';
 import { REQUEST_ID_HEADER } from './peer-client.js';
 import type { GitService } from './router.js';
 
-const { Git, infoResponse } = nodeGitServer;
-
 // Git's smart HTTP. The router has already validated the name and checked that the repo exists.
 //
-// info/refs goes through node-git-server's infoResponse (autoCreate off, so it can never create a
-// repo): it reads no request body, and it works.
+// Both halves are our own spawns of git, as git http-backend runs them: the ref advertisement
+// (GET info/refs) is `git <service> --stateless-rpc --advertise-refs <dir>`, the RPC POSTs
+// (upload-pack, receive-pack) `git <service> --stateless-rpc <dir>`. Each gets the client's
+// `Git-Protocol` header as GIT_PROTOCOL when it is plausible (lib/git-protocol.ts), which is what
+// lets clients speak protocol v2 (ls-refs with ref prefixes instead of every ref on every fetch).
 //
-// The RPC POSTs (upload-pack, receive-pack) are our own spawn of `git <service> --stateless-rpc <dir>`,
-// not node-git-server's Service. Service cannot be fixed by wrapping: it pipes the request into zlib
-// before we get a say (a gzip body that is not gzip threw an unhandled error and ended the process;
-// `deflate` was compressed instead of inflated), runs a quadratic regular expression over the first
-// chunk (64 KB of junk held the event loop ~5 s), starts git before any byte arrives, and waits for
-// push/fetch events that never fire for refs outside heads/tags. Here instead:
+// node-git-server served info/refs until it had to pass that header on: its infoResponse spawns
+// git with the node's own environment and no way to add to it, and always writes the
+// `# service=...` line, which a v2 answer must not have (http-backend.c get_info_refs). A subclass
+// cannot reach either (infoResponse is a free function of its util module), so that one route is
+// ours too, rather than a patch-package patch of the dependency.
+//
+// The RPC POSTs replaced node-git-server's Service, which cannot be fixed by wrapping: it pipes the
+// request into zlib before we get a say (a gzip body that is not gzip threw an unhandled error and
+// ended the process; `deflate` was compressed instead of inflated), runs a quadratic regular
+// expression over the first chunk (64 KB of junk held the event loop ~5 s), starts git before any
+// byte arrives, and waits for push/fetch events that never fire for refs outside heads/tags. Here
+// instead:
 // - the body is decoded by us (gzip, deflate = zlib inflate) with an error handler on every stream;
 //   a body that fails to decode is a 400, an unknown content-encoding a 415;
 // - the request head (pkt-lines up to the first flush) is checked by a linear, capped scanner
@@ -54,11 +62,13 @@ interface ReceivePack {
 }
 
 export class GitHttp {
-  private readonly git: InstanceType<typeof Git>;
+  private readonly repoPath: (repoId: string) => string;
   private readonly logger: Logger;
   private readonly limits: GitHttpLimits;
   private readonly slots: GitSlots;
   private readonly running = new Set<ChildProcess>();
+  /** Gits writing a ref advertisement: not capped (they read no body and end by themselves), stopped at shutdown. */
+  private readonly advertising = new Set<ChildProcess>();
   /** receive-pack processes by pid: the pre-receive hook names its parent, and a push's own commit waits for its exit. */
   private readonly receivePacks = new Map<number, ReceivePack>();
 
@@ -66,8 +76,7 @@ export class GitHttp {
     this.logger = logger;
     this.limits = limits;
     this.slots = new GitSlots(limits.maxProcesses, limits.maxProcessesPerClient);
-    this.git = new Git((repo?: string) => repoPath(repo ?? ''), { autoCreate: false });
-    this.git.on('error', (err: Error) => this.logger.warn('git server error', { err: err.message }));
+    this.repoPath = repoPath;
   }
 
   /** Number of git RPC processes serving requests right now. */
@@ -76,24 +85,59 @@ export class GitHttp {
   }
 
   infoRefs(req: http.IncomingMessage, res: http.ServerResponse, repoId: string, service: GitService): void {
-    // infoResponse pipes git's stdout into the response without keeping the process; the 'pipe'
-    // event hands us the stream, and destroying it on an early close ends git with SIGPIPE.
-    res.once('pipe', (source: Readable) => {
-      res.once('close', () => {
-        if (!res.writableFinished) source.destroy();
-      });
-    });
-    infoResponse(this.git, repoId, service, req, res);
+    this.prepareInfoRefs(req, repoId, service).send(res);
   }
 
   /**
    * Starts the ref advertisement before we know whether to serve it (the read's freshness check runs
    * meanwhile): git's start-up and the peers' round trip overlap instead of adding up. Its output is
    * held until `send`; `discard` ends git unread.
+   *
+   * What git http-backend answers (http-backend.c get_info_refs): no-cache headers, the
+   * `# service=git-<service>` pkt-line and a flush unless the client asked for protocol v2, then
+   * `git <service> --advertise-refs` run with the client's GIT_PROTOCOL, which for v2 is
+   * upload-pack's capability advertisement instead of the refs.
    */
   prepareInfoRefs(req: http.IncomingMessage, repoId: string, service: GitService): PendingAdvertisement {
     const pending = new PendingAdvertisement();
-    infoResponse(this.git, repoId, service, req, pending as unknown as http.ServerResponse);
+    const dir = this.repoPath(repoId);
+    // The router checked the repo; a delete committed since then leaves nothing for git to read.
+    if (!existsSync(dir)) {
+      pending.statusCode = 404;
+      pending.setHeader('content-type', 'text/plain');
+      pending.end('repository not found');
+      return pending;
+    }
+    const gitProtocol = gitProtocolEnv(req.headers['git-protocol']);
+    if (gitProtocol === undefined && req.headers['git-protocol'] !== undefined) {
+      this.logger.debug('ignoring an implausible Git-Protocol header; serving protocol v0', { service });
+    }
+    pending.setHeader('content-type', `application/x-git-${service}-advertisement`);
+    pending.setHeader('expires', 'Fri, 01 Jan 1980 00:00:00 GMT');
+    pending.setHeader('pragma', 'no-cache');
+    pending.setHeader('cache-control', 'no-cache, max-age=0, must-revalidate');
+    if (advertisementHasServiceLine(gitProtocol)) pending.write(`${pktLine(`# service=git-${service}\n`)}0000`);
+    const child = spawn('git', [service, '--stateless-rpc', '--advertise-refs', dir], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      ...(gitProtocol === undefined ? {} : { env: { ...process.env, GIT_PROTOCOL: gitProtocol } }),
+    });
+    this.advertising.add(child);
+    let stderr = '';
+    child.stderr!.on('data', (c: Buffer) => {
+      if (stderr.length < 2048) stderr += c.toString('utf8');
+    });
+    child.on('error', (err) => {
+      this.advertising.delete(child);
+      this.logger.warn('git could not be started', { service, err: err.message });
+      pending.destroy();
+    });
+    child.stdout!.on('error', (err) => this.logger.debug('git stdout closed', { err: err.message }));
+    child.once('exit', (code, signal) => {
+      this.advertising.delete(child);
+      // SIGTERM is ours: the advertisement was not wanted, or its client went away.
+      if (code !== 0 && signal !== 'SIGTERM') this.logger.warn('git exited with an error', { service, code, signal, stderr: stderr.trim().slice(0, 500) });
+    });
+    pending.attach(child);
     return pending;
   }
 
@@ -113,7 +157,8 @@ export class GitHttp {
       const what = slot.refused === 'node' ? 'this node serves' : 'this node serves one client';
       return this.refuse(req, res, new QuorumGitError('git_busy', `${what} at most ${slot.refused === 'node' ? this.limits.maxProcesses : this.limits.maxProcessesPerClient} git requests at once; retry in ${GIT_BUSY_RETRY_AFTER_S} s`));
     }
-    const dir = this.git.dirMap(repoId);
+    const dir = this.repoPath(repoId);
+    const gitProtocol = gitProtocolEnv(req.headers['git-protocol']);
     return new Promise<void>((resolve, reject) => {
       let child: ChildProcess | undefined;
       let settled = false;
@@ -163,7 +208,7 @@ export class GitHttp {
 
       const scanner = new RequestHeadScanner(service, this.limits.maxHeadBytes);
       let held: Buffer[] = [];
-      const start = (): void => this.startRpc(service, dir, log, gate, res, (c) => (child = c), slot.release, arm, origin);
+      const start = (): void => this.startRpc(service, dir, gitProtocol, log, gate, res, (c) => (child = c), slot.release, arm, origin);
       const gate = new Transform({
         transform(chunk: Buffer, _encoding, done) {
           if (scanner.state.state === 'more') {
@@ -223,14 +268,19 @@ export class GitHttp {
   }
 
   /** Spawns git for an RPC whose first command has arrived; its stdin is what `body` passes on. */
-  private startRpc(service: GitService, dir: string, log: Logger, body: Readable, res: http.ServerResponse, started: (child: ChildProcess) => void, release: () => void, progress: () => void, origin: unknown): void {
+  private startRpc(service: GitService, dir: string, gitProtocol: string | undefined, log: Logger, body: Readable, res: http.ServerResponse, started: (child: ChildProcess) => void, release: () => void, progress: () => void, origin: unknown): void {
     res.setHeader('content-type', `application/x-git-${service}-result`);
     res.setHeader('cache-control', 'no-cache, max-age=0, must-revalidate');
     // `git <service>` runs the builtin in this very process, so child.pid is the pid the pre-receive
-    // hook reports as its parent. The environment is process.env (hooks path, config).
-    // A push's request id goes to its pre-receive hook, which sends it back with the push (lib/hooks.ts).
+    // hook reports as its parent. The environment is process.env (hooks path, config), the client's
+    // protocol version (a v2 request is answered by v2's serve loop, not v0's negotiation), and for a
+    // push its request id, which the pre-receive hook sends back with the push (lib/hooks.ts).
     const requestId = res.getHeader(REQUEST_ID_HEADER);
-    const env = service === 'receive-pack' && typeof requestId === 'string' ? { ...process.env, [REQUEST_ID_ENV]: requestId } : process.env;
+    const env = {
+      ...process.env,
+      ...(gitProtocol === undefined ? {} : { GIT_PROTOCOL: gitProtocol }),
+      ...(service === 'receive-pack' && typeof requestId === 'string' ? { [REQUEST_ID_ENV]: requestId } : {}),
+    };
     const child = spawn('git', [service, '--stateless-rpc', dir], { stdio: ['pipe', 'pipe', 'pipe'], env });
     started(child);
     this.running.add(child);
@@ -296,29 +346,41 @@ export class GitHttp {
 
   /** Stops every git process still running (node shutdown). */
   killAll(): void {
-    for (const child of this.running) child.kill('SIGTERM');
+    for (const child of [...this.running, ...this.advertising]) child.kill('SIGTERM');
   }
 }
 
+/** One pkt-line (gitprotocol-common(5)): four hex digits of length, the payload's own four included. */
+function pktLine(payload: string): string {
+  return `${(Buffer.byteLength(payload) + 4).toString(16).padStart(4, '0')}${payload}`;
+}
+
 /**
- * What node-git-server's infoResponse writes to (it sets headers and a status, writes the service
- * line and pipes git's stdout), held back until the advertisement is wanted.
+ * A ref advertisement being written by its git (status, headers, the service line, then git's
+ * stdout), held back until it is wanted.
  */
 export class PendingAdvertisement extends PassThrough {
   statusCode = 200;
   private readonly headers = new Map<string, string | number | readonly string[]>();
-  private source: Readable | undefined;
+  private child: ChildProcess | undefined;
 
   constructor() {
     // Unbounded until sent: git's advertisement is the repo's ref list, and git is stopped anyway
     // if the client goes away or the advertisement is dropped.
     super({ highWaterMark: 1 << 20 });
-    this.on('pipe', (source: Readable) => (this.source = source));
+    // Nothing is written here after discard (git's stdout is unpiped first); this is the backstop.
+    this.on('error', () => undefined);
   }
 
   setHeader(name: string, value: string | number | readonly string[]): this {
     this.headers.set(name, value);
     return this;
+  }
+
+  /** Takes `child`'s stdout as the rest of the advertisement; `discard` stops it. */
+  attach(child: ChildProcess): void {
+    this.child = child;
+    child.stdout!.pipe(this);
   }
 
   /** Sends what git wrote, and the rest as it comes; git is stopped if the client goes away. */
@@ -328,12 +390,23 @@ export class PendingAdvertisement extends PassThrough {
     res.once('close', () => {
       if (!res.writableFinished) this.discard();
     });
+    // Cut short (git could not be started, or discarded): the client sees the connection drop
+    // rather than wait for an end that never comes.
+    if (this.destroyed) {
+      res.destroy();
+      return;
+    }
+    this.once('close', () => {
+      if (!res.writableEnded) res.destroy();
+    });
     this.pipe(res);
   }
 
-  /** Not wanted after all: git is stopped (its pipe closes under it). */
+  /** Not wanted after all, or its client went away: git is stopped. */
   discard(): void {
-    this.source?.destroy();
+    const child = this.child;
+    if (child && child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+    child?.stdout?.unpipe(this);
     this.destroy();
   }
 }

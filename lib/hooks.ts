@@ -75,12 +75,24 @@ export function applyGitEnvironment(env: NodeJS.ProcessEnv, hooksDir: string, li
     // crash: git's default hardens packs only, so pack indexes and refs are fsynced too (each
     // node's txn log says "committed" only after git moved the refs).
     ['core.fsync', 'committed,pack-metadata,reference'],
+    // Partial clones (`git clone --filter=blob:none`, `tree:0`): without allowFilter upload-pack
+    // does not advertise `filter`, and the client says "filtering not recognized by server" and
+    // takes every object. A partial clone later fetches the objects it lacks by id: protocol v2
+    // serves any object by id anyway (upload-pack.c parse_want), a v0 client asks only if the
+    // server advertises allow-reachable-sha1-in-want ("Server does not allow request for
+    // unadvertised object" otherwise). Reachable rather than Any: v0 then serves nothing that
+    // no ref (hidden ones included) leads to, such as the objects of a refused push.
+    ['uploadpack.allowFilter', 'true'],
+    ['uploadpack.allowReachableSHA1InWant', 'true'],
   ];
   // An oversized push is refused by receive-pack (index-pack) while it arrives, with git's own
   // message naming the limit, instead of being taken into quarantine in full and then refused by
   // the peers (MAX_PACK_BYTES).
   if (limits.maxInputSizeBytes !== undefined) settings.push(['receive.maxInputSize', String(limits.maxInputSizeBytes)]);
   addGitConfig(env, settings);
+  // The protocol version is the client's (its Git-Protocol header, lib/git-http.ts), never one this
+  // node happened to be started with.
+  delete env.GIT_PROTOCOL;
 }
 
 /** Appends `key=value` pairs to the GIT_CONFIG_COUNT/KEY/VALUE environment of git >= 2.31. */

@@ -6,7 +6,7 @@ import { killLeftoverGits, removeGitLeftovers } from './stale-git.js';
 
 // Where repositories live on disk, and the file-system half of create and delete.
 //
-//   DATA_DIR/repos/<owner>/<name>.git   served: the only tree node-git-server ever sees
+//   DATA_DIR/repos/<owner>/<name>.git   served: the only tree smart HTTP ever reads
 //   DATA_DIR/staging/<txnId>.git        prepared creates: complete bare repos, invisible and unclonable
 //   DATA_DIR/trash/<id>                 deleted repos on their way out
 //   DATA_DIR/template.git               made once by `git init --bare`; every create copies it
