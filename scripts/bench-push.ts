@@ -99,6 +99,7 @@ async function main(): Promise<void> {
   const projectRoot = path.join(work, 'git-root');
   await fs.mkdir(projectRoot, { recursive: true });
   const backend = await startHttpBackend(work, projectRoot, serverEnv);
+  if (serverEnv.HOME === undefined) throw new Error('benchGitEnvs gave the server no HOME');
   const serverGitEnv = gitClientEnv(serverEnv.HOME, {});
   let httpRepos = 0;
   const newHttpRepo = async (): Promise<string> => {
