@@ -37,6 +37,10 @@ describe('git refs read from files', () => {
   });
 
   it('leaves odd names to git rather than reading outside refs/', async () => {
+    // A file outside refs/ that holds an object id, as a ref file would: only the `..` guard keeps it
+    // from being read as the value of `refs/heads/../../outside`.
+    await fs.writeFile(path.join(repo, 'outside'), `${'a'.repeat(40)}\n`);
+    expect(await readRefValues(repo, ['refs/heads/../../outside'])).to.deep.equal({});
     expect(await readRefValues(repo, ['refs/heads/../../HEAD'])).to.deep.equal({});
   });
 
