@@ -1,7 +1,8 @@
 import { expect } from 'chai';
+import { spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import ts from 'typescript';
 
 // Every timer and every reading of the time in the node goes through the Clock handed down from the
@@ -152,5 +153,20 @@ describe('clock use in lib/', () => {
   it('lists in ALLOWED_NEW_DATE only uses that still exist', () => {
     const stale = ALLOWED_NEW_DATE.filter((a) => !readFileSync(path.join(ROOT, a.file), 'utf8').includes(a.text));
     expect(stale).to.deep.equal([]);
+  });
+});
+
+describe('systemClock', () => {
+  const CLOCK_URL = pathToFileURL(path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'lib', 'clock.js')).href;
+  /** A fresh node process whose only pending work is one sleep on the system clock; its stdout. */
+  const onlySleep = (options: string): string =>
+    spawnSync(process.execPath, ['--input-type=module', '-e', `const { sleep, systemClock } = await import(${JSON.stringify(CLOCK_URL)}); sleep(systemClock, 20, ${options}).then(() => console.log('woke'));`], {
+      encoding: 'utf8',
+      timeout: 30_000,
+    }).stdout;
+
+  it('does not hold a process open for a pending timer, unless asked to (keepAlive, for waits before the node listens)', () => {
+    expect(onlySleep('{}')).to.equal('');
+    expect(onlySleep('{ keepAlive: true }')).to.equal('woke\n');
   });
 });
