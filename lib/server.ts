@@ -12,7 +12,7 @@ import { RepoStore } from './repo-store.js';
 import { GitReplica } from './replica.js';
 import { TXN_ID, route, type Route } from './router.js';
 import { compareVersions, type NodeId, type TxnMessage, type TxnOp } from './txn-core.js';
-import { systemClock, type Clock } from './clock.js';
+import { sleep, systemClock, type Clock } from './clock.js';
 import { TxnDriver } from './txn-driver.js';
 import { TxnLog } from './txn-log.js';
 import { createWriteStream, promises as fsp } from 'node:fs';
@@ -76,7 +76,8 @@ export class QuorumGitNode {
   private readonly proxyAgent = peerAgent(256);
   private readonly server: http.Server;
   private readonly peers = new Map<NodeId, PeerStatus>();
-  private readonly timers: NodeJS.Timeout[] = [];
+  /** The background loops' next timers (see every()), cleared by stop(). */
+  private readonly loops: { timer?: unknown }[] = [];
   private cpuSample = os.cpus().map((c) => c.times);
   private cpuPercent = 0;
   /** Background tasks in flight, awaited by stop(). */
@@ -90,16 +91,16 @@ export class QuorumGitNode {
     this.config = config;
     this.logger = logger;
     this.clock = clock;
-    this.store = new RepoStore(config.dataDir);
-    this.maintenance = new Maintenance({ repoPath: (repoId) => this.store.repoPath(repoId), logger, delayMs: config.gcDelayMs });
+    this.store = new RepoStore(config.dataDir, { clock });
+    this.maintenance = new Maintenance({ repoPath: (repoId) => this.store.repoPath(repoId), logger, delayMs: config.gcDelayMs, clock });
     this.txnLog = new TxnLog(config.dataDir);
-    this.client = new PeerClient({ secret: config.clusterSecret, requestTimeoutMs: config.peerTimeoutMs });
+    this.client = new PeerClient({ secret: config.clusterSecret, requestTimeoutMs: config.peerTimeoutMs, clock });
     this.driver = new TxnDriver({
       self: config.selfUrl,
       peers: config.peerUrls,
       quorum: config.quorum,
       log: this.txnLog,
-      replica: new GitReplica(this.store, logger),
+      replica: new GitReplica(this.store, logger, clock),
       transport: this.client,
       logger,
       clock,
@@ -113,7 +114,7 @@ export class QuorumGitNode {
       bodyIdleTimeoutMs: config.gitBodyIdleTimeoutMs,
       maxProcesses: config.maxGitProcesses,
       maxProcessesPerClient: config.maxGitProcessesPerClient,
-    });
+    }, clock);
     this.pushService = new PushService({
       driver: this.driver,
       store: this.store,
@@ -123,6 +124,7 @@ export class QuorumGitNode {
       limits: { maxRefsPerPush: config.maxRefsPerPush, inlinePackMaxBytes: INLINE_PACK_MAX_BYTES, pushLockTimeoutMs: config.pushLockTimeoutMs, localApplyTimeoutMs: config.commitTimeoutMs * 10 },
       newTxnId: () => `${config.serverId}-${clock.now().toString(36)}-${randomBytes(6).toString('hex')}`,
       receivePackExit: (pid) => this.gitHttp.receivePackExit(pid),
+      clock,
     });
     this.catchUpper = new CatchUp({
       driver: this.driver,
@@ -132,6 +134,7 @@ export class QuorumGitNode {
       peers: config.peerUrls,
       secret: config.clusterSecret,
       timeoutMs: config.catchUpTimeoutMs,
+      clock,
     });
     // Streams both ways without buffering; no timeout of its own (a long clone is not an error).
     this.proxy = createProxyServer({ agent: this.proxyAgent, xfwd: true });
@@ -164,11 +167,15 @@ export class QuorumGitNode {
     this.every(1000, async () => this.sampleCpu());
   }
 
-  /** Runs `task` now and then every `ms`, never two at once. */
+  /** Runs `task` now and then every `ms` (a timeout on the clock, re-armed at each tick), never two at once. */
   private every(ms: number, task: () => Promise<unknown>): void {
     let running = false;
+    const loop: { timer?: unknown } = {};
+    this.loops.push(loop);
     const tick = (): void => {
-      if (running || this.stopping) return;
+      if (this.stopping) return;
+      loop.timer = this.clock.setTimeout(tick, ms);
+      if (running) return;
       running = true;
       const done = task()
         .catch((err) => this.logger.warn('background task failed', { err: (err as Error).message }))
@@ -179,7 +186,6 @@ export class QuorumGitNode {
       this.background.add(done);
     };
     tick();
-    this.timers.push(setInterval(tick, ms));
   }
 
   private async catchUp(): Promise<void> {
@@ -242,7 +248,7 @@ export class QuorumGitNode {
 
   async stop(): Promise<void> {
     this.stopping = true;
-    for (const t of this.timers) clearInterval(t);
+    for (const loop of this.loops) this.clock.clearTimeout(loop.timer);
     this.gitHttp.killAll();
     this.maintenance.stop();
     this.driver.close();
@@ -566,7 +572,7 @@ export class QuorumGitNode {
     // loser then finds the winner's repo (repo_exists).
     let result = await this.driver.runTxn(op, requestId);
     for (let attempt = 1; attempt <= BUSY_RETRIES && result.outcome === 'aborted' && result.code === 'repo_busy'; attempt += 1) {
-      await new Promise((resolve) => setTimeout(resolve, randomInt(BUSY_BACKOFF_MS * attempt, BUSY_BACKOFF_MS * attempt * 3)));
+      await sleep(this.clock, randomInt(BUSY_BACKOFF_MS * attempt, BUSY_BACKOFF_MS * attempt * 3));
       result = await this.driver.runTxn(op, requestId);
     }
     if (result.outcome === 'aborted') {
