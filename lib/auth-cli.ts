@@ -1,5 +1,6 @@
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { systemClock } from './clock.js';
 import {
   PASSWORD_MAX_BYTES,
   TOKEN_NAME,
@@ -33,7 +34,7 @@ export interface CliIo {
 }
 
 export function cliIo(): CliIo {
-  return { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr, env: process.env, now: () => Date.now() };
+  return { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr, env: process.env, now: () => systemClock.now() };
 }
 
 export const USER_USAGE = [

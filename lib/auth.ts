@@ -1,7 +1,7 @@
 import { createHash, createHmac, randomBytes, scrypt, timingSafeEqual } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import type { Clock } from './clock.js';
+import { sleep, systemClock, type Clock } from './clock.js';
 import { syncDir } from './durable-fs.js';
 import { QuorumGitError } from './errors.js';
 import type { Logger } from './logger.js';
@@ -315,17 +315,18 @@ const LOCK_POLL_MS = 50;
  * Read, change, write under `<file>.lock` (created exclusively), so two CLI runs at once never lose
  * one's change. A missing file reads as empty. `change` throws to leave the file as it was.
  */
-export async function updateUsersFile<T>(file: string, change: (users: UsersFile) => T | Promise<T>): Promise<T> {
+export async function updateUsersFile<T>(file: string, change: (users: UsersFile) => T | Promise<T>, clock: Clock = systemClock): Promise<T> {
   const lock = `${file}.lock`;
-  const deadline = Date.now() + LOCK_WAIT_MS;
+  const deadline = clock.now() + LOCK_WAIT_MS;
   for (;;) {
     try {
       await (await fs.open(lock, 'wx', 0o600)).close();
       break;
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-      if (Date.now() >= deadline) throw new Error(`${lock} exists: another quorum-git is changing the users file (if none is, remove the lock file)`);
-      await new Promise((resolve) => setTimeout(resolve, LOCK_POLL_MS));
+      if (clock.now() >= deadline) throw new Error(`${lock} exists: another quorum-git is changing the users file (if none is, remove the lock file)`);
+      // A CLI run waits here with nothing else pending: the timer must hold the process open.
+      await sleep(clock, LOCK_POLL_MS, { keepAlive: true });
     }
   }
   try {

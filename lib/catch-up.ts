@@ -1,4 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
+import { systemClock, type Clock } from './clock.js';
 import {
   FETCH_NAMESPACE_PREFIX,
   LOST_FOUND_PREFIX,
@@ -50,8 +51,8 @@ export interface CatchUpOptions {
   peers: readonly NodeId[];
   secret: string;
   timeoutMs: number;
-  /** Wall clock for stamps and failure times; Date.now unless a spec injects one. */
-  now?: () => number;
+  /** The node's clock (default the system's): stamps, failure times, the lost-objects walk's timeout. */
+  clock?: Clock;
   /** Default NOT_CONVERGING_AFTER_FAILURES. */
   notConvergingAfterFailures?: number;
   /**
@@ -77,16 +78,14 @@ type CopyResult = 'moved' | 'skipped';
 
 export class CatchUp {
   private readonly options: CatchUpOptions;
+  private readonly clock: Clock;
   private readonly running = new Map<string, Promise<boolean>>();
   /** Consecutive failures per repo; an entry goes with the first success. */
   private readonly failing = new Map<string, { failures: number; sinceMs: number; lastError: string }>();
 
   constructor(options: CatchUpOptions) {
     this.options = options;
-  }
-
-  private now(): number {
-    return (this.options.now ?? Date.now)();
+    this.clock = options.clock ?? systemClock;
   }
 
   private get threshold(): number {
@@ -97,7 +96,7 @@ export class CatchUp {
   request(repoId: string): Promise<boolean> {
     let run = this.running.get(repoId);
     if (!run) {
-      const started = performance.now();
+      const started = this.clock.now();
       run = this.run(repoId)
         .then(
           (result) => {
@@ -134,12 +133,12 @@ export class CatchUp {
   }
 
   private observed(mode: CatchUpMode, result: CatchUpResult, startedMs: number): void {
-    this.options.observe?.(mode, result, (performance.now() - startedMs) / 1000);
+    this.options.observe?.(mode, result, (this.clock.now() - startedMs) / 1000);
   }
 
   private failed(repoId: string, err: unknown): void {
     const message = err instanceof Error ? err.message : String(err);
-    const f = this.failing.get(repoId) ?? { failures: 0, sinceMs: this.now(), lastError: message };
+    const f = this.failing.get(repoId) ?? { failures: 0, sinceMs: this.clock.now(), lastError: message };
     f.failures += 1;
     f.lastError = message;
     this.failing.set(repoId, f);
@@ -181,7 +180,7 @@ export class CatchUp {
    */
   async verify(repoIds: readonly string[]): Promise<void> {
     for (const repoId of repoIds) {
-      const started = performance.now();
+      const started = this.clock.now();
       try {
         const result = await this.verifyOne(repoId);
         this.observed('repair', result, started);
@@ -237,7 +236,7 @@ export class CatchUp {
         return;
       }
       const repoPath = this.options.store.repoPath(repoId);
-      const stamp = `${mine.epoch}.${mine.generation}-${this.now()}-${randomBytes(3).toString('hex')}`;
+      const stamp = `${mine.epoch}.${mine.generation}-${this.clock.now()}-${randomBytes(3).toString('hex')}`;
       const namespace = `${FETCH_NAMESPACE_PREFIX}${stamp}/`;
       // A node that died mid-copy left its namespace behind; only copies (under this lock) make one.
       await deleteRefsUnder(repoPath, FETCH_NAMESPACE_PREFIX);
@@ -249,7 +248,7 @@ export class CatchUp {
         const before = await readRefs(repoPath);
         const leaving = Object.entries(before).filter(([ref, oid]) => target[ref] !== oid);
         // Our old refs still exist here, so this is the exact set the final refs would drop.
-        const lost = await unreachableTips(repoPath, leaving.map(([, oid]) => oid), Object.values(target), this.options.timeoutMs);
+        const lost = await unreachableTips(repoPath, leaving.map(([, oid]) => oid), Object.values(target), this.options.timeoutMs, this.clock);
         const kept = leaving.filter(([, oid]) => lost.has(oid));
         const keep = kept.map(([ref, oid]) => `create ${LOST_FOUND_PREFIX}${stamp}/${ref.slice('refs/'.length)} ${oid}`);
         const deletes = Object.entries(before).filter(([ref]) => target[ref] === undefined).map(([ref, oid]) => `delete ${ref} ${oid}`);

@@ -1,3 +1,5 @@
+import { sleep, systemClock, type Clock } from './clock.js';
+
 // Named failpoints: places in the two-phase commit where a test can make a real node crash, fail or
 // stall, to prove that what a crash there leaves behind is recovered. Off by default and free when off:
 // the table below is empty unless the node was started with FAILPOINTS set, and the hot path is one
@@ -126,8 +128,8 @@ export function failpointAction(name: FailpointName): FailpointAction | undefine
   return active.get(name);
 }
 
-/** Crash, throw or wait as the failpoint `name` says; resolves at once when it is off. */
-export async function hit(name: FailpointName): Promise<void> {
+/** Crash, throw or wait (on `clock`) as the failpoint `name` says; resolves at once when it is off. */
+export async function hit(name: FailpointName, clock: Clock = systemClock): Promise<void> {
   const action = active.get(name);
   if (action === undefined) return;
   switch (action.kind) {
@@ -141,7 +143,8 @@ export async function hit(name: FailpointName): Promise<void> {
     case 'error':
       throw new FailpointError(name);
     case 'delay':
-      await new Promise<void>((resolve) => setTimeout(resolve, action.delayMs));
+      // Held open: a delay can fire while the node replays its log at start, before it listens.
+      await sleep(clock, action.delayMs, { keepAlive: true });
       return;
   }
 }

@@ -3,6 +3,7 @@ import { existsSync } from 'node:fs';
 import type http from 'node:http';
 import { PassThrough, Transform, type Readable } from 'node:stream';
 import zlib from 'node:zlib';
+import { systemClock, type Clock } from './clock.js';
 import { QuorumGitError } from './errors.js';
 import { advertisementHasServiceLine, gitProtocolEnv } from './git-protocol.js';
 import { GitSlots, RequestHeadScanner, bodyDecoding } from './git-rpc.js';
@@ -72,7 +73,10 @@ export class GitHttp {
   /** receive-pack processes by pid: the pre-receive hook names its parent, and a push's own commit waits for its exit. */
   private readonly receivePacks = new Map<number, ReceivePack>();
 
-  constructor(repoPath: (repoId: string) => string, logger: Logger, limits: GitHttpLimits) {
+  private readonly clock: Clock;
+
+  constructor(repoPath: (repoId: string) => string, logger: Logger, limits: GitHttpLimits, clock: Clock = systemClock) {
+    this.clock = clock;
     this.logger = logger;
     this.limits = limits;
     this.slots = new GitSlots(limits.maxProcesses, limits.maxProcessesPerClient);
@@ -169,12 +173,12 @@ export class GitHttp {
         else reject(err);
       };
       const hookStarted = (): boolean => child?.pid !== undefined && this.receivePacks.get(child.pid)?.hookStarted === true;
-      let timer: NodeJS.Timeout | undefined;
+      let timer: unknown;
 
       // Ends the request with `err`: answered when nothing was sent yet, else cut off. git is
       // stopped unless the push is already in its hook (then it runs to its end on its own).
       const abort = (err: QuorumGitError): void => {
-        if (timer) clearTimeout(timer);
+        if (timer) this.clock.clearTimeout(timer);
         timer = undefined;
         if (child && child.exitCode === null && child.signalCode === null && !hookStarted()) child.kill('SIGTERM');
         if (!res.headersSent && !settled) {
@@ -190,8 +194,8 @@ export class GitHttp {
       // One timer for "no progress": no body byte while the body is still coming, or no byte taken
       // by a client that has stopped reading. git thinking quietly (a large pack, the hook) is not idle.
       const arm = (): void => {
-        if (timer) clearTimeout(timer);
-        timer = setTimeout(() => {
+        if (timer) this.clock.clearTimeout(timer);
+        timer = this.clock.setTimeout(() => {
           timer = undefined;
           if (!req.complete) {
             log.warn('git request body stalled; ending it', { service, client, idle_ms: this.limits.bodyIdleTimeoutMs });
@@ -247,7 +251,7 @@ export class GitHttp {
       }
 
       res.once('close', () => {
-        if (timer) clearTimeout(timer);
+        if (timer) this.clock.clearTimeout(timer);
         timer = undefined;
         if (child === undefined) slot.release();
         if (!res.writableFinished && child && child.exitCode === null && child.signalCode === null) {

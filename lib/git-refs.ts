@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, promises as fs, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { sleep, type Clock } from './clock.js';
 import { runGit } from './git.js';
 import { ZERO_OID, type RefUpdate } from './txn-core.js';
 import { syncDir } from './durable-fs.js';
@@ -138,13 +139,13 @@ export async function applyUpdates(repoPath: string, updates: readonly RefUpdate
  * it refuse the push after the peers had committed it. A git that holds a lock for a moment (gc
  * packing refs) lets go well within the wait, as git's own lock retry expects.
  */
-export async function expectRefsUnlocked(repoPath: string, refs: readonly string[], waitMs: number): Promise<void> {
-  const deadline = Date.now() + waitMs;
+export async function expectRefsUnlocked(repoPath: string, refs: readonly string[], waitMs: number, clock: Clock): Promise<void> {
+  const deadline = clock.now() + waitMs;
   for (;;) {
     const locked = refs.filter((ref) => existsSync(path.join(repoPath, `${ref}.lock`)));
     if (locked.length === 0) return;
-    if (Date.now() >= deadline) throw new Error(`ref locked by another git (a stale lock file?): ${locked.map((r) => `${r}.lock`).join(', ')}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
+    if (clock.now() >= deadline) throw new Error(`ref locked by another git (a stale lock file?): ${locked.map((r) => `${r}.lock`).join(', ')}`);
+    await sleep(clock, 10);
   }
 }
 
@@ -319,7 +320,7 @@ export async function deleteRefsUnder(repoPath: string, prefix: string): Promise
  * output (every lost object) is streamed and only compared, never held. A failure rejects: the
  * caller must not take "could not tell" for "nothing lost".
  */
-export function unreachableTips(repoPath: string, tips: readonly string[], keep: readonly string[], timeoutMs: number): Promise<Set<string>> {
+export function unreachableTips(repoPath: string, tips: readonly string[], keep: readonly string[], timeoutMs: number, clock: Clock): Promise<Set<string>> {
   const wanted = new Set(tips);
   const lost = new Set<string>();
   if (wanted.size === 0) return Promise.resolve(lost);
@@ -328,7 +329,7 @@ export function unreachableTips(repoPath: string, tips: readonly string[], keep:
     const child = spawn('git', ['rev-list', '--objects', '--stdin'], { cwd: repoPath, stdio: ['pipe', 'pipe', 'pipe'] });
     let partial = '';
     let stderr = '';
-    const timer = setTimeout(() => {
+    const timer = clock.setTimeout(() => {
       stderr += `timed out after ${timeoutMs} ms`;
       child.kill('SIGKILL');
     }, timeoutMs);
@@ -342,11 +343,11 @@ export function unreachableTips(repoPath: string, tips: readonly string[], keep:
     });
     child.stderr.on('data', (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-4000)));
     child.on('error', (err) => {
-      clearTimeout(timer);
+      clock.clearTimeout(timer);
       reject(err);
     });
     child.on('close', (code) => {
-      clearTimeout(timer);
+      clock.clearTimeout(timer);
       if (code !== 0) return reject(new Error(`git rev-list failed: ${stderr.trim() || `exit ${code}`}`));
       const last = partial.split(' ', 1)[0]!;
       if (wanted.has(last)) lost.add(last);

@@ -1,3 +1,5 @@
+import { systemClock, type Clock } from './clock.js';
+
 // One holder per key at a time, in arrival order, with a bounded wait. Pushes to one repo hold it from
 // the pre-receive hook until their own replica has applied the refs.
 
@@ -11,6 +13,8 @@ export class LockTimeoutError extends Error {
 export class KeyedLock {
   private readonly tails = new Map<string, Promise<void>>();
 
+  constructor(private readonly clock: Clock = systemClock) {}
+
   /** Resolves with a release function once the key is ours; rejects after `timeoutMs`. */
   async acquire(key: string, timeoutMs: number): Promise<() => void> {
     const previous = this.tails.get(key) ?? Promise.resolve();
@@ -21,10 +25,10 @@ export class KeyedLock {
     void tail.then(() => {
       if (this.tails.get(key) === tail) this.tails.delete(key);
     });
-    let timer: NodeJS.Timeout | undefined;
-    const timedOut = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), timeoutMs)));
+    let timer: unknown;
+    const timedOut = new Promise<'timeout'>((resolve) => (timer = this.clock.setTimeout(() => resolve('timeout'), timeoutMs)));
     const outcome = await Promise.race([previous.then(() => 'ours' as const), timedOut]);
-    clearTimeout(timer);
+    this.clock.clearTimeout(timer);
     if (outcome === 'timeout') {
       // Give our turn away as soon as it comes, so later waiters are not blocked by us.
       void previous.then(release);

@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { systemClock, type Clock } from './clock.js';
 import type { Logger } from './logger.js';
 
 // Housekeeping of every replica's object store, off the push's critical path. receive-pack's own
@@ -10,35 +11,20 @@ import type { Logger } from './logger.js';
 // Objects of a prepared push are unreferenced until the commit; gc keeps unreferenced objects for
 // gc.pruneExpire (two weeks), so it never takes them from under a transaction.
 
-/** The timers Maintenance uses (the node's clock fits); specs pass manual ones. */
-export interface MaintenanceTimers {
-  setTimeout(fn: () => void, ms: number): unknown;
-  clearTimeout(handle: unknown): void;
-}
-
-/** Real timers, unref'd: a pending gc never keeps a stopping process alive. */
-const realTimers: MaintenanceTimers = {
-  setTimeout(fn, ms) {
-    const timer = setTimeout(fn, ms);
-    timer.unref();
-    return timer;
-  },
-  clearTimeout: (handle) => clearTimeout(handle as NodeJS.Timeout),
-};
-
 export interface MaintenanceOptions {
   repoPath: (repoId: string) => string;
   logger: Logger;
   /** Quiet time after the last write to a repo before its gc --auto runs. */
   delayMs: number;
-  timers?: MaintenanceTimers;
+  /** The node's clock (its real timers are unref'd: a pending gc never keeps a stopping process alive); specs pass a manual one. */
+  clock?: Clock;
   /** The git to run (default `git` on the PATH); specs pass a stand-in. */
   gitBinary?: string;
 }
 
 export class Maintenance {
   private readonly options: MaintenanceOptions;
-  private readonly timers: MaintenanceTimers;
+  private readonly clock: Clock;
   private readonly pending = new Map<string, unknown>();
   private readonly running = new Map<string, ChildProcess>();
   /** Repos written to while their gc ran: they get another once it ends. */
@@ -47,15 +33,15 @@ export class Maintenance {
 
   constructor(options: MaintenanceOptions) {
     this.options = options;
-    this.timers = options.timers ?? realTimers;
+    this.clock = options.clock ?? systemClock;
   }
 
   /** A repo was written to: (re)schedule its gc --auto. */
   touched(repoId: string): void {
     if (this.stopped) return;
     const previous = this.pending.get(repoId);
-    if (previous !== undefined) this.timers.clearTimeout(previous);
-    const timer = this.timers.setTimeout(() => {
+    if (previous !== undefined) this.clock.clearTimeout(previous);
+    const timer = this.clock.setTimeout(() => {
       this.pending.delete(repoId);
       this.run(repoId);
     }, this.options.delayMs);
@@ -92,7 +78,7 @@ export class Maintenance {
 
   stop(): void {
     this.stopped = true;
-    for (const timer of this.pending.values()) this.timers.clearTimeout(timer);
+    for (const timer of this.pending.values()) this.clock.clearTimeout(timer);
     this.pending.clear();
     for (const child of this.running.values()) child.kill('SIGTERM');
   }

@@ -1,3 +1,4 @@
+import { systemClock, type Clock } from './clock.js';
 import type http from 'node:http';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { CoordinatorResult, TxnOp } from './txn-core.js';
@@ -52,6 +53,8 @@ export interface NodeMetricsOptions {
   view: NodeView;
   /** prom-client's process and Node.js metrics (CPU, memory, event loop, GC, handles); default on. */
   processMetrics?: boolean;
+  /** The node's clock (default the system's): every duration is measured on it. */
+  clock?: Clock;
 }
 
 /** Runs one transaction and records its kind, outcome and duration. */
@@ -82,10 +85,6 @@ export function txnOutcome(result: CoordinatorResult, quorum: number): TxnOutcom
   return result.confirmed.length < quorum ? 'not_confirmed' : 'committed';
 }
 
-function secondsSince(startedMs: number): number {
-  return (performance.now() - startedMs) / 1000;
-}
-
 export class NodeMetrics {
   readonly registry = new Registry();
   private readonly quorum: number;
@@ -108,8 +107,11 @@ export class NodeMetrics {
   private readonly peerFailures: Counter<'peer'>;
   private readonly behind: Gauge;
 
+  private readonly clock: Clock;
+
   constructor(options: NodeMetricsOptions) {
     const { view } = options;
+    this.clock = options.clock ?? systemClock;
     const registers = [this.registry];
     this.quorum = view.quorum;
     if (options.processMetrics ?? true) collectDefaultMetrics({ register: this.registry });
@@ -264,11 +266,11 @@ export class NodeMetrics {
 
   /** Counts a request and its duration once its response is over (or its connection gone). */
   observeRequest(req: http.IncomingMessage, res: http.ServerResponse): void {
-    const started = performance.now();
+    const started = this.clock.now();
     res.once('close', () => {
       const route = routeClass(req.url ?? '/');
       this.httpRequests.inc({ route, status: res.writableFinished ? String(res.statusCode) : 'aborted' });
-      this.httpDuration.observe({ route }, secondsSince(started));
+      this.httpDuration.observe({ route }, this.secondsSince(started));
     });
   }
 
@@ -277,7 +279,7 @@ export class NodeMetrics {
    * right before the RPC starts reading the body (same tick): it listens to the body's chunks.
    */
   observeGitRpc(req: http.IncomingMessage, res: http.ServerResponse, service: GitService, origin: GitOrigin): void {
-    const started = performance.now();
+    const started = this.clock.now();
     const socket = req.socket;
     const writtenBefore = socket.bytesWritten;
     let received = 0;
@@ -288,7 +290,7 @@ export class NodeMetrics {
       const labels = { service, origin };
       const outcome = !res.writableFinished ? 'aborted' : res.statusCode >= 400 ? 'error' : 'ok';
       this.gitRpcs.inc({ ...labels, outcome });
-      this.gitDuration.observe(labels, secondsSince(started));
+      this.gitDuration.observe(labels, this.secondsSince(started));
       this.gitReceived.inc(labels, received);
       this.gitSent.inc(labels, Math.max(0, socket.bytesWritten - writtenBefore));
     });
@@ -300,6 +302,10 @@ export class NodeMetrics {
     if (code === 'read_quorum_unreachable') this.quorumFailures.inc({ type: 'read' });
   }
 
+  private secondsSince(startedMs: number): number {
+    return (this.clock.now() - startedMs) / 1000;
+  }
+
   /** One phase of a coordinated transaction (TxnDriver's observePhase). */
   txnPhaseObserved(kind: TxnKind, phase: 'prepare' | 'commit', ms: number): void {
     this.txnPhase.observe({ kind, phase }, ms / 1000);
@@ -307,7 +313,7 @@ export class NodeMetrics {
 
   /** Runs one coordinated transaction (TxnDriver.runTxn) and records it. */
   readonly timeTxn: TxnTimer = async (kind, run) => {
-    const started = performance.now();
+    const started = this.clock.now();
     let outcome: TxnOutcome = 'error';
     try {
       const result = await run();
@@ -319,7 +325,7 @@ export class NodeMetrics {
       return result;
     } finally {
       this.txns.inc({ kind, outcome });
-      this.txnDuration.observe({ kind, outcome }, secondsSince(started));
+      this.txnDuration.observe({ kind, outcome }, this.secondsSince(started));
     }
   };
 

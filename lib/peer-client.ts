@@ -2,6 +2,7 @@ import { createReadStream } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import got, { type Got } from 'got';
+import { systemClock, type Clock } from './clock.js';
 import type { CatalogEntry, NodeId, QueryOutcome, TxnMessage, Vote } from './txn-core.js';
 
 // The node-to-node transport: JSON over HTTP to a peer's /internal API, authenticated with the
@@ -29,6 +30,8 @@ export function peerAgent(maxSockets: number): http.Agent {
 export interface PeerClientOptions {
   secret: string;
   requestTimeoutMs: number;
+  /** The node's clock (default the system's); times the JSON requests' answers. */
+  clock?: Clock;
 }
 
 export interface RepoStateAnswer {
@@ -66,8 +69,10 @@ export class PeerClient {
   private readonly agent: http.Agent;
   private readonly idleTimeoutMs: number;
   private readonly secret: string;
+  private readonly clock: Clock;
 
   constructor(options: PeerClientOptions) {
+    this.clock = options.clock ?? systemClock;
     this.idleTimeoutMs = options.requestTimeoutMs;
     this.secret = options.secret;
     this.agent = peerAgent(64);
@@ -152,6 +157,7 @@ export class PeerClient {
   }
 
   private requestJsonOnce<T>(method: 'GET' | 'POST', url: string, body: unknown, requestId: string | undefined, timeoutMs: number): Promise<T> {
+    const clock = this.clock;
     return new Promise<T>((resolve, reject) => {
       const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
       const headers: http.OutgoingHttpHeaders = { [SECRET_HEADER]: this.secret, accept: 'application/json' };
@@ -165,7 +171,7 @@ export class PeerClient {
         res.on('data', (c: Buffer) => chunks.push(c));
         res.on('error', fail);
         res.on('end', () => {
-          clearTimeout(timer);
+          clock.clearTimeout(timer);
           const text = Buffer.concat(chunks).toString('utf8');
           if (res.statusCode !== 200) return reject(new Error(`${method} ${url}: HTTP ${res.statusCode}: ${text.slice(0, 300)}`));
           try {
@@ -176,10 +182,10 @@ export class PeerClient {
         });
       });
       function fail(err: Error): void {
-        clearTimeout(timer);
+        clock.clearTimeout(timer);
         reject(Object.assign(err, { reusedSocket: req.reusedSocket }));
       }
-      const timer = setTimeout(() => req.destroy(new Error(`${method} ${url}: no answer within ${timeoutMs} ms`)), timeoutMs);
+      const timer = clock.setTimeout(() => req.destroy(new Error(`${method} ${url}: no answer within ${timeoutMs} ms`)), timeoutMs);
       req.on('error', fail);
       req.end(payload);
     });

@@ -1,5 +1,6 @@
 import { readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
+import { sleep, systemClock, type Clock } from './clock.js';
 import { isPrivateRef, quarantinePackFiles, readHead, readRefs } from './git-refs.js';
 import { KeyedLock, LockTimeoutError } from './keyed-lock.js';
 import type { Logger } from './logger.js';
@@ -53,6 +54,8 @@ export interface PushServiceOptions {
   receivePackExit: (pid: number) => Promise<void> | undefined;
   /** Runs the push's transaction and records it (the node's metrics); default: just runs it. */
   timeTxn?: TxnTimer;
+  /** The node's clock (default the system's); times the push lock's wait and the local apply's. */
+  clock?: Clock;
 }
 
 const UPDATE_LINE = /^([0-9a-f]{40}|[0-9a-f]{64}) ([0-9a-f]{40}|[0-9a-f]{64}) (refs\/\S+|HEAD)$/;
@@ -115,10 +118,13 @@ export function headAfterPush(head: string, refsBefore: Readonly<Record<string, 
 
 export class PushService {
   private readonly options: PushServiceOptions;
-  private readonly locks = new KeyedLock();
+  private readonly clock: Clock;
+  private readonly locks: KeyedLock;
 
   constructor(options: PushServiceOptions) {
     this.options = options;
+    this.clock = options.clock ?? systemClock;
+    this.locks = new KeyedLock(this.clock);
   }
 
   /**
@@ -205,7 +211,7 @@ export class PushService {
       }
       if (result.outcome === 'committed') {
         releaseLater = true;
-        const timeout = new Promise<void>((resolve) => setTimeout(resolve, limits.localApplyTimeoutMs).unref());
+        const timeout = sleep(this.clock, limits.localApplyTimeoutMs);
         void Promise.race([localApplied, timeout]).then(release);
         logger.info('push committed', { txn_id: txnId, request_id: request.requestId, repo_id: repoId, refs: updates.length, generation: result.generation, confirmed: result.confirmed.length });
         const lines = [`quorum-git: replicated to ${result.confirmed.length}/${total} nodes (quorum ${this.options.quorum}), generation ${result.generation}`];

@@ -1,4 +1,5 @@
 import { statSync } from 'node:fs';
+import { systemClock, type Clock } from './clock.js';
 import { UpdateRefSession, refEdit } from './git-refs.js';
 import type { RefUpdate } from './txn-core.js';
 
@@ -18,6 +19,8 @@ import type { RefUpdate } from './txn-core.js';
 export interface RefTransactionOptions {
   maxSpares: number;
   idleMs: number;
+  /** The node's clock (default the system's: its timers are unref'd, so a spare never holds a stopping process). */
+  clock?: Clock;
 }
 
 /** A session and what the pool knows of it. */
@@ -25,11 +28,12 @@ interface Session {
   git: UpdateRefSession;
   /** The inode of the repo directory it was started in. */
   ino: number;
-  idleTimer?: NodeJS.Timeout;
+  idleTimer?: unknown;
 }
 
 export class RefTransactions {
   private readonly options: RefTransactionOptions;
+  private readonly clock: Clock;
   /** Prepared transactions by txn id. */
   private readonly held = new Map<string, Session>();
   /** Idle sessions by repo path, least recently used first. */
@@ -37,6 +41,7 @@ export class RefTransactions {
 
   constructor(options: RefTransactionOptions) {
     this.options = options;
+    this.clock = options.clock ?? systemClock;
   }
 
   /**
@@ -48,7 +53,7 @@ export class RefTransactions {
     const { ino } = statSync(repoPath);
     let session = this.spares.get(repoPath);
     this.spares.delete(repoPath);
-    if (session) clearTimeout(session.idleTimer);
+    if (session) this.clock.clearTimeout(session.idleTimer);
     if (!session || !session.git.alive || session.ino !== ino) {
       session?.git.close();
       session = { git: new UpdateRefSession(repoPath), ino };
@@ -93,11 +98,10 @@ export class RefTransactions {
     if (previous && previous !== session) this.end(previous);
     this.spares.delete(repoPath);
     this.spares.set(repoPath, session);
-    session.idleTimer = setTimeout(() => {
+    session.idleTimer = this.clock.setTimeout(() => {
       if (this.spares.get(repoPath) === session) this.spares.delete(repoPath);
       session.git.close();
     }, this.options.idleMs);
-    session.idleTimer.unref();
     while (this.spares.size > this.options.maxSpares) {
       const [oldestPath, oldest] = this.spares.entries().next().value as [string, Session];
       this.spares.delete(oldestPath);
@@ -106,7 +110,7 @@ export class RefTransactions {
   }
 
   private end(session: Session): void {
-    clearTimeout(session.idleTimer);
+    this.clock.clearTimeout(session.idleTimer);
     session.git.close();
   }
 

@@ -1,3 +1,4 @@
+import { systemClock, type Clock } from './clock.js';
 import type { RepoStore } from './repo-store.js';
 import { applyUpdates, expectRefsUnlocked, installPackBuffers, installPackFiles, readHead, readRefValues, readRefs, setHead } from './git-refs.js';
 import { RefTransactions } from './ref-txn.js';
@@ -49,12 +50,15 @@ const REF_LOCK_WAIT_MS = 100;
 /** The real replica: RepoStore for the files, git for the refs. */
 export class GitReplica implements ReplicaStore {
   /** A peer's push holds its refs locked in git from prepare to commit (lib/ref-txn.ts). */
-  private readonly refTxns = new RefTransactions({ maxSpares: 64, idleMs: 60_000 });
+  private readonly refTxns: RefTransactions;
 
   constructor(
     private readonly store: RepoStore,
     private readonly logger: Logger,
-  ) {}
+    private readonly clock: Clock = systemClock,
+  ) {
+    this.refTxns = new RefTransactions({ maxSpares: 64, idleMs: 60_000, clock });
+  }
 
   init(keepStaging: ReadonlySet<string>): Promise<string[]> {
     return this.store.init(keepStaging);
@@ -88,7 +92,7 @@ export class GitReplica implements ReplicaStore {
   async stagePush(txnId: string, repoId: string, updates: readonly RefUpdate[], source: PushSource): Promise<void> {
     const repoPath = this.store.repoPath(repoId);
     if (source.own) {
-      await expectRefsUnlocked(repoPath, updates.map((u) => u.ref), REF_LOCK_WAIT_MS);
+      await expectRefsUnlocked(repoPath, updates.map((u) => u.ref), REF_LOCK_WAIT_MS, this.clock);
       return;
     }
     if (source.inline) installPackBuffers(repoPath, source.inline);

@@ -1,5 +1,6 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
+import { systemClock, type Clock } from './clock.js';
 import { realDiskSync, syncFileAt, type DiskSync } from './durable-fs.js';
 import { runGit } from './git.js';
 import { killLeftoverGits, removeGitLeftovers } from './stale-git.js';
@@ -23,6 +24,8 @@ export const INITIAL_BRANCH = 'main';
 export interface RepoStoreOptions {
   /** The fsyncs (real by default); specs record them. */
   disk?: DiskSync;
+  /** The node's clock (default the system's): the wait for killed gits, the age of abandoned uploads. */
+  clock?: Clock;
 }
 
 /** What git accepts in HEAD: a symbolic ref under refs/, or a full object id (SHA-1 or SHA-256). */
@@ -38,9 +41,11 @@ export class RepoStore {
   /** The template's tree, read once: writing these few entries is several times faster than fs.cp. */
   private templateEntries: { rel: string; content?: Buffer }[] = [];
   private readonly disk: DiskSync;
+  private readonly clock: Clock;
 
   constructor(dataDir: string, options: RepoStoreOptions = {}) {
     this.disk = options.disk ?? realDiskSync;
+    this.clock = options.clock ?? systemClock;
     this.reposRoot = path.join(dataDir, 'repos');
     this.stagingRoot = path.join(dataDir, 'staging');
     this.trashRoot = path.join(dataDir, 'trash');
@@ -93,7 +98,7 @@ export class RepoStore {
    * Only safe while no git of this node runs: call it at start, before any. Returns the paths removed.
    */
   async clearStaleLocks(): Promise<string[]> {
-    await killLeftoverGits([this.reposRoot, this.trashRoot]);
+    await killLeftoverGits([this.reposRoot, this.trashRoot], this.clock);
     const removed: string[] = [];
     for (const repo of await this.repoDirs()) removed.push(...(await removeGitLeftovers(repo)));
     return removed;
@@ -196,7 +201,7 @@ export class RepoStore {
    * the prepare that would install or drop it is never sent. A directory goes once nothing in it has
    * been written for `idleMs` and `inUse` says no transaction here knows it. Returns the ids removed.
    */
-  async sweepIncoming(inUse: (txnId: string) => boolean, idleMs: number, now = Date.now()): Promise<string[]> {
+  async sweepIncoming(inUse: (txnId: string) => boolean, idleMs: number, now = this.clock.now()): Promise<string[]> {
     const removed: string[] = [];
     for (const txnId of await fs.readdir(this.incomingRoot).catch(() => [] as string[])) {
       if (inUse(txnId)) continue;

@@ -12,7 +12,7 @@ import { RepoStore } from './repo-store.js';
 import { GitReplica } from './replica.js';
 import { TXN_ID, route, type Route } from './router.js';
 import { compareVersions, type NodeId, type TxnMessage, type TxnOp } from './txn-core.js';
-import { systemClock, type Clock } from './clock.js';
+import { sleep, systemClock, type Clock } from './clock.js';
 import { TxnDriver } from './txn-driver.js';
 import { TxnLog } from './txn-log.js';
 import { createWriteStream, promises as fsp } from 'node:fs';
@@ -88,7 +88,8 @@ export class QuorumGitNode {
   private readonly proxyAgent = peerAgent(256);
   private readonly server: http.Server;
   private readonly peers = new Map<NodeId, PeerStatus>();
-  private readonly timers: NodeJS.Timeout[] = [];
+  /** The background loops' next timers (see every()), cleared by stop(). */
+  private readonly loops: { timer?: unknown }[] = [];
   private cpuSample = os.cpus().map((c) => c.times);
   private cpuPercent = 0;
   /** Background tasks in flight, awaited by stop(). */
@@ -107,16 +108,16 @@ export class QuorumGitNode {
     this.config = config;
     this.logger = logger;
     this.clock = clock;
-    this.store = new RepoStore(config.dataDir);
-    this.maintenance = new Maintenance({ repoPath: (repoId) => this.store.repoPath(repoId), logger, delayMs: config.gcDelayMs });
+    this.store = new RepoStore(config.dataDir, { clock });
+    this.maintenance = new Maintenance({ repoPath: (repoId) => this.store.repoPath(repoId), logger, delayMs: config.gcDelayMs, clock });
     this.txnLog = new TxnLog(config.dataDir);
-    this.client = new PeerClient({ secret: config.clusterSecret, requestTimeoutMs: config.peerTimeoutMs });
+    this.client = new PeerClient({ secret: config.clusterSecret, requestTimeoutMs: config.peerTimeoutMs, clock });
     this.driver = new TxnDriver({
       self: config.selfUrl,
       peers: config.peerUrls,
       quorum: config.quorum,
       log: this.txnLog,
-      replica: new GitReplica(this.store, logger),
+      replica: new GitReplica(this.store, logger, clock),
       transport: this.client,
       logger,
       clock,
@@ -131,7 +132,7 @@ export class QuorumGitNode {
       bodyIdleTimeoutMs: config.gitBodyIdleTimeoutMs,
       maxProcesses: config.maxGitProcesses,
       maxProcessesPerClient: config.maxGitProcessesPerClient,
-    });
+    }, clock);
     this.pushService = new PushService({
       driver: this.driver,
       store: this.store,
@@ -142,6 +143,7 @@ export class QuorumGitNode {
       newTxnId: () => this.newTxnId(),
       receivePackExit: (pid) => this.gitHttp.receivePackExit(pid),
       timeTxn: (kind, run) => this.metrics.timeTxn(kind, run),
+      clock,
     });
     this.catchUpper = new CatchUp({
       driver: this.driver,
@@ -152,8 +154,10 @@ export class QuorumGitNode {
       secret: config.clusterSecret,
       timeoutMs: config.catchUpTimeoutMs,
       observe: (mode, result, seconds) => this.metrics.catchUpRun(mode, result, seconds),
+      clock,
     });
     this.metrics = new NodeMetrics({
+      clock,
       view: {
         serverId: config.serverId,
         url: config.selfUrl,
@@ -209,11 +213,15 @@ export class QuorumGitNode {
     this.every(1000, async () => this.sampleCpu());
   }
 
-  /** Runs `task` now and then every `ms`, never two at once. */
+  /** Runs `task` now and then every `ms` (a timeout on the clock, re-armed at each tick), never two at once. */
   private every(ms: number, task: () => Promise<unknown>): void {
     let running = false;
+    const loop: { timer?: unknown } = {};
+    this.loops.push(loop);
     const tick = (): void => {
-      if (running || this.stopping) return;
+      if (this.stopping) return;
+      loop.timer = this.clock.setTimeout(tick, ms);
+      if (running) return;
       running = true;
       const done = task()
         .catch((err) => this.logger.warn('background task failed', { err: (err as Error).message }))
@@ -224,7 +232,6 @@ export class QuorumGitNode {
       this.background.add(done);
     };
     tick();
-    this.timers.push(setInterval(tick, ms));
   }
 
   private async catchUp(): Promise<void> {
@@ -258,10 +265,10 @@ export class QuorumGitNode {
   private async heartbeat(): Promise<void> {
     await Promise.all(
       [...this.peers.values()].map(async (peer) => {
-        const started = performance.now();
+        const started = this.clock.now();
         try {
           const info = await this.client.ping(peer.url, Math.min(this.config.heartbeatIntervalMs, 1000));
-          this.metrics.heartbeat(peer.url, true, (performance.now() - started) / 1000);
+          this.metrics.heartbeat(peer.url, true, (this.clock.now() - started) / 1000);
           peer.server_id = info.server_id;
           peer.reachable = true;
           peer.last_seen = new Date(this.clock.now()).toISOString();
@@ -291,7 +298,7 @@ export class QuorumGitNode {
 
   async stop(): Promise<void> {
     this.stopping = true;
-    for (const t of this.timers) clearInterval(t);
+    for (const loop of this.loops) this.clock.clearTimeout(loop.timer);
     this.users?.stop();
     this.gitHttp.killAll();
     this.maintenance.stop();
@@ -653,7 +660,7 @@ export class QuorumGitNode {
     };
     let result = await run();
     for (let attempt = 1; attempt <= BUSY_RETRIES && result.outcome === 'aborted' && result.code === 'repo_busy'; attempt += 1) {
-      await new Promise((resolve) => setTimeout(resolve, randomInt(BUSY_BACKOFF_MS * attempt, BUSY_BACKOFF_MS * attempt * 3)));
+      await sleep(this.clock, randomInt(BUSY_BACKOFF_MS * attempt, BUSY_BACKOFF_MS * attempt * 3));
       result = await run();
     }
     if (result.outcome === 'aborted') {

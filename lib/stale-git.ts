@@ -1,5 +1,6 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
+import { sleep, type Clock } from './clock.js';
 
 // What gits that died with their node leave behind, and how a node clears it at start.
 //
@@ -71,8 +72,9 @@ function alive(pid: number): Promise<boolean> {
  * SIGKILLs every git working inside `roots` and waits (up to LEFTOVER_GIT_EXIT_TIMEOUT_MS) until
  * they are gone. Returns the pids killed. A git that outlives the wait (stuck in the kernel) is left
  * to die; its locks are removed regardless, which is no worse than the lock staying forever.
+ * It runs at start-up before the node listens, so its waits hold the process open (keepAlive).
  */
-export async function killLeftoverGits(roots: readonly string[], timeoutMs = LEFTOVER_GIT_EXIT_TIMEOUT_MS): Promise<number[]> {
+export async function killLeftoverGits(roots: readonly string[], clock: Clock, timeoutMs = LEFTOVER_GIT_EXIT_TIMEOUT_MS): Promise<number[]> {
   const pids = await findLeftoverGits(roots);
   for (const pid of pids) {
     try {
@@ -81,9 +83,9 @@ export async function killLeftoverGits(roots: readonly string[], timeoutMs = LEF
       // gone already
     }
   }
-  const deadline = Date.now() + timeoutMs;
+  const deadline = clock.now() + timeoutMs;
   for (const pid of pids) {
-    while ((await alive(pid)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, EXIT_POLL_INTERVAL_MS));
+    while ((await alive(pid)) && clock.now() < deadline) await sleep(clock, EXIT_POLL_INTERVAL_MS, { keepAlive: true });
   }
   return pids;
 }

@@ -67,10 +67,10 @@ export interface TxnDriverOptions {
 }
 
 /** Runs a named failpoint (FAILPOINTS) if one is set for this point; a map lookup when none is. */
-async function failpoint(op: TxnOp, role: 'coordinator' | 'participant', point: string): Promise<void> {
+async function failpoint(clock: Clock, op: TxnOp, role: 'coordinator' | 'participant', point: string): Promise<void> {
   if (!failpointsSet()) return;
   const name = `${op.kind}.${role}.${point}` as FailpointName;
-  if (failpointAction(name)) await hit(name);
+  if (failpointAction(name)) await hit(name, clock);
 }
 
 interface ActiveTxn {
@@ -172,7 +172,7 @@ export class TxnDriver {
       const txn: ActiveTxn = { coord, requestId, timers: new Map(), resolve, startedAt: this.options.clock.now(), ...(options.beforePrepare ? { beforePrepare: options.beforePrepare } : {}) };
       this.active.set(coord.txnId, txn);
       this.options.logger.info('txn started', { txn_id: coord.txnId, request_id: requestId, op: op.kind, repo_id: op.repoId });
-      failpoint(op, 'coordinator', 'before-prepare').then(
+      failpoint(this.options.clock, op, 'coordinator', 'before-prepare').then(
         () => this.runCoordinatorEffects(txn, coord.start()),
         () => this.finish(txn, { outcome: 'aborted', code: 'quorum_unreachable', failed: [self] }),
       );
@@ -185,9 +185,9 @@ export class TxnDriver {
       switch (effect.type) {
         case 'persist':
           try {
-            if (effect.entry.t === 'decision') await failpoint(coord.op, 'coordinator', 'after-votes');
+            if (effect.entry.t === 'decision') await failpoint(this.options.clock, coord.op, 'coordinator', 'after-votes');
             await this.options.log.append(effect.entry);
-            if (effect.entry.t === 'decision') await failpoint(coord.op, 'coordinator', 'after-decision');
+            if (effect.entry.t === 'decision') await failpoint(this.options.clock, coord.op, 'coordinator', 'after-decision');
           } catch (err) {
             // Without a durable decision nothing may be sent; the participants will ask and abort.
             this.options.logger.error('cannot log decision; txn left to presumed abort', { txn_id: coord.txnId, err });
@@ -251,7 +251,7 @@ export class TxnDriver {
     else if (msg.type === 'commitTxn') {
       if (to !== this.options.self && !txn.firstCommitDone) {
         txn.firstCommitDone = true;
-        await failpoint(coord.op, 'coordinator', 'after-first-commit');
+        await failpoint(this.options.clock, coord.op, 'coordinator', 'after-first-commit');
       }
       await this.runCoordinatorEffects(txn, coord.onCommitReply(to, vote, msg.final ?? true));
     }
@@ -284,7 +284,7 @@ export class TxnDriver {
         if (packFiles && !this.participant.status(msg.txnId)) this.inlinePacks.set(msg.txnId, packFiles);
         try {
           const vote = await this.prepare(msg);
-          if (vote.vote === 'yes') await failpoint(msg.op, 'participant', 'after-prepare');
+          if (vote.vote === 'yes') await failpoint(this.options.clock, msg.op, 'participant', 'after-prepare');
           return vote;
         } finally {
           this.inlinePacks.delete(msg.txnId);
@@ -336,7 +336,7 @@ export class TxnDriver {
     if (inFlight) return inFlight;
     const op = this.participant.opOf(txnId);
     const status = this.participant.status(txnId);
-    if (op && final && (status === 'prepared' || status === 'accepted')) await failpoint(op, 'participant', 'before-apply');
+    if (op && final && (status === 'prepared' || status === 'accepted')) await failpoint(this.options.clock, op, 'participant', 'before-apply');
     const effects = this.participant.onCommit(txnId, epoch, generation, final, acceptors);
     for (const e of effects) {
       if (e.type === 'reply' && e.vote.vote === 'no' && e.vote.code === 'stale') {
@@ -344,7 +344,7 @@ export class TxnDriver {
       }
     }
     const vote = await this.trackApply(txnId, effects);
-    if (op && effects.some((e) => e.type === 'apply') && vote.vote === 'yes') await failpoint(op, 'participant', 'after-apply');
+    if (op && effects.some((e) => e.type === 'apply') && vote.vote === 'yes') await failpoint(this.options.clock, op, 'participant', 'after-apply');
     return vote;
   }
 

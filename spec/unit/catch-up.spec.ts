@@ -10,6 +10,7 @@ import type { PeerClient, RepoStateAnswer } from '../../lib/peer-client.js';
 import type { RepoStore } from '../../lib/repo-store.js';
 import type { RepoVersion } from '../../lib/txn-core.js';
 import type { TxnDriver } from '../../lib/txn-driver.js';
+import { ManualClock } from '../support/manual-clock.js';
 
 // CatchUp against real bare repos on disk, with the driver, the peer client and the log faked: a
 // "peer" is a directory, and git fetches from `<peer>/<owner>/<name>.git` as from any URL. The
@@ -33,7 +34,7 @@ class World {
   readonly peerVersions = new Map<string, RepoVersion>();
   readonly logs: { level: string; message: string; meta: Record<string, unknown> }[] = [];
   caughtUpTo: RepoVersion | undefined;
-  clockMs = 1_700_000_000_000;
+  readonly clock = new ManualClock(1_700_000_000_000);
 
   constructor(root: string) {
     this.root = root;
@@ -127,7 +128,7 @@ class World {
       debug: () => undefined,
     } as unknown as Logger;
     const store = { repoPath: () => world.dir('self') } as unknown as RepoStore;
-    return new CatchUp({ driver, store, client, logger, peers: this.peers, secret: 's', timeoutMs: 30_000, now: () => world.clockMs, ...extra });
+    return new CatchUp({ driver, store, client, logger, peers: this.peers, secret: 's', timeoutMs: 30_000, clock: world.clock, ...extra });
   }
 }
 
@@ -281,11 +282,11 @@ describe('CatchUp', () => {
       await fs.mkdir(path.dirname(junk), { recursive: true });
       await fs.writeFile(junk, 'not a ref\n');
       const catchUp = w.catchUp();
-      const since = w.clockMs;
+      const since = w.clock.now();
       for (let round = 1; round <= 4; round += 1) {
         expect(await catchUp.request(REPO)).to.equal(false);
         if (round === 2) expect(catchUp.notConverging()).to.deep.equal([]);
-        w.clockMs += 1000;
+        w.clock.advance(1000);
       }
       const report = catchUp.notConverging();
       expect(report).to.have.length(1);

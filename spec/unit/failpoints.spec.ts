@@ -2,7 +2,6 @@ import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { expect } from 'chai';
-import sinon from 'sinon';
 import {
   FAILPOINT_NAMES,
   FailpointError,
@@ -11,6 +10,7 @@ import {
   hit,
   parseFailpoints,
 } from '../../lib/failpoints.js';
+import { ManualClock } from '../support/manual-clock.js';
 
 const MODULE_URL = pathToFileURL(path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'lib', 'failpoints.js')).href;
 
@@ -99,22 +99,20 @@ describe('failpoints', () => {
     expect((err as FailpointError).message).to.include('push.participant.before-apply');
   });
 
-  it('delay(ms) resolves only once ms have passed', async () => {
-    const clock = sinon.useFakeTimers();
-    try {
-      configureFailpoints('create.coordinator.before-prepare=delay(500)');
-      let done = false;
-      const waiting = hit('create.coordinator.before-prepare').then(() => {
-        done = true;
-      });
-      await clock.tickAsync(499);
-      expect(done).to.equal(false);
-      await clock.tickAsync(1);
-      await waiting;
-      expect(done).to.equal(true);
-    } finally {
-      clock.restore();
-    }
+  it('delay(ms) resolves only once ms have passed on the clock it is given', async () => {
+    const clock = new ManualClock();
+    configureFailpoints('create.coordinator.before-prepare=delay(500)');
+    let done = false;
+    const waiting = hit('create.coordinator.before-prepare', clock).then(() => {
+      done = true;
+    });
+    clock.advance(499);
+    await Promise.resolve();
+    expect(done).to.equal(false);
+    expect(clock.pending).to.equal(1);
+    clock.advance(1);
+    await waiting;
+    expect(done).to.equal(true);
   });
 
   it('crash kills the process with SIGKILL at the point: nothing after it runs', () => {

@@ -3,37 +3,21 @@ import { existsSync, promises as fs, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { silentLogger } from '../../lib/logger.js';
-import { Maintenance, type MaintenanceTimers } from '../../lib/maintenance.js';
+import { Maintenance } from '../../lib/maintenance.js';
 import { eventually } from '../support/cluster.js';
+import { ManualClock } from '../support/manual-clock.js';
 
-// When a repo's background gc --auto runs. Timers are manual and git is a stand-in script that logs
+// When a repo's background gc --auto runs. The clock is manual and git is a stand-in script that logs
 // each run and holds it until the spec lets it finish, so "a write arrived while gc ran" is exact.
 
-class ManualTimers implements MaintenanceTimers {
-  private next = 0;
-  readonly pending = new Map<number, () => void>();
-  setTimeout(fn: () => void): unknown {
-    this.next += 1;
-    this.pending.set(this.next, fn);
-    return this.next;
-  }
-  clearTimeout(handle: unknown): void {
-    this.pending.delete(handle as number);
-  }
-  /** Runs every timer set so far. */
-  fireAll(): void {
-    const due = [...this.pending.values()];
-    this.pending.clear();
-    for (const fn of due) fn();
-  }
-}
+const DELAY_MS = 1000;
 
 describe('Maintenance (background gc --auto)', () => {
   let dir: string;
   let runsLog: string;
   let release: string;
   let fakeGit: string;
-  let timers: ManualTimers;
+  let clock: ManualClock;
   let maintenance: Maintenance;
   const runs = (): string[] => (existsSync(runsLog) ? readFileSync(runsLog, 'utf8').split('\n').filter((l) => l !== '') : []);
 
@@ -44,8 +28,8 @@ describe('Maintenance (background gc --auto)', () => {
     fakeGit = path.join(dir, 'git');
     // Logs its arguments, then waits (at most 30 s) until released.
     await fs.writeFile(fakeGit, `#!/bin/sh\necho "$*" >> '${runsLog}'\ni=0\nwhile [ ! -f '${release}' ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done\n`, { mode: 0o755 });
-    timers = new ManualTimers();
-    maintenance = new Maintenance({ repoPath: () => dir, logger: silentLogger(), delayMs: 1000, timers, gitBinary: fakeGit });
+    clock = new ManualClock();
+    maintenance = new Maintenance({ repoPath: () => dir, logger: silentLogger(), delayMs: DELAY_MS, clock, gitBinary: fakeGit });
   });
   afterEach(async () => {
     maintenance.stop();
@@ -57,23 +41,26 @@ describe('Maintenance (background gc --auto)', () => {
     maintenance.touched('o/r');
     maintenance.touched('o/r');
     maintenance.touched('o/r');
-    expect(timers.pending.size).to.equal(1);
+    expect(clock.pending).to.equal(1);
     await fs.writeFile(release, '');
-    timers.fireAll();
+    clock.advance(DELAY_MS - 1);
+    expect(clock.pending, 'still waiting for the quiet time').to.equal(1);
+    clock.advance(1);
+    expect(clock.pending).to.equal(0);
     await eventually(() => expect(runs()).to.deep.equal(['-c gc.autoDetach=false gc --auto --quiet']));
   });
 
   it('runs again after a gc that a write arrived during, so the write is collected too', async () => {
     maintenance.touched('o/r');
-    timers.fireAll();
+    clock.advance(DELAY_MS);
     await eventually(() => expect(runs()).to.have.length(1)); // gc 1 is running
     // A push lands (its pack may be newer than what gc 1 looked at) and its quiet time passes.
     maintenance.touched('o/r');
-    timers.fireAll();
+    clock.advance(DELAY_MS);
     await fs.writeFile(release, '');
     // gc 1 ends: the write during it must still get a gc of its own.
-    await eventually(() => expect(timers.pending.size, 'a gc scheduled after the one that ran').to.equal(1));
-    timers.fireAll();
+    await eventually(() => expect(clock.pending, 'a gc scheduled after the one that ran').to.equal(1));
+    clock.advance(DELAY_MS);
     await eventually(() => expect(runs()).to.have.length(2));
   });
 });
