@@ -668,6 +668,7 @@ export class QuorumGitNode {
         case 'stale':
         case 'ref_conflict':
         case 'ref_name_clash':
+        case 'protected_ref':
         case 'quorum_unreachable':
           throw new QuorumGitError(
             'quorum_unreachable',
