@@ -191,7 +191,8 @@ export class PushService {
     let releaseLater = false;
     try {
       const repoPath = store.repoPath(repoId);
-      const refused = await protectedBranchProblem(updates, driver.participant.repo(repoId)?.settings, repoPath, request.quarantine);
+      const entry = driver.participant.repo(repoId);
+      const refused = await protectedBranchProblem(updates, entry?.settings, repoPath, request.quarantine);
       if (refused !== undefined) return { ok: false, message: refused };
       const [head, quarantined] = await Promise.all([readHead(repoPath), quarantinePackFiles(request.quarantine)]);
       // The refs are read only when HEAD might be left naming no branch (rare: a first push).
@@ -202,6 +203,7 @@ export class PushService {
         repoId,
         updates,
         base: driver.participant.versionOf(repoId),
+        settingsVersion: entry?.settingsVersion ?? 0,
         ...(newHead === undefined ? {} : { head: newHead }),
       };
       const txnId = this.options.newTxnId();

@@ -68,6 +68,12 @@ export type TxnOp =
       base: RepoVersion;
       /** Where HEAD must point after the push (first push into a repo whose HEAD names no branch). */
       head?: string;
+      /**
+       * The settings version the coordinator checked the push's protected branches against. A
+       * participant at another settings version votes stale: a coordinator that missed a change of
+       * protection cannot get a force push past a quorum that holds it.
+       */
+      settingsVersion?: number;
     };
 export type TxnOpKind = TxnOp['kind'];
 
@@ -785,6 +791,10 @@ export class Participant {
     if (op.kind === 'push') {
       const mine = this.versionOf(op.repoId);
       if (compareVersions(mine, op.base) !== 0) return no('stale', `at generation ${mine.generation}, push based on ${op.base.generation}`);
+      const mySettings = this.repos.get(op.repoId)?.settingsVersion ?? 0;
+      if (op.settingsVersion !== undefined && op.settingsVersion !== mySettings) {
+        return no('stale', `at settings version ${mySettings}, push checked against ${op.settingsVersion}`);
+      }
       if (observedRefs === undefined) return no('stage_failed');
       for (const update of op.updates) {
         const current = observedRefs[update.ref] ?? ZERO_OID;

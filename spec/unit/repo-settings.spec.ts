@@ -158,6 +158,14 @@ describe('repo settings', () => {
       expect(effects.map((e) => e.type)).to.deep.equal(['stage']);
     });
 
+    it('a participant refuses a push checked against another settings version (stale): a coordinator behind on protection cannot force one through', () => {
+      const p = at(publicRepo);
+      const op: TxnOp = { kind: 'push', repoId: 'o/r', updates: [{ ref: 'refs/heads/main', old: OID1, new: OID2 }], base: { epoch: 1, generation: 1 }, settingsVersion: 0 };
+      const effects = p.onPrepare({ type: 'prepare', txnId: 't1', op, coordinator: A }, { 'refs/heads/main': OID1 });
+      expect(effects.at(-1)).to.deep.equal({ type: 'reply', vote: { vote: 'no', code: 'stale', detail: 'at settings version 1, push checked against 0' } });
+      expect(p.lockedBy('o/r')).to.equal(undefined);
+    });
+
     it('a coordinator reports the refusal as protected_ref with the branch', async () => {
       const sim = new Sim([A, B, C], 2);
       sim.begin(A, { kind: 'create', repoId: 'o/r', settings: publicRepo });
