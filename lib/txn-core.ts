@@ -16,8 +16,11 @@
 //   no longer be reached or the prepare timer fires. It logs the decision before sending it.
 // - Versions come from the operation: a push moves a replica from its base (epoch, g) to (epoch, g+1);
 //   a create or delete gets epoch = 1 + the highest epoch among the yes votes (any two quorums meet,
-//   so epochs of committed changes to one repo strictly increase). A replica refuses a commit whose
-//   version does not follow its own, and an acknowledgement counts only with the version applied.
+//   so epochs of committed changes to one repo strictly increase). A settings change keeps the epoch
+//   and generation and moves the repo's settingsVersion from its base to base + 1 (carried in the
+//   commit's `generation` field). A replica refuses a commit whose version does not follow its own,
+//   and an acknowledgement counts only with the version applied.
+// - Anti-entropy adopts a peer's newer epoch, and within one epoch a peer's higher settingsVersion.
 // - A commit decision is final once W nodes hold it durably (the coordinator's own log is one); only
 //   then does any replica apply it. With W <= 2 the coordinator's log and the first replica to accept
 //   make W, so the commit message is applied at once; with W > 2 it is first accepted (logged, not
