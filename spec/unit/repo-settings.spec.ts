@@ -1,5 +1,6 @@
 import { expect } from 'chai';
 import { applySettingsChange, DEFAULT_REPO_SETTINGS, MAX_COLLABORATORS, type RepoSettings } from '../../lib/repo-settings.js';
+import { newestSettings } from '../../lib/catalog-merge.js';
 import { Participant, ZERO_OID, type CoordinatorResult, type TxnOp } from '../../lib/txn-core.js';
 import { Sim } from './sim.js';
 
@@ -106,6 +107,19 @@ describe('repo settings', () => {
       sim.begin(A, { kind: 'create', repoId: 'o/r', settings: publicRepo });
       await sim.run();
       for (const id of [A, B, C]) expect(sim.node(id).participant.repo('o/r')).to.deep.include({ settings: publicRepo, settingsVersion: 0 });
+    });
+  });
+
+  describe('the base of a change (newestSettings)', () => {
+    it('takes the highest settings version of the newest live incarnation among R answers, whatever the refs', () => {
+      const answers = [
+        { node: A, reachable: true as const, catalog: { 'o/r': { state: 'live' as const, epoch: 2, generation: 9, settingsVersion: 1, settings: DEFAULT_REPO_SETTINGS } } },
+        { node: B, reachable: true as const, catalog: { 'o/r': { state: 'live' as const, epoch: 2, generation: 3, settingsVersion: 2, settings: publicRepo } } },
+        { node: C, reachable: false as const },
+      ];
+      expect(newestSettings(answers, 'o/r', 2)).to.deep.include({ action: 'found', epoch: 2, settingsVersion: 2 });
+      expect(newestSettings(answers, 'o/x', 2)).to.deep.equal({ action: 'not_found' });
+      expect(newestSettings(answers.slice(0, 1), 'o/r', 2)).to.have.property('action', 'unavailable');
     });
   });
 
