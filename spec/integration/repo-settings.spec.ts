@@ -82,6 +82,13 @@ describe('repo settings (3-node cluster with AUTH_FILE)', function () {
     const expected = { visibility: 'public', collaborators: { bob: 'write' }, protected_branches: ['refs/heads/main', 'refs/heads/release'], settings_version: 1 };
     expect(res.body).to.deep.include(expected);
     for (const n of [1, 2, 3]) await eventually(async () => expect(await settingsOn(n)).to.deep.equal(expected), 10_000, 100);
+    const audit = cluster
+      .node(2)
+      .logText()
+      .split('\n')
+      .filter((l) => l.includes('"audit":"settings"'))
+      .map((l) => JSON.parse(l));
+    expect(audit.map((a) => [a.user, a.repo_id, a.outcome, a.settings?.visibility])).to.deep.equal([['alice', repoId, 'committed', 'public']]);
     const clone = path.join(await git.tempDir('anon'), 'repo');
     await git.ok(['clone', '--quiet', cluster.node(3).gitUrl(repoId), clone]);
     expect((await git.ok(['rev-parse', 'HEAD'], { cwd: clone })).trim()).to.equal(work.oid);
