@@ -1,4 +1,4 @@
-import { readFileSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { isPrivateRef, quarantinePackFiles, readHead, readRefs } from './git-refs.js';
 import { runGit } from './git.js';
@@ -134,7 +134,8 @@ export async function protectedBranchProblem(
     if (!settings.protectedBranches.includes(u.ref) || u.old === ZERO_OID) continue;
     if (u.new === ZERO_OID) return `quorum-git: ${u.ref} is a protected branch: it cannot be deleted (repo settings: protected_branches); nothing was changed`;
     const env: NodeJS.ProcessEnv = { ...process.env, GIT_DIR: repoPath };
-    if (quarantine !== '') Object.assign(env, { GIT_OBJECT_DIRECTORY: quarantine, GIT_ALTERNATE_OBJECT_DIRECTORIES: path.join(repoPath, 'objects') });
+    // No quarantine (a push that brought no objects): git would not even find the repo through it.
+    if (quarantine !== '' && existsSync(quarantine)) Object.assign(env, { GIT_OBJECT_DIRECTORY: quarantine, GIT_ALTERNATE_OBJECT_DIRECTORIES: path.join(repoPath, 'objects') });
     try {
       await runGit(['merge-base', '--is-ancestor', u.old, u.new], { env });
     } catch (err) {

@@ -97,7 +97,7 @@ describe('repo settings (3-node cluster with AUTH_FILE)', function () {
     expect((await patch(1, { visibility: 'private' }, basic('bob'))).status).to.equal(403);
   });
 
-  it('refuses a force push and a delete of a protected branch on every node, naming the rule, and moves nothing', async function () {
+  it('refuses a force push and a delete of a protected branch on every node, naming the rule, and moves nothing; a fast-forward goes through', async function () {
     await git.ok(['commit', '--quiet', '--amend', '-m', 'rewritten'], { cwd: work.dir });
     const before = await refsEverywhere();
     for (const n of [1, 2, 3]) {
@@ -110,6 +110,12 @@ describe('repo settings (3-node cluster with AUTH_FILE)', function () {
       expect(del.stderr).to.include('refs/heads/release is a protected branch: it cannot be deleted');
     }
     expect(await refsEverywhere()).to.deep.equal(before);
+    // A fast-forward of a protected branch goes through.
+    await git.ok(['reset', '--quiet', '--hard', work.oid], { cwd: work.dir });
+    await git.ok(['commit', '--quiet', '--allow-empty', '-m', 'next'], { cwd: work.dir });
+    const next = (await git.ok(['rev-parse', 'HEAD'], { cwd: work.dir })).trim();
+    await git.ok(['push', withCredentials(cluster.node(2).gitUrl(repoId), 'alice'), 'HEAD:refs/heads/main'], { cwd: work.dir });
+    await eventually(async () => expect((await refsEverywhere()).map((r) => r['refs/heads/main'])).to.deep.equal([next, next, next]), 20_000, 100);
   });
 
   it('a node stopped during a settings change adopts it once restarted (anti-entropy)', async function () {
