@@ -1,7 +1,7 @@
 import type { Logger } from './logger.js';
 
 // The audit log: one JSON line (message `audit`, field `audit` naming the event) for every create,
-// delete and push, and every request refused by policy (401, 403, 404 for a repo the caller may not
+// delete, settings change and push, and every request refused by policy (401, 403, 404 for a repo the caller may not
 // see). It goes to the node's log like every other line, so it carries server_id and a timestamp.
 // It names who (user, and whether by password or which token, by its name) and from where; it never
 // holds a password, a token or an Authorization header: nothing here is given one.
@@ -34,7 +34,7 @@ export function auditDenied(
 
 export function auditRepoChange(
   log: Logger,
-  fields: AuditWho & { action: 'create' | 'delete'; request_id: string; repo_id: string; outcome: string; txn_ids: string[] },
+  fields: AuditWho & { action: 'create' | 'delete' | 'settings'; request_id: string; repo_id: string; outcome: string; txn_ids: string[]; settings?: unknown },
 ): void {
   const { action, ...rest } = fields;
   log.info('audit', { audit: action, ...rest });

@@ -12,7 +12,7 @@ import type { Route } from './router.js';
 // A caller's level on a repo: admin for its owner (the first path segment) and for admin users;
 // a collaborator's listed level; read for anyone on a public repo; else none. A credential caps it: a
 // password may do all its user may, a token no more than its top scope. Needed: read to clone, fetch
-// or look at a repo; write to push; admin to delete (and, later, to change settings).
+// or look at a repo; write to push; admin to delete and to change its settings (PATCH /repos/o/n).
 //
 // Denials: no credentials where a user is needed -> 401 with a Basic challenge, so git asks for them;
 // a repo the caller may not see -> 404, exactly like a repo that does not exist; seen but not allowed
@@ -20,7 +20,7 @@ import type { Route } from './router.js';
 
 export type Level = Scope;
 
-/** A repo's access settings. Replicated repo settings will supply them; until then every repo is private. */
+/** A repo's access settings: the replicated repo settings' part that decides access (lib/repo-settings.ts). */
 export interface RepoAccess {
   visibility: 'public' | 'private';
   collaborators: Readonly<Record<string, Level>>;
@@ -106,6 +106,7 @@ export function requirement(route: Route): Requirement {
     case 'getRepo':
       return { kind: 'repo', repoId: route.repoId, level: 'read' };
     case 'deleteRepo':
+    case 'updateRepoSettings':
       return { kind: 'repo', repoId: route.repoId, level: 'admin' };
     case 'gitInfoRefs':
     case 'gitRpc':

@@ -49,3 +49,28 @@ export function mergeCatalogs(answers: readonly CatalogAnswer[], readQuorum: num
   for (const [repoId, entries] of [...byRepo].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) repos[repoId] = newestState(entries)!;
   return { action: 'merged', repos };
 }
+
+/**
+ * The newest settings of a repo among catalogs that meet every write quorum (the same R answers as
+ * mergeCatalogs): those of the newest live incarnation with the highest settingsVersion. A change is
+ * based on these, so a node behind on settings still coordinates it right (its own stale replica
+ * votes no; a quorum of others commits). `not_found` when the newest state is not live.
+ */
+export function newestSettings(
+  answers: readonly CatalogAnswer[],
+  repoId: string,
+  readQuorum: number,
+): CatalogMerge | { action: 'not_found' } | { action: 'found'; epoch: number; settingsVersion: number; entry: CatalogEntry | undefined } {
+  const merged = mergeCatalogs(answers, readQuorum);
+  if (merged.action === 'unavailable') return merged;
+  const state = merged.repos[repoId];
+  if (state?.state !== 'live') return { action: 'not_found' };
+  let best: CatalogEntry | undefined;
+  for (const a of answers) {
+    if (!a.reachable) continue;
+    const e = Object.hasOwn(a.catalog, repoId) ? a.catalog[repoId] : undefined;
+    if (e?.state !== 'live' || e.epoch !== state.epoch) continue;
+    if (best === undefined || (e.settingsVersion ?? 0) > (best.settingsVersion ?? 0)) best = e;
+  }
+  return { action: 'found', epoch: state.epoch, settingsVersion: best?.settingsVersion ?? 0, entry: best };
+}

@@ -13,6 +13,7 @@ export type ErrorCode =
   | 'repo_not_found'
   | 'repo_exists'
   | 'repo_busy'
+  | 'settings_conflict'
   | 'method_not_allowed'
   | 'unsupported_media_type'
   | 'unauthorized'
@@ -39,6 +40,7 @@ export const statusByCode = {
   repo_not_found: 404,
   repo_exists: 409,
   repo_busy: 409,
+  settings_conflict: 409,
   method_not_allowed: 405,
   unsupported_media_type: 415,
   unauthorized: 401,

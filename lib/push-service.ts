@@ -1,12 +1,14 @@
-import { readFileSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { sleep, systemClock, type Clock } from './clock.js';
 import { isPrivateRef, quarantinePackFiles, readHead, readRefs } from './git-refs.js';
+import { runGit } from './git.js';
 import { KeyedLock, LockTimeoutError } from './keyed-lock.js';
 import type { Logger } from './logger.js';
 import type { TxnTimer } from './metrics.js';
 import type { PeerClient } from './peer-client.js';
 import type { RepoStore } from './repo-store.js';
+import type { RepoSettings } from './repo-settings.js';
 import { ZERO_OID, type NodeId, type RefUpdate, type TxnOp } from './txn-core.js';
 import type { TxnDriver } from './txn-driver.js';
 
@@ -116,6 +118,40 @@ export function headAfterPush(head: string, refsBefore: Readonly<Record<string, 
   return created.find((r) => r === 'refs/heads/main') ?? created.find((r) => r === 'refs/heads/master') ?? [...created].sort()[0];
 }
 
+/**
+ * Why the repo's protected branches refuse this push, or undefined: a protected branch may be
+ * created and moved fast-forward, never deleted nor moved to a commit that does not contain its old
+ * one (a force push). Ancestry is checked by git in the push's quarantine (the new objects are there
+ * until the hook answers, the old ones in the repo). Run by the coordinator's hook, which every node
+ * can be, with the settings every node holds alike; the participants refuse a deletion again at
+ * prepare (lib/txn-core.ts), where there are no objects to check ancestry with.
+ */
+export async function protectedBranchProblem(
+  updates: readonly RefUpdate[],
+  settings: RepoSettings | undefined,
+  repoPath: string,
+  quarantine: string,
+): Promise<string | undefined> {
+  if (!settings || settings.protectedBranches.length === 0) return undefined;
+  for (const u of updates) {
+    if (!settings.protectedBranches.includes(u.ref) || u.old === ZERO_OID) continue;
+    if (u.new === ZERO_OID) return `quorum-git: ${u.ref} is a protected branch: it cannot be deleted (repo settings: protected_branches); nothing was changed`;
+    const env: NodeJS.ProcessEnv = { ...process.env, GIT_DIR: repoPath };
+    // No quarantine (a push that brought no objects): git would not even find the repo through it.
+    if (quarantine !== '' && existsSync(quarantine)) Object.assign(env, { GIT_OBJECT_DIRECTORY: quarantine, GIT_ALTERNATE_OBJECT_DIRECTORIES: path.join(repoPath, 'objects') });
+    try {
+      await runGit(['merge-base', '--is-ancestor', u.old, u.new], { env });
+    } catch (err) {
+      // Exit status 1: not an ancestor. Anything else (objects missing, git failing) refuses too:
+      // a protected branch is never moved on a guess.
+      const status = ((err as Error).cause as { code?: unknown } | undefined)?.code;
+      if (status === 1) return `quorum-git: ${u.ref} is a protected branch: it cannot be moved non-fast-forward (force push) (repo settings: protected_branches); nothing was changed`;
+      return `quorum-git: ${u.ref} is a protected branch and whether this push is a fast-forward could not be checked; nothing was changed`;
+    }
+  }
+  return undefined;
+}
+
 export class PushService {
   private readonly options: PushServiceOptions;
   private readonly clock: Clock;
@@ -162,6 +198,9 @@ export class PushService {
     let releaseLater = false;
     try {
       const repoPath = store.repoPath(repoId);
+      const entry = driver.participant.repo(repoId);
+      const refused = await protectedBranchProblem(updates, entry?.settings, repoPath, request.quarantine);
+      if (refused !== undefined) return { ok: false, message: refused };
       const [head, quarantined] = await Promise.all([readHead(repoPath), quarantinePackFiles(request.quarantine)]);
       // The refs are read only when HEAD might be left naming no branch (rare: a first push).
       const mayMoveHead = !updates.some((u) => u.ref === head) && updates.some((u) => u.new !== ZERO_OID && u.ref.startsWith('refs/heads/'));
@@ -171,6 +210,7 @@ export class PushService {
         repoId,
         updates,
         base: driver.participant.versionOf(repoId),
+        settingsVersion: entry?.settingsVersion ?? 0,
         ...(newHead === undefined ? {} : { head: newHead }),
       };
       const txnId = this.options.newTxnId();
@@ -242,6 +282,8 @@ function rejectionMessage(code: string, failed: NodeId[], unprepared: NodeId[], 
       return `quorum-git: ${detail ?? 'a ref'} was updated by another push since you fetched; fetch, merge or rebase, and push again`;
     case 'ref_name_clash':
       return `quorum-git: ${detail ?? 'two refs'} cannot both exist (a ref name cannot also be a directory of refs), nor can one push replace one with the other; push a deletion on its own first, or pick another name; nothing was changed`;
+    case 'protected_ref':
+      return `quorum-git: ${detail ?? 'a ref'} is a protected branch: it cannot be deleted (repo settings: protected_branches); nothing was changed`;
     case 'stale':
       return `quorum-git: the repository is at a newer version on other nodes than the one this push was based on (${detail ?? 'versions differ'}); nothing was changed; fetch, then push again`;
     case 'repo_busy':

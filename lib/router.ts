@@ -16,6 +16,7 @@ export type Route =
   | { kind: 'createRepo' }
   | { kind: 'getRepo'; repoId: string }
   | { kind: 'deleteRepo'; repoId: string }
+  | { kind: 'updateRepoSettings'; repoId: string }
   | { kind: 'internalPing' }
   | { kind: 'internalCatalog' }
   | { kind: 'internalNode' }
@@ -76,7 +77,8 @@ export function route(method: string, rawUrl: string): Route {
       const repoId = formatRepoId(parseRepoParts(second!, third!));
       if (method === 'GET') return { kind: 'getRepo', repoId };
       if (method === 'DELETE') return { kind: 'deleteRepo', repoId };
-      throw methodNotAllowed(method, 'GET, DELETE');
+      if (method === 'PATCH') return { kind: 'updateRepoSettings', repoId };
+      throw methodNotAllowed(method, 'GET, PATCH, DELETE');
     }
     throw new QuorumGitError('not_found', 'no such route; repositories are /repos/<owner>/<name>');
   }

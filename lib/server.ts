@@ -30,9 +30,10 @@ import { Maintenance } from './maintenance.js';
 import { PushService } from './push-service.js';
 import { readQuorum } from './quorum.js';
 import { pickCoordinator, planRead, type ReadPlan, type ReplicaAnswer } from './routing.js';
-import { mergeCatalogs, type CatalogAnswer } from './catalog-merge.js';
+import { mergeCatalogs, newestSettings, type CatalogAnswer } from './catalog-merge.js';
+import { applySettingsChange, DEFAULT_REPO_SETTINGS, settingsView, type RepoSettings } from './repo-settings.js';
 import { UserDirectory } from './auth.js';
-import { Gate, PRIVATE_REPO_ACCESS, type Caller, type RepoAccess, type RequestContext } from './authz.js';
+import { decideRepo, Gate, type Caller, type RepoAccess, type RequestContext } from './authz.js';
 import { auditPush, auditRepoChange, auditUpdates, type AuditWho } from './audit.js';
 
 // One node: the HTTP server that wires router, management API, internal API and git together, and
@@ -395,6 +396,8 @@ export class QuorumGitNode {
         return this.apiCreateRepo(req, res, requestId);
       case 'deleteRepo':
         return this.apiDeleteRepo(res, target.repoId, requestId);
+      case 'updateRepoSettings':
+        return this.apiUpdateSettings(req, res, target.repoId, requestId);
       case 'internalPing':
         return this.send(res, 200, { server_id: this.config.serverId, url: this.url });
       case 'internalCatalog':
@@ -675,6 +678,7 @@ export class QuorumGitNode {
         case 'stale':
         case 'ref_conflict':
         case 'ref_name_clash':
+        case 'protected_ref':
         case 'quorum_unreachable':
           throw new QuorumGitError(
             'quorum_unreachable',
@@ -721,7 +725,7 @@ export class QuorumGitNode {
       case 'proxy': {
         // 'local': our copy is the newest, read again now (it can only have moved on).
         const version = plan.action === 'proxy' ? plan.newest : this.driver.participant.versionOf(repoId);
-        return this.send(res, 200, { repo_id: repoId, exists: true, epoch: version.epoch, generation: version.generation });
+        return this.send(res, 200, { repo_id: repoId, exists: true, epoch: version.epoch, generation: version.generation, ...this.settingsShown(res, repoId) });
       }
     }
   }
@@ -731,13 +735,18 @@ export class QuorumGitNode {
    * reach R nodes, or our own catalog is behind, the 2PC still runs and answers.
    */
   private async apiCreateRepo(req: http.IncomingMessage, res: http.ServerResponse, requestId: string): Promise<void> {
-    const repoId = this.repoIdFromBody(await this.readJson(req));
+    const body = await this.readJson(req);
+    const repoId = this.repoIdFromBody(body);
+    // A create may set the visibility (the repo's initial settings); the rest is changed by PATCH.
+    const visibility = (body as { visibility?: unknown }).visibility;
+    if (visibility !== undefined && visibility !== 'public' && visibility !== 'private') throw new QuorumGitError('invalid_body', "visibility must be 'public' or 'private'");
     const { caller, ctx } = this.callers.get(req)!;
     this.gate.checkCreate(res, ctx, caller, repoId);
+    const settings: RepoSettings | undefined = visibility === undefined ? undefined : { ...DEFAULT_REPO_SETTINGS, visibility };
     return this.audited('create', res, repoId, async (txnIds) => {
       const plan = await this.planRead(repoId, requestId);
       if (plan.action === 'local' || plan.action === 'proxy') throw new QuorumGitError('repo_exists', `repository ${repoId} already exists`);
-      return this.replicate({ kind: 'create', repoId }, requestId, res, txnIds);
+      return this.replicate({ kind: 'create', repoId, ...(settings === undefined ? {} : { settings }) }, requestId, res, txnIds);
     });
   }
 
@@ -749,11 +758,17 @@ export class QuorumGitNode {
     });
   }
 
-  /** Runs a create or delete and writes its audit line: who, the outcome (the status, or the error's code), its transactions. */
-  private async audited(action: 'create' | 'delete', res: http.ServerResponse, repoId: string, run: (txnIds: string[]) => Promise<void>): Promise<void> {
+  /** Runs a create, delete or settings change and writes its audit line: who, the outcome (the status, or the error's code), its transactions. */
+  private async audited(
+    action: 'create' | 'delete' | 'settings',
+    res: http.ServerResponse,
+    repoId: string,
+    run: (txnIds: string[]) => Promise<void>,
+    extra: { settings?: unknown } = {},
+  ): Promise<void> {
     const { caller, ctx } = this.callers.get(res.req)!;
     const txnIds: string[] = [];
-    const line = (outcome: string): void => auditRepoChange(ctx.log, { ...caller.who, action, request_id: ctx.requestId, repo_id: repoId, outcome, txn_ids: txnIds });
+    const line = (outcome: string): void => auditRepoChange(ctx.log, { ...caller.who, action, request_id: ctx.requestId, repo_id: repoId, outcome, txn_ids: txnIds, ...extra });
     try {
       await run(txnIds);
     } catch (err) {
@@ -782,9 +797,66 @@ export class QuorumGitNode {
     });
   }
 
-  /** A repo's access settings (lib/authz.ts). Replicated repo settings will answer here; until then every repo is private. */
-  private repoAccess(_repoId: string): RepoAccess {
-    return PRIVATE_REPO_ACCESS;
+  /**
+   * A repo's access settings (lib/authz.ts): this node's copy of the replicated settings. Every node
+   * holds the same committed settings once applied; a node that missed a change adopts it by
+   * anti-entropy (TxnDriver.syncOnce), and until then decides by the settings it has.
+   */
+  private repoAccess(repoId: string): RepoAccess {
+    const settings = this.driver.participant.repo(repoId)?.settings ?? DEFAULT_REPO_SETTINGS;
+    return { visibility: settings.visibility, collaborators: settings.collaborators };
+  }
+
+  /** A repo's settings as GET shows them: collaborators only to those who may change them. */
+  private settingsShown(res: http.ServerResponse, repoId: string): Record<string, unknown> {
+    const entry = this.driver.participant.repo(repoId);
+    const { visibility, collaborators, protected_branches } = settingsView(entry?.settings ?? DEFAULT_REPO_SETTINGS);
+    const caller = this.callers.get(res.req)?.caller;
+    const admin = caller === undefined || !caller.enforced || decideRepo(caller.principal, repoId, 'admin', this.repoAccess(repoId)).allow;
+    return { visibility, protected_branches, ...(admin ? { collaborators } : {}), settings_version: entry?.settingsVersion ?? 0 };
+  }
+
+  /**
+   * PATCH /repos/o/n: a settings change, committed on a quorum like a create (a `settings`
+   * transaction). It is based on the newest settings among R nodes; a concurrent change that commits
+   * first makes the participants vote stale: 409 settings_conflict, nothing changed, read and retry.
+   */
+  private async apiUpdateSettings(req: http.IncomingMessage, res: http.ServerResponse, repoId: string, requestId: string): Promise<void> {
+    const body = await this.readJson(req);
+    const found = newestSettings(await this.readCatalogs(requestId), repoId, readQuorum(this.driver.nodes.length, this.config.quorum));
+    if (found.action === 'unavailable') throw this.readQuorumError(found);
+    if (found.action === 'not_found' || found.action === 'merged') return this.sendRepoNotFound(res, repoId);
+    const change = applySettingsChange(found.entry?.settings ?? DEFAULT_REPO_SETTINGS, body);
+    if ('problem' in change) throw new QuorumGitError('invalid_body', change.problem);
+    const { settings } = change;
+    const base = { epoch: found.epoch, settingsVersion: found.settingsVersion };
+    return this.audited(
+      'settings',
+      res,
+      repoId,
+      async (txnIds) => {
+        const txnId = this.newTxnId();
+        txnIds.push(txnId);
+        const result = await this.metrics.timeTxn('settings', () => this.driver.runTxn({ kind: 'settings', repoId, settings, base }, requestId, { txnId }));
+        if (result.outcome === 'aborted') {
+          switch (result.code) {
+            case 'stale':
+              throw new QuorumGitError('settings_conflict', `the settings of ${repoId} were changed by another request meanwhile; nothing was changed: read them again (GET /repos/${repoId}) and retry`);
+            case 'repo_not_found':
+              throw new QuorumGitError('repo_not_found', `repository ${repoId} does not exist`);
+            case 'repo_busy':
+              throw new QuorumGitError('repo_busy', `repository ${repoId} is being changed by another request; retry`);
+            default:
+              throw new QuorumGitError('quorum_unreachable', `could not reach a quorum of ${this.config.quorum} of ${this.driver.nodes.length} nodes; failed: ${result.failed.join(', ') || 'none'}. Nothing was changed.`);
+          }
+        }
+        if (result.final === false) {
+          throw new QuorumGitError('txn_in_doubt', `the settings change of ${repoId} was decided but no other node confirmed it in time; its outcome is settled by recovery within seconds: check with GET /repos/${repoId}`);
+        }
+        return this.send(res, 200, { repo_id: repoId, ...settingsView(settings), settings_version: result.generation, nodes_confirmed: result.confirmed });
+      },
+      { settings: settingsView(settings) },
+    );
   }
 
   private sendRepoNotFound(res: http.ServerResponse, repoId: string): void {
@@ -794,6 +866,18 @@ export class QuorumGitNode {
 
   /** The live repos by the catalogs of R nodes, newest state per repo; 503 with fewer than R. */
   private async apiListRepos(res: http.ServerResponse, requestId: string): Promise<void> {
+    const r = readQuorum(this.driver.nodes.length, this.config.quorum);
+    const merged = mergeCatalogs(await this.readCatalogs(requestId), r);
+    if (merged.action === 'unavailable') throw this.readQuorumError(merged);
+    const { caller } = this.callers.get(res.req)!;
+    const repos = Object.entries(merged.repos)
+      .filter(([id, e]) => e.state === 'live' && this.gate.canRead(caller, id))
+      .map(([id]) => id);
+    return this.send(res, 200, { repos, count: repos.length });
+  }
+
+  /** Our catalog and those of at least R - 1 peers (fewer if not reachable; the merge then refuses). */
+  private async readCatalogs(requestId: string): Promise<CatalogAnswer[]> {
     const r = readQuorum(this.driver.nodes.length, this.config.quorum);
     const answers: CatalogAnswer[] = [{ node: this.url, reachable: true, catalog: this.driver.participant.catalog() }];
     if (r > 1) {
@@ -818,13 +902,7 @@ export class QuorumGitNode {
         }
       });
     }
-    const merged = mergeCatalogs([...answers], r);
-    if (merged.action === 'unavailable') throw this.readQuorumError(merged);
-    const { caller } = this.callers.get(res.req)!;
-    const repos = Object.entries(merged.repos)
-      .filter(([id, e]) => e.state === 'live' && this.gate.canRead(caller, id))
-      .map(([id]) => id);
-    return this.send(res, 200, { repos, count: repos.length });
+    return [...answers];
   }
 
   private readQuorumError(plan: Extract<ReadPlan, { action: 'unavailable' }>): QuorumGitError {
@@ -860,7 +938,7 @@ export class QuorumGitNode {
     if (typeof body !== 'object' || body === null || Array.isArray(body)) {
       throw new QuorumGitError('invalid_body', 'the body must be a JSON object like {"repo_id": "owner/name"}');
     }
-    const unknownKeys = Object.keys(body).filter((k) => k !== 'repo_id');
+    const unknownKeys = Object.keys(body).filter((k) => k !== 'repo_id' && k !== 'visibility');
     if (unknownKeys.length > 0) throw new QuorumGitError('invalid_body', `unknown field(s): ${unknownKeys.join(', ')}`);
     if (!('repo_id' in body)) throw new QuorumGitError('invalid_body', 'repo_id is required');
     const id = parseRepoId((body as { repo_id: unknown }).repo_id);

@@ -1,4 +1,4 @@
-// The two-phase commit protocol for repository create and delete, as pure state machines.
+// The two-phase commit protocol for repository create, delete, push and settings, as pure state machines.
 //
 // Nothing here touches the disk, the network, a clock or randomness. Each entry point takes a message
 // (or a timer firing) and returns the effects to carry out, in order: the driver (txn-driver.ts)
@@ -8,14 +8,19 @@
 //
 // Rules, in one place:
 // - Prepare: a participant refuses when the repo is locked by another transaction, when a create
-//   finds it live or a delete finds it absent, when a push's base version is not its own. Otherwise it
+//   finds it live or a delete finds it absent, when a push's base version is not its own, when a
+//   push deletes a protected branch (the repo's replicated settings), when a settings change's base
+//   (epoch, settingsVersion) is not its own. Otherwise it
 //   locks the repo, stages the change out of sight, logs `prepared` (fsync) and votes yes.
 // - The coordinator decides commit once W nodes (itself included) voted yes, abort as soon as W can
 //   no longer be reached or the prepare timer fires. It logs the decision before sending it.
 // - Versions come from the operation: a push moves a replica from its base (epoch, g) to (epoch, g+1);
 //   a create or delete gets epoch = 1 + the highest epoch among the yes votes (any two quorums meet,
-//   so epochs of committed changes to one repo strictly increase). A replica refuses a commit whose
-//   version does not follow its own, and an acknowledgement counts only with the version applied.
+//   so epochs of committed changes to one repo strictly increase). A settings change keeps the epoch
+//   and generation and moves the repo's settingsVersion from its base to base + 1 (carried in the
+//   commit's `generation` field). A replica refuses a commit whose version does not follow its own,
+//   and an acknowledgement counts only with the version applied.
+// - Anti-entropy adopts a peer's newer epoch, and within one epoch a peer's higher settingsVersion.
 // - A commit decision is final once W nodes hold it durably (the coordinator's own log is one); only
 //   then does any replica apply it. With W <= 2 the coordinator's log and the first replica to accept
 //   make W, so the commit message is applied at once; with W > 2 it is first accepted (logged, not
@@ -29,6 +34,7 @@
 // - An abort the coordinator decided is final at once: it never sent a commit, so no node accepted one.
 
 import { voteResult } from './quorum.js';
+import type { RepoSettings } from './repo-settings.js';
 
 export type NodeId = string;
 export const ZERO_OID = '0000000000000000000000000000000000000000';
@@ -47,7 +53,16 @@ export interface RepoVersion {
 }
 
 export type TxnOp =
-  | { kind: 'create' | 'delete'; repoId: string }
+  /** A create may carry the repo's initial settings (absent: the defaults, see lib/repo-settings.ts). */
+  | { kind: 'create'; repoId: string; settings?: RepoSettings }
+  | { kind: 'delete'; repoId: string }
+  /**
+   * A change of the repo's settings (visibility, collaborators, protected branches). Committed on a
+   * quorum like a create; refs and their version (epoch, generation) are untouched. The commit
+   * message's `generation` carries the new settings version (base + 1), derived from the op like a
+   * push's, so every replica and recovery agree on it.
+   */
+  | { kind: 'settings'; repoId: string; settings: RepoSettings; base: { epoch: number; settingsVersion: number } }
   | {
       kind: 'push';
       repoId: string;
@@ -56,6 +71,12 @@ export type TxnOp =
       base: RepoVersion;
       /** Where HEAD must point after the push (first push into a repo whose HEAD names no branch). */
       head?: string;
+      /**
+       * The settings version the coordinator checked the push's protected branches against. A
+       * participant at another settings version votes stale: a coordinator that missed a change of
+       * protection cannot get a force push past a quorum that holds it.
+       */
+      settingsVersion?: number;
     };
 export type TxnOpKind = TxnOp['kind'];
 
@@ -68,7 +89,9 @@ export type NoVoteCode =
   | 'stage_failed'
   | 'stale'
   | 'ref_conflict'
-  | 'ref_name_clash';
+  | 'ref_name_clash'
+  /** A push deletes a protected branch (the repo's settings). */
+  | 'protected_ref';
 export type Vote = { vote: 'yes'; epoch: number; generation: number } | { vote: 'no'; code: NoVoteCode; detail?: string };
 
 export type TxnMessage =
@@ -91,11 +114,21 @@ export type LogEntry =
   /** A promise never to prepare or accept a commit of this transaction (a vote towards abort). */
   | { t: 'refused'; txnId: string }
   | { t: 'decision'; txnId: string; outcome: 'commit' | 'abort'; op: TxnOp; epoch?: number; generation?: number; acceptors?: NodeId[] }
-  | { t: 'synced'; repoId: string; state: RepoState; epoch: number; generation?: number };
+  | { t: 'synced'; repoId: string; state: RepoState; epoch: number; generation?: number; settings?: RepoSettings; settingsVersion?: number };
 
 export type RepoState = 'live' | 'deleted';
 export interface CatalogEntry extends RepoVersion {
   state: RepoState;
+  /** The repo's replicated settings; absent: the defaults (a log written before settings existed). */
+  settings?: RepoSettings;
+  /** Settings changes committed in this incarnation: 0 at create, +1 per `settings` transaction. */
+  settingsVersion?: number;
+}
+
+/** The ref a protected-branch rule refuses to delete, if the push deletes one (checked at prepare). */
+export function protectedDeletion(updates: readonly RefUpdate[], settings: RepoSettings | undefined): string | undefined {
+  if (!settings || settings.protectedBranches.length === 0) return undefined;
+  return updates.find((u) => u.new === ZERO_OID && settings.protectedBranches.includes(u.ref))?.ref;
 }
 
 /** Orders two versions of one repo: negative when a is older. */
@@ -103,7 +136,7 @@ export function compareVersions(a: RepoVersion, b: RepoVersion): number {
   return a.epoch !== b.epoch ? a.epoch - b.epoch : a.generation - b.generation;
 }
 
-export type AbortCode = 'repo_exists' | 'repo_not_found' | 'repo_busy' | 'quorum_unreachable' | 'stale' | 'ref_conflict' | 'ref_name_clash';
+export type AbortCode = 'repo_exists' | 'repo_not_found' | 'repo_busy' | 'quorum_unreachable' | 'stale' | 'ref_conflict' | 'ref_name_clash' | 'protected_ref';
 
 export type CoordinatorResult =
   /**
@@ -384,6 +417,10 @@ export class CoordinatorTxn {
     if (this.op.kind === 'push') {
       this.epoch = this.op.base.epoch;
       this.generation = this.op.base.generation + 1;
+    } else if (this.op.kind === 'settings') {
+      // `generation` here is the new settings version: the refs' version does not move.
+      this.epoch = this.op.base.epoch;
+      this.generation = this.op.base.settingsVersion + 1;
     } else {
       let highest = 0;
       for (const node of yes) {
@@ -447,7 +484,7 @@ export class CoordinatorTxn {
     const unprepared: NodeId[] = [];
     let conflict: { code: AbortCode; detail?: string } | undefined;
     // The most telling reason wins: a conflict the user can act on before "busy" or "stale".
-    const rank: Partial<Record<NoVoteCode, number>> = { ref_conflict: 4, ref_name_clash: 4, repo_exists: 3, repo_not_found: 3, stale: 2, repo_busy: 1, refused: 1 };
+    const rank: Partial<Record<NoVoteCode, number>> = { ref_conflict: 4, ref_name_clash: 4, protected_ref: 4, repo_exists: 3, repo_not_found: 3, stale: 2, repo_busy: 1, refused: 1 };
     for (const node of this.options.nodes) {
       const vote = this.votes.get(node);
       if (vote === undefined) {
@@ -464,7 +501,7 @@ export class CoordinatorTxn {
     }
     // With a quorum of nodes reachable, a refusal is the reason; otherwise the quorum is.
     const reachable = this.options.nodes.length - failed.length;
-    if (conflict && (reachable >= this.options.quorum || conflict.code === 'ref_conflict' || conflict.code === 'ref_name_clash')) {
+    if (conflict && (reachable >= this.options.quorum || conflict.code === 'ref_conflict' || conflict.code === 'ref_name_clash' || conflict.code === 'protected_ref')) {
       return { outcome: 'aborted', code: conflict.code, failed, ...(unprepared.length > 0 ? { unprepared } : {}), ...(conflict.detail === undefined ? {} : { detail: conflict.detail }) };
     }
     return { outcome: 'aborted', code: 'quorum_unreachable', failed, ...(unprepared.length > 0 ? { unprepared } : {}) };
@@ -528,7 +565,17 @@ function versionFields(v: { epoch?: number; generation?: number; acceptors?: Nod
 }
 
 /** The version a commit of `op` must give a replica at `current`, or why it cannot. */
-export function commitVersionProblem(op: TxnOp, current: RepoVersion, version: RepoVersion): string | undefined {
+export function commitVersionProblem(op: TxnOp, current: RepoVersion, version: RepoVersion, currentSettingsVersion = 0): string | undefined {
+  if (op.kind === 'settings') {
+    // `version.generation` is the settings version the commit gives (see TxnOp).
+    if (version.epoch !== op.base.epoch || version.generation !== op.base.settingsVersion + 1) {
+      return `settings commit at ${version.epoch}.${version.generation} does not follow the base ${op.base.epoch}.${op.base.settingsVersion}`;
+    }
+    if (current.epoch !== op.base.epoch || currentSettingsVersion !== op.base.settingsVersion) {
+      return `replica settings at ${current.epoch}.${currentSettingsVersion}, change based on ${op.base.epoch}.${op.base.settingsVersion}`;
+    }
+    return undefined;
+  }
   if (op.kind === 'push') {
     if (version.epoch !== op.base.epoch || version.generation !== op.base.generation + 1) {
       return `commit at ${version.epoch}.${version.generation} does not follow the push's base ${op.base.epoch}.${op.base.generation}`;
@@ -594,7 +641,12 @@ export class Participant {
         // apply was settled (it failed and the replica was caught up instead): never apply it again.
         const holder = this.locks.get(entry.repoId);
         if (holder !== undefined && this.txns.get(holder)?.status === 'committing') this.onCommitted(holder);
-        this.repos.set(entry.repoId, { state: entry.state, epoch: entry.epoch, generation: entry.generation ?? 0 });
+        this.repos.set(entry.repoId, {
+          state: entry.state,
+          epoch: entry.epoch,
+          generation: entry.generation ?? 0,
+          ...(entry.settings === undefined ? {} : { settings: entry.settings, settingsVersion: entry.settingsVersion ?? 0 }),
+        });
         return;
       }
     }
@@ -732,9 +784,20 @@ export class Participant {
     const live = this.isLive(op.repoId);
     if (op.kind === 'create' && live) return no('repo_exists');
     if (op.kind !== 'create' && !live) return no('repo_not_found');
+    if (op.kind === 'settings') {
+      const entry = this.repos.get(op.repoId)!;
+      const mine = entry.settingsVersion ?? 0;
+      if (entry.epoch !== op.base.epoch || mine !== op.base.settingsVersion) {
+        return no('stale', `settings at ${entry.epoch}.${mine}, change based on ${op.base.epoch}.${op.base.settingsVersion}`);
+      }
+    }
     if (op.kind === 'push') {
       const mine = this.versionOf(op.repoId);
       if (compareVersions(mine, op.base) !== 0) return no('stale', `at generation ${mine.generation}, push based on ${op.base.generation}`);
+      const mySettings = this.repos.get(op.repoId)?.settingsVersion ?? 0;
+      if (op.settingsVersion !== undefined && op.settingsVersion !== mySettings) {
+        return no('stale', `at settings version ${mySettings}, push checked against ${op.settingsVersion}`);
+      }
       if (observedRefs === undefined) return no('stage_failed');
       for (const update of op.updates) {
         const current = observedRefs[update.ref] ?? ZERO_OID;
@@ -742,6 +805,10 @@ export class Participant {
       }
       const clash = refNameClash(op.updates, observedRefs);
       if (clash !== undefined) return no('ref_name_clash', clash);
+      // Defence in depth: the coordinator's hook refuses this first (and a non-fast-forward move,
+      // which needs the objects); every replica refuses a protected deletion alike by its own settings.
+      const protectedRef = protectedDeletion(op.updates, this.repos.get(op.repoId)?.settings);
+      if (protectedRef !== undefined) return no('protected_ref', protectedRef);
     }
     this.locks.set(op.repoId, txnId);
     this.txns.set(txnId, { status: 'preparing', op, coordinator });
@@ -871,7 +938,7 @@ export class Participant {
       return [{ type: 'reply', vote: { vote: 'yes', epoch, generation } }];
     }
     if (!rec.op) return no('refused');
-    const problem = this.commitProblem(rec.op, this.versionOf(rec.op.repoId), { epoch, generation });
+    const problem = this.commitProblem(rec.op, this.versionOf(rec.op.repoId), { epoch, generation }, this.repos.get(rec.op.repoId)?.settingsVersion ?? 0);
     if (problem !== undefined) return no('stale', problem);
     if (rec.status === 'accepted' && (rec.epoch !== epoch || rec.generation !== generation)) return no('stale', 'accepted another version');
     const named = acceptors ?? rec.acceptors;
@@ -893,8 +960,8 @@ export class Participant {
   }
 
   /** Why a commit of `op` at `version` cannot be applied to a replica at `current` (see commitVersionProblem). */
-  protected commitProblem(op: TxnOp, current: RepoVersion, version: RepoVersion): string | undefined {
-    return commitVersionProblem(op, current, version);
+  protected commitProblem(op: TxnOp, current: RepoVersion, version: RepoVersion, currentSettingsVersion = 0): string | undefined {
+    return commitVersionProblem(op, current, version, currentSettingsVersion);
   }
 
   /** The recovery conversation for a transaction this node cannot settle alone (see Recovery). */
@@ -985,9 +1052,17 @@ export class Participant {
   onPeerState(repoId: string, theirs: CatalogEntry): ParticipantEffect[] {
     if (this.locks.has(repoId)) return [];
     const ours = this.repos.get(repoId);
+    const theirSettings = theirs.state === 'live' && theirs.settings !== undefined ? { settings: theirs.settings, settingsVersion: theirs.settingsVersion ?? 0 } : {};
+    if (ours !== undefined && ours.epoch === theirs.epoch && ours.state === 'live' && theirs.state === 'live' && theirs.settings !== undefined && (theirs.settingsVersion ?? 0) > (ours.settingsVersion ?? 0)) {
+      // Same incarnation, newer settings: a settings commit we missed (down, or not among the voters).
+      const updated: CatalogEntry = { ...ours, ...theirSettings };
+      this.repos.set(repoId, updated);
+      return [{ type: 'persist', entry: { t: 'synced', repoId, ...updated } }];
+    }
     if (ours !== undefined && ours.epoch >= theirs.epoch) return [];
-    // A newer incarnation: adopted as an empty repo at generation 0; its pushes come by catch-up.
-    const adopted: CatalogEntry = { state: theirs.state, epoch: theirs.epoch, generation: 0 };
+    // A newer incarnation: adopted as an empty repo at generation 0; its pushes come by catch-up, its
+    // settings with it.
+    const adopted: CatalogEntry = { state: theirs.state, epoch: theirs.epoch, generation: 0, ...theirSettings };
     this.repos.set(repoId, adopted);
     return [
       { type: 'sync', repoId, from: ours, to: adopted },
@@ -1002,7 +1077,7 @@ export class Participant {
   onCaughtUp(repoId: string, version: RepoVersion): ParticipantEffect[] {
     const ours = this.repos.get(repoId);
     if (this.locks.has(repoId) || ours?.state !== 'live' || ours.epoch !== version.epoch || ours.generation >= version.generation) return [];
-    const caughtUp: CatalogEntry = { state: 'live', ...version };
+    const caughtUp: CatalogEntry = { ...ours, state: 'live', ...version };
     this.repos.set(repoId, caughtUp);
     return [{ type: 'persist', entry: { t: 'synced', repoId, ...caughtUp } }];
   }
@@ -1011,7 +1086,7 @@ export class Participant {
   onRepoLost(repoId: string): ParticipantEffect[] {
     const ours = this.repos.get(repoId);
     if (ours?.state !== 'live' || ours.generation === 0) return [];
-    const reset: CatalogEntry = { state: 'live', epoch: ours.epoch, generation: 0 };
+    const reset: CatalogEntry = { ...ours, state: 'live', epoch: ours.epoch, generation: 0 };
     this.repos.set(repoId, reset);
     return [{ type: 'persist', entry: { t: 'synced', repoId, ...reset } }];
   }
@@ -1106,9 +1181,17 @@ export class Participant {
 
   private setRepo(op: TxnOp, epoch: number, generation: number): void {
     const current = this.repos.get(op.repoId);
+    if (op.kind === 'settings') {
+      // `generation` is the new settings version; the refs' version stays.
+      if (current?.state !== 'live' || current.epoch !== epoch || (current.settingsVersion ?? 0) >= generation) return;
+      this.repos.set(op.repoId, { ...current, settings: op.settings, settingsVersion: generation });
+      return;
+    }
     if (current && compareVersions(current, { epoch, generation }) >= 0) return;
-    if (op.kind === 'push') this.repos.set(op.repoId, { state: 'live', epoch, generation });
-    else this.repos.set(op.repoId, { state: op.kind === 'create' ? 'live' : 'deleted', epoch, generation: 0 });
+    const kept = current?.settings === undefined ? {} : { settings: current.settings, settingsVersion: current.settingsVersion ?? 0 };
+    if (op.kind === 'push') this.repos.set(op.repoId, { state: 'live', epoch, generation, ...kept });
+    else if (op.kind === 'create') this.repos.set(op.repoId, { state: 'live', epoch, generation: 0, ...(op.settings === undefined ? {} : { settings: op.settings, settingsVersion: 0 }) });
+    else this.repos.set(op.repoId, { state: 'deleted', epoch, generation: 0 });
   }
 
   private unlock(repoId: string, txnId: string): void {
@@ -1312,7 +1395,13 @@ export class Recovery {
     const { op } = this.txn;
     const decided = this.txn.ownDecision ? this.participant.decision(this.txn.txnId) : undefined;
     const fromDecision = decided?.epoch === undefined ? undefined : { epoch: decided.epoch, generation: decided.generation ?? 0 };
-    const version = fromDecision ?? this.version ?? (op.kind === 'push' ? { epoch: op.base.epoch, generation: op.base.generation + 1 } : undefined);
+    const fromOp =
+      op.kind === 'push'
+        ? { epoch: op.base.epoch, generation: op.base.generation + 1 }
+        : op.kind === 'settings'
+          ? { epoch: op.base.epoch, generation: op.base.settingsVersion + 1 }
+          : undefined;
+    const version = fromDecision ?? this.version ?? fromOp;
     return version === undefined ? { type: 'wait' } : { type: 'commit', version };
   }
 }

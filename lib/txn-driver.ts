@@ -410,6 +410,8 @@ export class TxnDriver {
           this.options.afterWrite?.(op.repoId);
           return;
         }
+        // A settings change lives in the catalog only (the core sets it once applied): nothing on disk.
+        if (op.kind === 'settings') return;
         await this.withRepo(op.repoId, () => (op.kind === 'create' ? store.commitCreate(txnId, op.repoId) : store.remove(op.repoId, txnId)));
         return;
       }
@@ -608,6 +610,7 @@ export class TxnDriver {
    */
   async syncOnce(): Promise<string[]> {
     const newest = new Map<string, CatalogEntry>();
+    const newestSettings = new Map<string, CatalogEntry>();
     for (const peer of this.options.peers) {
       let catalog: Record<string, CatalogEntry>;
       try {
@@ -620,13 +623,23 @@ export class TxnDriver {
         if (best === undefined || compareVersions({ epoch: entry.epoch, generation: entry.generation ?? 0 }, best) > 0) {
           newest.set(repoId, { ...entry, generation: entry.generation ?? 0 });
         }
+        // Settings are versioned apart from refs: the newest settings of an incarnation may come from
+        // a peer whose refs are older.
+        const settled = newestSettings.get(repoId);
+        if (entry.settings !== undefined && (settled === undefined || entry.epoch > settled.epoch || (entry.epoch === settled.epoch && (entry.settingsVersion ?? 0) > (settled.settingsVersion ?? 0)))) {
+          newestSettings.set(repoId, entry);
+        }
       }
+    }
+    for (const [repoId, entry] of newest) {
+      const settled = newestSettings.get(repoId);
+      if (settled !== undefined && settled.epoch === entry.epoch) newest.set(repoId, { ...entry, settings: settled.settings!, settingsVersion: settled.settingsVersion ?? 0 });
     }
     const behind: string[] = [];
     for (const [repoId, entry] of newest) {
       const effects = this.participant.onPeerState(repoId, entry);
       for (const effect of effects) await this.runParticipantEffect(effect);
-      if (effects.length > 0) this.options.logger.info('adopted peer state', { repo_id: repoId, state: entry.state, epoch: entry.epoch });
+      if (effects.length > 0) this.options.logger.info('adopted peer state', { repo_id: repoId, state: entry.state, epoch: entry.epoch, settings_version: entry.settingsVersion ?? 0 });
       const ours = this.participant.repo(repoId);
       if (entry.state === 'live' && ours?.state === 'live' && ours.epoch === entry.epoch && entry.generation > ours.generation) behind.push(repoId);
     }

@@ -44,7 +44,16 @@ describe('management API (2-node cluster)', function () {
       const seen = await n2.getRepo('alice/hello');
       expect(seen.status, seen.text).to.equal(200);
       // No filesystem path: it would leak the server's layout.
-      expect(seen.body).to.deep.equal({ repo_id: 'alice/hello', exists: true, epoch: created.body.epoch, generation: 0 });
+      expect(seen.body).to.deep.equal({
+        repo_id: 'alice/hello',
+        exists: true,
+        epoch: created.body.epoch,
+        generation: 0,
+        visibility: 'private',
+        protected_branches: [],
+        collaborators: {},
+        settings_version: 0,
+      });
       for (const node of cluster.nodes) expect(await listTree(node.reposDir)).to.include('alice/hello.git/HEAD');
     });
 

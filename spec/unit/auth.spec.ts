@@ -330,6 +330,7 @@ describe('authz: decisions', () => {
     expect(requirement(route('GET', '/a/r/info/refs?service=git-receive-pack'))).to.deep.equal({ kind: 'repo', repoId: 'a/r', level: 'write' });
     expect(requirement(route('POST', '/a/r.git/git-receive-pack'))).to.deep.equal({ kind: 'repo', repoId: 'a/r', level: 'write' });
     expect(requirement(route('DELETE', '/repos/a/r'))).to.deep.equal({ kind: 'repo', repoId: 'a/r', level: 'admin' });
+    expect(requirement(route('PATCH', '/repos/a/r'))).to.deep.equal({ kind: 'repo', repoId: 'a/r', level: 'admin' });
   });
 
   it('lets a user create under their own name only, an admin anywhere, a token only with the scope for it', () => {

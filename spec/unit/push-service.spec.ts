@@ -39,7 +39,7 @@ describe('push service verdicts', () => {
     let ran: TxnOp | undefined;
     const driver = {
       nodes: [A, B, C],
-      participant: { isLive: () => true, versionOf: () => ({ epoch: 1, generation: 4 }) },
+      participant: { isLive: () => true, repo: () => undefined, versionOf: () => ({ epoch: 1, generation: 4 }) },
       localOutcome: () => new Promise<void>(() => undefined),
       forgetOutcome: () => undefined,
       runTxn: async (op: TxnOp) => {

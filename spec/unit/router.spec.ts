@@ -63,6 +63,7 @@ describe('router', () => {
     ['POST', '/repos', { kind: 'createRepo' }],
     ['GET', '/repos/alice/demo', { kind: 'getRepo', repoId: 'alice/demo' }],
     ['DELETE', '/repos/alice/demo', { kind: 'deleteRepo', repoId: 'alice/demo' }],
+    ['PATCH', '/repos/alice/demo', { kind: 'updateRepoSettings', repoId: 'alice/demo' }],
     ['GET', '/alice/demo.git/info/refs?service=git-upload-pack', { kind: 'gitInfoRefs', repoId: 'alice/demo', service: 'upload-pack' }],
     ['GET', '/alice/demo/info/refs?service=git-receive-pack', { kind: 'gitInfoRefs', repoId: 'alice/demo', service: 'receive-pack' }],
     ['POST', '/alice/demo.git/git-upload-pack', { kind: 'gitRpc', repoId: 'alice/demo', service: 'upload-pack' }],
