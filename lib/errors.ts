@@ -1,6 +1,7 @@
-// Every error the node can report, with a stable code. Codes carry no HTTP knowledge; the one table
-// below maps each to a status, and the `satisfies Record<ErrorCode, number>` makes the compiler
-// refuse a new code without a status.
+// Every error the node can report, with a stable code: the API's errors, a participant's no votes
+// and the coordinator's abort codes are one vocabulary (a vote's code reaches the client as the abort's,
+// the abort's as the API's). Codes carry no HTTP knowledge; the one table below maps each to a status,
+// and the `satisfies Record<ErrorCode, number>` makes the compiler refuse a new code without a status.
 
 export type ErrorCode =
   | 'invalid_json'
@@ -27,7 +28,15 @@ export type ErrorCode =
   | 'request_timeout'
   | 'git_busy'
   | 'not_ready'
-  | 'internal';
+  | 'internal'
+  // Votes and aborts of the two-phase commit (txn-core's NoVoteCode and AbortCode).
+  | 'refused'
+  | 'unreachable'
+  | 'stage_failed'
+  | 'stale'
+  | 'ref_conflict'
+  | 'ref_name_clash'
+  | 'protected_ref';
 
 export const statusByCode = {
   invalid_json: 400,
@@ -55,7 +64,31 @@ export const statusByCode = {
   git_busy: 503,
   not_ready: 503,
   internal: 500,
+  refused: 409,
+  unreachable: 503,
+  stage_failed: 503,
+  stale: 409,
+  ref_conflict: 409,
+  ref_name_clash: 409,
+  protected_ref: 403,
 } as const satisfies Record<ErrorCode, number>;
+
+/** The codes a participant votes no with (a peer's answer is checked against this list). */
+export const NO_VOTE_CODES = [
+  'repo_exists',
+  'repo_not_found',
+  'repo_busy',
+  'refused',
+  'unreachable',
+  'stage_failed',
+  'stale',
+  'ref_conflict',
+  'ref_name_clash',
+  'protected_ref',
+] as const satisfies readonly ErrorCode[];
+
+/** The codes a coordinator aborts with: what the client of the create, delete or push hears. */
+export const ABORT_CODES = ['repo_exists', 'repo_not_found', 'repo_busy', 'quorum_unreachable', 'stale', 'ref_conflict', 'ref_name_clash', 'protected_ref'] as const satisfies readonly ErrorCode[];
 
 export class QuorumGitError extends Error {
   readonly code: ErrorCode;

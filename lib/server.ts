@@ -695,7 +695,12 @@ export class QuorumGitNode {
       );
     }
     const confirmedPeers = result.confirmed.filter((n) => n !== this.url);
-    if (op.kind === 'delete') return this.send(res, 204);
+    if (op.kind === 'delete') {
+      // Final, but fewer than W nodes had removed it when the commit resends ran out (the rest do by
+      // recovery): 202 says so, as a create's does.
+      if (result.confirmed.length >= this.config.quorum) return this.send(res, 204);
+      return this.send(res, 202, { repo_id: op.repoId, deleted: true, replicated: false, nodes_confirmed: result.confirmed.length, quorum: this.config.quorum });
+    }
     return this.send(res, result.confirmed.length >= this.config.quorum ? 201 : 202, {
       repo_id: op.repoId,
       created: true,

@@ -33,6 +33,7 @@
 //   a single node dead every node that lives answers one or the other, so a majority always finishes.
 // - An abort the coordinator decided is final at once: it never sent a commit, so no node accepted one.
 
+import type { ABORT_CODES, NO_VOTE_CODES } from './errors.js';
 import { voteResult } from './quorum.js';
 import type { RepoSettings } from './repo-settings.js';
 
@@ -80,18 +81,8 @@ export type TxnOp =
     };
 export type TxnOpKind = TxnOp['kind'];
 
-export type NoVoteCode =
-  | 'repo_exists'
-  | 'repo_not_found'
-  | 'repo_busy'
-  | 'refused'
-  | 'unreachable'
-  | 'stage_failed'
-  | 'stale'
-  | 'ref_conflict'
-  | 'ref_name_clash'
-  /** A push deletes a protected branch (the repo's settings). */
-  | 'protected_ref';
+/** A participant's no vote (see errors.ts: one vocabulary with the API's errors). */
+export type NoVoteCode = (typeof NO_VOTE_CODES)[number];
 export type Vote = { vote: 'yes'; epoch: number; generation: number } | { vote: 'no'; code: NoVoteCode; detail?: string };
 
 export type TxnMessage =
@@ -136,7 +127,8 @@ export function compareVersions(a: RepoVersion, b: RepoVersion): number {
   return a.epoch !== b.epoch ? a.epoch - b.epoch : a.generation - b.generation;
 }
 
-export type AbortCode = 'repo_exists' | 'repo_not_found' | 'repo_busy' | 'quorum_unreachable' | 'stale' | 'ref_conflict' | 'ref_name_clash' | 'protected_ref';
+/** What the coordinator aborts with (see errors.ts). */
+export type AbortCode = (typeof ABORT_CODES)[number];
 
 export type CoordinatorResult =
   /**
