@@ -22,7 +22,8 @@ export const LOOPBACK = '127.0.0.1';
 
 const DEFAULT_START_TIMEOUT_MS = 30_000;
 const DEFAULT_STOP_TIMEOUT_MS = 10_000;
-const HEALTH_REQUEST_TIMEOUT_MS = 1000;
+/** A slow answer is still an answer: on a loaded machine /health can take seconds. */
+const HEALTH_REQUEST_TIMEOUT_MS = 5000;
 const HEALTH_POLL_MS = 25;
 /** Lines of a node's output kept in memory when it goes to the console (for `logTail`). */
 const CONSOLE_TAIL_LINES = 200;
@@ -144,9 +145,9 @@ export async function portsInUse(ports: readonly number[], host = LOOPBACK): Pro
 }
 
 /** A node's /health body, or undefined when it does not answer 200 within the request timeout. */
-async function healthOf(url: string): Promise<{ server_id?: string; peers_reachable?: number } | undefined> {
+async function healthOf(url: string, timeoutMs: number): Promise<{ server_id?: string; peers_reachable?: number } | undefined> {
   try {
-    const res = await fetch(`${url}/health`, { signal: AbortSignal.timeout(HEALTH_REQUEST_TIMEOUT_MS) });
+    const res = await fetch(`${url}/health`, { signal: AbortSignal.timeout(timeoutMs) });
     const text = await res.text();
     if (res.status !== 200) return undefined;
     return JSON.parse(text) as { server_id?: string; peers_reachable?: number };
@@ -300,7 +301,7 @@ export class LocalNode {
     let seen = 'no answer';
     for (;;) {
       if (this.child !== child) throw new Error(`${this.serverId} exited during start (${describeExit(this.lastExit)}):\n${this.logTail()}`);
-      const health = await healthOf(this.url);
+      const health = await healthOf(this.url, Math.max(100, Math.min(HEALTH_REQUEST_TIMEOUT_MS, deadline - Date.now())));
       // Another process on the port (a node left from an earlier run) must not pass for this one.
       if (health && health.server_id !== this.serverId) {
         seen = `port ${this.port} answered as '${health.server_id ?? '?'}'`;
