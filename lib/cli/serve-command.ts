@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
 import { loadConfig } from '../config.js';
-import { createLogger } from '../logger.js';
 import { NODE_FLAGS, missingNodeFlags } from '../runtime.js';
 import { EXIT, type Act, type Outcome } from './output.js';
 
@@ -26,12 +25,12 @@ async function serve(): Promise<Outcome> {
     process.stderr.write(`quorum-git: ${(err as Error).message}\n`);
     return EXIT.usage;
   }
+  // Loaded here, not above: winston and the server are most of the start time of the other commands.
+  const [{ createLogger }, { QuorumGitNode }] = await Promise.all([import('../logger.js'), import('../server.js')]);
   const logger = createLogger(config.serverId);
   if (!process.env.CLUSTER_SECRET) logger.warn('CLUSTER_SECRET is not set: using the development default; set one in production');
   const missing = missingNodeFlags();
   if (missing.length > 0) logger.info(`started without ${missing.join(' ')}: every git process starts slower; run \`node ${NODE_FLAGS.join(' ')} dist/lib/cli.js serve\``);
-  // Loaded here, not above: the other commands start in a fraction of the time without the server.
-  const { QuorumGitNode } = await import('../server.js');
   const node = new QuorumGitNode(config, logger);
   let stopping = false;
   const shutdown = (signal: string): void => {
