@@ -1,3 +1,4 @@
+import http from 'node:http';
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { isQuorumGitError } from '../errors.js';
 import { formatRepoId, parseRepoId } from '../repo-id.js';
@@ -10,7 +11,9 @@ import { EXIT, formatTable, integerParser, parseNodeUrl, toJson, type Act } from
 
 /** Per-request timeout unless --timeout-ms says otherwise: a create or delete waits for its quorum. */
 const REPO_TIMEOUT_MS = 60_000;
-/** fetch causes that mean the request never reached the node: nothing can have changed. */
+/** An answer larger than this is cut off (a list of 100,000 repos is ~5 MB). */
+const MAX_ANSWER_BYTES = 64 * 1024 * 1024;
+/** Connection errors that mean the request never reached the node: nothing can have changed. */
 const NOT_SENT_CODES: ReadonlySet<string> = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL']);
 
 export type RequestKind = 'read' | 'write';
@@ -63,34 +66,54 @@ export function failureJson(answer: ApiAnswer): unknown {
   return { error: { code: answer.sent ? 'no_answer' : 'unreachable', message: answer.message } };
 }
 
-export async function apiRequest(node: string, method: string, pathname: string, body: unknown, timeoutMs: number): Promise<ApiAnswer> {
-  // When the management API takes credentials (the auth work), they are added to these headers.
-  const headers: Record<string, string> = { accept: 'application/json' };
-  if (body !== undefined) headers['content-type'] = 'application/json';
-  let res: Response;
-  let text: string;
-  try {
-    res = await fetch(`${node}${pathname}`, {
-      method,
-      headers,
-      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-      signal: AbortSignal.timeout(timeoutMs),
+/**
+ * One request to a node's management API. node:http rather than fetch: a process that used fetch
+ * (undici and its WebAssembly parser) took 1-2 s longer to exit on the loaded 2-core machine.
+ */
+export function apiRequest(node: string, method: string, pathname: string, body: unknown, timeoutMs: number): Promise<ApiAnswer> {
+  return new Promise((resolve) => {
+    let settled = false;
+    const settle = (answer: ApiAnswer): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      resolve(answer);
+    };
+    const payload = body === undefined ? undefined : JSON.stringify(body);
+    // When the management API takes credentials (the auth work), they are added to these headers.
+    const headers: Record<string, string | number> = { accept: 'application/json' };
+    if (payload !== undefined) Object.assign(headers, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) });
+    let timedOut = false;
+    const req = http.request(`${node}${pathname}`, { method, headers, agent: false }, (res) => {
+      const chunks: Buffer[] = [];
+      let sizeBytes = 0;
+      res.on('data', (chunk: Buffer) => {
+        sizeBytes += chunk.length;
+        if (sizeBytes > MAX_ANSWER_BYTES) req.destroy(new Error(`${node} answered more than ${MAX_ANSWER_BYTES} bytes`));
+        else chunks.push(chunk);
+      });
+      res.on('error', () => undefined); // reported through the request's 'error'
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString('utf8');
+        let parsed: unknown = text;
+        try {
+          parsed = text === '' ? undefined : JSON.parse(text);
+        } catch {
+          // not JSON: kept as text
+        }
+        settle({ kind: 'answer', status: res.statusCode ?? 0, body: parsed });
+      });
     });
-    text = await res.text();
-  } catch (err) {
-    const e = err as Error & { cause?: { code?: string; message?: string } };
-    if (e.name === 'TimeoutError') return { kind: 'no-answer', sent: true, message: `${node} did not answer within ${timeoutMs} ms` };
-    const code = e.cause?.code;
-    const sent = code === undefined || !NOT_SENT_CODES.has(code);
-    return { kind: 'no-answer', sent, message: `cannot reach ${node}: ${e.cause?.message ?? e.message}` };
-  }
-  let parsed: unknown = text;
-  try {
-    parsed = text === '' ? undefined : JSON.parse(text);
-  } catch {
-    // not JSON: kept as text
-  }
-  return { kind: 'answer', status: res.status, body: parsed };
+    const timer = setTimeout(() => {
+      timedOut = true;
+      req.destroy();
+    }, timeoutMs);
+    req.on('error', (err: NodeJS.ErrnoException) => {
+      if (timedOut) settle({ kind: 'no-answer', sent: true, message: `${node} did not answer within ${timeoutMs} ms` });
+      else settle({ kind: 'no-answer', sent: err.code === undefined || !NOT_SENT_CODES.has(err.code), message: `cannot reach ${node}: ${err.message}` });
+    });
+    req.end(payload);
+  });
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,9 +1,23 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { expect } from 'chai';
 import { EXIT, integerParser, parseNodeUrl, Progress } from '../../lib/cli/output.js';
-import { describeFailure, exitForAnswer, failureJson, formatCreated, formatList, formatShown, type ApiAnswer, type RequestKind } from '../../lib/cli/repo-commands.js';
+import {
+  apiRequest,
+  describeFailure,
+  exitForAnswer,
+  failureJson,
+  formatCreated,
+  formatList,
+  formatShown,
+  type ApiAnswer,
+  type RequestKind,
+} from '../../lib/cli/repo-commands.js';
+import { freePorts } from '../../lib/local-cluster.js';
 
-// The pure parts of the command line: what each answer of the management API means as an exit
-// status, how answers are printed, the --node and number parsers, and the progress line.
+// The parts of the command line below the commands: what each answer of the management API means as
+// an exit status, how answers are printed, the --node and number parsers, the progress line, and the
+// request itself against a loopback server that answers, never answers, or is not there.
 
 const answer = (status: number, code?: string): ApiAnswer => ({ kind: 'answer', status, body: code ? { error: { code, message: `${code} happened` } } : {} });
 
@@ -114,5 +128,50 @@ describe('quorum-git progress line', function () {
       '\rverify: 3/3 repos\u001b[K',
       '\r\u001b[K',
     ]);
+  });
+});
+
+describe('quorum-git management request', function () {
+  let server: http.Server;
+  let url = '';
+  const seen: { method?: string; url?: string; contentType?: string; body: string }[] = [];
+
+  before(async function () {
+    server = http.createServer((req, res) => {
+      let body = '';
+      req.setEncoding('utf8').on('data', (c: string) => (body += c));
+      req.on('end', () => {
+        seen.push({ method: req.method, url: req.url, contentType: req.headers['content-type'], body });
+        if (req.url === '/silent') return; // never answers
+        res.writeHead(req.url === '/repos' ? 201 : 404, { 'content-type': 'application/json' });
+        res.end(req.url === '/repos' ? JSON.stringify({ repo_id: 'a/b', created: true }) : JSON.stringify({ error: { code: 'repo_not_found', message: 'no' } }));
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+    url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  });
+
+  after(async function () {
+    server.closeAllConnections();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+
+  it('sends JSON and returns the status and the parsed answer, errors included', async function () {
+    expect(await apiRequest(url, 'POST', '/repos', { repo_id: 'a/b' }, 5000)).to.deep.equal({ kind: 'answer', status: 201, body: { repo_id: 'a/b', created: true } });
+    expect(seen.at(-1)).to.deep.equal({ method: 'POST', url: '/repos', contentType: 'application/json', body: '{"repo_id":"a/b"}' });
+    expect(await apiRequest(url, 'GET', '/repos/a/x', undefined, 5000)).to.deep.equal({ kind: 'answer', status: 404, body: { error: { code: 'repo_not_found', message: 'no' } } });
+  });
+
+  it('reports a request that got no answer in time as sent (it may have acted)', async function () {
+    const answer = await apiRequest(url, 'DELETE', '/silent', undefined, 50);
+    expect(answer).to.deep.equal({ kind: 'no-answer', sent: true, message: `${url} did not answer within 50 ms` });
+    expect(exitForAnswer('write', answer)).to.equal(EXIT.inDoubt);
+  });
+
+  it('reports a refused connection as not sent (nothing changed)', async function () {
+    const [closed] = await freePorts(1);
+    const answer = await apiRequest(`http://127.0.0.1:${closed}`, 'POST', '/repos', { repo_id: 'a/b' }, 5000);
+    expect(answer).to.include({ kind: 'no-answer', sent: false });
+    expect(exitForAnswer('write', answer)).to.equal(EXIT.unavailable);
   });
 });
