@@ -94,13 +94,10 @@ describe('quorum-git command line: help and usage errors', function () {
     { title: 'verify without --node', args: ['verify'], message: /required option '--node <url>' not specified/ },
     { title: 'verify with an unknown flag', args: ['verify', '--node', 'http://127.0.0.1:1', '--frobnicate'], message: /unknown option '--frobnicate'/ },
     { title: 'verify with a URL that does not parse', args: ['verify', '--node', 'not a url'], message: /is not a URL/ },
-    { title: 'verify with a URL that is not http', args: ['verify', '--node', 'ftp://127.0.0.1:1'], message: /must be an http:\/\/ URL/ },
     { title: 'verify with --node without a value', args: ['verify', '--node'], message: /option '--node <url>' argument missing/ },
-    { title: 'status with an unknown flag', args: ['status', '--node', 'http://127.0.0.1:1', '--verbose'], message: /unknown option '--verbose'/ },
     { title: 'status with a bad --timeout-ms', args: ['status', '--node', 'http://127.0.0.1:1', '--timeout-ms', '0'], message: /--timeout-ms must be a whole number/ },
     { title: 'repo create without a repo', args: ['repo', 'create', '--node', 'http://127.0.0.1:1'], message: /missing required argument 'repo'/ },
     { title: 'repo show of a path, not a repo id', args: ['repo', 'show', '../etc', '--node', 'http://127.0.0.1:1'], message: /owner may contain only/ },
-    { title: 'repo create of a reserved owner', args: ['repo', 'create', 'repos/x', '--node', 'http://127.0.0.1:1'], message: /reserved/ },
     { title: 'cluster with too many nodes', args: ['cluster', '--nodes', '10'], message: /--nodes must be a whole number from 1 to 9/ },
   ];
   it('exits 2 with the message and the command\'s usage on stderr, printing nothing on stdout, for every usage error', async function () {
