@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DEFAULT_FIXTURE, ensureFixture, formatKiB, type FixtureInfo } from './gen-fixture.js';
-import { CLI_PATH, LOOPBACK, LocalCluster, freePorts as localFreePorts, type LocalNode } from '../lib/local-cluster.js';
+import { LOOPBACK, LocalCluster, freePorts as localFreePorts, type LocalNode } from '../lib/local-cluster.js';
 import type { RepoStateAnswer } from '../lib/peer-client.js';
 import { NODE_FLAGS } from '../lib/runtime.js';
 
@@ -16,7 +16,6 @@ import { NODE_FLAGS } from '../lib/runtime.js';
 export const HOST = LOOPBACK;
 /** dist/scripts/ → repo root. */
 export const PROJECT_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-export const CLI = CLI_PATH;
 
 // ---------------------------------------------------------------------------------------------
 // Cleanup: every child process and temp dir registered here is removed when the script ends, however
