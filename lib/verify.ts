@@ -158,7 +158,11 @@ export async function clusterView(client: PeerClient, seed: NodeId, timeoutMs: n
   return { nodes, infos };
 }
 
-export async function runVerify(client: PeerClient, seed: NodeId, options: { timeoutMs: number; concurrency?: number }): Promise<VerifyReport> {
+export async function runVerify(
+  client: PeerClient,
+  seed: NodeId,
+  options: { timeoutMs: number; concurrency?: number; onProgress?: (checked: number, total: number) => void },
+): Promise<VerifyReport> {
   const { nodes } = await clusterView(client, seed, options.timeoutMs);
   const catalogs = new Map<NodeId, Record<string, CatalogEntry>>();
   await Promise.all(
@@ -176,6 +180,7 @@ export async function runVerify(client: PeerClient, seed: NodeId, options: { tim
   const reachable = nodes.filter((n) => n.reachable).map((n) => n.url);
   const repoIds = [...new Set([...catalogs.values()].flatMap((c) => Object.keys(c)))].sort();
   const byRepo = new Map<string, ReplicaReport[]>();
+  options.onProgress?.(0, repoIds.length);
   await eachLimited(repoIds, options.concurrency ?? 4, async (repoId) => {
     const observations = await Promise.all(
       reachable.map(async (node): Promise<ReplicaObservation> => {
@@ -187,6 +192,7 @@ export async function runVerify(client: PeerClient, seed: NodeId, options: { tim
       }),
     );
     byRepo.set(repoId, classifyRepo(repoId, observations));
+    options.onProgress?.(byRepo.size, repoIds.length);
   });
   const replicas: ReplicaReport[] = [
     ...nodes.filter((n) => !n.reachable).map((n): ReplicaReport => ({ repo_id: '*', node: n.url, status: 'unreachable', ...(n.error ? { detail: n.error } : {}) })),

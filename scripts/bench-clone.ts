@@ -54,7 +54,7 @@ async function main(): Promise<void> {
   const nodeUrl = `${pushNode.url}/${REPO_ID}.git`;
 
   const push = await timed(() => git(['push', '--quiet', '--mirror', nodeUrl], { ...clientEnv, GIT_DIR: fixtureDir }, { timeoutMs: 600_000 }));
-  process.stderr.write(`push --mirror through ${pushNode.name}: ${(push.ms / 1000).toFixed(2)} s\n`);
+  process.stderr.write(`push --mirror through ${pushNode.serverId}: ${(push.ms / 1000).toFixed(2)} s\n`);
   const expected = await refLines(['for-each-ref', '--format=%(objectname) %(refname)'], { ...clientEnv, GIT_DIR: fixtureDir });
   await waitFor(
     'pushed refs visible on node-1',

@@ -179,7 +179,7 @@ async function setUpRepo(cluster: Cluster, repoId: string, source: string, clien
     const said = pushed.value.stderr.split('\n').filter((l) => l.startsWith('remote:') || l.startsWith('error:') || l.startsWith('fatal:'));
     throw new Error(`push --mirror of ${what} failed:\n${said.slice(0, 20).join('\n')}`);
   }
-  log(`push --mirror of ${what} through ${node.name}: ${(pushed.ms / 1000).toFixed(1)} s`);
+  log(`push --mirror of ${what} through ${node.serverId}: ${(pushed.ms / 1000).toFixed(1)} s`);
   await waitConverged(cluster, repoId, 120_000);
 }
 

@@ -61,13 +61,13 @@ async function main(): Promise<void> {
   const directUrl = `${n1.url}/${REPO_ID}.git`;
   const proxiedUrl = `${n3.url}/${REPO_ID}.git`;
   const push = await timed(() => git(['push', '--quiet', '--mirror', directUrl], { ...clientEnv, GIT_DIR: fixtureDir }, { timeoutMs: 600_000 }));
-  log(`push --mirror through ${n1.name}: ${(push.ms / 1000).toFixed(2)} s (coordinator ${cluster.nodes[cluster.urls.indexOf(pickCoordinator(REPO_ID, cluster.urls)!)]!.name})`);
+  log(`push --mirror through ${n1.serverId}: ${(push.ms / 1000).toFixed(2)} s (coordinator ${cluster.nodes[cluster.urls.indexOf(pickCoordinator(REPO_ID, cluster.urls)!)]!.serverId})`);
   const atFixture = await waitConverged(cluster, REPO_ID);
 
   // node-3 misses one push.
   await cluster.killNode(2, 'SIGKILL');
   await waitFor(
-    `${n1.name} sees ${n3.name} down`,
+    `${n1.serverId} sees ${n3.serverId} down`,
     async () => ((await getJson(`${n1.url}/health`)).body as { peers_reachable?: number }).peers_reachable === 1,
     15_000,
   );
@@ -76,7 +76,7 @@ async function main(): Promise<void> {
   const head = (await git(['commit-tree', '-p', 'HEAD', '-m', 'pushed while node-3 was down', 'HEAD^{tree}'], clientEnv, { cwd: wc })).stdout.trim();
   await git(['push', '--quiet', directUrl, `${head}:refs/heads/main`], clientEnv, { cwd: wc });
   const newest = await waitConverged(cluster, REPO_ID, 30_000, [0, 1]);
-  log(`pushed ${head.slice(0, 12)} with ${n3.name} down: generation ${atFixture.generation} -> ${newest.generation}`);
+  log(`pushed ${head.slice(0, 12)} with ${n3.serverId} down: generation ${atFixture.generation} -> ${newest.generation}`);
   const expected = (await refLines(['for-each-ref', '--format=%(objectname) %(refname)'], { ...clientEnv, GIT_DIR: fixtureDir })).map((l) =>
     l.endsWith(' refs/heads/main') ? `${head} refs/heads/main` : l,
   ).sort();
@@ -96,7 +96,7 @@ async function main(): Promise<void> {
     // stayed behind
   }
   log(
-    `${n3.name} restarted with SYNC_INTERVAL_MS=600000: ready after ${readyMs.toFixed(0)} ms, ` +
+    `${n3.serverId} restarted with SYNC_INTERVAL_MS=600000: ready after ${readyMs.toFixed(0)} ms, ` +
       (Number.isNaN(selfCatchUpMs) ? 'still behind after 30 s' : `caught up by itself ${selfCatchUpMs.toFixed(0)} ms after the restart (start-up sync)`),
   );
   await cluster.killNode(2, 'SIGTERM');
@@ -107,12 +107,12 @@ async function main(): Promise<void> {
   await cluster.startNode(2, { SYNC_INTERVAL_MS: '600000', GIT_ALLOW_PROTOCOL: 'file' });
   await sleep(500);
   const stale = await cluster.repoState(2, REPO_ID);
-  if (stale.generation >= newest.generation) throw new Error(`${n3.name} is not behind (generation ${stale.generation}, newest ${newest.generation})`);
-  log(`${n3.name} restarted stale: generation ${stale.generation}, newest ${newest.generation}`);
+  if (stale.generation >= newest.generation) throw new Error(`${n3.serverId} is not behind (generation ${stale.generation}, newest ${newest.generation})`);
+  log(`${n3.serverId} restarted stale: generation ${stale.generation}, newest ${newest.generation}`);
 
   const targets = [
-    { name: `via ${n3.name} (stale, proxied)`, key: 'proxied', url: proxiedUrl, times: [] as number[] },
-    { name: `direct from ${n1.name}`, key: 'direct', url: directUrl, times: [] as number[] },
+    { name: `via ${n3.serverId} (stale, proxied)`, key: 'proxied', url: proxiedUrl, times: [] as number[] },
+    { name: `direct from ${n1.serverId}`, key: 'direct', url: directUrl, times: [] as number[] },
   ];
   const clones = path.join(work, 'clones');
   await fs.mkdir(clones, { recursive: true });
@@ -133,8 +133,8 @@ async function main(): Promise<void> {
     }
   }
   const after = await cluster.repoState(2, REPO_ID);
-  if (after.generation >= newest.generation) throw new Error(`${n3.name} caught up during the measurement; the proxied figures are not all proxied`);
-  const catchUpFailures = (await fs.readFile(n3.process.logFile!, 'utf8')).split('\n').filter((l) => l.includes('catch-up failed')).length;
+  if (after.generation >= newest.generation) throw new Error(`${n3.serverId} caught up during the measurement; the proxied figures are not all proxied`);
+  const catchUpFailures = (await fs.readFile(n3.logFile, 'utf8')).split('\n').filter((l) => l.includes('catch-up failed')).length;
   await cluster.stop();
 
   const [proxied, direct] = targets as [(typeof targets)[0], (typeof targets)[0]];
@@ -147,9 +147,9 @@ async function main(): Promise<void> {
         targets.map((t) => [t.name, t.times.length, median(t.times).toFixed(3), Math.min(...t.times).toFixed(3), Math.max(...t.times).toFixed(3)]),
       ) +
       `\n\nratio proxied / direct (median): ${ratio.toFixed(3)}x ${ratio <= 1.15 ? 'ok (<= 1.15x)' : 'MISSED (> 1.15x)'}` +
-      `   (${fixture.commits} commits, ${mb.toFixed(1)} MB pack; ${n3.name} stayed at generation ${after.generation} < ${newest.generation}; ` +
+      `   (${fixture.commits} commits, ${mb.toFixed(1)} MB pack; ${n3.serverId} stayed at generation ${after.generation} < ${newest.generation}; ` +
       `every proxied clone had main = ${head.slice(0, 12)})\n` +
-      `${n3.name} with SYNC_INTERVAL_MS=600000 alone: ` +
+      `${n3.serverId} with SYNC_INTERVAL_MS=600000 alone: ` +
       (Number.isNaN(selfCatchUpMs) ? 'stayed behind for 30 s\n' : `caught up by itself ${selfCatchUpMs.toFixed(0)} ms after restart (start-up sync)\n`) +
       `load average (1 min): ${loadBefore.toFixed(2)} before, ${os.loadavg()[0]!.toFixed(2)} after\n`,
   );

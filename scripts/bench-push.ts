@@ -183,10 +183,10 @@ async function main(): Promise<void> {
   const viaOther = full3.nodeRepos[full3.nodeRepos.length - 2]!;
   const other = (viaOther.coordinator + 1) % cluster3.nodes.length;
   const smallTargets: Array<Target & { url: string; repoId?: string }> = [
-    { name: `node (coordinator ${cluster3.nodes[direct.coordinator]!.name})`, key: 'node', times: [], url: direct.url, repoId: direct.repoId },
+    { name: `node (coordinator ${cluster3.nodes[direct.coordinator]!.serverId})`, key: 'node', times: [], url: direct.url, repoId: direct.repoId },
     { name: 'nginx+git-http-backend', key: 'http', times: [], url: full3.lastHttp },
     {
-      name: `node via ${cluster3.nodes[other]!.name} (proxied)`,
+      name: `node via ${cluster3.nodes[other]!.serverId} (proxied)`,
       key: 'node_proxied',
       times: [],
       url: `${cluster3.urls[other]}/${viaOther.repoId}.git`,

@@ -1,22 +1,21 @@
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { createWriteStream, existsSync, mkdirSync, mkdtempSync, promises as fs, readFileSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DEFAULT_FIXTURE, ensureFixture, formatKiB, type FixtureInfo } from './gen-fixture.js';
+import { LOOPBACK, LocalCluster, freePorts as localFreePorts, type LocalNode } from '../lib/local-cluster.js';
 import type { RepoStateAnswer } from '../lib/peer-client.js';
 import { NODE_FLAGS } from '../lib/runtime.js';
 
-// Shared by the benchmark scripts: free ports, a local cluster of real `quorum-git serve` processes,
-// helper processes that are always cleaned up (normal end, failure, Ctrl-C), running git with an
-// isolated configuration, and timing statistics. Everything binds to 127.0.0.1 only.
+// Shared by the benchmark scripts: free ports, a local cluster of real `quorum-git serve` processes
+// (lib/local-cluster.ts), helper processes that are always cleaned up (normal end, failure, Ctrl-C),
+// running git with an isolated configuration, and timing statistics. Everything binds to 127.0.0.1 only.
 
-export const HOST = '127.0.0.1';
+export const HOST = LOOPBACK;
 /** dist/scripts/ → repo root. */
 export const PROJECT_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-export const CLI = path.join(PROJECT_ROOT, 'dist', 'lib', 'cli.js');
 
 // ---------------------------------------------------------------------------------------------
 // Cleanup: every child process and temp dir registered here is removed when the script ends, however
@@ -273,26 +272,7 @@ export function freePort(): Promise<number> {
 }
 
 /** Distinct free ports (asked for all at once so the same one is not handed out twice). */
-export async function freePorts(count: number): Promise<number[]> {
-  const servers: net.Server[] = [];
-  try {
-    const ports: number[] = [];
-    for (let i = 0; i < count; i += 1) {
-      const server = net.createServer();
-      servers.push(server);
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', reject);
-        server.listen(0, HOST, () => resolve());
-      });
-      const address = server.address();
-      if (typeof address !== 'object' || !address) throw new Error('no free port');
-      ports.push(address.port);
-    }
-    return ports;
-  } finally {
-    await Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
-  }
-}
+export const freePorts = (count: number): Promise<number[]> => localFreePorts(count, HOST);
 
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
@@ -354,18 +334,10 @@ async function answer(res: Response): Promise<{ status: number; body: unknown }>
 }
 
 // ---------------------------------------------------------------------------------------------
-// A local cluster of real nodes
+// A local cluster of real nodes (lib/local-cluster.ts, the launcher specs and `npm start` use too)
 
-export interface ClusterNode {
-  name: string;
-  url: string;
-  port: number;
-  dataDir: string;
-  /** The running process; replaced when the node is restarted with `Cluster.startNode`. */
-  process: SpawnedProcess;
-  /** The environment the node was last started with. */
-  env: NodeJS.ProcessEnv;
-}
+/** A node of a benchmark's cluster: name (serverId), url, port, dataDir, logFile, env, running, pid. */
+export type ClusterNode = LocalNode;
 
 /** One replica's version of a repo, from a node's internal API (the type the nodes themselves use). */
 export type { RepoStateAnswer } from '../lib/peer-client.js';
@@ -380,10 +352,10 @@ export interface Cluster {
   /** Stops one node with `signal` (default SIGKILL: a crash) and waits until it is gone. */
   killNode(index: number, signal?: NodeJS.Signals): Promise<void>;
   /**
-   * (Re)starts a stopped node on its port and data dir, with its original environment plus `extraEnv`,
-   * and waits until it answers /health and sees every peer.
+   * (Re)starts a stopped node on its port and data dir, with its environment plus `extraEnv` (kept for
+   * later restarts), and waits until it answers /health and sees every peer.
    */
-  startNode(index: number, extraEnv?: NodeJS.ProcessEnv): Promise<void>;
+  startNode(index: number, extraEnv?: Record<string, string>): Promise<void>;
   /** A node's version of a repo (GET /internal/repo-state, with the cluster secret). */
   repoState(index: number, repoId: string): Promise<RepoStateAnswer>;
 }
@@ -394,95 +366,63 @@ export interface Cluster {
  * BENCH_LOG_LEVEL, default warn) go to <root>/node-<i>.log; BENCH_KEEP_TMP=1 keeps them.
  */
 export async function startCluster(
-  options: { size?: number; env?: NodeJS.ProcessEnv; nodeArgs?: string[]; readyTimeoutMs?: number } = {},
+  options: { size?: number; env?: Record<string, string>; nodeArgs?: string[]; readyTimeoutMs?: number } = {},
 ): Promise<Cluster> {
   const size = options.size ?? 3;
   // e.g. BENCH_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/prof' (not allowed in NODE_OPTIONS).
   const nodeArgs = options.nodeArgs ?? [...NODE_FLAGS, ...(process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean)];
   const readyTimeoutMs = options.readyTimeoutMs ?? 30_000;
-  const root = makeTempDir('qg-bench-');
-  const ports = await freePorts(size);
-  const urls = ports.map((p) => `http://${HOST}:${p}`);
-  const secret = randomBytes(16).toString('hex');
-  const spawnNode = (name: string, env: NodeJS.ProcessEnv): SpawnedProcess =>
-    spawnTracked(process.execPath, [...nodeArgs, CLI, 'serve'], { cwd: PROJECT_ROOT, env, logFile: path.join(root, `${name}.log`) });
-  const nodes: ClusterNode[] = ports.map((port, i) => {
-    const name = `node-${i + 1}`;
-    const dataDir = path.join(root, name);
-    mkdirSync(dataDir, { recursive: true });
-    const env: NodeJS.ProcessEnv = {
-      ...process.env,
-      LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? 'warn',
-      PORT: String(port),
-      HOST,
-      SERVER_ID: name,
-      DATA_DIR: dataDir,
-      PEER_URLS: urls.filter((_, j) => j !== i).join(','),
-      CLUSTER_SECRET: secret,
-      ...options.env,
-    };
-    return { name, url: urls[i]!, port, dataDir, env, process: spawnNode(name, env) };
+  const local = await LocalCluster.create({
+    size,
+    root: makeTempDir('qg-bench-'),
+    host: HOST,
+    env: { LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? 'warn', ...options.env },
+    nodeArgs,
+    cwd: PROJECT_ROOT,
+    startTimeoutMs: readyTimeoutMs,
+    stopTimeoutMs: 5000,
   });
   let stopped = false;
   const stop = async (): Promise<void> => {
     if (stopped) return;
     stopped = true;
-    await Promise.all(nodes.map((n) => stopProcess(n.process.child, 5000)));
+    await local.stop();
   };
   onCleanup(stop);
-  const waitReady = async (group: ClusterNode[]): Promise<void> => {
-    const died = Promise.race(
-      group.map((n) => n.process.exited.then((code) => Promise.reject(new Error(`${n.name} exited (${code}) during start; see ${n.process.logFile}`)))),
-    );
-    died.catch(() => undefined);
-    await Promise.race([
-      died,
-      Promise.all(
-        group.map((n) =>
-          waitFor(
-            `${n.name} /health`,
-            async () => {
-              const { status, body } = await getJson(`${n.url}/health`, 1000);
-              return status === 200 && (body as { peers_reachable?: number }).peers_reachable === size - 1;
-            },
-            readyTimeoutMs,
-          ),
-        ),
-      ),
-    ]);
-  };
   const nodeAt = (index: number): ClusterNode => {
-    const node = nodes[index];
+    const node = local.nodes[index];
     if (!node) throw new Error(`no node ${index} in a cluster of ${size}`);
     return node;
   };
   const killNode = async (index: number, sig: NodeJS.Signals = 'SIGKILL'): Promise<void> => {
     const node = nodeAt(index);
-    const { child, exited } = node.process;
-    if (child.exitCode !== null || child.signalCode !== null) return;
-    child.kill(sig);
-    await withTimeout(exited, 10_000, `${node.name} to stop`);
+    if (sig === 'SIGKILL') await node.kill();
+    else if (sig === 'SIGTERM') await node.stop();
+    else if (node.running) {
+      const exited = node.waitForExit();
+      node.signal(sig);
+      await withTimeout(exited, 10_000, `${node.serverId} to stop`);
+    }
   };
-  const startNode = async (index: number, extraEnv: NodeJS.ProcessEnv = {}): Promise<void> => {
+  const startNode = async (index: number, extraEnv: Record<string, string> = {}): Promise<void> => {
     if (stopped) throw new Error('the cluster was stopped');
     const node = nodeAt(index);
-    if (node.process.child.exitCode === null && node.process.child.signalCode === null) throw new Error(`${node.name} is still running`);
-    node.env = { ...node.env, ...extraEnv };
-    node.process = spawnNode(node.name, node.env);
-    await waitReady([node]);
+    if (node.running) throw new Error(`${node.serverId} is still running`);
+    Object.assign(node.env, extraEnv);
+    await node.start({}, { peers: size - 1 });
   };
   const repoState = async (index: number, repoId: string): Promise<RepoStateAnswer> => {
     const node = nodeAt(index);
     const res = await fetch(`${node.url}/internal/repo-state/${repoId}?refs=0`, {
-      headers: { 'x-quorum-secret': secret },
+      headers: { 'x-quorum-secret': local.secret },
       signal: AbortSignal.timeout(5000),
     });
     const text = await res.text();
-    if (res.status !== 200) throw new Error(`${node.name} repo-state ${repoId}: ${res.status} ${text.slice(0, 300)}`);
+    if (res.status !== 200) throw new Error(`${node.serverId} repo-state ${repoId}: ${res.status} ${text.slice(0, 300)}`);
     return JSON.parse(text) as RepoStateAnswer;
   };
-  await waitReady(nodes);
-  return { nodes, urls, root, secret, stop, killNode, startNode, repoState };
+  await local.start();
+  return { nodes: local.nodes, urls: local.urls, root: local.root, secret: local.secret, stop, killNode, startNode, repoState };
 }
 
 /** The last lines of a log file (for error messages). */
@@ -499,12 +439,11 @@ export async function waitConverged(cluster: Cluster, repoId: string, timeoutMs 
   const which = indexes ?? cluster.nodes.map((_, i) => i);
   let last: RepoStateAnswer | undefined;
   await waitFor(
-    `${repoId} converged on ${which.map((i) => cluster.nodes[i]!.name).join(', ')}`,
+    `${repoId} converged on ${which.map((i) => cluster.nodes[i]!.serverId).join(', ')}`,
     async () => {
       for (const i of which) {
         const n = cluster.nodes[i]!;
-        const { exitCode, signalCode } = n.process.child;
-        if (exitCode !== null || signalCode !== null) throw new FatalWaitError(`${n.name} exited (${signalCode ?? exitCode}); log tail:\n${logTail(n.process.logFile)}`);
+        if (!n.running) throw new FatalWaitError(`${n.serverId} exited (${n.exitInfo?.signal ?? n.exitInfo?.code}); log tail:\n${n.logTail(30)}`);
       }
       const states = await Promise.all(which.map((i) => cluster.repoState(i, repoId)));
       last = states[0];

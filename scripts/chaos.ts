@@ -1,23 +1,11 @@
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, promises as fs, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
+import { mkdtempSync, promises as fs, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { NODE_FLAGS } from '../lib/runtime.js';
+import { LocalCluster, type LocalNode } from '../lib/local-cluster.js';
 import { SPEC_NODE_ENV } from '../spec/support/cluster.js';
-import {
-  CLI,
-  HOST,
-  PROJECT_ROOT,
-  freePorts,
-  git,
-  gitClientEnv,
-  run,
-  runMain,
-  sleep,
-  spawnTracked,
-  type SpawnedProcess,
-} from './bench-support.js';
+import { HOST, PROJECT_ROOT, freePorts, git, gitClientEnv, onCleanup, run, runMain, sleep } from './bench-support.js';
 import {
   allowedRepoStates,
   classifyApiAnswer,
@@ -100,15 +88,14 @@ interface ChaosNode {
   name: string;
   /** The node's own port: clients use it. */
   url: string;
-  port: number;
   relay: Relay;
   dataDir: string;
   logFile: string;
-  env: NodeJS.ProcessEnv;
-  proc: SpawnedProcess | undefined;
-  /** Every process group this node ever led (orphaned gits of a node killed alone stay in the old one). */
-  groups: Set<number>;
-  paused: boolean;
+  /**
+   * Its process (lib/local-cluster.ts), the leader of its own group; `node.groups` holds every group it
+   * ever led (orphaned gits of a node killed alone stay in the old one).
+   */
+  node: LocalNode;
   deadForGood: boolean;
 }
 
@@ -120,78 +107,56 @@ const elapsed = (): string => `${((Date.now() - t0) / 1000).toFixed(1)}s`;
 const say = (line: string): void => void process.stdout.write(`[${elapsed()}] ${line}\n`);
 
 function isRunning(n: ChaosNode): boolean {
-  return n.proc !== undefined && n.proc.child.exitCode === null && n.proc.child.signalCode === null;
-}
-
-function startProcess(n: ChaosNode): void {
-  // Leader of its own group (detached), so the nemesis can kill the node together with its gits.
-  n.proc = spawnTracked(process.execPath, [...NODE_FLAGS, CLI, 'serve'], { cwd: PROJECT_ROOT, env: n.env, logFile: n.logFile, group: true });
-  if (n.proc.child.pid !== undefined) n.groups.add(n.proc.child.pid);
-  n.paused = false;
-}
-
-async function health(n: ChaosNode, timeoutMs = 1000): Promise<{ peers_reachable?: number } | undefined> {
-  try {
-    const res = await fetch(`${n.url}/health`, { signal: AbortSignal.timeout(timeoutMs) });
-    return res.status === 200 ? ((await res.json()) as { peers_reachable?: number }) : undefined;
-  } catch {
-    return undefined;
-  }
+  return n.node.running;
 }
 
 /** Waits until the node answers /health (and, with `peers`, reaches that many peers). */
 async function waitHealthy(n: ChaosNode, timeoutMs: number, peers?: number): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (!isRunning(n)) return false;
-    const h = await health(n);
-    if (h && (peers === undefined || h.peers_reachable === peers)) return true;
-    await sleep(100);
+  try {
+    await n.node.waitHealthy({ timeoutMs, ...(peers === undefined ? {} : { peers }) });
+    return true;
+  } catch {
+    return false;
   }
-  return false;
 }
 
 async function startCluster(): Promise<void> {
   const ports = await freePorts(NODE_COUNT * 2);
-  for (let i = 0; i < NODE_COUNT; i += 1) {
-    const name = `node-${i + 1}`;
-    const relay = new Relay(ports[i]!);
-    await relay.listen(ports[NODE_COUNT + i]!);
-    const dataDir = path.join(root, name);
-    mkdirSync(dataDir, { recursive: true });
-    nodes.push({
-      index: i,
-      name,
-      url: `http://${HOST}:${ports[i]}`,
-      port: ports[i]!,
-      relay,
-      dataDir,
-      logFile: path.join(root, `${name}.log`),
-      env: {},
-      proc: undefined,
-      groups: new Set(),
-      paused: false,
-      deadForGood: false,
-    });
+  const baseEnv = { ...process.env };
+  delete baseEnv.FAILPOINTS;
+  // Each node leads its own process group, so the nemesis can kill the node together with its gits.
+  const cluster = await LocalCluster.create({
+    size: NODE_COUNT,
+    root,
+    host: HOST,
+    ports: ports.slice(0, NODE_COUNT),
+    secret,
+    env: { ...SPEC_NODE_ENV, LOG_LEVEL: process.env.CHAOS_LOG_LEVEL ?? 'info' },
+    baseEnv,
+    cwd: PROJECT_ROOT,
+    group: true,
+    startTimeoutMs: 30_000,
+    stopTimeoutMs: 3000,
+  });
+  onCleanup(() => cluster.stop());
+  for (const node of cluster.nodes) {
+    const relay = new Relay(node.port);
+    await relay.listen(ports[NODE_COUNT + node.index]!);
+    nodes.push({ index: node.index, name: node.serverId, url: node.url, relay, dataDir: node.dataDir, logFile: node.logFile, node, deadForGood: false });
   }
+  // Peers reach each node through its relay (the node's identity), clients directly.
   for (const n of nodes) {
-    n.env = {
-      ...process.env,
-      ...SPEC_NODE_ENV,
-      LOG_LEVEL: process.env.CHAOS_LOG_LEVEL ?? 'info',
-      PORT: String(n.port),
-      HOST,
-      SERVER_ID: n.name,
-      DATA_DIR: n.dataDir,
-      PUBLIC_URL: `http://${HOST}:${n.relay.port}`,
-      PEER_URLS: nodes.filter((m) => m !== n).map((m) => `http://${HOST}:${m.relay.port}`).join(','),
-      CLUSTER_SECRET: secret,
-    };
-    delete n.env.FAILPOINTS;
+    n.node.env.PUBLIC_URL = `http://${HOST}:${n.relay.port}`;
+    n.node.env.PEER_URLS = nodes
+      .filter((m) => m !== n)
+      .map((m) => `http://${HOST}:${m.relay.port}`)
+      .join(',');
   }
-  for (const n of nodes) startProcess(n);
-  const ready = await Promise.all(nodes.map((n) => waitHealthy(n, 30_000, NODE_COUNT - 1)));
-  if (!ready.every(Boolean)) throw new Error(`the cluster did not come up; logs in ${root}`);
+  try {
+    await cluster.start();
+  } catch (err) {
+    throw new Error(`the cluster did not come up; logs in ${root}: ${(err as Error).message.split('\n')[0]}`, { cause: err });
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -373,27 +338,14 @@ type FaultKind = 'kill-group' | 'kill-node' | 'pause' | 'partition' | 'kill-for-
 const faults: Record<FaultKind, number> = { 'kill-group': 0, 'kill-node': 0, pause: 0, partition: 0, 'kill-for-good': 0 };
 let stopNemesis = false;
 
-function signalNode(n: ChaosNode, sig: NodeJS.Signals, group: boolean): void {
-  const pid = n.proc?.child.pid;
-  if (pid === undefined) return;
-  try {
-    process.kill(group ? -pid : pid, sig);
-  } catch {
-    // already gone
-  }
-}
-
 async function killNode(n: ChaosNode, group: boolean): Promise<void> {
-  if (!n.proc) return;
-  const exited = n.proc.exited;
-  if (n.paused) signalNode(n, 'SIGCONT', true);
-  signalNode(n, 'SIGKILL', group);
-  await exited;
+  // A paused node is resumed first (lib/local-cluster.ts), so its stopped gits run into the kill too.
+  await n.node.kill({ group });
 }
 
 async function restartNode(n: ChaosNode): Promise<void> {
   if (n.deadForGood || isRunning(n)) return;
-  startProcess(n);
+  n.node.spawn();
   if (!(await waitHealthy(n, 30_000))) say(`${n.name} did not answer /health within 30 s of its restart (see ${n.logFile})`);
 }
 
@@ -434,11 +386,9 @@ async function nemesis(): Promise<void> {
         break;
       case 'pause':
         // The whole group: a frozen machine, its gits included.
-        signalNode(victim, 'SIGSTOP', true);
-        victim.paused = true;
+        if (isRunning(victim)) victim.node.pause();
         await nap(holdMs);
-        signalNode(victim, 'SIGCONT', true);
-        victim.paused = false;
+        victim.node.resume();
         break;
       case 'partition':
         victim.relay.cut();
@@ -455,10 +405,7 @@ async function nemesis(): Promise<void> {
 async function healAll(): Promise<void> {
   for (const n of nodes) {
     n.relay.heal();
-    if (n.paused) {
-      signalNode(n, 'SIGCONT', true);
-      n.paused = false;
-    }
+    if (n.node.paused) n.node.resume();
   }
   await Promise.all(liveNodes().map((n) => restartNode(n)));
 }
@@ -561,7 +508,7 @@ function describeDifference(a: ChaosNode, sa: ReplicaState, b: ChaosNode, sb: Re
  * where orphaned gits stay), or with a cwd inside a DATA_DIR. `exclude`: the running nodes' pids.
  */
 function nodeProcesses(exclude: Set<number>): { pid: number; command: string; where: string }[] {
-  const groups = new Set(nodes.flatMap((n) => [...n.groups]));
+  const groups = new Set(nodes.flatMap((n) => [...n.node.groups]));
   const out: { pid: number; command: string; where: string }[] = [];
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
@@ -584,11 +531,11 @@ function nodeProcesses(exclude: Set<number>): { pid: number; command: string; wh
         // (lib/ref-txn.ts); it holds no lock between transactions, and one that does hold a prepared
         // transaction shows up as lock files, which are checked separately.
         if (exclude.has(Number(fields[1])) && command === 'git update-ref --stdin') continue;
-        const owner = nodes.find((n) => n.groups.has(pgid) || cwd.startsWith(`${n.dataDir}/`));
+        const owner = nodes.find((n) => n.node.groups.has(pgid) || cwd.startsWith(`${n.dataDir}/`));
         out.push({
           pid,
           command,
-          where: `state ${fields[0]}, ppid ${fields[1]}, group ${pgid} of ${owner?.name ?? '?'}${owner && isRunning(owner) && owner.proc?.child.pid === pgid ? ' (running)' : ' (dead)'}, cwd ${cwd}`,
+          where: `state ${fields[0]}, ppid ${fields[1]}, group ${pgid} of ${owner?.name ?? '?'}${owner && isRunning(owner) && owner.node.pid === pgid ? ' (running)' : ' (dead)'}, cwd ${cwd}`,
         });
       }
     } catch {
@@ -735,7 +682,7 @@ async function main(): Promise<void> {
 
   // After a quiet moment no git may run for the nodes (orphans of killed nodes included), and then no
   // lock file may be left in any repo.
-  const livePids = new Set(live.map((n) => n.proc?.child.pid).filter((p): p is number => p !== undefined));
+  const livePids = new Set(live.filter(isRunning).map((n) => n.node.pid));
   let leftovers = nodeProcesses(livePids);
   const procDeadline = Date.now() + LEFTOVER_PROCESS_WAIT_MS;
   while (leftovers.length > 0 && Date.now() < procDeadline) {

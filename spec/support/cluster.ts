@@ -1,21 +1,17 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { closeSync, openSync, promises as fs, readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import nodeHttp from 'node:http';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { NODE_FLAGS } from '../../lib/runtime.js';
+import { LocalCluster, LocalNode, freePorts as localFreePorts, type LocalNodeInit } from '../../lib/local-cluster.js';
 
 // Harness for integration specs: real `quorum-git serve` processes on free loopback ports with temp
-// data dirs, the real git binary with an isolated HOME, and small HTTP and polling helpers.
+// data dirs (lib/local-cluster.ts, the one launcher of specs, benchmarks and `npm start`), the real git
+// binary with an isolated HOME, and small HTTP and polling helpers.
 //
 // Each node's stdout and stderr go to <root>/<server-id>.log (appended across restarts), so a failing
 // spec can print the tail. Every spawned node is also killed when the mocha process exits, so a crashed
 // run never leaves servers behind.
-
-const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'lib', 'cli.js');
 
 /** Timeouts short enough for specs, long enough for a loaded 2-core CI machine. */
 export const SPEC_NODE_ENV: Readonly<Record<string, string>> = {
@@ -29,11 +25,7 @@ export const SYNC_INTERVAL_MS = Number(SPEC_NODE_ENV.SYNC_INTERVAL_MS);
 
 const START_TIMEOUT_MS = 15_000;
 const STOP_TIMEOUT_MS = 10_000;
-
-const spawned = new Set<ChildProcess>();
-process.once('exit', () => {
-  for (const child of spawned) child.kill('SIGKILL');
-});
+const HEAL_TIMEOUT_MS = 15_000;
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers
@@ -62,24 +54,7 @@ export async function eventually<T>(fn: () => T | Promise<T>, timeoutMs = 10_000
 }
 
 /** Free loopback ports, all distinct: every listener stays open until all are allocated. */
-export async function freePorts(count: number): Promise<number[]> {
-  const servers: net.Server[] = [];
-  try {
-    const ports: number[] = [];
-    for (let i = 0; i < count; i += 1) {
-      const server = net.createServer();
-      servers.push(server);
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', reject);
-        server.listen(0, '127.0.0.1', () => resolve());
-      });
-      ports.push((server.address() as net.AddressInfo).port);
-    }
-    return ports;
-  } finally {
-    await Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
-  }
-}
+export const freePorts = (count: number): Promise<number[]> => localFreePorts(count);
 
 export interface HttpResult {
   status: number;
@@ -259,41 +234,13 @@ export class GitClient {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Nodes and clusters
+// Nodes and clusters: lib/local-cluster.ts runs the processes; this adds the specs' defaults and helpers.
 
-export interface ExitInfo {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-}
+export type { ExitInfo } from '../../lib/local-cluster.js';
 
-export class TestNode {
-  readonly index: number;
-  readonly serverId: string;
-  readonly port: number;
-  readonly url: string;
-  readonly dataDir: string;
-  readonly logFile: string;
-  readonly env: Record<string, string>;
-  private child: ChildProcess | undefined;
-  private exited: Promise<ExitInfo> | undefined;
-
-  constructor(init: { index: number; serverId: string; port: number; dataDir: string; logFile: string; env: Record<string, string> }) {
-    this.index = init.index;
-    this.serverId = init.serverId;
-    this.port = init.port;
-    this.url = `http://127.0.0.1:${init.port}`;
-    this.dataDir = init.dataDir;
-    this.logFile = init.logFile;
-    this.env = init.env;
-  }
-
-  get running(): boolean {
-    return this.child !== undefined;
-  }
-
-  get pid(): number {
-    if (this.child?.pid === undefined) throw new Error(`${this.serverId} is not running`);
-    return this.child.pid;
+export class TestNode extends LocalNode {
+  constructor(init: LocalNodeInit) {
+    super(init);
   }
 
   get reposDir(): string {
@@ -304,129 +251,6 @@ export class TestNode {
   repoDir(repoId: string): string {
     const [owner, name] = repoId.split('/') as [string, string];
     return path.join(this.reposDir, owner, `${name}.git`);
-  }
-
-  /** Spawns the process without waiting for it to listen. */
-  spawn(extraEnv: Record<string, string> = {}): ChildProcess {
-    if (this.child) throw new Error(`${this.serverId} is already running`);
-    const out = openSync(this.logFile, 'a');
-    const child = spawn(process.execPath, [...NODE_FLAGS, CLI, 'serve'], {
-      env: { ...process.env, LOG_LEVEL: 'info', ...this.env, ...extraEnv },
-      stdio: ['ignore', out, out],
-    });
-    closeSync(out);
-    spawned.add(child);
-    this.child = child;
-    this.exited = new Promise((resolve) => {
-      child.once('exit', (code, signal) => {
-        spawned.delete(child);
-        if (this.child === child) this.child = undefined;
-        resolve({ code, signal });
-      });
-    });
-    return child;
-  }
-
-  /** Starts the node and waits until it answers /health. */
-  async start(): Promise<void> {
-    this.spawn();
-    const exited = this.exited!;
-    let gone: ExitInfo | undefined;
-    void exited.then((info) => (gone = info));
-    await eventually(
-      async () => {
-        if (gone) return;
-        const res = await http(`${this.url}/health`, { timeoutMs: 1000 });
-        if (res.status !== 200) throw new Error(`health answered ${res.status}`);
-      },
-      START_TIMEOUT_MS,
-      25,
-    );
-    if (gone) throw new Error(`${this.serverId} exited during start (${gone.signal ?? gone.code}):\n${this.logTail()}`);
-  }
-
-  /** SIGTERM, then waits for the process to exit (SIGKILL if it does not in time). */
-  async stop(): Promise<ExitInfo | undefined> {
-    return this.signal('SIGTERM');
-  }
-
-  /** SIGKILL: a crash. Nothing the node had not fsynced survives. */
-  async kill(): Promise<ExitInfo | undefined> {
-    return this.signal('SIGKILL');
-  }
-
-  async restart(): Promise<void> {
-    await this.stop();
-    await this.start();
-  }
-
-  /** Resolves when the process exits; for nodes expected to stop on their own. */
-  waitForExit(): Promise<ExitInfo> {
-    if (!this.exited) throw new Error(`${this.serverId} was never started`);
-    return this.exited;
-  }
-
-  private async signal(signal: NodeJS.Signals): Promise<ExitInfo | undefined> {
-    const child = this.child;
-    if (!child) return undefined;
-    const exited = this.exited!;
-    child.kill(signal);
-    const timer = setTimeout(() => child.kill('SIGKILL'), STOP_TIMEOUT_MS);
-    try {
-      return await exited;
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
-  /**
-   * Processes working for this node: its children, and any process whose working directory is inside
-   * its DATA_DIR (git serving a repo, including grandchildren such as pack-objects that outlive their
-   * parent). Reads /proc, so Linux only.
-   */
-  processes(): { pid: number; ppid: number; command: string }[] {
-    const self = this.child?.pid;
-    const out: { pid: number; ppid: number; command: string }[] = [];
-    for (const entry of readdirSync('/proc')) {
-      if (!/^\d+$/.test(entry)) continue;
-      const pid = Number(entry);
-      try {
-        const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-        // pid (comm) state ppid ...: comm may hold spaces and parentheses, so split after the last ')'.
-        const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-        let cwd = '';
-        try {
-          cwd = readlinkSync(`/proc/${pid}/cwd`);
-        } catch {
-          // exited meanwhile, or not ours to read
-        }
-        if ((self !== undefined && ppid === self) || cwd === this.dataDir || cwd.startsWith(`${this.dataDir}/`)) {
-          const command = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ').trim();
-          out.push({ pid, ppid, command });
-        }
-      } catch {
-        // the process exited while we looked
-      }
-    }
-    return out;
-  }
-
-  /** Everything this node has logged so far, across restarts. */
-  logText(): string {
-    try {
-      return readFileSync(this.logFile, 'utf8');
-    } catch {
-      return '';
-    }
-  }
-
-  /** The last lines of this node's log. */
-  logTail(lines = 40): string {
-    try {
-      return readFileSync(this.logFile, 'utf8').split('\n').slice(-lines - 1).join('\n');
-    } catch {
-      return '(no log)';
-    }
   }
 
   // Management API shortcuts ---------------------------------------------------------------------
@@ -479,41 +303,24 @@ export class Cluster {
   readonly nodes: TestNode[];
   readonly secret: string;
 
-  private constructor(root: string, nodes: TestNode[], secret: string) {
-    this.root = root;
-    this.nodes = nodes;
-    this.secret = secret;
+  private constructor(private readonly local: LocalCluster<TestNode>) {
+    this.root = local.root;
+    this.nodes = local.nodes;
+    this.secret = local.secret;
   }
 
   /** A cluster of `size` nodes on free ports, each with its own temp DATA_DIR; started unless told otherwise. */
   static async create(size: number, options: ClusterOptions = {}): Promise<Cluster> {
-    // realpath: /proc reports working directories resolved, and processes() compares against them.
-    const root = await fs.realpath(await fs.mkdtemp(path.join(os.tmpdir(), 'quorum-git-spec-')));
-    const ports = await freePorts(size);
-    const urls = ports.map((p) => `http://127.0.0.1:${p}`);
-    const secret = randomBytes(16).toString('hex');
-    const nodes = ports.map((port, i) => {
-      const serverId = `node-${i + 1}`;
-      const dataDir = path.join(root, serverId);
-      return new TestNode({
-        index: i,
-        serverId,
-        port,
-        dataDir,
-        logFile: path.join(root, `${serverId}.log`),
-        env: {
-          ...SPEC_NODE_ENV,
-          ...(options.env ?? {}),
-          PORT: String(port),
-          HOST: '127.0.0.1',
-          SERVER_ID: serverId,
-          DATA_DIR: dataDir,
-          PEER_URLS: urls.filter((_, j) => j !== i).join(','),
-          CLUSTER_SECRET: secret,
-        },
-      });
+    const root = await fs.mkdtemp(path.join(os.tmpdir(), 'quorum-git-spec-'));
+    const local = await LocalCluster.create<TestNode>({
+      size,
+      root,
+      env: { LOG_LEVEL: 'info', ...SPEC_NODE_ENV, ...(options.env ?? {}) },
+      startTimeoutMs: START_TIMEOUT_MS,
+      stopTimeoutMs: STOP_TIMEOUT_MS,
+      makeNode: (init) => new TestNode(init),
     });
-    const cluster = new Cluster(root, nodes, secret);
+    const cluster = new Cluster(local);
     if (options.start ?? true) {
       try {
         await cluster.startAll();
@@ -526,24 +333,18 @@ export class Cluster {
   }
 
   node(n: number): TestNode {
-    const node = this.nodes[n - 1];
-    if (!node) throw new Error(`no node ${n} in a cluster of ${this.nodes.length}`);
-    return node;
+    return this.local.node(n);
   }
 
+  /** Starts every stopped node and waits until each answers /health. */
   async startAll(): Promise<void> {
-    await Promise.all(this.nodes.filter((n) => !n.running).map((n) => n.start()));
+    await this.local.start({ peers: false });
   }
 
   /** Starts every stopped node and waits until each sees all its peers: the state every spec begins from. */
   async heal(): Promise<void> {
     await this.startAll();
-    await eventually(async () => {
-      for (const node of this.nodes) {
-        const res = await node.health();
-        if (res.body?.peers_reachable !== this.nodes.length - 1) throw new Error(`${node.serverId} does not reach all its peers yet`);
-      }
-    }, 15_000);
+    await this.local.waitReady({ timeoutMs: HEAL_TIMEOUT_MS });
   }
 
   /** Set when a spec using this cluster failed: destroy() then keeps the data dirs and logs. */
@@ -551,7 +352,7 @@ export class Cluster {
 
   /** Kills every node and removes the temp dirs, unless a spec failed (then says where they are). */
   async destroy(): Promise<void> {
-    await Promise.all(this.nodes.map((n) => n.kill()));
+    await this.local.kill();
     if (this.failed) {
       process.stderr.write(`[spec harness] a spec failed: node data dirs and logs kept in ${this.root}\n`);
       return;

@@ -1,0 +1,71 @@
+import { type Command, Option } from 'commander';
+import { DEV_CLUSTER_SECRET } from '../config.js';
+import { EXIT, integerParser, parseNodeUrl, Progress, toJson, type Act, type Outcome } from './output.js';
+
+// `quorum-git verify` and `status`, the operator tools (README "Operator tools"): they ask one node
+// for the cluster's nodes, then every node, over the internal API with the cluster secret from
+// CLUSTER_SECRET. Exit 0 all well, 1 a finding (or the node given does not answer), 2 a usage error.
+
+/** Per-request timeout of the operator tools, unless --timeout-ms says otherwise. */
+const TOOL_TIMEOUT_MS = 10_000;
+
+interface ToolOptions {
+  node: string;
+  json?: boolean;
+  timeoutMs: number;
+}
+
+const TOOL_HELP = `
+Authenticates with the cluster secret in CLUSTER_SECRET (the one the nodes were started with).
+Exit status: 0 all well; 1 a finding, or the node given does not answer; 2 usage error.`;
+
+function toolCommand(program: Command, name: string, description: string): Command {
+  return program
+    .command(name)
+    .description(description)
+    .addOption(new Option('--node <url>', 'any node of the cluster, e.g. http://127.0.0.1:3001').env('QUORUM_GIT_NODE').argParser(parseNodeUrl).makeOptionMandatory())
+    .option('--json', 'print the full report as JSON, for scripts')
+    .addOption(new Option('--timeout-ms <ms>', 'bounds each request to a node').argParser(integerParser('--timeout-ms', 1, 3_600_000)).default(TOOL_TIMEOUT_MS))
+    .addHelpText('after', TOOL_HELP);
+}
+
+async function runTool(name: 'verify' | 'status', options: ToolOptions): Promise<Outcome> {
+  // Loaded here: `--help` and the other commands start without the peer client.
+  const [{ PeerClient }, { formatStatus, runStatus }, { formatVerify, runVerify }] = await Promise.all([
+    import('../peer-client.js'),
+    import('../status.js'),
+    import('../verify.js'),
+  ]);
+  const secret = process.env.CLUSTER_SECRET;
+  if (!secret) process.stderr.write('quorum-git: CLUSTER_SECRET is not set: using the development default\n');
+  const client = new PeerClient({ secret: secret || DEV_CLUSTER_SECRET, requestTimeoutMs: options.timeoutMs });
+  const progress = new Progress(process.stderr, name);
+  try {
+    if (name === 'verify') {
+      const report = await runVerify(client, options.node, { timeoutMs: options.timeoutMs, onProgress: (done, total) => progress.update(done, total, 'repos') });
+      progress.end();
+      process.stdout.write(options.json ? toJson(report) : `${formatVerify(report)}\n`);
+      return report.ok ? EXIT.ok : EXIT.failed;
+    }
+    const report = await runStatus(client, options.node, { timeoutMs: options.timeoutMs });
+    process.stdout.write(options.json ? toJson(report) : `${formatStatus(report)}\n`);
+    return report.ok ? EXIT.ok : EXIT.failed;
+  } catch (err) {
+    // The node given did not answer: nothing can be said about the cluster.
+    progress.end();
+    process.stderr.write(`quorum-git ${name}: ${(err as Error).message}\n`);
+    return EXIT.failed;
+  } finally {
+    client.close();
+  }
+}
+
+/** `verify` and `status`. */
+export function registerToolCommands(program: Command, act: Act): void {
+  toolCommand(program, 'status', "every node's reachability, recovery, repos and transactions in doubt").action(
+    act(async (options: ToolOptions) => runTool('status', options)),
+  );
+  toolCommand(program, 'verify', "compares every repo's HEAD, refs and version on every node; names each replica that does not agree")
+    .addHelpText('after', 'A progress line is drawn on stderr when it is a terminal.')
+    .action(act(async (options: ToolOptions) => runTool('verify', options)));
+}
