@@ -23,6 +23,8 @@ export type ErrorCode =
   | 'peer_unavailable'
   | 'request_timeout'
   | 'git_busy'
+  | 'unknown_peer'
+  | 'not_coordinator'
   | 'internal';
 
 export const statusByCode = {
@@ -46,6 +48,8 @@ export const statusByCode = {
   peer_unavailable: 502,
   request_timeout: 408,
   git_busy: 503,
+  unknown_peer: 403,
+  not_coordinator: 403,
   internal: 500,
 } as const satisfies Record<ErrorCode, number>;
 

@@ -453,10 +453,13 @@ export class TestNode {
     return http(`${this.url}/health`);
   }
 
-  /** A POST to the internal API, authenticated with the cluster secret. */
-  internal(pathname: string, json?: unknown): Promise<HttpResult> {
+  /**
+   * A request to the internal API, authenticated with the cluster secret, as if sent by the node at
+   * `from` (x-quorum-node; by default this node's first peer).
+   */
+  internal(pathname: string, json?: unknown, from: string = this.env.PEER_URLS!.split(',')[0]!): Promise<HttpResult> {
     return http(`${this.url}${pathname}`, {
-      headers: { 'x-quorum-secret': this.env.CLUSTER_SECRET! },
+      headers: { 'x-quorum-secret': this.env.CLUSTER_SECRET!, 'x-quorum-node': from },
       ...(json === undefined ? {} : { json }),
     });
   }
