@@ -24,7 +24,7 @@ import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createProxyServer, type ProxyServer } from 'http-proxy-3';
 import { CatchUp, DIRECT_HEADER, repoDigest } from './catch-up.js';
-import { addGitConfig, applyGitEnvironment, installHooks } from './hooks.js';
+import { applyGitEnvironment, installHooks } from './hooks.js';
 import { isLoopbackHost } from './config.js';
 import { Maintenance } from './maintenance.js';
 import { PushService } from './push-service.js';
@@ -165,8 +165,9 @@ export class QuorumGitNode {
     }
     const hooksDir = await installHooks(this.config.dataDir, hookHost, hookPort, this.config.clusterSecret);
     applyGitEnvironment(process.env, hooksDir, { maxInputSizeBytes: this.config.maxPackBytes });
-    // Catch-up fetches from https:// peers with git: the same CA as the node's own peer client.
-    if (this.config.tlsCaFile) addGitConfig(process.env, [['http.sslCAInfo', this.config.tlsCaFile]]);
+    // Catch-up fetches from https:// peers with git: the same CA as the node's own peer client. The
+    // variable, not http.sslCAInfo: an inherited GIT_SSL_CAINFO (set on many machines) beats the config.
+    if (this.config.tlsCaFile) process.env.GIT_SSL_CAINFO = this.config.tlsCaFile;
     await this.driver.start();
     await listen(this.server, this.config.port, this.config.host);
     this.logger.info('node listening', { url: this.url, peers: this.config.peerUrls, quorum: this.config.quorum, data_dir: this.config.dataDir, tls: this.config.tls !== undefined });
