@@ -1,3 +1,5 @@
+import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import path from 'node:path';
 import { writeQuorum } from './quorum.js';
 
@@ -41,13 +43,20 @@ export interface Config {
   maxGitProcesses: number;
   /** The same per client address (a peer's proxied request counts for the client it forwards). */
   maxGitProcessesPerClient: number;
-  /** The users file (lib/auth.ts); undefined: no authentication, everything allowed to everyone. */
+  /** AUTH_FILE (users and tokens); without it the node serves anonymously, on loopback only. */
   authFile: string | undefined;
   /** How often the users file is looked at for changes. */
   authReloadIntervalMs: number;
+  /** TLS_CERT and TLS_KEY (PEM), read at start: the node serves HTTPS. */
+  tls: { cert: Buffer; key: Buffer } | undefined;
+  /** TLS_CA: the PEM file of the CA(s) that peers' certificates must chain to (instead of the system's). */
+  tlsCaFile: string | undefined;
+  tlsCa: Buffer | undefined;
 }
 
 export const DEV_CLUSTER_SECRET = 'quorum-git-dev-secret';
+/** A cluster secret guards every node's internal API: shorter ones are refused beyond loopback. */
+export const MIN_CLUSTER_SECRET_BYTES = 32;
 
 function int(env: NodeJS.ProcessEnv, key: string, fallback: number, min = 0): number {
   const raw = env[key];
@@ -63,7 +72,7 @@ function normalizeUrl(key: string, raw: string): string {
   } catch {
     throw new Error(`${key}: '${raw}' is not a URL (expected e.g. http://127.0.0.1:3002)`);
   }
-  if (url.protocol !== 'http:') throw new Error(`${key}: '${raw}' must be an http:// URL`);
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new Error(`${key}: '${raw}' must be an http:// or https:// URL`);
   // A node's URL is its identity in the protocol and in push routing, so one spelling per node:
   // 'localhost' is taken as 127.0.0.1, the default HOST.
   if (url.hostname === 'localhost') url.hostname = '127.0.0.1';
@@ -76,7 +85,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const host = env.HOST || '127.0.0.1';
   const serverId = env.SERVER_ID || `server-${port}`;
   if (!/^[A-Za-z0-9._-]{1,64}$/.test(serverId)) throw new Error(`SERVER_ID must be 1-64 characters of [A-Za-z0-9._-], got '${serverId}'`);
-  const selfUrl = normalizeUrl('PUBLIC_URL', env.PUBLIC_URL || `http://${host.includes(':') ? `[${host}]` : host}:${port}`);
+  const tls = tlsFiles(env);
+  const scheme = tls.tls ? 'https' : 'http';
+  const selfUrl = normalizeUrl('PUBLIC_URL', env.PUBLIC_URL || `${scheme}://${host.includes(':') ? `[${host}]` : host}:${port}`);
+  if (tls.tls && selfUrl.startsWith('http:')) throw new Error(`PUBLIC_URL must be an https:// URL when TLS_CERT is set (the node serves only HTTPS), got '${selfUrl}'`);
   const peerUrls = (env.PEER_URLS ?? '')
     .split(',')
     .map((s) => s.trim())
@@ -86,6 +98,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (peerUrls.includes(selfUrl)) throw new Error(`PEER_URLS must not include this node itself (${selfUrl})`);
   const clusterSize = peerUrls.length + 1;
   const quorum = writeQuorum(clusterSize, env.QUORUM ? int(env, 'QUORUM', 0, 1) : undefined);
+  const authFile = env.AUTH_FILE ? path.resolve(env.AUTH_FILE) : undefined;
+  const problems = secureDefaultProblems({ host, selfUrl, peerUrls, clusterSecret: env.CLUSTER_SECRET, authFile });
+  if (problems.length > 0) throw new Error(problems.join('\n'));
   return {
     serverId,
     host,
@@ -114,7 +129,66 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     gitBodyIdleTimeoutMs: int(env, 'GIT_BODY_IDLE_TIMEOUT_MS', 30_000, 100),
     maxGitProcesses: int(env, 'MAX_GIT_PROCESSES', 64, 1),
     maxGitProcessesPerClient: int(env, 'MAX_GIT_PROCESSES_PER_CLIENT', 16, 1),
-    authFile: env.AUTH_FILE ? path.resolve(env.AUTH_FILE) : undefined,
+    authFile,
     authReloadIntervalMs: int(env, 'AUTH_RELOAD_INTERVAL_MS', 1000, 10),
+    ...tls,
   };
+}
+
+/** TLS_CERT + TLS_KEY (both or neither) and TLS_CA, read now so that a bad path stops the node at start. */
+function tlsFiles(env: NodeJS.ProcessEnv): Pick<Config, 'tls' | 'tlsCaFile' | 'tlsCa'> {
+  const read = (key: string, file: string): Buffer => {
+    try {
+      return readFileSync(file);
+    } catch (err) {
+      throw new Error(`${key}: cannot read '${file}' (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+    }
+  };
+  const certFile = env.TLS_CERT || undefined;
+  const keyFile = env.TLS_KEY || undefined;
+  if ((certFile === undefined) !== (keyFile === undefined)) throw new Error('TLS_CERT and TLS_KEY must be set together (PEM files of the certificate and its key)');
+  const tlsCaFile = env.TLS_CA ? path.resolve(env.TLS_CA) : undefined;
+  return {
+    tls: certFile && keyFile ? { cert: read('TLS_CERT', certFile), key: read('TLS_KEY', keyFile) } : undefined,
+    tlsCaFile,
+    tlsCa: tlsCaFile === undefined ? undefined : read('TLS_CA', tlsCaFile),
+  };
+}
+
+/** 127.0.0.0/8, ::1 (also as an IPv4-mapped address) and `localhost`: reachable from this machine only. */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.replace(/^\[|\]$/g, '').toLowerCase();
+  if (h === 'localhost' || h === '::1') return true;
+  const v4 = h.startsWith('::ffff:') ? h.slice('::ffff:'.length) : h;
+  return isIP(v4) === 4 && v4.startsWith('127.');
+}
+
+/**
+ * Why this configuration must not start (secure by default), as messages that say what to set; []
+ * when it may. A node reachable beyond loopback (its listen address, its public URL or any peer is
+ * not loopback) needs a real cluster secret: set, not the published development default, and at
+ * least MIN_CLUSTER_SECRET_BYTES long, since it lets its holder do anything to any repo (README,
+ * Security). And, like Redis' protected mode, a node that listens beyond loopback needs users
+ * (AUTH_FILE): without them it serves anonymously, which is only acceptable on loopback.
+ */
+export function secureDefaultProblems(c: { host: string; selfUrl: string; peerUrls: readonly string[]; clusterSecret: string | undefined; authFile: string | undefined }): string[] {
+  const exposed = [
+    ...(isLoopbackHost(c.host) ? [] : [`HOST=${c.host}`]),
+    ...(isLoopbackHost(new URL(c.selfUrl).hostname) ? [] : [`PUBLIC_URL ${c.selfUrl}`]),
+    ...c.peerUrls.filter((u) => !isLoopbackHost(new URL(u).hostname)).map((u) => `peer ${u}`),
+  ];
+  if (exposed.length === 0) return [];
+  const where = `this node is reachable beyond loopback (${exposed.join(', ')})`;
+  const how = `set CLUSTER_SECRET to the same random value on every node, at least ${MIN_CLUSTER_SECRET_BYTES} bytes (e.g. \`openssl rand -hex 32\`)`;
+  const problems: string[] = [];
+  const secret = c.clusterSecret ?? '';
+  if (secret === '') problems.push(`CLUSTER_SECRET is not set and ${where}: ${how}`);
+  else if (secret === DEV_CLUSTER_SECRET) problems.push(`CLUSTER_SECRET is the development default published in the README and ${where}: ${how}`);
+  else if (Buffer.byteLength(secret) < MIN_CLUSTER_SECRET_BYTES) problems.push(`CLUSTER_SECRET is ${Buffer.byteLength(secret)} bytes and ${where}: ${how}`);
+  if (!isLoopbackHost(c.host) && c.authFile === undefined) {
+    problems.push(
+      `HOST=${c.host} is not loopback and AUTH_FILE is not set: without users a node serves anyone, so it listens on loopback only; set AUTH_FILE (README, Security) or HOST=127.0.0.1`,
+    );
+  }
+  return problems;
 }

@@ -28,6 +28,8 @@ export type ErrorCode =
   | 'request_timeout'
   | 'git_busy'
   | 'not_ready'
+  | 'unknown_peer'
+  | 'not_coordinator'
   | 'internal'
   // Votes and aborts of the two-phase commit (txn-core's NoVoteCode and AbortCode).
   | 'refused'
@@ -63,6 +65,8 @@ export const statusByCode = {
   request_timeout: 408,
   git_busy: 503,
   not_ready: 503,
+  unknown_peer: 403,
+  not_coordinator: 403,
   internal: 500,
   refused: 409,
   unreachable: 503,

@@ -1,15 +1,21 @@
 import { createReadStream } from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 import path from 'node:path';
 import got, { type Got } from 'got';
 import { systemClock, type Clock } from './clock.js';
+import { parseCatalog, parsePeerInfo, parseQueryAnswer, parseRepoState, parseVote } from './internal-messages.js';
+import type { Logger } from './logger.js';
 import type { CatalogEntry, NodeId, QueryOutcome, TxnMessage, Vote } from './txn-core.js';
 
-// The node-to-node transport: JSON over HTTP to a peer's /internal API, authenticated with the
-// cluster secret and carrying the request id of the client request that caused it. No retries here:
-// the protocol decides what a lost message means.
+// The node-to-node transport: JSON over HTTP(S) to a peer's /internal API, authenticated with the
+// cluster secret, naming the sending node, and carrying the request id of the client request that
+// caused it. Every answer is checked (lib/internal-messages.ts) before anyone acts on it: a malformed
+// one counts as no answer. No retries here: the protocol decides what a lost message means.
 
 export const SECRET_HEADER = 'x-quorum-secret';
+/** The sending node's URL (its PUBLIC_URL); a node takes 2PC messages only from its configured peers. */
+export const NODE_HEADER = 'x-quorum-node';
 export const REQUEST_ID_HEADER = 'x-request-id';
 export const PACK_UPLOAD_TIMEOUT_MS = 60 * 60_000;
 
@@ -27,11 +33,22 @@ export function peerAgent(maxSockets: number): http.Agent {
   return new http.Agent({ keepAlive: true, maxSockets, timeout: IDLE_SOCKET_MS });
 }
 
+/** The same for https:// peers; `ca` (TLS_CA) replaces the system's roots when given. */
+export function peerHttpsAgent(maxSockets: number, ca?: Buffer): https.Agent {
+  return new https.Agent({ keepAlive: true, maxSockets, timeout: IDLE_SOCKET_MS, ...(ca ? { ca } : {}) });
+}
+
 export interface PeerClientOptions {
   secret: string;
   requestTimeoutMs: number;
   /** The node's clock (default the system's); times the JSON requests' answers. */
   clock?: Clock;
+  /** This node's URL, sent in NODE_HEADER; absent for the operator tools, which are no node. */
+  self?: NodeId;
+  /** TLS_CA: the CA(s) https:// peers' certificates must chain to. */
+  ca?: Buffer;
+  /** Told about catalog entries dropped as implausible. */
+  logger?: Logger;
 }
 
 export interface RepoStateAnswer {
@@ -67,26 +84,31 @@ export interface NodeInfo {
 export class PeerClient {
   private readonly got: Got;
   private readonly agent: http.Agent;
+  private readonly httpsAgent: https.Agent;
   private readonly idleTimeoutMs: number;
-  private readonly secret: string;
   private readonly clock: Clock;
+  private readonly headers: Record<string, string>;
+  private readonly logger: Logger | undefined;
 
   constructor(options: PeerClientOptions) {
     this.clock = options.clock ?? systemClock;
     this.idleTimeoutMs = options.requestTimeoutMs;
-    this.secret = options.secret;
+    this.headers = { [SECRET_HEADER]: options.secret, ...(options.self === undefined ? {} : { [NODE_HEADER]: options.self }) };
+    this.logger = options.logger;
     this.agent = peerAgent(64);
+    this.httpsAgent = peerHttpsAgent(64, options.ca);
     this.got = got.extend({
-      headers: { [SECRET_HEADER]: options.secret },
+      headers: this.headers,
       timeout: { request: options.requestTimeoutMs },
       retry: { limit: 0 },
-      agent: { http: this.agent },
+      agent: { http: this.agent, https: this.httpsAgent },
+      ...(options.ca ? { https: { certificateAuthority: options.ca } } : {}),
     });
   }
 
   async sendTxn(node: NodeId, msg: TxnMessage & { inlineFiles?: Record<string, string> }, requestId: string, timeoutMs?: number): Promise<Vote> {
     const path = msg.type === 'prepare' ? 'prepare' : msg.type === 'commitTxn' ? 'commit' : 'abort';
-    return this.requestJson<Vote>('POST', `${node}/internal/txn/${path}`, msg, requestId, timeoutMs);
+    return parseVote(await this.requestJson<unknown>('POST', `${node}/internal/txn/${path}`, msg, requestId, timeoutMs));
   }
 
   async queryTxn(
@@ -94,11 +116,12 @@ export class PeerClient {
     txnId: string,
     opts: { refuse: boolean; asCoordinator: boolean },
   ): Promise<{ outcome: QueryOutcome; epoch?: number; generation?: number; acceptors?: NodeId[] }> {
-    return this.got
+    const answer = await this.got
       .get(`${node}/internal/txn/${encodeURIComponent(txnId)}`, {
         searchParams: { refuse: opts.refuse ? '1' : '0', coordinator: opts.asCoordinator ? '1' : '0' },
       })
-      .json<{ outcome: QueryOutcome; epoch?: number; generation?: number; acceptors?: NodeId[] }>();
+      .json<unknown>();
+    return parseQueryAnswer(answer);
   }
 
   /** Streams one pack file of a push to a peer, ahead of the prepare (never buffered whole). */
@@ -114,18 +137,23 @@ export class PeerClient {
   /** A replica's version of one repo (and its refs, for catch-up). */
   async repoState(node: NodeId, repoId: string, want: { refs?: boolean; digest?: boolean }, timeoutMs?: number, requestId?: string): Promise<RepoStateAnswer> {
     const query = `refs=${want.refs ? '1' : '0'}&digest=${want.digest ? '1' : '0'}`;
-    return this.requestJson<RepoStateAnswer>('GET', `${node}/internal/repo-state/${repoId}?${query}`, undefined, requestId, timeoutMs);
+    return parseRepoState(await this.requestJson<unknown>('GET', `${node}/internal/repo-state/${repoId}?${query}`, undefined, requestId, timeoutMs), repoId);
   }
 
   async catalog(node: NodeId): Promise<Record<string, CatalogEntry>> {
-    const body = await this.got.get(`${node}/internal/catalog`).json<{ repos: Record<string, CatalogEntry> }>();
-    return body.repos;
+    return this.checkedCatalog(node, await this.got.get(`${node}/internal/catalog`).json<unknown>());
   }
 
   /** A catalog for a read (the management API's list): the fast path, with the read check's timeout. */
   async readCatalog(node: NodeId, timeoutMs: number, requestId?: string): Promise<Record<string, CatalogEntry>> {
-    const body = await this.requestJson<{ repos: Record<string, CatalogEntry> }>('GET', `${node}/internal/catalog`, undefined, requestId, timeoutMs);
-    return body.repos;
+    return this.checkedCatalog(node, await this.requestJson<unknown>('GET', `${node}/internal/catalog`, undefined, requestId, timeoutMs));
+  }
+
+  /** A peer's catalog without the entries no honest node could hold (bad id, implausible version, unknown state). */
+  private checkedCatalog(node: NodeId, answer: unknown): Record<string, CatalogEntry> {
+    const { repos, dropped } = parseCatalog(answer);
+    if (dropped.length > 0) this.logger?.warn('dropped implausible catalog entries from a peer', { peer: node, count: dropped.length, entries: dropped.slice(0, 5) });
+    return repos;
   }
 
   /** What a node says about itself, for the operator tools (`quorum-git status`, `verify`). */
@@ -134,7 +162,7 @@ export class PeerClient {
   }
 
   async ping(node: NodeId, timeoutMs: number): Promise<PeerInfo> {
-    return this.got.get(`${node}/internal/ping`, { timeout: { request: timeoutMs } }).json<PeerInfo>();
+    return parsePeerInfo(await this.got.get(`${node}/internal/ping`, { timeout: { request: timeoutMs } }).json<unknown>());
   }
 
   /**
@@ -160,13 +188,14 @@ export class PeerClient {
     const clock = this.clock;
     return new Promise<T>((resolve, reject) => {
       const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-      const headers: http.OutgoingHttpHeaders = { [SECRET_HEADER]: this.secret, accept: 'application/json' };
+      const headers: http.OutgoingHttpHeaders = { ...this.headers, accept: 'application/json' };
       if (requestId !== undefined) headers[REQUEST_ID_HEADER] = requestId;
       if (payload) {
         headers['content-type'] = 'application/json';
         headers['content-length'] = payload.length;
       }
-      const req = http.request(url, { method, headers, agent: this.agent }, (res) => {
+      const secure = url.startsWith('https:');
+      const req = (secure ? https : http).request(url, { method, headers, agent: secure ? this.httpsAgent : this.agent }, (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
         res.on('error', fail);
@@ -193,5 +222,6 @@ export class PeerClient {
 
   close(): void {
     this.agent.destroy();
+    this.httpsAgent.destroy();
   }
 }

@@ -1,16 +1,19 @@
 import { createHash, randomBytes, randomInt, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
+import https from 'node:https';
+import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import type { Config } from './config.js';
 import { QuorumGitError, errorBody, isQuorumGitError, statusByCode } from './errors.js';
 import { GitHttp } from './git-http.js';
 import { PKT_MAX_BYTES, clientAddress } from './git-rpc.js';
 import type { Logger } from './logger.js';
-import { KEEP_ALIVE_TIMEOUT_MS, PeerClient, REQUEST_ID_HEADER, SECRET_HEADER, peerAgent } from './peer-client.js';
+import { commitEpochProblem, parseTxnMessage } from './internal-messages.js';
+import { KEEP_ALIVE_TIMEOUT_MS, NODE_HEADER, PeerClient, REQUEST_ID_HEADER, SECRET_HEADER, peerAgent, peerHttpsAgent } from './peer-client.js';
 import { parseRepoId } from './repo-id.js';
 import { RepoStore } from './repo-store.js';
 import { GitReplica } from './replica.js';
-import { TXN_ID, route, type Route } from './router.js';
+import { route, type Route } from './router.js';
 import { compareVersions, type NodeId, type TxnMessage, type TxnOp } from './txn-core.js';
 import { sleep, systemClock, type Clock } from './clock.js';
 import { TxnDriver } from './txn-driver.js';
@@ -26,6 +29,7 @@ import { NodeMetrics } from './metrics.js';
 import { requestIdFrom } from './request-id.js';
 import { PACK_FILE } from './git-refs.js';
 import { applyGitEnvironment, installHooks } from './hooks.js';
+import { isLoopbackHost } from './config.js';
 import { Maintenance } from './maintenance.js';
 import { PushService } from './push-service.js';
 import { readQuorum } from './quorum.js';
@@ -59,19 +63,6 @@ interface PeerStatus {
   last_seen: string | null;
 }
 
-/** A small pack that came inside a prepare, checked and decoded: it is installed from memory at stage. */
-function decodeInlineFiles(files: unknown): Record<string, Buffer> {
-  if (typeof files !== 'object' || files === null || Array.isArray(files)) {
-    throw new QuorumGitError('invalid_body', 'inlineFiles must map pack file names to base64');
-  }
-  const out: Record<string, Buffer> = {};
-  for (const [name, content] of Object.entries(files)) {
-    if (!PACK_FILE.test(name) || typeof content !== 'string') throw new QuorumGitError('invalid_body', `not a pack file: ${name}`);
-    out[name] = Buffer.from(content, 'base64');
-  }
-  return out;
-}
-
 export class QuorumGitNode {
   readonly config: Config;
   private readonly logger: Logger;
@@ -87,7 +78,13 @@ export class QuorumGitNode {
   private readonly metrics: NodeMetrics;
   private readonly proxy: ProxyServer;
   private readonly proxyAgent = peerAgent(256);
+  private readonly proxyHttpsAgent: https.Agent;
   private readonly server: http.Server;
+  /**
+   * With TLS, the pre-receive hook (bash over /dev/tcp, no TLS) reaches its node on this plain
+   * listener, bound to loopback on a port of its own and serving the hook's route only.
+   */
+  private readonly hookServer: http.Server | undefined;
   private readonly peers = new Map<NodeId, PeerStatus>();
   /** The background loops' next timers (see every()), cleared by stop(). */
   private readonly loops: { timer?: unknown }[] = [];
@@ -112,7 +109,14 @@ export class QuorumGitNode {
     this.store = new RepoStore(config.dataDir, { clock });
     this.maintenance = new Maintenance({ repoPath: (repoId) => this.store.repoPath(repoId), logger, delayMs: config.gcDelayMs, clock });
     this.txnLog = new TxnLog(config.dataDir);
-    this.client = new PeerClient({ secret: config.clusterSecret, requestTimeoutMs: config.peerTimeoutMs, clock });
+    this.client = new PeerClient({
+      secret: config.clusterSecret,
+      requestTimeoutMs: config.peerTimeoutMs,
+      clock,
+      self: config.selfUrl,
+      logger,
+      ...(config.tlsCa ? { ca: config.tlsCa } : {}),
+    });
     this.driver = new TxnDriver({
       self: config.selfUrl,
       peers: config.peerUrls,
@@ -175,10 +179,18 @@ export class QuorumGitNode {
     });
     // Streams both ways without buffering; no timeout of its own (a long clone is not an error).
     this.proxy = createProxyServer({ agent: this.proxyAgent, xfwd: true });
+    this.proxyHttpsAgent = peerHttpsAgent(256, config.tlsCa);
     for (const url of config.peerUrls) this.peers.set(url, { url, server_id: null, reachable: false, last_seen: null });
-    this.server = http.createServer({ requestTimeout: 0, keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS }, (req, res) => this.handle(req, res));
+    const serverOptions = { requestTimeout: 0, keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS };
+    this.server = config.tls
+      ? https.createServer({ ...serverOptions, cert: config.tls.cert, key: config.tls.key }, (req, res) => this.handle(req, res))
+      : http.createServer(serverOptions, (req, res) => this.handle(req, res));
     // Long pushes and clones must not be cut off; idle sockets are still reaped by keepAliveTimeout.
     this.server.timeout = 0;
+    if (config.tls) {
+      this.hookServer = http.createServer(serverOptions, (req, res) => this.handle(req, res, true));
+      this.hookServer.timeout = 0;
+    }
   }
 
   private newTxnId(): string {
@@ -197,18 +209,28 @@ export class QuorumGitNode {
       this.logger.info('authentication on', { auth_file: this.config.authFile, users: this.users.userNames.length });
     }
     // The hook talks to this node's own listener (bash's /dev/tcp takes a bare IPv6 address).
-    const hookHost = this.config.host === '0.0.0.0' ? '127.0.0.1' : this.config.host === '::' ? '::1' : this.config.host;
-    const hooksDir = await installHooks(this.config.dataDir, hookHost, this.config.port, this.config.clusterSecret);
+    let hookHost = this.config.host === '0.0.0.0' ? '127.0.0.1' : this.config.host === '::' ? '::1' : this.config.host;
+    let hookPort = this.config.port;
+    if (this.hookServer) {
+      hookHost = '127.0.0.1';
+      hookPort = await listen(this.hookServer, 0, hookHost);
+    }
+    const hooksDir = await installHooks(this.config.dataDir, hookHost, hookPort, this.config.clusterSecret);
     applyGitEnvironment(process.env, hooksDir, { maxInputSizeBytes: this.config.maxPackBytes });
+    // Catch-up fetches from https:// peers with git: the same CA as the node's own peer client. The
+    // variable, not http.sslCAInfo: an inherited GIT_SSL_CAINFO (set on many machines) beats the config.
+    if (this.config.tlsCaFile) process.env.GIT_SSL_CAINFO = this.config.tlsCaFile;
     await this.driver.start();
-    await new Promise<void>((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen(this.config.port, this.config.host, () => {
-        this.server.off('error', reject);
-        resolve();
-      });
-    });
-    this.logger.info('node listening', { url: this.url, peers: this.config.peerUrls, quorum: this.config.quorum, data_dir: this.config.dataDir });
+    await listen(this.server, this.config.port, this.config.host);
+    this.logger.info('node listening', { url: this.url, peers: this.config.peerUrls, quorum: this.config.quorum, data_dir: this.config.dataDir, tls: this.config.tls !== undefined });
+    if (this.hookServer) this.logger.info('pre-receive hook listener (plain HTTP, loopback only, hook route only)', { host: hookHost, port: hookPort });
+    if (this.config.authFile === undefined) {
+      this.logger.info(`no AUTH_FILE: serving anonymously, which a node does on loopback only (HOST=${this.config.host}); set AUTH_FILE to serve beyond it`);
+    }
+    const exposed = !isLoopbackHost(this.config.host) || [this.url, ...this.config.peerUrls].some((u) => !isLoopbackHost(new URL(u).hostname));
+    if (exposed && (!this.config.tls || [this.url, ...this.config.peerUrls].some((u) => u.startsWith('http:')))) {
+      this.logger.warn('this node or a peer is reached beyond loopback over plain HTTP: the cluster secret and every push travel unencrypted; set TLS_CERT, TLS_KEY and TLS_CA and use https:// URLs');
+    }
     this.every(this.config.heartbeatIntervalMs, () => this.heartbeat());
     this.every(this.config.syncIntervalMs, () => this.catchUp().then(() => (this.recovered = true)));
     this.every(1000, async () => this.sampleCpu());
@@ -304,19 +326,23 @@ export class QuorumGitNode {
     this.gitHttp.killAll();
     this.maintenance.stop();
     this.driver.close();
-    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
-    this.server.closeAllConnections();
-    await closed;
+    const closed = [this.server, this.hookServer].filter((s) => s !== undefined).map((server) => {
+      const done = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeAllConnections();
+      return done;
+    });
+    await Promise.all(closed);
     await Promise.allSettled([...this.background]);
     this.client.close();
     this.proxy.close();
     this.proxyAgent.destroy();
+    this.proxyHttpsAgent.destroy();
     this.logger.info('node stopped');
   }
 
   // ---------------------------------------------------------------------------------------------
 
-  private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
+  private handle(req: http.IncomingMessage, res: http.ServerResponse, hookOnly = false): void {
     // The client's id if it is safe (lib/request-id.ts): on the response, every log line, every peer call.
     const requestId = requestIdFrom(req.headers[REQUEST_ID_HEADER]);
     res.setHeader(REQUEST_ID_HEADER, requestId);
@@ -327,7 +353,7 @@ export class QuorumGitNode {
       log.info('request', { method: req.method, path: (req.url ?? '').split('?')[0], status: res.statusCode, ms: this.clock.now() - started });
     });
     req.on('error', (err) => log.debug('request stream error', { err: err.message }));
-    this.dispatch(req, res, requestId, log).catch((err) => this.fail(res, err, log));
+    this.dispatch(req, res, requestId, log, hookOnly).catch((err) => this.fail(res, err, log));
   }
 
   private fail(res: http.ServerResponse, err: unknown, log: Logger): void {
@@ -358,9 +384,13 @@ export class QuorumGitNode {
     res.end(text);
   }
 
-  private async dispatch(req: http.IncomingMessage, res: http.ServerResponse, requestId: string, log: Logger): Promise<void> {
+  private async dispatch(req: http.IncomingMessage, res: http.ServerResponse, requestId: string, log: Logger, hookOnly: boolean): Promise<void> {
     const target: Route = route(req.method ?? 'GET', req.url ?? '/');
+    if (hookOnly && target.kind !== 'internalHook') throw new QuorumGitError('not_found', 'this listener serves the pre-receive hook only');
     if (target.kind.startsWith('internal')) this.authorizePeer(req);
+    // Messages that change state come from a configured peer that names itself; any other internal
+    // request (the operator tools, the hook) may name no node, but never a wrong one.
+    const sender = target.kind.startsWith('internal') ? this.senderOf(req, target.kind === 'internalTxn' || target.kind === 'internalPackUpload') : undefined;
     const fromPeer = this.isPeer(req);
     const ctx: RequestContext = {
       log,
@@ -407,14 +437,14 @@ export class QuorumGitNode {
       case 'internalTxn': {
         // A push's prepare lists every ref update: bounded by the refs-per-push limit, not the API's.
         const limit = this.config.maxRefsPerPush * 300 + Math.ceil(INLINE_PACK_MAX_BYTES * 1.4);
-        const { inlineFiles, ...msg } = this.parseJson(await this.readBody(req, limit)) as TxnMessage & { inlineFiles?: unknown };
         const expected = target.step === 'prepare' ? 'prepare' : target.step === 'commit' ? 'commitTxn' : 'abortTxn';
-        if (typeof msg !== 'object' || msg === null || msg.type !== expected || typeof msg.txnId !== 'string' || !TXN_ID.test(msg.txnId)) {
-          throw new QuorumGitError('invalid_body', `expected a ${expected} message`);
-        }
-        log.debug('txn message', { txn_id: msg.txnId, type: msg.type });
-        const files = inlineFiles === undefined ? undefined : decodeInlineFiles(inlineFiles);
-        return this.send(res, 200, await this.driver.handleMessage(msg as TxnMessage, files));
+        const { msg, inlineFiles } = parseTxnMessage(this.parseJson(await this.readBody(req, limit)), expected, {
+          maxRefsPerPush: this.config.maxRefsPerPush,
+          nodes: this.driver.nodes,
+        });
+        this.checkTxnSender(msg, sender!);
+        log.debug('txn message', { txn_id: msg.txnId, type: msg.type, from: sender });
+        return this.send(res, 200, await this.driver.handleMessage(msg, inlineFiles));
       }
       case 'internalQuery':
         return this.send(res, 200, await this.driver.handleQuery(target.txnId, target.refuse, target.asCoordinator));
@@ -605,7 +635,8 @@ export class QuorumGitNode {
     if (direct) headers[DIRECT_HEADER] = '1';
     // The client's Authorization header goes along as is: the receiving node authorizes it again.
     headers[PROXIED_HEADER] = '1';
-    this.proxy.web(req, res, { target, headers }, (err) => {
+    const agent = target.startsWith('https:') ? this.proxyHttpsAgent : this.proxyAgent;
+    this.proxy.web(req, res, { target, headers, agent }, (err) => {
       log.warn('proxy failed', { to: target, err: (err as Error).message });
       const peer = this.peers.get(target);
       if (peer && (err as NodeJS.ErrnoException).code === 'ECONNREFUSED') peer.reachable = false;
@@ -954,6 +985,43 @@ export class QuorumGitNode {
     if (!this.isPeer(req)) throw new QuorumGitError('unauthorized', 'internal API: missing or wrong cluster secret');
   }
 
+  /** The configured peer an internal request says it comes from (NODE_HEADER); required when `required`. */
+  private senderOf(req: http.IncomingMessage, required: boolean): NodeId | undefined {
+    const named = req.headers[NODE_HEADER];
+    if (named === undefined && !required) return undefined;
+    if (typeof named !== 'string' || !this.config.peerUrls.includes(named)) {
+      throw new QuorumGitError('unknown_peer', `internal API: ${NODE_HEADER} must name one of this node's peers (PEER_URLS)`);
+    }
+    return named;
+  }
+
+  /**
+   * A prepare names its sender as coordinator; a commit or abort of a transaction prepared here comes
+   * from that coordinator only (one with no record here, from any peer: the core refuses a commit it
+   * never prepared, and an abort of it only promises never to prepare it). And a create or delete
+   * commit must be plausible (commitEpochProblem). With one shared secret these stop a confused or
+   * misrouted peer, not a holder of the secret: README, Security.
+   */
+  private checkTxnSender(msg: TxnMessage, sender: NodeId): void {
+    if (msg.type === 'prepare') {
+      if (msg.coordinator !== sender) throw new QuorumGitError('not_coordinator', `a prepare must name its sender (${sender}) as coordinator, not ${msg.coordinator}`);
+      return;
+    }
+    const participant = this.driver.participant;
+    const coordinator = participant.coordinatorOf(msg.txnId);
+    if (coordinator !== undefined && coordinator !== sender) {
+      throw new QuorumGitError('not_coordinator', `transaction ${msg.txnId} was prepared by ${coordinator}: only it may commit or abort it`);
+    }
+    if (msg.type === 'commitTxn') {
+      const op = participant.opOf(msg.txnId);
+      const problem = op === undefined ? undefined : commitEpochProblem(op, participant.versionOf(op.repoId), msg.epoch);
+      if (problem !== undefined) {
+        this.logger.warn('refused an implausible commit', { txn_id: msg.txnId, from: sender, repo_id: op?.repoId, epoch: msg.epoch });
+        throw new QuorumGitError('invalid_body', problem);
+      }
+    }
+  }
+
   private async readJson(req: http.IncomingMessage): Promise<unknown> {
     // Only application/json: a cross-site HTML form can send text/plain (or urlencoded) without a
     // preflight, so accepting those would let any web page create repos through a browser.
@@ -1028,4 +1096,15 @@ export class QuorumGitNode {
       replicas_not_converging: this.catchUpper.notConverging(),
     };
   }
+}
+
+/** Listens and resolves with the port bound (for port 0, the one the system chose). */
+function listen(server: http.Server, port: number, host: string): Promise<number> {
+  return new Promise<number>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve((server.address() as AddressInfo).port);
+    });
+  });
 }

@@ -703,6 +703,11 @@ export class Participant {
     return this.txns.get(txnId)?.op;
   }
 
+  /** The coordinator the prepare of a transaction named, as recorded here (for checking who sends its commit or abort). */
+  coordinatorOf(txnId: string): NodeId | undefined {
+    return this.txns.get(txnId)?.coordinator || undefined;
+  }
+
   decision(txnId: string): Decision | undefined {
     return this.decisions.get(txnId);
   }

@@ -36,7 +36,12 @@ function rawPost(base: string, pathname: string, headers: Record<string, string>
 }
 
 /** A POST that announces a huge body and sends only `first` (maybe nothing); the answer, if any, arrives later. */
-function heldPost(base: string, pathname: string, headers: Record<string, string>, first: Buffer | string): { answer: Promise<RawAnswer | 'closed'>; abort: () => void } {
+function heldPost(
+  base: string,
+  pathname: string,
+  headers: Record<string, string>,
+  first: Buffer | string,
+): { answer: Promise<RawAnswer | 'closed'>; abort: () => void; write: (more: string) => void; isOpen: () => boolean } {
   const { hostname, port } = new URL(base);
   const req = nodeHttp.request({ host: hostname, port, method: 'POST', path: pathname, headers: { 'content-length': String(10 ** 9), ...headers } });
   const answer = new Promise<RawAnswer | 'closed'>((resolve) => {
@@ -50,7 +55,12 @@ function heldPost(base: string, pathname: string, headers: Record<string, string
   });
   req.flushHeaders();
   if (first.length > 0) req.write(first);
-  return { answer, abort: () => req.destroy() };
+  return {
+    answer,
+    abort: () => req.destroy(),
+    write: (more) => void (req.destroyed || req.write(more)),
+    isOpen: () => !req.destroyed && req.socket?.destroyed === false,
+  };
 }
 
 function errorCode(answer: RawAnswer): string | undefined {
@@ -204,6 +214,53 @@ describe('hostile input on git smart HTTP (3-node cluster)', function () {
       expect(errorCode(refused)).to.equal('git_busy');
       for (const h of held) h.abort();
       await Promise.all(held.map((h) => h.answer));
+      await expectUnchangedAndHealthy();
+    });
+
+    it('answers /health while 300 slow clients come at upload-pack, and holds no more of them than the cap (latency printed, not asserted)', async function () {
+      // Unauthenticated, from one address, each announcing a huge body and sending one byte every 2 s:
+      // the per-client cap answers all but a few at once (503, and the connection is closed), the rest are held.
+      const request = pkt(`want ${head}\n`) + '0000' + pkt('done\n');
+      const slow = Array.from({ length: 300 }, () => {
+        const held = heldPost(coordinator.url, uploadPath(), { 'content-type': 'application/x-git-upload-pack-request' }, request[0]!);
+        let sent = 1;
+        const drip = setInterval(() => held.write(request[sent++ % request.length]!), 2000);
+        const client = { ...held, done: held.answer, answer: undefined as RawAnswer | 'closed' | undefined, stop: () => (clearInterval(drip), held.abort()) };
+        void held.answer.then((a) => (client.answer = a));
+        return client;
+      });
+      try {
+        const cap = Number(env.MAX_GIT_PROCESSES_PER_CLIENT);
+        // Probed from the moment the 300 arrive (each is refused only after its read check) until
+        // all but the capped few have been answered, and at least 10 times.
+        const latenciesMs: number[] = [];
+        const deadline = Date.now() + 40_000;
+        while (latenciesMs.length < 10 || slow.filter((c) => c.answer !== undefined).length < 300 - cap) {
+          expect(Date.now(), 'the 300 were answered within 40 s').to.be.below(deadline);
+          const started = performance.now();
+          // A probe queued behind the whole flood (every refused RPC runs its read check first) takes
+          // seconds on a loaded machine: the timeout is only a bound, the latency is what is printed.
+          const health = await http(`${coordinator.url}/health`, { timeoutMs: 30_000 });
+          latenciesMs.push(Math.round(performance.now() - started));
+          expect(health.status).to.equal(200);
+          await new Promise((resolve) => setTimeout(resolve, 100));
+        }
+        const tally: Record<string, number> = {};
+        for (const c of slow) {
+          const key = c.answer === undefined ? 'held' : c.answer === 'closed' ? 'closed' : String(c.answer.status);
+          tally[key] = (tally[key] ?? 0) + 1;
+        }
+        const open = slow.filter((c) => c.isOpen()).length;
+        expect(tally.held ?? 0, 'held beyond the per-client cap').to.be.at.most(cap);
+        const sorted = [...latenciesMs].sort((a, b) => a - b);
+        const median = sorted[Math.floor(sorted.length / 2)];
+        process.stdout.write(
+          `      /health while 300 slow clients came in: ${sorted.length} probes, median ${median} ms, max ${sorted[sorted.length - 1]} ms (target 100 ms); answers ${JSON.stringify(tally)}, ${open} connections still open\n`,
+        );
+      } finally {
+        for (const c of slow) c.stop();
+        await Promise.all(slow.map((c) => c.done));
+      }
       await expectUnchangedAndHealthy();
     });
 

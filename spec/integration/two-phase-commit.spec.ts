@@ -50,7 +50,7 @@ describe('two-phase commit of repo create and delete (3-node cluster)', function
 
   /** Sends a prepare to `node` as if `coordinator` ran the transaction. */
   async function prepare(node: TestNode, txnId: string, repoId: string, coordinator: TestNode): Promise<Record<string, unknown>> {
-    const res = await node.internal('/internal/txn/prepare', { type: 'prepare', txnId, op: { kind: 'create', repoId }, coordinator: coordinator.url });
+    const res = await node.internal('/internal/txn/prepare', { type: 'prepare', txnId, op: { kind: 'create', repoId }, coordinator: coordinator.url }, coordinator.url);
     expect(res.status, res.text).to.equal(200);
     return res.body;
   }
@@ -258,7 +258,7 @@ describe('two-phase commit of repo create and delete (3-node cluster)', function
       const decision = { t: 'decision', txnId, outcome: 'commit', op: { kind: 'create', repoId }, epoch: 1, generation: 0 };
       await fs.appendFile(path.join(n1.dataDir, 'txn.log'), `${JSON.stringify(decision)}\n`);
       // The decision reached node 3 (final: the coordinator's log and node 3 are W = 2), then node 1 died.
-      const commit = await n3.internal('/internal/txn/commit', { type: 'commitTxn', txnId, epoch: 1, generation: 0, final: true });
+      const commit = await n3.internal('/internal/txn/commit', { type: 'commitTxn', txnId, epoch: 1, generation: 0, final: true }, n1.url);
       expect(commit.body).to.deep.equal({ vote: 'yes', epoch: 1, generation: 0 });
       await n2.kill();
       await n2.start();

@@ -3,7 +3,8 @@ import { promises as fs } from 'node:fs';
 import nodeHttp from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
-import { LocalCluster, LocalNode, freePorts as localFreePorts, type LocalNodeInit } from '../../lib/local-cluster.js';
+import { LocalCluster, LocalNode, freePorts as localFreePorts, type LaunchOptions, type LocalNodeInit } from '../../lib/local-cluster.js';
+import { NODE_FLAGS } from '../../lib/runtime.js';
 
 // Harness for integration specs: real `quorum-git serve` processes on free loopback ports with temp
 // data dirs (lib/local-cluster.ts, the one launcher of specs, benchmarks and `npm start`), the real git
@@ -238,6 +239,11 @@ export class GitClient {
 
 export type { ExitInfo } from '../../lib/local-cluster.js';
 
+/** How a spec that builds its own nodes (TLS, secure defaults) launches them: as Cluster.create does. */
+export function specLaunch(): LaunchOptions {
+  return { baseEnv: process.env, nodeArgs: NODE_FLAGS, log: 'file', group: false, startTimeoutMs: START_TIMEOUT_MS, stopTimeoutMs: STOP_TIMEOUT_MS };
+}
+
 export class TestNode extends LocalNode {
   constructor(init: LocalNodeInit) {
     super(init);
@@ -277,10 +283,13 @@ export class TestNode extends LocalNode {
     return http(`${this.url}/health`);
   }
 
-  /** A POST to the internal API, authenticated with the cluster secret. */
-  internal(pathname: string, json?: unknown): Promise<HttpResult> {
+  /**
+   * A request to the internal API, authenticated with the cluster secret, as if sent by the node at
+   * `from` (x-quorum-node; by default this node's first peer).
+   */
+  internal(pathname: string, json?: unknown, from: string = this.env.PEER_URLS!.split(',')[0]!): Promise<HttpResult> {
     return http(`${this.url}${pathname}`, {
-      headers: { 'x-quorum-secret': this.env.CLUSTER_SECRET! },
+      headers: { 'x-quorum-secret': this.env.CLUSTER_SECRET!, 'x-quorum-node': from },
       ...(json === undefined ? {} : { json }),
     });
   }
