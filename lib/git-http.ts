@@ -9,7 +9,7 @@ import { advertisementHasServiceLine, gitProtocolEnv } from './git-protocol.js';
 import { GitSlots, RequestHeadScanner, bodyDecoding } from './git-rpc.js';
 import { REQUEST_ID_ENV } from './hooks.js';
 import type { Logger } from './logger.js';
-import { REQUEST_ID_HEADER } from './peer-client.js';
+import { REQUEST_ID_HEADER } from './headers.js';
 import type { GitService } from './router.js';
 
 // Git's smart HTTP. The router has already validated the name and checked that the repo exists.

@@ -1,6 +1,6 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { REQUEST_ID_HEADER, SECRET_HEADER } from './peer-client.js';
+import { REQUEST_ID_HEADER, SECRET_HEADER } from './headers.js';
 
 // The git side of replication: a pre-receive hook shared by every repo of a node (core.hooksPath),
 // and the git configuration every git process the node starts inherits through the environment.

@@ -1,3 +1,4 @@
+import { REQUEST_ID_HEADER, SECRET_HEADER } from './headers.js';
 import { createReadStream } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
@@ -13,10 +14,10 @@ import type { CatalogEntry, NodeId, QueryOutcome, TxnMessage, Vote } from './txn
 // caused it. Every answer is checked (lib/internal-messages.ts) before anyone acts on it: a malformed
 // one counts as no answer. No retries here: the protocol decides what a lost message means.
 
-export const SECRET_HEADER = 'x-quorum-secret';
 /** The sending node's URL (its PUBLIC_URL); a node takes 2PC messages only from its configured peers. */
 export const NODE_HEADER = 'x-quorum-node';
-export const REQUEST_ID_HEADER = 'x-request-id';
+// Re-exported: what talks to peers names their headers through the peer client.
+export { REQUEST_ID_HEADER, SECRET_HEADER };
 export const PACK_UPLOAD_TIMEOUT_MS = 60 * 60_000;
 
 /**
