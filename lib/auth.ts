@@ -5,7 +5,9 @@ import { sleep, systemClock, type Clock } from './clock.js';
 import { syncDir } from './durable-fs.js';
 import { QuorumGitError } from './errors.js';
 import type { Logger } from './logger.js';
-import { PART_MAX_CHARS, RESERVED_OWNERS } from './repo-id.js';
+import { PART_MAX_CHARS, RESERVED_OWNERS, userNameProblem } from './repo-id.js';
+
+export { userNameProblem };
 
 // Users and their credentials: the users file (AUTH_FILE), the same file on every node.
 //
@@ -119,13 +121,6 @@ export function parseScopes(text: string): Scope[] {
   return SCOPES.filter((s) => scopes.includes(s));
 }
 
-/** Why `name` cannot be a user name, or undefined. A user owns the repos `<name>/...`, so names follow the owner rules. */
-export function userNameProblem(name: string): string | undefined {
-  if (name.length === 0 || name.length > PART_MAX_CHARS) return `a user name is 1-${PART_MAX_CHARS} characters`;
-  if (!/^[A-Za-z0-9_][A-Za-z0-9._-]*$/.test(name)) return "a user name may contain only letters, digits, '.', '_' and '-', and may not start with '.' or '-'";
-  if (RESERVED_OWNERS.has(name.toLowerCase())) return `'${name}' is reserved for the server's own routes`;
-  return undefined;
-}
 
 export function passwordProblem(password: string): string | undefined {
   if ([...password].length < PASSWORD_MIN_CHARS) return `a password has at least ${PASSWORD_MIN_CHARS} characters`;

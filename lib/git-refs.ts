@@ -3,13 +3,14 @@ import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, promises as fs, 
 import path from 'node:path';
 import { sleep, type Clock } from './clock.js';
 import { runGit } from './git.js';
+import { FETCH_NAMESPACE_PREFIX, LOST_FOUND_PREFIX, isPrivateRef } from './repo-id.js';
 import { ZERO_OID, type RefUpdate } from './txn-core.js';
 import { syncDir } from './durable-fs.js';
 
 // Reading and moving refs of a bare repo with the real git, and installing shipped packs.
 
-/** Refs kept aside by repair and catch-up; never advertised (transfer.hideRefs), compared or copied. */
-export const LOST_FOUND_PREFIX = 'refs/lost+found/';
+export { FETCH_NAMESPACE_PREFIX, LOST_FOUND_PREFIX, isPrivateRef };
+
 
 export async function readRefs(repoPath: string): Promise<Record<string, string>> {
   const out = await runGit(['for-each-ref', '--format=%(objectname) %(refname)'], { cwd: repoPath });
@@ -279,16 +280,6 @@ export async function installPackFiles(repoPath: string, dir: string): Promise<v
 // ---------------------------------------------------------------------------------------------
 // Catch-up's private refs, and what moving refs would leave unreachable.
 
-/**
- * Where catch-up fetches a source's refs before it moves ours (refs/quorum-fetch/<stamp>/...): like
- * lost+found, never advertised (transfer.hideRefs), compared or copied, and removed after each run.
- */
-export const FETCH_NAMESPACE_PREFIX = 'refs/quorum-fetch/';
-
-/** True for the refs that are this node's own business (lost+found, the fetch namespace). */
-export function isPrivateRef(ref: string): boolean {
-  return ref.startsWith(LOST_FOUND_PREFIX) || ref.startsWith(FETCH_NAMESPACE_PREFIX);
-}
 
 /** Every ref below `prefix` (which ends in '/'), full names, with its value. */
 export async function readRefsUnder(repoPath: string, prefix: string): Promise<Record<string, string>> {

@@ -2,9 +2,7 @@ import { NO_VOTE_CODES, QuorumGitError } from './errors.js';
 import { DEFAULT_REPO_SETTINGS, applySettingsChange, type RepoSettings } from './repo-settings.js';
 import { PACK_FILE } from './git-refs.js';
 import type { PeerInfo, RepoStateAnswer } from './peer-client.js';
-import { refNameProblem } from './push-service.js';
-import { formatRepoId, parseRepoId } from './repo-id.js';
-import { TXN_ID } from './router.js';
+import { TXN_ID, formatRepoId, parseRepoId, refNameProblem } from './repo-id.js';
 import type { CatalogEntry, NoVoteCode, NodeId, QueryAnswer, QueryOutcome, RefUpdate, RepoVersion, TxnMessage, TxnOp, Vote } from './txn-core.js';
 
 // Peers trust no message blindly (issue 8). Every message a node receives from another node, and

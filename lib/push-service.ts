@@ -7,6 +7,7 @@ import { KeyedLock, LockTimeoutError } from './keyed-lock.js';
 import type { Logger } from './logger.js';
 import type { TxnTimer } from './metrics.js';
 import type { PeerClient } from './peer-client.js';
+import { refNameProblem } from './repo-id.js';
 import type { RepoStore } from './repo-store.js';
 import type { RepoSettings } from './repo-settings.js';
 import { ZERO_OID, type NodeId, type RefUpdate, type TxnOp } from './txn-core.js';
@@ -62,31 +63,7 @@ export interface PushServiceOptions {
 
 const UPDATE_LINE = /^([0-9a-f]{40}|[0-9a-f]{64}) ([0-9a-f]{40}|[0-9a-f]{64}) (refs\/\S+|HEAD)$/;
 
-/**
- * Why a pushed ref name must be refused, or undefined. The pre-receive hook runs before receive-pack's
- * own name checks, so whatever git would call a "funny refname" is refused here first (else the peers
- * would apply a ref the client is told was refused): git's check-ref-format rules, with at least two
- * levels below refs/. And the namespaces that are the nodes' own (refs/lost+found/ for what a repair
- * kept, refs/quorum-fetch/ for catch-up) are never written by a client.
- */
-export function refNameProblem(ref: string): string | undefined {
-  if (!ref.startsWith('refs/')) return 'only refs under refs/ can be pushed';
-  if (isPrivateRef(ref)) return 'this namespace is reserved for the cluster';
-  const rest = ref.slice('refs/'.length);
-  const parts = rest.split('/');
-  if (parts.length < 2) return 'a ref needs at least two levels below refs/ (e.g. refs/heads/name)';
-  if (rest.endsWith('/') || rest.endsWith('.')) return 'a ref name cannot end with / or .';
-  if (ref.includes('@{') || ref === 'refs/@') return 'a ref name cannot contain @{';
-  // eslint-disable-next-line no-control-regex
-  if (/[\x00-\x20\x7f~^:?*[\\]/.test(ref)) return 'a ref name cannot contain spaces, control characters or any of ~ ^ : ? * [ \\';
-  for (const part of parts) {
-    if (part === '') return 'a ref name cannot contain //';
-    if (part.startsWith('.')) return 'no part of a ref name can start with .';
-    if (part.endsWith('.lock')) return 'no part of a ref name can end with .lock';
-  }
-  if (ref.includes('..')) return 'a ref name cannot contain ..';
-  return undefined;
-}
+export { refNameProblem };
 
 export function parseUpdates(body: string, maxRefs: number): RefUpdate[] {
   const updates: RefUpdate[] = [];

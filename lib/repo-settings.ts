@@ -1,5 +1,4 @@
-import { userNameProblem } from './auth.js';
-import { refNameProblem } from './push-service.js';
+import { refNameProblem, userNameProblem } from './repo-id.js';
 
 // A repo's settings, replicated like a create (a `settings` transaction, see lib/txn-core.ts): who may
 // see it (visibility), who else may read, push or administer it (collaborators), and which branches a

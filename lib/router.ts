@@ -1,6 +1,6 @@
 import { QuorumGitError } from './errors.js';
 import { PACK_FILE } from './git-refs.js';
-import { formatRepoId, parseRepoParts } from './repo-id.js';
+import { TXN_ID, formatRepoId, parseRepoParts } from './repo-id.js';
 
 // Classifies every request before anything else sees it. Pure: a method and a raw URL in, a route
 // (plain data) out, or a QuorumGitError. The server only carries the route out.
@@ -28,8 +28,7 @@ export type Route =
   | { kind: 'gitInfoRefs'; repoId: string; service: GitService }
   | { kind: 'gitRpc'; repoId: string; service: GitService };
 
-/** A transaction id names directories (staging, incoming): never '.', '..' or anything with a slash. */
-export const TXN_ID = /^(?!\.{1,2}$)[A-Za-z0-9._-]{1,128}$/;
+export { TXN_ID };
 
 function methodNotAllowed(method: string, allowed: string): QuorumGitError {
   return new QuorumGitError('method_not_allowed', `${method} is not allowed here; use ${allowed}`, { details: { allowed } });
