@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { pickCoordinator } from '../lib/routing.js';
+import { pickCoordinator } from '../lib/core/routing.js';
 import {
   createRepo,
   envInt,

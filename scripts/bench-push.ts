@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { pickCoordinator } from '../lib/routing.js';
+import { pickCoordinator } from '../lib/core/routing.js';
 import {
   createRepo,
   envInt,
@@ -45,7 +45,7 @@ import {
 // 3-node cluster at LOG_LEVEL=info and prints where the one-commit pushes spend their time, taken from
 // the nodes' request and txn logs (info logging costs a little, so it is off by default).
 // Prints a table and a final JSON line. Pushes go to the repo's coordinator (rendezvous hashing over
-// the live nodes, lib/routing.ts) unless said otherwise: a push that arrives elsewhere is proxied there.
+// the live nodes, lib/core/routing.ts) unless said otherwise: a push that arrives elsewhere is proxied there.
 
 const PUSH_TIMEOUT_MS = 600_000;
 

@@ -5,12 +5,12 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DEFAULT_FIXTURE, ensureFixture, formatKiB, type FixtureInfo } from './gen-fixture.js';
-import { LOOPBACK, LocalCluster, freePorts as localFreePorts, type LocalNode } from '../lib/local-cluster.js';
-import type { RepoStateAnswer } from '../lib/peer-client.js';
-import { NODE_FLAGS } from '../lib/runtime.js';
+import { LOOPBACK, LocalCluster, freePorts as localFreePorts, type LocalNode } from '../lib/cli/local-cluster.js';
+import type { RepoStateAnswer } from '../lib/cluster/peer-client.js';
+import { NODE_FLAGS } from '../lib/base/runtime.js';
 
 // Shared by the benchmark scripts: free ports, a local cluster of real `quorum-git serve` processes
-// (lib/local-cluster.ts), helper processes that are always cleaned up (normal end, failure, Ctrl-C),
+// (lib/cli/local-cluster.ts), helper processes that are always cleaned up (normal end, failure, Ctrl-C),
 // running git with an isolated configuration, and timing statistics. Everything binds to 127.0.0.1 only.
 
 export const HOST = LOOPBACK;
@@ -334,13 +334,13 @@ async function answer(res: Response): Promise<{ status: number; body: unknown }>
 }
 
 // ---------------------------------------------------------------------------------------------
-// A local cluster of real nodes (lib/local-cluster.ts, the launcher specs and `npm start` use too)
+// A local cluster of real nodes (lib/cli/local-cluster.ts, the launcher specs and `npm start` use too)
 
 /** A node of a benchmark's cluster: name (serverId), url, port, dataDir, logFile, env, running, pid. */
 export type ClusterNode = LocalNode;
 
 /** One replica's version of a repo, from a node's internal API (the type the nodes themselves use). */
-export type { RepoStateAnswer } from '../lib/peer-client.js';
+export type { RepoStateAnswer } from '../lib/cluster/peer-client.js';
 
 export interface Cluster {
   nodes: ClusterNode[];
@@ -361,7 +361,7 @@ export interface Cluster {
 }
 
 /**
- * Starts `size` nodes (`node dist/lib/cli.js serve`) on free loopback ports with fresh data dirs under
+ * Starts `size` nodes (`node dist/lib/cli/cli.js serve`) on free loopback ports with fresh data dirs under
  * a temp dir, and waits until every node answers /health and sees all its peers. Node logs (LOG_LEVEL
  * BENCH_LOG_LEVEL, default warn) go to <root>/node-<i>.log; BENCH_KEEP_TMP=1 keeps them.
  */

@@ -3,7 +3,7 @@ import { mkdtempSync, promises as fs, readdirSync, readFileSync, readlinkSync, r
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { LocalCluster, type LocalNode } from '../lib/local-cluster.js';
+import { LocalCluster, type LocalNode } from '../lib/cli/local-cluster.js';
 import { SPEC_NODE_ENV } from '../spec/support/cluster.js';
 import { HOST, PROJECT_ROOT, freePorts, git, gitClientEnv, onCleanup, run, runMain, sleep } from './bench-support.js';
 import {
@@ -18,7 +18,7 @@ import {
   type RefResult,
 } from './chaos-history.js';
 import { Relay } from './chaos-relay.js';
-import { seededRandom } from '../lib/seeded-random.js';
+import { seededRandom } from '../lib/core/seeded-random.js';
 
 // `npm run chaos`: a bounded, loopback-only crash test of a real cluster, in the manner of Jepsen.
 // N real nodes, each the leader of its own process group; concurrent clients push (own branches, a
@@ -92,7 +92,7 @@ interface ChaosNode {
   dataDir: string;
   logFile: string;
   /**
-   * Its process (lib/local-cluster.ts), the leader of its own group; `node.groups` holds every group it
+   * Its process (lib/cli/local-cluster.ts), the leader of its own group; `node.groups` holds every group it
    * ever led (orphaned gits of a node killed alone stay in the old one).
    */
   node: LocalNode;
@@ -339,7 +339,7 @@ const faults: Record<FaultKind, number> = { 'kill-group': 0, 'kill-node': 0, pau
 let stopNemesis = false;
 
 async function killNode(n: ChaosNode, group: boolean): Promise<void> {
-  // A paused node is resumed first (lib/local-cluster.ts), so its stopped gits run into the kill too.
+  // A paused node is resumed first (lib/cli/local-cluster.ts), so its stopped gits run into the kill too.
   await n.node.kill({ group });
 }
 
@@ -528,7 +528,7 @@ function nodeProcesses(exclude: Set<number>): { pid: number; command: string; wh
       if (groups.has(pgid) || nodes.some((n) => cwd === n.dataDir || cwd.startsWith(`${n.dataDir}/`))) {
         const command = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ').trim();
         // A running node keeps an idle `update-ref --stdin` per busy repo as the next push's session
-        // (lib/ref-txn.ts); it holds no lock between transactions, and one that does hold a prepared
+        // (lib/git/ref-txn.ts); it holds no lock between transactions, and one that does hold a prepared
         // transaction shows up as lock files, which are checked separately.
         if (exclude.has(Number(fields[1])) && command === 'git update-ref --stdin') continue;
         const owner = nodes.find((n) => n.node.groups.has(pgid) || cwd.startsWith(`${n.dataDir}/`));

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { type Command, Option } from 'commander';
-import { LOOPBACK, LocalCluster, portsInUse } from '../local-cluster.js';
+import { LOOPBACK, LocalCluster, portsInUse } from './local-cluster.js';
 import { EXIT, integerParser, type Act, type Outcome } from './output.js';
 
 // `quorum-git cluster --nodes N` (what `npm start` runs): N nodes on 127.0.0.1, ports base..base+N-1,
@@ -86,7 +86,7 @@ async function runCluster(options: ClusterOptions): Promise<Outcome> {
     if (stopping) return;
     stopping = true;
     if (why) process.stderr.write(`quorum-git cluster: ${why}; stopping the cluster\n`);
-    // Each node gets SIGTERM and, if it does not stop in time, SIGKILL (lib/local-cluster.ts).
+    // Each node gets SIGTERM and, if it does not stop in time, SIGKILL (lib/cli/local-cluster.ts).
     cluster.stop().then(
       () => process.exit(code),
       (err) => {

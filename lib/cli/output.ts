@@ -1,5 +1,5 @@
 import { InvalidArgumentError } from 'commander';
-import { formatTable } from '../verify.js';
+import { formatTable } from './verify.js';
 
 // What every `quorum-git` command shares: the meaning of its exit status, how it reads --node and
 // numbers, and how it prints (a table for people, --json for scripts, progress on a terminal only).

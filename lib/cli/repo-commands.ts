@@ -1,7 +1,7 @@
 import http from 'node:http';
 import { type Command, InvalidArgumentError, Option } from 'commander';
-import { isQuorumGitError } from '../errors.js';
-import { formatRepoId, parseRepoId } from '../repo-id.js';
+import { isQuorumGitError } from '../core/errors.js';
+import { formatRepoId, parseRepoId } from '../core/repo-id.js';
 import { EXIT, formatTable, integerParser, parseNodeUrl, toJson, type Act } from './output.js';
 
 // `quorum-git repo create|list|show|delete --node URL`: the management API of one node (README

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
-import { loadConfig } from '../config.js';
-import { NODE_FLAGS, missingNodeFlags } from '../runtime.js';
+import { loadConfig } from '../base/config.js';
+import { NODE_FLAGS, missingNodeFlags } from '../base/runtime.js';
 import { EXIT, type Act, type Outcome } from './output.js';
 
 // `quorum-git serve`: one node, configured from the environment (README "Configuration"). It serves
@@ -26,11 +26,11 @@ async function serve(): Promise<Outcome> {
     return EXIT.usage;
   }
   // Loaded here, not above: winston and the server are most of the start time of the other commands.
-  const [{ createLogger }, { QuorumGitNode }] = await Promise.all([import('../logger.js'), import('../server.js')]);
+  const [{ createLogger }, { QuorumGitNode }] = await Promise.all([import('../base/logger.js'), import('../node.js')]);
   const logger = createLogger(config.serverId);
   if (!process.env.CLUSTER_SECRET) logger.warn('CLUSTER_SECRET is not set: using the development default; set one in production');
   const missing = missingNodeFlags();
-  if (missing.length > 0) logger.info(`started without ${missing.join(' ')}: every git process starts slower; run \`node ${NODE_FLAGS.join(' ')} dist/lib/cli.js serve\``);
+  if (missing.length > 0) logger.info(`started without ${missing.join(' ')}: every git process starts slower; run \`node ${NODE_FLAGS.join(' ')} dist/lib/cli/cli.js serve\``);
   const node = new QuorumGitNode(config, logger);
   let stopping = false;
   const shutdown = (signal: string): void => {

@@ -1,5 +1,5 @@
 import { type Command, Option } from 'commander';
-import { DEV_CLUSTER_SECRET } from '../config.js';
+import { DEV_CLUSTER_SECRET } from '../base/config.js';
 import { EXIT, integerParser, parseNodeUrl, Progress, toJson, type Act, type Outcome } from './output.js';
 
 // `quorum-git verify` and `status`, the operator tools (README "Operator tools"): they ask one node
@@ -32,9 +32,9 @@ function toolCommand(program: Command, name: string, description: string): Comma
 async function runTool(name: 'verify' | 'status', options: ToolOptions): Promise<Outcome> {
   // Loaded here: `--help` and the other commands start without the peer client.
   const [{ PeerClient }, { formatStatus, runStatus }, { formatVerify, runVerify }] = await Promise.all([
-    import('../peer-client.js'),
-    import('../status.js'),
-    import('../verify.js'),
+    import('../cluster/peer-client.js'),
+    import('./status.js'),
+    import('./verify.js'),
   ]);
   const secret = process.env.CLUSTER_SECRET;
   if (!secret) process.stderr.write('quorum-git: CLUSTER_SECRET is not set: using the development default\n');

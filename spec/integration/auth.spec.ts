@@ -2,8 +2,8 @@ import { mkdtempSync, promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
-import { hashPassword, newToken, writeUsersFile } from '../../lib/auth.js';
-import { pickCoordinator } from '../../lib/routing.js';
+import { hashPassword, newToken, writeUsersFile } from '../../lib/http/auth.js';
+import { pickCoordinator } from '../../lib/core/routing.js';
 import { type Cluster, type GitClient, type TestNode, eventually, http, withCluster } from '../support/cluster.js';
 
 // Users, tokens and permissions on a 3-node cluster with AUTH_FILE (the same file for every node):

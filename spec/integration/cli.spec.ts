@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
-import { portsInUse } from '../../lib/local-cluster.js';
+import { portsInUse } from '../../lib/cli/local-cluster.js';
 import { Cluster, GitClient, eventually, freePorts, http, printLogsOnFailure, type TestNode } from '../support/cluster.js';
 import { cloneLocal, commitFile, createRepo, expectConverged, expectPushed } from '../support/push-helpers.js';
 
@@ -20,7 +20,7 @@ import { cloneLocal, commitFile, createRepo, expectConverged, expectPushed } fro
 // by hand on its disk stays (the other nodes repair only themselves, and they are the majority).
 // The repo commands run last: verify and status count the repos the setup made.
 
-const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'lib', 'cli.js');
+const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'lib', 'cli', 'cli.js');
 const NEVER_MS = '3600000';
 const CLI_TIMEOUT_MS = 30_000;
 

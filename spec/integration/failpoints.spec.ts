@@ -1,10 +1,10 @@
 import { expect } from 'chai';
-import { FAILPOINT_NAMES, FAILPOINT_POINTS, type FailpointName } from '../../lib/failpoints.js';
+import { FAILPOINT_NAMES, FAILPOINT_POINTS, type FailpointName } from '../../lib/base/failpoints.js';
 import { Cluster, GitClient, eventually, type ExitInfo, printLogsOnFailure, type TestNode, withCluster } from '../support/cluster.js';
 import { expectNoLeftovers, expectRepoPresenceAgrees, runningNodes } from '../support/fault-checks.js';
 import { cloneLocal, commitFile, createRepo, expectConverged, repoCoordinatedBy, startWith, waitForView } from '../support/push-helpers.js';
 
-// Every named failpoint of the two-phase commit (lib/failpoints.ts), one row each: a node of a 3-node
+// Every named failpoint of the two-phase commit (lib/base/failpoints.ts), one row each: a node of a 3-node
 // cluster SIGKILLs itself at that point of a create, delete or push, and afterwards
 // - every node agrees (same refs and version for a push; repo present or absent everywhere),
 // - nothing is left behind (staging, shipped packs, git lock files, quarantines, repo locks, in-doubt

@@ -20,7 +20,7 @@ describe('background gc on every replica (3-node cluster)', function () {
   // fifth folded five into one, two more pushes added two), and "at most 1" never came. With a limit
   // of 1 every gc that finds a second pack folds them, so however the pushes fall (all before the
   // first gc, or a gc between each), each replica ends with exactly one pack once quiet: the last
-  // write always gets a gc of its own, even when it landed during another (lib/maintenance.ts).
+  // write always gets a gc of its own, even when it landed during another (lib/git/maintenance.ts).
   const env = { GC_DELAY_MS: '300', GIT_CONFIG_COUNT: '1', GIT_CONFIG_KEY_0: 'gc.autoPackLimit', GIT_CONFIG_VALUE_0: '1' };
   withCluster(3, { env }, (c, g) => {
     [cluster, git] = [c, g];

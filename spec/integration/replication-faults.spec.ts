@@ -191,7 +191,7 @@ describe('replicated pushes under contention and faults (3-node cluster)', funct
   describe('replicas that cannot lock the refs (a lock left by a crashed git)', function () {
     it('refuse the push when they vote, naming them; nothing moves anywhere, and the push goes through once the lock is gone', async function () {
       // A ref lock left behind by a crashed git on both peers. A peer takes its refs' locks in git when
-      // it votes (lib/ref-txn.ts), so it votes no at once rather than fail after the decision.
+      // it votes (lib/git/ref-txn.ts), so it votes no at once rather than fail after the decision.
       const repoId = repoCoordinatedBy(cluster, n1, 'apply', 'fails');
       const { clones, base } = await seeded(repoId);
       const before = await expectReplicasAgree(cluster, git, repoId);

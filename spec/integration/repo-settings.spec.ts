@@ -2,7 +2,7 @@ import { mkdtempSync, promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
-import { hashPassword, writeUsersFile } from '../../lib/auth.js';
+import { hashPassword, writeUsersFile } from '../../lib/http/auth.js';
 import { type Cluster, type GitClient, eventually, http, withCluster } from '../support/cluster.js';
 import { diskRefs } from '../support/push-helpers.js';
 

@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { expect } from 'chai';
-import { pickCoordinator } from '../../lib/routing.js';
+import { pickCoordinator } from '../../lib/core/routing.js';
 import { GitClient, SPEC_NODE_ENV, TestNode, eventually, freePorts, http, specLaunch } from '../support/cluster.js';
 import { SECRET_HEADER, commitFile, expectPushed } from '../support/push-helpers.js';
 

@@ -3,11 +3,11 @@ import { promises as fs } from 'node:fs';
 import nodeHttp from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
-import { LocalCluster, LocalNode, freePorts as localFreePorts, type LaunchOptions, type LocalNodeInit } from '../../lib/local-cluster.js';
-import { NODE_FLAGS } from '../../lib/runtime.js';
+import { LocalCluster, LocalNode, freePorts as localFreePorts, type LaunchOptions, type LocalNodeInit } from '../../lib/cli/local-cluster.js';
+import { NODE_FLAGS } from '../../lib/base/runtime.js';
 
 // Harness for integration specs: real `quorum-git serve` processes on free loopback ports with temp
-// data dirs (lib/local-cluster.ts, the one launcher of specs, benchmarks and `npm start`), the real git
+// data dirs (lib/cli/local-cluster.ts, the one launcher of specs, benchmarks and `npm start`), the real git
 // binary with an isolated HOME, and small HTTP and polling helpers.
 //
 // Each node's stdout and stderr go to <root>/<server-id>.log (appended across restarts), so a failing
@@ -235,9 +235,9 @@ export class GitClient {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Nodes and clusters: lib/local-cluster.ts runs the processes; this adds the specs' defaults and helpers.
+// Nodes and clusters: lib/cli/local-cluster.ts runs the processes; this adds the specs' defaults and helpers.
 
-export type { ExitInfo } from '../../lib/local-cluster.js';
+export type { ExitInfo } from '../../lib/cli/local-cluster.js';
 
 /** How a spec that builds its own nodes (TLS, secure defaults) launches them: as Cluster.create does. */
 export function specLaunch(): LaunchOptions {

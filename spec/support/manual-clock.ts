@@ -1,4 +1,4 @@
-import type { Clock } from '../../lib/clock.js';
+import type { Clock } from '../../lib/base/clock.js';
 
 /**
  * A Clock for unit specs: time stands still until the spec moves it. `advance` runs every timer that

@@ -5,9 +5,9 @@ import nodeHttp from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { expect } from 'chai';
-import { pickCoordinator } from '../../lib/routing.js';
+import { pickCoordinator } from '../../lib/core/routing.js';
 import { eventually, http, type Cluster, type GitClient, type GitResult, type TestNode } from './cluster.js';
-import { parseForEachRef } from '../../lib/git-refs.js';
+import { parseForEachRef } from '../../lib/git/git-refs.js';
 
 // Helpers for the replicated-push specs: what each node holds for a repo (read straight from its
 // bare directory on disk, and its version from the internal API), checks that the replicas agree,

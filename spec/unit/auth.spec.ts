@@ -19,12 +19,12 @@ import {
   writeUsersFile,
   type Principal,
   type UsersFile,
-} from '../../lib/auth.js';
-import { tokenCommand, userCommand, type CliIo } from '../../lib/auth-cli.js';
-import { PRIVATE_REPO_ACCESS, decideCreate, decideRepo, requirement, type RepoAccess } from '../../lib/authz.js';
-import { route } from '../../lib/router.js';
-import type { Clock } from '../../lib/clock.js';
-import { QuorumGitError } from '../../lib/errors.js';
+} from '../../lib/http/auth.js';
+import { tokenCommand, userCommand, type CliIo } from '../../lib/cli/auth-cli.js';
+import { PRIVATE_REPO_ACCESS, decideCreate, decideRepo, requirement, type RepoAccess } from '../../lib/http/authz.js';
+import { route } from '../../lib/http/router.js';
+import type { Clock } from '../../lib/base/clock.js';
+import { QuorumGitError } from '../../lib/core/errors.js';
 
 // The users file and the rules: password hashing, tokens, expiry, scopes, the file's checks, its
 // reload (a bad file keeps the last good one), the access decisions, and the CLI that edits it.

@@ -3,13 +3,13 @@ import { execFileSync } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { CatchUp, refsDigest, type CatchUpOptions } from '../../lib/catch-up.js';
-import { readHead, readRefs } from '../../lib/git-refs.js';
-import type { Logger } from '../../lib/logger.js';
-import type { PeerClient, RepoStateAnswer } from '../../lib/peer-client.js';
-import type { RepoStore } from '../../lib/repo-store.js';
-import type { RepoVersion } from '../../lib/txn-core.js';
-import type { TxnDriver } from '../../lib/txn-driver.js';
+import { CatchUp, refsDigest, type CatchUpOptions } from '../../lib/cluster/catch-up.js';
+import { readHead, readRefs } from '../../lib/git/git-refs.js';
+import type { Logger } from '../../lib/base/logger.js';
+import type { PeerClient, RepoStateAnswer } from '../../lib/cluster/peer-client.js';
+import type { RepoStore } from '../../lib/storage/repo-store.js';
+import type { RepoVersion } from '../../lib/core/txn-core.js';
+import type { TxnDriver } from '../../lib/cluster/txn-driver.js';
 import { ManualClock } from '../support/manual-clock.js';
 
 // CatchUp against real bare repos on disk, with the driver, the peer client and the log faked: a

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { Participant, ZERO_OID, type LogEntry, type TxnOp } from '../../lib/txn-core.js';
+import { Participant, ZERO_OID, type LogEntry, type TxnOp } from '../../lib/core/txn-core.js';
 
 // Defect 11: the log and the in-memory transaction and decision maps were never compacted. A
 // checkpoint keeps what recovery needs and a bounded tail of settled transactions.

@@ -13,7 +13,7 @@ import {
   type ApiAnswer,
   type RequestKind,
 } from '../../lib/cli/repo-commands.js';
-import { freePorts } from '../../lib/local-cluster.js';
+import { freePorts } from '../../lib/cli/local-cluster.js';
 
 // The parts of the command line below the commands: what each answer of the management API means as
 // an exit status, how answers are printed, the --node and number parsers, the progress line, and the

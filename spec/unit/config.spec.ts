@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { DEV_CLUSTER_SECRET, isLoopbackHost, loadConfig, secureDefaultProblems } from '../../lib/config.js';
+import { DEV_CLUSTER_SECRET, isLoopbackHost, loadConfig, secureDefaultProblems } from '../../lib/base/config.js';
 
 // Secure by default (issue 8): a node reachable beyond loopback refuses to start without a real
 // cluster secret, and one listening beyond loopback refuses to start without users (AUTH_FILE).

@@ -1,7 +1,7 @@
 import { expect } from 'chai';
-import { catchUpSource, copyStillValid, repairVerdict } from '../../lib/convergence.js';
+import { catchUpSource, copyStillValid, repairVerdict } from '../../lib/core/convergence.js';
 
-// Catch-up's and repair's decisions, pure (lib/convergence.ts); lib/catch-up.ts and the simulation
+// Catch-up's and repair's decisions, pure (lib/core/convergence.ts); lib/cluster/catch-up.ts and the simulation
 // both run them.
 
 describe('convergence decisions', () => {

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { Participant, ZERO_OID, type RecoveryStep, type TxnOp } from '../../lib/txn-core.js';
+import { Participant, ZERO_OID, type RecoveryStep, type TxnOp } from '../../lib/core/txn-core.js';
 
 // The decisions that used to live in the driver, now in the core where they are pure: the prepare
 // plan, the steps of a prepare an abort can overtake, the in-doubt grace period, and recovery's

@@ -9,10 +9,10 @@ import {
   failpointAction,
   hit,
   parseFailpoints,
-} from '../../lib/failpoints.js';
+} from '../../lib/base/failpoints.js';
 import { ManualClock } from '../support/manual-clock.js';
 
-const MODULE_URL = pathToFileURL(path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'lib', 'failpoints.js')).href;
+const MODULE_URL = pathToFileURL(path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'lib', 'base', 'failpoints.js')).href;
 
 /** Runs a fresh node process that imports the module with FAILPOINTS set and hits `name`. */
 function runChild(failpoints: string, name: string): ReturnType<typeof spawnSync> {

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { advertisementHasServiceLine, gitProtocolEnv, protocolVersion } from '../../lib/git-protocol.js';
+import { advertisementHasServiceLine, gitProtocolEnv, protocolVersion } from '../../lib/http/git-protocol.js';
 
 // The client's Git-Protocol header on its way to git's GIT_PROTOCOL, and the version git reads from it.
 

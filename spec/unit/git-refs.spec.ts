@@ -3,7 +3,7 @@ import { execFileSync } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { readHead, readRefValues, readRefs } from '../../lib/git-refs.js';
+import { readHead, readRefValues, readRefs } from '../../lib/git/git-refs.js';
 
 // readRefValues reads git's files backend without git; it must agree with git for loose refs, packed
 // refs, loose-over-packed, and refs that do not exist.

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { GitSlots, RequestHeadScanner, bodyDecoding, clientAddress } from '../../lib/git-rpc.js';
+import { GitSlots, RequestHeadScanner, bodyDecoding, clientAddress } from '../../lib/http/git-rpc.js';
 
 // The request-head check in front of git's RPCs (issue 8 items 1-3): pkt-line framing, the first
 // command, caps; and the bookkeeping of git slots.

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { QuorumGitError, statusByCode } from '../../lib/errors.js';
+import { QuorumGitError, statusByCode } from '../../lib/core/errors.js';
 import {
   VERSION_MAX,
   commitEpochProblem,
@@ -8,8 +8,8 @@ import {
   parseRepoState,
   parseTxnMessage,
   parseVote,
-} from '../../lib/internal-messages.js';
-import type { TxnOp } from '../../lib/txn-core.js';
+} from '../../lib/cluster/internal-messages.js';
+import type { TxnOp } from '../../lib/core/txn-core.js';
 
 // Peers trust no message blindly (issue 8): each internal message and each answer from a peer is
 // parsed into a typed value or refused with a 400, with the public API's repo-id validator.

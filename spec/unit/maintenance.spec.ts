@@ -2,8 +2,8 @@ import { expect } from 'chai';
 import { existsSync, promises as fs, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { silentLogger } from '../../lib/logger.js';
-import { Maintenance } from '../../lib/maintenance.js';
+import { silentLogger } from '../../lib/base/logger.js';
+import { Maintenance } from '../../lib/git/maintenance.js';
 import { eventually } from '../support/cluster.js';
 import { ManualClock } from '../support/manual-clock.js';
 

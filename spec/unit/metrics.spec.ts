@@ -5,13 +5,13 @@ import type http from 'node:http';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { register as globalRegistry } from 'prom-client';
-import { readiness } from '../../lib/health.js';
-import { NodeMetrics, routeClass, txnOutcome, type NodeView } from '../../lib/metrics.js';
-import { REQUEST_ID_MAX_CHARS, requestIdFrom } from '../../lib/request-id.js';
-import type { CoordinatorResult } from '../../lib/txn-core.js';
+import { readiness } from '../../lib/http/health.js';
+import { NodeMetrics, routeClass, txnOutcome, type NodeView } from '../../lib/base/metrics.js';
+import { REQUEST_ID_MAX_CHARS, requestIdFrom } from '../../lib/http/request-id.js';
+import type { CoordinatorResult } from '../../lib/core/txn-core.js';
 
-// The node's metrics (lib/metrics.ts) fed with recorded events and read back in Prometheus' text
-// format; the readiness rule (lib/health.ts) and the request-id check (lib/request-id.ts).
+// The node's metrics (lib/base/metrics.ts) fed with recorded events and read back in Prometheus' text
+// format; the readiness rule (lib/http/health.ts) and the request-id check (lib/http/request-id.ts).
 
 /** The repository's root, from dist/spec/unit. */
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');

@@ -1,8 +1,8 @@
 import { expect } from 'chai';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { Logger } from '../../lib/logger.js';
-import { IDLE_SOCKET_MS, KEEP_ALIVE_TIMEOUT_MS, NODE_HEADER, PeerClient } from '../../lib/peer-client.js';
+import type { Logger } from '../../lib/base/logger.js';
+import { IDLE_SOCKET_MS, KEEP_ALIVE_TIMEOUT_MS, NODE_HEADER, PeerClient } from '../../lib/cluster/peer-client.js';
 
 // The node-to-node client keeps connections alive. A peer that closes an idle connection just as a
 // message is sent on it resets that request; the client must neither report the peer unreachable

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { CoordinatorTxn, Participant, ZERO_OID, type TxnOp } from '../../lib/txn-core.js';
+import { CoordinatorTxn, Participant, ZERO_OID, type TxnOp } from '../../lib/core/txn-core.js';
 
 // Issue 7's protocol defects, each pinned at the core where it was decided wrong. The simulation
 // (driver-sim.spec) finds them again from random faults; these name the exact step.

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { ZERO_OID, type CoordinatorResult, type TxnOp } from '../../lib/txn-core.js';
+import { ZERO_OID, type CoordinatorResult, type TxnOp } from '../../lib/core/txn-core.js';
 import { Sim, seededRandom, type Envelope } from './sim.js';
 
 const A = 'http://a';

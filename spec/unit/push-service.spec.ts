@@ -2,12 +2,12 @@ import { expect } from 'chai';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import type { Logger } from '../../lib/logger.js';
-import type { PeerClient } from '../../lib/peer-client.js';
-import { PushService } from '../../lib/push-service.js';
-import { RepoStore } from '../../lib/repo-store.js';
-import type { CoordinatorResult, TxnOp } from '../../lib/txn-core.js';
-import type { TxnDriver } from '../../lib/txn-driver.js';
+import type { Logger } from '../../lib/base/logger.js';
+import type { PeerClient } from '../../lib/cluster/peer-client.js';
+import { PushService } from '../../lib/cluster/push-service.js';
+import { RepoStore } from '../../lib/storage/repo-store.js';
+import type { CoordinatorResult, TxnOp } from '../../lib/core/txn-core.js';
+import type { TxnDriver } from '../../lib/cluster/txn-driver.js';
 
 // The hook's verdict for each outcome of the push transaction, with the transaction itself faked:
 // above all, a push that was decided but confirmed by fewer than W nodes is never answered "ok".

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { majority, readQuorum, voteResult, writeQuorum } from '../../lib/quorum.js';
+import { majority, readQuorum, voteResult, writeQuorum } from '../../lib/core/quorum.js';
 
 describe('quorum', () => {
   for (const [n, w] of [[1, 1], [2, 2], [3, 2], [4, 3], [5, 3], [6, 4], [7, 4]] as const) {

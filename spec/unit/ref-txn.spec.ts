@@ -3,9 +3,9 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, promises as fs, readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { readRefValues } from '../../lib/git-refs.js';
-import { RefTransactions } from '../../lib/ref-txn.js';
-import { ZERO_OID } from '../../lib/txn-core.js';
+import { readRefValues } from '../../lib/git/git-refs.js';
+import { RefTransactions } from '../../lib/git/ref-txn.js';
+import { ZERO_OID } from '../../lib/core/txn-core.js';
 
 // A peer's ref transaction held from prepare to commit, against the real git: the locks exist while
 // it is prepared, a commit moves the refs, an abort leaves them, a wrong old value or a missing object

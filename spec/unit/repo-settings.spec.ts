@@ -1,7 +1,7 @@
 import { expect } from 'chai';
-import { applySettingsChange, DEFAULT_REPO_SETTINGS, MAX_COLLABORATORS, type RepoSettings } from '../../lib/repo-settings.js';
-import { newestSettings } from '../../lib/catalog-merge.js';
-import { Participant, ZERO_OID, type CoordinatorResult, type TxnOp } from '../../lib/txn-core.js';
+import { applySettingsChange, DEFAULT_REPO_SETTINGS, MAX_COLLABORATORS, type RepoSettings } from '../../lib/core/repo-settings.js';
+import { newestSettings } from '../../lib/core/catalog-merge.js';
+import { Participant, ZERO_OID, type CoordinatorResult, type TxnOp } from '../../lib/core/txn-core.js';
 import { Sim } from './sim.js';
 
 const A = 'http://a';

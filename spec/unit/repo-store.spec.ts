@@ -3,8 +3,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, promises as fs, readFileSync, readlinkSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { realDiskSync, type DiskSync } from '../../lib/durable-fs.js';
-import { RepoStore } from '../../lib/repo-store.js';
+import { realDiskSync, type DiskSync } from '../../lib/base/durable-fs.js';
+import { RepoStore } from '../../lib/storage/repo-store.js';
 
 // Shipped packs whose prepare never came (the coordinator gave up on the upload half-way) are swept
 // once idle; an upload still being written, or one a transaction here knows, stays.

@@ -1,7 +1,7 @@
 import { expect } from 'chai';
-import { QuorumGitError } from '../../lib/errors.js';
-import { parseRepoId } from '../../lib/repo-id.js';
-import { route } from '../../lib/router.js';
+import { QuorumGitError } from '../../lib/core/errors.js';
+import { parseRepoId } from '../../lib/core/repo-id.js';
+import { route } from '../../lib/http/router.js';
 
 function codeOf(fn: () => unknown): string | undefined {
   try {

@@ -1,7 +1,7 @@
 import { expect } from 'chai';
-import { headAfterPush, parseUpdates } from '../../lib/push-service.js';
-import { pickCoordinator, planRead, type ReplicaAnswer } from '../../lib/routing.js';
-import { ZERO_OID } from '../../lib/txn-core.js';
+import { headAfterPush, parseUpdates } from '../../lib/cluster/push-service.js';
+import { pickCoordinator, planRead, type ReplicaAnswer } from '../../lib/core/routing.js';
+import { ZERO_OID } from '../../lib/core/txn-core.js';
 
 const A = 'http://a';
 const B = 'http://b';

@@ -13,7 +13,7 @@ import {
   type RecoveryStep,
   type RepoVersion,
   type TxnOp,
-} from '../../lib/txn-core.js';
+} from '../../lib/core/txn-core.js';
 
 // Issue 7's protocol defects put back, one at a time, into the real core: the simulation runs the real
 // driver over one of these in place of Participant, and driver-sim.spec shows it finds each defect.

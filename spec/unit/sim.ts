@@ -1,4 +1,4 @@
-// A deterministic in-memory cluster that runs the REAL TxnDriver (lib/txn-driver.ts) on every node,
+// A deterministic in-memory cluster that runs the REAL TxnDriver (lib/cluster/txn-driver.ts) on every node,
 // with each of its effects injected: an in-memory transaction log (what was appended survives a
 // crash), an in-memory replica (refs per repo and staged creates survive a crash; the ref locks a
 // prepared push holds in git do not), a transport whose requests and replies are events in one
@@ -14,11 +14,11 @@
 //   the log, a minority killed for good, the server's background rounds; invariants checked after
 //   every event and, once the faults stop and the cluster heals, at the end.
 
-import type { Logger } from '../../lib/logger.js';
-import type { PushSource, ReplicaStore } from '../../lib/replica.js';
+import type { Logger } from '../../lib/base/logger.js';
+import type { PushSource, ReplicaStore } from '../../lib/storage/replica.js';
 import { mutantCore, type MutantName } from './sim-mutants.js';
-import type { Clock } from '../../lib/clock.js';
-import { TxnDriver, type Transport } from '../../lib/txn-driver.js';
+import type { Clock } from '../../lib/base/clock.js';
+import { TxnDriver, type Transport } from '../../lib/cluster/txn-driver.js';
 import {
   ZERO_OID,
   compareVersions,
@@ -31,7 +31,7 @@ import {
   type TxnMessage,
   type TxnOp,
   type Vote,
-} from '../../lib/txn-core.js';
+} from '../../lib/core/txn-core.js';
 
 export type Envelope =
   | { kind: 'msg'; from: NodeId; to: NodeId; txnId: string; msg: TxnMessage }
@@ -40,8 +40,8 @@ export type Envelope =
   | { kind: 'state'; from: NodeId; to: NodeId; txnId: ''; repoId: string }
   | { kind: 'reply'; from: NodeId; to: NodeId; txnId: string; about: string; vote?: Vote; final?: boolean; failed?: boolean };
 
-import { catchUpSource, copyStillValid } from '../../lib/convergence.js';
-import { seededRandom } from '../../lib/seeded-random.js';
+import { catchUpSource, copyStillValid } from '../../lib/core/convergence.js';
+import { seededRandom } from '../../lib/core/seeded-random.js';
 export { seededRandom };
 
 /** Lets every promise chain that can move without a new event settle. */

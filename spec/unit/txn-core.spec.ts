@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { Participant, resolveInDoubt, type CoordinatorResult } from '../../lib/txn-core.js';
+import { Participant, resolveInDoubt, type CoordinatorResult } from '../../lib/core/txn-core.js';
 import { Sim, seededRandom, type Envelope } from './sim.js';
 
 const A = 'http://a';

@@ -2,9 +2,9 @@ import { expect } from 'chai';
 import { existsSync, promises as fs, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { realDiskSync, type DiskSync } from '../../lib/durable-fs.js';
-import type { LogEntry } from '../../lib/txn-core.js';
-import { TxnLog } from '../../lib/txn-log.js';
+import { realDiskSync, type DiskSync } from '../../lib/base/durable-fs.js';
+import type { LogEntry } from '../../lib/core/txn-core.js';
+import { TxnLog } from '../../lib/storage/txn-log.js';
 
 const refused = (txnId: string): LogEntry => ({ t: 'refused', txnId });
 const ids = (entries: LogEntry[]): string[] => entries.map((e) => (e as { txnId: string }).txnId);

@@ -1,12 +1,12 @@
 import { expect } from 'chai';
 import fc from 'fast-check';
 import path from 'node:path';
-import { QuorumGitError, statusByCode } from '../../lib/errors.js';
-import { VERSION_MAX, parseCatalog, parseRepoState, parseTxnMessage } from '../../lib/internal-messages.js';
-import { refNameProblem } from '../../lib/push-service.js';
-import { parseRepoId } from '../../lib/repo-id.js';
-import { RepoStore } from '../../lib/repo-store.js';
-import { route } from '../../lib/router.js';
+import { QuorumGitError, statusByCode } from '../../lib/core/errors.js';
+import { VERSION_MAX, parseCatalog, parseRepoState, parseTxnMessage } from '../../lib/cluster/internal-messages.js';
+import { refNameProblem } from '../../lib/cluster/push-service.js';
+import { parseRepoId } from '../../lib/core/repo-id.js';
+import { RepoStore } from '../../lib/storage/repo-store.js';
+import { route } from '../../lib/http/router.js';
 
 // Properties of everything that turns untrusted input into a name on disk (issue 8): the router (URLs
 // from anyone), the repo-id validator, and the parser of peers' messages and answers. For any input,

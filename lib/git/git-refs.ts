@@ -1,0 +1,350 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, promises as fs, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { sleep, type Clock } from '../base/clock.js';
+import { runGit } from './git.js';
+import { FETCH_NAMESPACE_PREFIX, LOST_FOUND_PREFIX, isPrivateRef } from '../core/repo-id.js';
+import { ZERO_OID, type RefUpdate } from '../core/txn-core.js';
+import { syncDir } from '../base/durable-fs.js';
+
+// Reading and moving refs of a bare repo with the real git, and installing shipped packs.
+
+export { FETCH_NAMESPACE_PREFIX, LOST_FOUND_PREFIX, isPrivateRef };
+
+
+export async function readRefs(repoPath: string): Promise<Record<string, string>> {
+  const out = await runGit(['for-each-ref', '--format=%(objectname) %(refname)'], { cwd: repoPath });
+  const refs: Record<string, string> = {};
+  for (const line of out.split('\n')) {
+    if (line === '') continue;
+    const space = line.indexOf(' ');
+    const ref = line.slice(space + 1);
+    if (!isPrivateRef(ref)) refs[ref] = line.slice(0, space);
+  }
+  return refs;
+}
+
+const OID = /^(?:[0-9a-f]{40}|[0-9a-f]{64})$/;
+const SYNC_REF_READS = 32;
+
+/**
+ * The values of some refs, read from the files backend directly (a loose ref file, else packed-refs):
+ * a push's prepare runs this on every peer, and it saves a git process there. Anything unusual (a
+ * symbolic ref, an odd name) is left to git.
+ */
+export async function readRefValues(repoPath: string, refs: readonly string[]): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  // A loose ref is a 41-byte file: a few are read synchronously (a thread-pool round trip each would
+  // cost more than the read); thousands are read without blocking the node.
+  const sync = refs.length <= SYNC_REF_READS;
+  let packed: Map<string, string> | undefined;
+  for (const ref of refs) {
+    if (!ref.startsWith('refs/') || ref.split('/').some((part) => part === '..' || part === '.' || part === '')) {
+      return pick(await readRefs(repoPath), refs);
+    }
+    let text: string | undefined;
+    try {
+      const file = path.join(repoPath, ref);
+      text = sync ? readFileSync(file, 'utf8') : await fs.readFile(file, 'utf8');
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT' && code !== 'EISDIR' && code !== 'ENOTDIR') throw err;
+    }
+    if (text !== undefined) {
+      const oid = text.trim();
+      if (!OID.test(oid)) return pick(await readRefs(repoPath), refs);
+      out[ref] = oid;
+      continue;
+    }
+    packed ??= await readPackedRefs(repoPath);
+    const oid = packed.get(ref);
+    if (oid !== undefined) out[ref] = oid;
+  }
+  return out;
+}
+
+function pick(all: Record<string, string>, refs: readonly string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const ref of refs) if (all[ref] !== undefined) out[ref] = all[ref];
+  return out;
+}
+
+async function readPackedRefs(repoPath: string): Promise<Map<string, string>> {
+  const packed = new Map<string, string>();
+  let text: string;
+  try {
+    text = await fs.readFile(path.join(repoPath, 'packed-refs'), 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return packed;
+    throw err;
+  }
+  // "<oid> <ref>" lines; '#' starts the header, '^' a peeled value of the tag above.
+  for (const line of text.split('\n')) {
+    if (line === '' || line.startsWith('#') || line.startsWith('^')) continue;
+    const space = line.indexOf(' ');
+    packed.set(line.slice(space + 1), line.slice(0, space));
+  }
+  return packed;
+}
+
+/**
+ * The ref HEAD names. A bare repo's HEAD is a one-line file; reading it saves a git process per push
+ * (and reading it synchronously a thread-pool round trip).
+ */
+export async function readHead(repoPath: string): Promise<string> {
+  const text = readFileSync(path.join(repoPath, 'HEAD'), 'utf8');
+  const m = /^ref: (refs\/\S+)\s*$/.exec(text);
+  if (m) return m[1]!;
+  return (await runGit(['symbolic-ref', 'HEAD'], { cwd: repoPath })).trim();
+}
+
+export async function setHead(repoPath: string, ref: string): Promise<void> {
+  await runGit(['symbolic-ref', 'HEAD', ref], { cwd: repoPath });
+}
+
+export class RefConflictError extends Error {
+  constructor(readonly ref: string, readonly found: string, readonly expected: string) {
+    super(`${ref} is at ${found}, expected ${expected}`);
+    this.name = 'RefConflictError';
+  }
+}
+
+/** The `update-ref --stdin` line for one update; a zero old value means "must not exist". */
+export function refEdit(u: RefUpdate): string {
+  return u.new === ZERO_OID ? `delete ${u.ref} ${u.old}` : `update ${u.ref} ${u.new} ${u.old}`;
+}
+
+/**
+ * Moves refs to the updates' new values in one `git update-ref --stdin` transaction (all or none).
+ * Idempotent: refs already at their new value are left alone, so a replayed commit is harmless (and
+ * the coordinator's replica, whose refs receive-pack has just moved, starts no git at all); a ref at
+ * neither its old nor its new value is a divergence and nothing is changed.
+ */
+export async function applyUpdates(repoPath: string, updates: readonly RefUpdate[], head?: string): Promise<void> {
+  const current = await readRefValues(repoPath, updates.map((u) => u.ref));
+  const lines: string[] = [];
+  for (const u of updates) {
+    const found = current[u.ref] ?? ZERO_OID;
+    if (found === u.new) continue;
+    if (found !== u.old) throw new RefConflictError(u.ref, found, u.old);
+    lines.push(refEdit(u));
+  }
+  // update-ref checks every old value again, under its locks.
+  if (lines.length > 0) await applyRefEdits(repoPath, lines);
+  if (head !== undefined && (await readHead(repoPath)) !== head) await setHead(repoPath, head);
+}
+
+/**
+ * Throws if a ref of `refs` stays locked (a `<ref>.lock` file) for `waitMs`: the coordinator's own
+ * replica is moved by receive-pack after the hook, and a lock left there by a crashed git would make
+ * it refuse the push after the peers had committed it. A git that holds a lock for a moment (gc
+ * packing refs) lets go well within the wait, as git's own lock retry expects.
+ */
+export async function expectRefsUnlocked(repoPath: string, refs: readonly string[], waitMs: number, clock: Clock): Promise<void> {
+  const deadline = clock.now() + waitMs;
+  for (;;) {
+    const locked = refs.filter((ref) => existsSync(path.join(repoPath, `${ref}.lock`)));
+    if (locked.length === 0) return;
+    if (clock.now() >= deadline) throw new Error(`ref locked by another git (a stale lock file?): ${locked.map((r) => `${r}.lock`).join(', ')}`);
+    await sleep(clock, 10);
+  }
+}
+
+/** Runs `update-ref --stdin` commands (create/update/delete lines) as one transaction. */
+export async function applyRefEdits(repoPath: string, edits: readonly string[]): Promise<void> {
+  const session = new UpdateRefSession(repoPath);
+  try {
+    await session.send(['start', ...edits, 'prepare', 'commit'], 3);
+  } finally {
+    session.close();
+  }
+}
+
+/**
+ * A running `git update-ref --stdin`, driven a transaction at a time: `send` writes commands and
+ * resolves once as many of them as asked answered "<command>: ok" (start, prepare, commit and abort
+ * do); a refusal makes git exit, which rejects what is waiting with git's message. `close` ends the
+ * session, and git aborts a transaction left open (its locks removed).
+ */
+export class UpdateRefSession {
+  readonly repoPath: string;
+  private readonly child: ChildProcess;
+  private readonly waiters: { resolve: () => void; reject: (err: Error) => void }[] = [];
+  private stdout = '';
+  private stderr = '';
+  private exited = false;
+
+  constructor(repoPath: string) {
+    this.repoPath = repoPath;
+    this.child = spawn('git', ['update-ref', '--stdin'], { cwd: repoPath, stdio: ['pipe', 'pipe', 'pipe'] });
+    this.child.stdout!.on('data', (chunk: Buffer) => {
+      this.stdout += chunk.toString();
+      let nl: number;
+      while ((nl = this.stdout.indexOf('\n')) >= 0) {
+        const line = this.stdout.slice(0, nl);
+        this.stdout = this.stdout.slice(nl + 1);
+        if (line.endsWith(': ok')) this.waiters.shift()?.resolve();
+      }
+    });
+    this.child.stderr!.on('data', (chunk: Buffer) => (this.stderr = (this.stderr + chunk.toString()).slice(-4000)));
+    this.child.stdin!.on('error', () => undefined);
+    const ended = (why: string): void => {
+      this.exited = true;
+      const err = new Error(`git update-ref failed: ${this.stderr.trim() || why}`);
+      for (const w of this.waiters.splice(0)) w.reject(err);
+    };
+    this.child.on('error', (err) => ended(err.message));
+    this.child.on('close', (code, signal) => ended(`exited (${signal ?? code})`));
+  }
+
+  get alive(): boolean {
+    return !this.exited;
+  }
+
+  send(lines: readonly string[], answers: number): Promise<void> {
+    if (this.exited) return Promise.reject(new Error(`git update-ref failed: ${this.stderr.trim() || 'session ended'}`));
+    const done = Array.from({ length: answers }, () => new Promise<void>((resolve, reject) => this.waiters.push({ resolve, reject })));
+    this.child.stdin!.write(lines.join('\n') + '\n');
+    return Promise.all(done).then(() => undefined);
+  }
+
+  close(): void {
+    this.child.stdin!.end();
+  }
+}
+
+export const PACK_FILE = /^pack-[0-9a-f]{40,64}\.(pack|idx|rev)$/;
+
+/** The pack files receive-pack wrote into its quarantine (receive.unpackLimit=1 makes it always one pack). */
+export async function quarantinePackFiles(quarantine: string): Promise<string[]> {
+  let names: string[];
+  try {
+    names = readdirSync(path.join(quarantine, 'pack'));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw err;
+  }
+  return names.filter((n) => PACK_FILE.test(n)).map((n) => path.join(quarantine, 'pack', n));
+}
+
+/**
+ * Writes a small pack that came inside a prepare straight into the repo's object store: the .pack
+ * (and .rev) under their names, the .idx last through a temporary name, since git finds a pack only
+ * through a complete index. The writes are synchronous on purpose: the files are small (the inline
+ * limit bounds them), and on a busy node each thread-pool round trip of an async write cost more
+ * than the write itself, on every peer's vote of every push.
+ */
+export function installPackBuffers(repoPath: string, files: Readonly<Record<string, Buffer>>): void {
+  const packDir = path.join(repoPath, 'objects', 'pack');
+  mkdirSync(packDir, { recursive: true });
+  const names = Object.keys(files).filter((n) => PACK_FILE.test(n));
+  // Durable before the vote: each file fsynced, then the directory that names them.
+  for (const n of names) if (!n.endsWith('.idx')) writeFileSync(path.join(packDir, n), files[n]!, { flush: true });
+  for (const n of names.filter((n) => n.endsWith('.idx'))) {
+    writeFileSync(path.join(packDir, `tmp_${n}`), files[n]!, { flush: true });
+    renameSync(path.join(packDir, `tmp_${n}`), path.join(packDir, n));
+  }
+  const dir = openSync(packDir, 'r');
+  try {
+    fsyncSync(dir);
+  } finally {
+    closeSync(dir);
+  }
+}
+
+export { syncDir };
+
+/**
+ * Moves shipped pack files into the repo's object store: the .pack (and .rev) first, the .idx last,
+ * since git finds a pack through its index. Objects present but unreferenced change nothing visible.
+ * The emptied directory goes too: otherwise every push would leave one behind on every peer.
+ */
+export async function installPackFiles(repoPath: string, dir: string): Promise<void> {
+  let names: string[];
+  try {
+    names = (await fs.readdir(dir)).filter((n) => PACK_FILE.test(n));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw err;
+  }
+  const order = (n: string): number => (n.endsWith('.idx') ? 1 : 0);
+  names.sort((a, b) => order(a) - order(b));
+  const packDir = path.join(repoPath, 'objects', 'pack');
+  await fs.mkdir(packDir, { recursive: true });
+  for (const name of names) await fs.rename(path.join(dir, name), path.join(packDir, name));
+  // The files were fsynced as they arrived; their new names must survive a power loss too.
+  await syncDir(packDir);
+  await fs.rm(dir, { recursive: true, force: true });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Catch-up's private refs, and what moving refs would leave unreachable.
+
+
+/** Every ref below `prefix` (which ends in '/'), full names, with its value. */
+export async function readRefsUnder(repoPath: string, prefix: string): Promise<Record<string, string>> {
+  return parseForEachRef(await runGit(['for-each-ref', '--format=%(objectname) %(refname)', prefix], { cwd: repoPath }));
+}
+
+/** `git for-each-ref --format='%(objectname) %(refname)'` output as ref -> oid. */
+export function parseForEachRef(out: string): Record<string, string> {
+  const refs: Record<string, string> = {};
+  for (const line of out.split('\n')) {
+    if (line === '') continue;
+    const space = line.indexOf(' ');
+    refs[line.slice(space + 1)] = line.slice(0, space);
+  }
+  return refs;
+}
+
+/** Deletes every ref below `prefix` (which ends in '/') in one transaction, each at the value just read. */
+export async function deleteRefsUnder(repoPath: string, prefix: string): Promise<void> {
+  const refs = await readRefsUnder(repoPath, prefix);
+  const edits = Object.entries(refs).map(([ref, oid]) => `delete ${ref} ${oid}`);
+  if (edits.length > 0) await applyRefEdits(repoPath, edits);
+}
+
+/**
+ * The objects of `tips` that no object of `keep` reaches: the tips whose refs must be kept aside if
+ * only `keep` is to stay referenced. `rev-list --objects` is used rather than a commits-only walk so
+ * that an annotated tag whose commit survives, but which itself would not, counts as lost too. Its
+ * output (every lost object) is streamed and only compared, never held. A failure rejects: the
+ * caller must not take "could not tell" for "nothing lost".
+ */
+export function unreachableTips(repoPath: string, tips: readonly string[], keep: readonly string[], timeoutMs: number, clock: Clock): Promise<Set<string>> {
+  const wanted = new Set(tips);
+  const lost = new Set<string>();
+  if (wanted.size === 0) return Promise.resolve(lost);
+  return new Promise((resolve, reject) => {
+    // rev-list of git 2.39 takes no options on stdin; '^<oid>' lines are the "--not" side.
+    const child = spawn('git', ['rev-list', '--objects', '--stdin'], { cwd: repoPath, stdio: ['pipe', 'pipe', 'pipe'] });
+    let partial = '';
+    let stderr = '';
+    const timer = clock.setTimeout(() => {
+      stderr += `timed out after ${timeoutMs} ms`;
+      child.kill('SIGKILL');
+    }, timeoutMs);
+    child.stdout.on('data', (chunk: Buffer) => {
+      const lines = (partial + chunk.toString()).split('\n');
+      partial = lines.pop()!;
+      for (const line of lines) {
+        const oid = line.split(' ', 1)[0]!;
+        if (wanted.has(oid)) lost.add(oid);
+      }
+    });
+    child.stderr.on('data', (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-4000)));
+    child.on('error', (err) => {
+      clock.clearTimeout(timer);
+      reject(err);
+    });
+    child.on('close', (code) => {
+      clock.clearTimeout(timer);
+      if (code !== 0) return reject(new Error(`git rev-list failed: ${stderr.trim() || `exit ${code}`}`));
+      const last = partial.split(' ', 1)[0]!;
+      if (wanted.has(last)) lost.add(last);
+      resolve(lost);
+    });
+    child.stdin.on('error', () => undefined);
+    child.stdin.end([...wanted, ...keep.map((oid) => `^${oid}`)].join('\n') + '\n');
+  });
+}

@@ -1,0 +1,123 @@
+import { statSync } from 'node:fs';
+import { systemClock, type Clock } from '../base/clock.js';
+import { UpdateRefSession, refEdit } from './git-refs.js';
+import type { RefUpdate } from '../core/txn-core.js';
+
+// A peer's ref transaction for a push, held open from the 2PC prepare to the commit, as Gitaly and
+// Spokes do it: `git update-ref --stdin` gets `start`, the updates and `prepare` when the peer votes
+// (git takes every ref's lock and checks its old value and that the new object exists), and only
+// `commit` when the decision arrives, which renames the locks into place. The commit on the push's
+// critical path is then a line written to a running git, not a git process started and a repo opened.
+//
+// A session whose transaction committed stays open as the repo's spare for the next push (`start`
+// begins a new transaction in the same session), so a busy repo's peers start no git at all per
+// push. Spares are few (LRU), end after a quiet while, and are only reused for the very directory
+// they were started in (its inode is compared): a repo deleted and created again gets a new one.
+// If this node dies, each session's stdin closes and git aborts the open transaction itself,
+// removing its locks.
+
+export interface RefTransactionOptions {
+  maxSpares: number;
+  idleMs: number;
+  /** The node's clock (default the system's: its timers are unref'd, so a spare never holds a stopping process). */
+  clock?: Clock;
+}
+
+/** A session and what the pool knows of it. */
+interface Session {
+  git: UpdateRefSession;
+  /** The inode of the repo directory it was started in. */
+  ino: number;
+  idleTimer?: unknown;
+}
+
+export class RefTransactions {
+  private readonly options: RefTransactionOptions;
+  private readonly clock: Clock;
+  /** Prepared transactions by txn id. */
+  private readonly held = new Map<string, Session>();
+  /** Idle sessions by repo path, least recently used first. */
+  private readonly spares = new Map<string, Session>();
+
+  constructor(options: RefTransactionOptions) {
+    this.options = options;
+    this.clock = options.clock ?? systemClock;
+  }
+
+  /**
+   * Locks the refs of a push and checks their old values and that the new objects exist (they must
+   * be installed already). Throws if git refuses; nothing is then held.
+   */
+  async prepare(txnId: string, repoPath: string, updates: readonly RefUpdate[]): Promise<void> {
+    if (this.held.has(txnId)) return;
+    const { ino } = statSync(repoPath);
+    let session = this.spares.get(repoPath);
+    this.spares.delete(repoPath);
+    if (session) this.clock.clearTimeout(session.idleTimer);
+    if (!session || !session.git.alive || session.ino !== ino) {
+      session?.git.close();
+      session = { git: new UpdateRefSession(repoPath), ino };
+    }
+    this.held.set(txnId, session);
+    try {
+      await session.git.send(['start', ...updates.map(refEdit), 'prepare'], 2);
+    } catch (err) {
+      this.held.delete(txnId);
+      session.git.close();
+      throw err;
+    }
+  }
+
+  /** Commits a prepared transaction. False if none is held here for it (the caller applies it another way). */
+  async commit(txnId: string): Promise<boolean> {
+    const session = this.held.get(txnId);
+    if (!session) return false;
+    this.held.delete(txnId);
+    try {
+      await session.git.send(['commit'], 1);
+    } catch (err) {
+      session.git.close();
+      throw err;
+    }
+    this.keepSpare(session);
+    return true;
+  }
+
+  /** Drops a prepared transaction: git releases the locks and changes nothing. */
+  abort(txnId: string): void {
+    const session = this.held.get(txnId);
+    if (!session) return;
+    this.held.delete(txnId);
+    session.git.close();
+  }
+
+  private keepSpare(session: Session): void {
+    if (!session.git.alive) return;
+    const { repoPath } = session.git;
+    const previous = this.spares.get(repoPath);
+    if (previous && previous !== session) this.end(previous);
+    this.spares.delete(repoPath);
+    this.spares.set(repoPath, session);
+    session.idleTimer = this.clock.setTimeout(() => {
+      if (this.spares.get(repoPath) === session) this.spares.delete(repoPath);
+      session.git.close();
+    }, this.options.idleMs);
+    while (this.spares.size > this.options.maxSpares) {
+      const [oldestPath, oldest] = this.spares.entries().next().value as [string, Session];
+      this.spares.delete(oldestPath);
+      this.end(oldest);
+    }
+  }
+
+  private end(session: Session): void {
+    this.clock.clearTimeout(session.idleTimer);
+    session.git.close();
+  }
+
+  /** Ends every session (open transactions are aborted by git). */
+  close(): void {
+    for (const session of [...this.held.values(), ...this.spares.values()]) this.end(session);
+    this.held.clear();
+    this.spares.clear();
+  }
+}

@@ -1,0 +1,132 @@
+import { systemClock, type Clock } from '../base/clock.js';
+import type { RepoStore } from './repo-store.js';
+import { applyUpdates, expectRefsUnlocked, installPackBuffers, installPackFiles, readHead, readRefValues, readRefs, setHead } from '../git/git-refs.js';
+import { RefTransactions } from '../git/ref-txn.js';
+import type { Logger } from '../base/logger.js';
+import type { RefUpdate } from '../core/txn-core.js';
+
+// The disk side of one node's replica, as the transaction driver (txn-driver.ts) sees it: repos
+// staged, renamed into place or removed, a push's refs read, locked at prepare and moved at commit.
+// The driver holds no file-system or git knowledge of its own, so the seeded simulation
+// (spec/unit/sim.ts) runs the real driver over an in-memory replica with the same contract:
+// - every step is idempotent per txnId (a restart replays decided transactions);
+// - stagePush of a peer's push locks its refs until applyPush or discard; a crash loses those locks
+//   (git aborts the open transaction when its stdin closes) but never refs already moved;
+// - applyPush without a held transaction applies the updates afresh (refs already at their new
+//   values are left alone).
+
+/** Where a staged push's objects are: already in receive-pack's quarantine, inline, or streamed ahead. */
+export type PushSource = { own: true } | { own: false; inline?: Readonly<Record<string, Buffer>> };
+
+export interface ReplicaStore {
+  /** Prepares the layout and clears what dead gits left (lock files, quarantines); returns the paths cleared. */
+  init(keepStaging: ReadonlySet<string>): Promise<string[]>;
+  exists(repoId: string): Promise<boolean>;
+  /** Makes a fresh empty repo appear at the repo's place, replacing what was there. */
+  recreate(repoId: string, reason: string): Promise<void>;
+  remove(repoId: string, reason: string): Promise<void>;
+  stageCreate(txnId: string): Promise<void>;
+  commitCreate(txnId: string, repoId: string): Promise<void>;
+  /** The repo's refs: all of them, or only `refs` (those missing are absent from the answer). */
+  readRefs(repoId: string, refs?: readonly string[]): Promise<Record<string, string>>;
+  /**
+   * Stages a push. The coordinator's own (`own`): receive-pack moves the refs itself, so only checks
+   * that no lock stands in its way. A peer's: installs the objects and holds the refs locked in git.
+   */
+  stagePush(txnId: string, repoId: string, updates: readonly RefUpdate[], source: PushSource): Promise<void>;
+  /** Moves a committed push's refs (idempotent) and points HEAD at `head` when given. */
+  applyPush(txnId: string, repoId: string, updates: readonly RefUpdate[], head: string | undefined): Promise<void>;
+  /** Undoes whatever a transaction staged here: its held ref locks, then its files. */
+  discard(txnId: string): Promise<void>;
+  /** Drops shipped packs whose upload was abandoned; returns the txn ids removed. */
+  sweepIncoming(inUse: (txnId: string) => boolean, idleMs: number, nowMs: number): Promise<string[]>;
+  /** Ends the git sessions held (a prepared push's ref locks are released by git). */
+  close(): void;
+}
+
+/** How long the coordinator's replica waits for a pushed ref's lock to go (git's own lock retry is 100 ms). */
+const REF_LOCK_WAIT_MS = 100;
+
+/** The real replica: RepoStore for the files, git for the refs. */
+export class GitReplica implements ReplicaStore {
+  /** A peer's push holds its refs locked in git from prepare to commit (lib/git/ref-txn.ts). */
+  private readonly refTxns: RefTransactions;
+
+  constructor(
+    private readonly store: RepoStore,
+    private readonly logger: Logger,
+    private readonly clock: Clock = systemClock,
+  ) {
+    this.refTxns = new RefTransactions({ maxSpares: 64, idleMs: 60_000, clock });
+  }
+
+  init(keepStaging: ReadonlySet<string>): Promise<string[]> {
+    return this.store.init(keepStaging);
+  }
+
+  exists(repoId: string): Promise<boolean> {
+    return this.store.exists(repoId);
+  }
+
+  recreate(repoId: string, reason: string): Promise<void> {
+    return this.store.recreate(repoId, reason);
+  }
+
+  remove(repoId: string, reason: string): Promise<void> {
+    return this.store.remove(repoId, reason);
+  }
+
+  stageCreate(txnId: string): Promise<void> {
+    return this.store.stageCreate(txnId);
+  }
+
+  commitCreate(txnId: string, repoId: string): Promise<void> {
+    return this.store.commitCreate(txnId, repoId);
+  }
+
+  readRefs(repoId: string, refs?: readonly string[]): Promise<Record<string, string>> {
+    const repoPath = this.store.repoPath(repoId);
+    return refs === undefined ? readRefs(repoPath) : readRefValues(repoPath, refs);
+  }
+
+  async stagePush(txnId: string, repoId: string, updates: readonly RefUpdate[], source: PushSource): Promise<void> {
+    const repoPath = this.store.repoPath(repoId);
+    if (source.own) {
+      await expectRefsUnlocked(repoPath, updates.map((u) => u.ref), REF_LOCK_WAIT_MS, this.clock);
+      return;
+    }
+    if (source.inline) installPackBuffers(repoPath, source.inline);
+    else await installPackFiles(repoPath, this.store.incomingDir(txnId));
+    await this.refTxns.prepare(txnId, repoPath, updates);
+  }
+
+  /**
+   * Commits the ref transaction prepared with the vote, or, with none held (the coordinator's replica
+   * after receive-pack, a transaction replayed after a restart, a session that failed), applies the
+   * updates afresh, which is idempotent.
+   */
+  async applyPush(txnId: string, repoId: string, updates: readonly RefUpdate[], head: string | undefined): Promise<void> {
+    const repoPath = this.store.repoPath(repoId);
+    let committed = false;
+    try {
+      committed = await this.refTxns.commit(txnId);
+    } catch (err) {
+      this.logger.warn('prepared ref transaction failed to commit; applying the push afresh', { txn_id: txnId, err: (err as Error).message });
+    }
+    if (!committed) return applyUpdates(repoPath, updates, head);
+    if (head !== undefined && (await readHead(repoPath)) !== head) await setHead(repoPath, head);
+  }
+
+  async discard(txnId: string): Promise<void> {
+    this.refTxns.abort(txnId);
+    await this.store.discard(txnId);
+  }
+
+  sweepIncoming(inUse: (txnId: string) => boolean, idleMs: number, nowMs: number): Promise<string[]> {
+    return this.store.sweepIncoming(inUse, idleMs, nowMs);
+  }
+
+  close(): void {
+    this.refTxns.close();
+  }
+}
