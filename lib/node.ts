@@ -506,6 +506,12 @@ export class QuorumGitNode {
       return this.gitHttp.rpc(req, res, repoId, service, log, clientAddress(req.socket.remoteAddress, req.headers['x-forwarded-for'], fromPeer), origin);
     };
     if (fromPeer && req.headers[DIRECT_HEADER] === '1') return serveLocal();
+    // A client already holding its share of git processes is turned away before its read check costs
+    // peer round trips: 300 slow clients must not keep /health waiting behind their checks.
+    if (kind === 'gitRpc') {
+      const refused = this.gitHttp.refusedAsBusy(req, res, service, clientAddress(req.socket.remoteAddress, req.headers['x-forwarded-for'], fromPeer), log);
+      if (refused) return refused;
+    }
     if (service === 'receive-pack' && !fromPeer) {
       const coordinator = pickCoordinator(repoId, this.liveNodes());
       if (coordinator !== undefined && coordinator !== this.url) {

@@ -151,16 +151,28 @@ export class GitHttp {
    * `client` is the address the per-client limit charges; `origin` is kept with a receive-pack for
    * its hook (receivePackOrigin).
    */
+  /**
+   * Refuses an RPC at once (503 git_busy) when `client` would get no git process now, before anything
+   * slower (a read check with the peers) is spent on it; true if it did. rpc() checks again when it
+   * takes its slot.
+   */
+  refusedAsBusy(req: http.IncomingMessage, res: http.ServerResponse, service: GitService, client: string, log: Logger): Promise<void> | undefined {
+    const full = this.slots.full(client);
+    return full === undefined ? undefined : this.refuseBusy(req, res, service, client, log, full);
+  }
+
+  private refuseBusy(req: http.IncomingMessage, res: http.ServerResponse, service: GitService, client: string, log: Logger, per: 'node' | 'client'): Promise<void> {
+    log.warn('git request refused: too many at once', { service, client, per });
+    res.setHeader('retry-after', String(GIT_BUSY_RETRY_AFTER_S));
+    const what = per === 'node' ? 'this node serves' : 'this node serves one client';
+    return this.refuse(req, res, new QuorumGitError('git_busy', `${what} at most ${per === 'node' ? this.limits.maxProcesses : this.limits.maxProcessesPerClient} git requests at once; retry in ${GIT_BUSY_RETRY_AFTER_S} s`));
+  }
+
   rpc(req: http.IncomingMessage, res: http.ServerResponse, repoId: string, service: GitService, log: Logger, client: string, origin?: unknown): Promise<void> {
     const decoding = bodyDecoding(req.headers['content-encoding']);
     if (decoding === undefined) return this.refuse(req, res, new QuorumGitError('unsupported_media_type', `content-encoding ${String(req.headers['content-encoding'])} is not supported; use gzip or none`));
     const slot = this.slots.take(client);
-    if ('refused' in slot) {
-      log.warn('git request refused: too many at once', { service, client, per: slot.refused });
-      res.setHeader('retry-after', String(GIT_BUSY_RETRY_AFTER_S));
-      const what = slot.refused === 'node' ? 'this node serves' : 'this node serves one client';
-      return this.refuse(req, res, new QuorumGitError('git_busy', `${what} at most ${slot.refused === 'node' ? this.limits.maxProcesses : this.limits.maxProcessesPerClient} git requests at once; retry in ${GIT_BUSY_RETRY_AFTER_S} s`));
-    }
+    if ('refused' in slot) return this.refuseBusy(req, res, service, client, log, slot.refused);
     const dir = this.repoPath(repoId);
     const gitProtocol = gitProtocolEnv(req.headers['git-protocol']);
     return new Promise<void>((resolve, reject) => {

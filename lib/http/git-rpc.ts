@@ -163,6 +163,13 @@ export class GitSlots {
     return this.total;
   }
 
+  /** Why `client` would get no slot now (without taking one), or undefined. */
+  full(client: string): 'node' | 'client' | undefined {
+    if (this.total >= this.maxTotal) return 'node';
+    if ((this.perClient.get(client) ?? 0) >= this.maxPerClient) return 'client';
+    return undefined;
+  }
+
   /** Takes a slot for `client`; returns its release (idempotent), or why there is none. */
   take(client: string): { release: () => void } | { refused: 'node' | 'client' } {
     const mine = this.perClient.get(client) ?? 0;
