@@ -60,7 +60,9 @@ describe('management API consistency across nodes (3-node cluster, one node behi
   it('answers GET /repos/:o/:n with 200 on the node that missed the create, with the newest version and no path', async function () {
     const res = await cluster.node(1).getRepo('team/fresh');
     expect(res.status, res.text).to.equal(200);
-    expect(res.body).to.have.all.keys('repo_id', 'exists', 'epoch', 'generation');
+    // The version, and the repo's settings (lib/core/repo-settings.ts); never the server's path.
+    expect(res.body).to.include.all.keys('repo_id', 'exists', 'epoch', 'generation', 'visibility', 'settings_version');
+    expect(res.body).not.to.have.any.keys('path');
     expect(res.body).to.include({ repo_id: 'team/fresh', exists: true, generation: 0 });
     const onNode2 = await cluster.node(2).getRepo('team/fresh');
     expect(res.body).to.deep.equal(onNode2.body);
