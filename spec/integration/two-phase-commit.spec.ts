@@ -99,14 +99,11 @@ describe('two-phase commit of repo create and delete (3-node cluster)', function
       expect(again.body.error.code).to.equal('repo_not_found');
     });
 
-    it('gives exactly one of two concurrent creates of one name, on different nodes, the repo (6 rounds)', async function () {
+    it('gives exactly one of two concurrent creates of one name, on different nodes, the repo (3 rounds, each node against each)', async function () {
       const pairs: [TestNode, TestNode][] = [
         [n1, n2],
         [n2, n3],
         [n3, n1],
-        [n2, n1],
-        [n3, n2],
-        [n1, n3],
       ];
       for (const [round, [a, b]] of pairs.entries()) {
         const repoId = `race/round-${round}`;
