@@ -60,7 +60,29 @@ async function runTool(name: 'verify' | 'status', options: ToolOptions): Promise
   }
 }
 
-/** `verify` and `status`. */
+async function runNodeCommand(target: string, dead: boolean, options: ToolOptions): Promise<Outcome> {
+  const [{ PeerClient }, { formatMembership, runMembership }] = await Promise.all([import('../cluster/peer-client.js'), import('./membership.js')]);
+  const secret = process.env.CLUSTER_SECRET;
+  if (!secret) process.stderr.write('quorum-git: CLUSTER_SECRET is not set: using the development default\n');
+  const client = new PeerClient({ secret: secret || DEV_CLUSTER_SECRET, requestTimeoutMs: options.timeoutMs });
+  try {
+    const report = await runMembership(client, options.node, target, dead, { timeoutMs: options.timeoutMs });
+    process.stdout.write(options.json ? toJson(report) : `${formatMembership(report)}\n`);
+    return report.ok ? EXIT.ok : EXIT.failed;
+  } catch (err) {
+    process.stderr.write(`quorum-git node: ${(err as Error).message}\n`);
+    return EXIT.failed;
+  } finally {
+    client.close();
+  }
+}
+
+const NODE_HELP = `
+A node declared dead for good is fenced (its peers answer none of its messages) and whatever it held
+is void: the live nodes settle the transactions that waited on its answer. Declare only a node that is
+stopped for good, at most N - W of them. It comes back only on an empty data dir, with \`node readmit\`.`;
+
+/** `verify`, `status`, and `node declare-dead|readmit`. */
 export function registerToolCommands(program: Command, act: Act): void {
   toolCommand(program, 'status', "every node's reachability, recovery, repos and transactions in doubt").action(
     act(async (options: ToolOptions) => runTool('status', options)),
@@ -68,4 +90,11 @@ export function registerToolCommands(program: Command, act: Act): void {
   toolCommand(program, 'verify', "compares every repo's HEAD, refs and version on every node; names each replica that does not agree")
     .addHelpText('after', 'A progress line is drawn on stderr when it is a terminal.')
     .action(act(async (options: ToolOptions) => runTool('verify', options)));
+  const node = program.command('node').description('declare a node lost for good dead, or readmit it on an empty data dir').addHelpText('after', NODE_HELP);
+  toolCommand(node, 'declare-dead', 'tell every other node that <url> is dead for good (it must not answer)')
+    .argument('<url>', "the dead node's URL as the cluster names it (see `quorum-git status`)", parseNodeUrl)
+    .action(act(async (url: string, options: ToolOptions) => runNodeCommand(url, true, options)));
+  toolCommand(node, 'readmit', 'let <url> back in once it runs on an empty data dir')
+    .argument('<url>', "the node's URL as the cluster names it", parseNodeUrl)
+    .action(act(async (url: string, options: ToolOptions) => runNodeCommand(url, false, options)));
 }

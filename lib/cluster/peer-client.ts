@@ -80,6 +80,10 @@ export interface NodeInfo {
   in_doubt: number;
   /** Live repos in this node's catalog. */
   repos: number;
+  /** Nodes the operator declared dead for good (`quorum-git node declare-dead`). */
+  dead: string[];
+  /** No repo and no transaction: a node on an empty data dir, which may be readmitted. */
+  empty: boolean;
 }
 
 export class PeerClient {
@@ -160,6 +164,11 @@ export class PeerClient {
   /** What a node says about itself, for the operator tools (`quorum-git status`, `verify`). */
   async nodeInfo(node: NodeId, timeoutMs: number): Promise<NodeInfo> {
     return this.requestJson<NodeInfo>('GET', `${node}/internal/node`, undefined, undefined, timeoutMs);
+  }
+
+  /** The operator's declaration that `member` is dead for good (or readmitted), sent to one node. */
+  async setMembership(node: NodeId, member: NodeId, dead: boolean, timeoutMs: number): Promise<{ dead: NodeId[] }> {
+    return this.requestJson<{ dead: NodeId[] }>('POST', `${node}/internal/membership`, { node: member, dead }, undefined, timeoutMs);
   }
 
   async ping(node: NodeId, timeoutMs: number): Promise<PeerInfo> {

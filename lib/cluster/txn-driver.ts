@@ -8,6 +8,7 @@ import {
   CoordinatorTxn,
   ZERO_OID,
   compareVersions,
+  deathDeclarationProblem,
   Participant,
   type Recovery,
   type CatalogEntry,
@@ -166,7 +167,9 @@ export class TxnDriver {
   /** Runs one create or delete as coordinator; resolves with the outcome the client should hear. */
   runTxn(op: TxnOp, requestId: string, options: RunTxnOptions = {}): Promise<CoordinatorResult> {
     const { self, quorum, timeouts, newTxnId } = this.options;
-    const coord = new (this.options.coordinatorTxn ?? CoordinatorTxn)({ txnId: options.txnId ?? newTxnId(), op, self, nodes: this.nodes, quorum, ...timeouts });
+    // Nodes declared dead for good get no prepare: they are fenced, and W is counted among the rest.
+    const nodes = this.nodes.filter((n) => !this.participant.isDead(n));
+    const coord = new (this.options.coordinatorTxn ?? CoordinatorTxn)({ txnId: options.txnId ?? newTxnId(), op, self, nodes, quorum, ...timeouts });
     if (options.selfCommitGate) this.selfCommitGates.set(coord.txnId, options.selfCommitGate);
     return new Promise((resolve) => {
       const txn: ActiveTxn = { coord, requestId, timers: new Map(), resolve, startedAt: this.options.clock.now(), ...(options.beforePrepare ? { beforePrepare: options.beforePrepare } : {}) };
@@ -575,6 +578,24 @@ export class TxnDriver {
     return settled;
   }
 
+  /** The peers not declared dead for good (those are fenced: nothing is sent to them). */
+  livePeers(): NodeId[] {
+    return this.options.peers.filter((p) => !this.participant.isDead(p));
+  }
+
+  /**
+   * The operator declares `node` dead for good, or readmits it (`dead: false`) once it runs on an empty
+   * data dir. Returns why it may not be declared, or undefined once the change is logged here.
+   */
+  async setMembership(node: NodeId, dead: boolean): Promise<string | undefined> {
+    const cluster = { self: this.options.self, nodes: this.nodes, quorum: this.options.quorum };
+    const problem = dead ? deathDeclarationProblem(node, cluster, this.participant.deadNodes()) : this.nodes.includes(node) ? undefined : `${node} is not a node of this cluster`;
+    if (problem !== undefined) return problem;
+    for (const effect of this.participant.onMembership(node, dead)) await this.runParticipantEffect(effect);
+    this.options.logger.warn(dead ? 'node declared dead for good' : 'node readmitted', { node });
+    return undefined;
+  }
+
   /** Carries out a recovery's questions, in the order it asks them, until it concludes. */
   private async converse(recovery: Recovery): Promise<Exclude<RecoveryStep, { type: 'ask' }>> {
     for (let step = recovery.next(); ; step = recovery.next()) {
@@ -594,7 +615,7 @@ export class TxnDriver {
 
   /** A proven abort is told to every peer (best effort): a refusing node then records it as final. */
   private tellAbort(txnId: string): void {
-    for (const peer of this.options.peers) {
+    for (const peer of this.livePeers()) {
       this.options.transport.sendTxn(peer, { type: 'abortTxn', txnId }, txnId).catch(() => undefined);
     }
   }
@@ -611,7 +632,7 @@ export class TxnDriver {
   async syncOnce(): Promise<string[]> {
     const newest = new Map<string, CatalogEntry>();
     const newestSettings = new Map<string, CatalogEntry>();
-    for (const peer of this.options.peers) {
+    for (const peer of this.livePeers()) {
       let catalog: Record<string, CatalogEntry>;
       try {
         catalog = await this.options.transport.catalog(peer);

@@ -31,6 +31,15 @@
 //   copy anywhere implies the coordinator's own); abort is certain once N - W + 1 nodes refused,
 //   because no W nodes can then ever accept. The two are exclusive since W + (N - W + 1) > N, and with
 //   a single node dead every node that lives answers one or the other, so a majority always finishes.
+// - A node declared dead for good by the operator (`quorum-git node declare-dead`, at most N - W of
+//   them) holds nothing any more: it is fenced, and rejoins only with an empty data dir. Its votes and
+//   acceptances are void, so recovery stops asking it, and once every other node answered and neither
+//   rule above decided, the live nodes' own records decide: commit if one of them holds an acceptance
+//   of the commit (the coordinator's logged decision counts), abort if none does. That is safe: a
+//   commit final with W acceptances has at least W - (N - W) >= 1 of them on a live node, and an
+//   acknowledged push was applied by W nodes, so by a live one; with no live acceptance nothing live
+//   can ever apply it. It is what ends the two-fault wait, where a transaction's outcome rested on
+//   the answer of an acceptor that died for good (README, Limitations).
 // - An abort the coordinator decided is final at once: it never sent a commit, so no node accepted one.
 
 import type { ABORT_CODES, NO_VOTE_CODES } from './errors.js';
@@ -105,7 +114,9 @@ export type LogEntry =
   /** A promise never to prepare or accept a commit of this transaction (a vote towards abort). */
   | { t: 'refused'; txnId: string }
   | { t: 'decision'; txnId: string; outcome: 'commit' | 'abort'; op: TxnOp; epoch?: number; generation?: number; acceptors?: NodeId[] }
-  | { t: 'synced'; repoId: string; state: RepoState; epoch: number; generation?: number; settings?: RepoSettings; settingsVersion?: number };
+  | { t: 'synced'; repoId: string; state: RepoState; epoch: number; generation?: number; settings?: RepoSettings; settingsVersion?: number }
+  /** The operator declared a node dead for good (its records void, fenced) or readmitted it (empty). */
+  | { t: 'member'; node: NodeId; dead: boolean };
 
 export type RepoState = 'live' | 'deleted';
 export interface CatalogEntry extends RepoVersion {
@@ -323,10 +334,15 @@ export class CoordinatorTxn {
     return this.tally().yes;
   }
 
-  /** Yes voters not yet heard from for the current phase (for a push, the coordinator's own is not awaited). */
+  /**
+   * Yes voters not yet heard from for the current phase (for a push, the coordinator's own is not
+   * awaited). While accepting, only the acceptors: a late yes voter asked to accept would hold an
+   * acceptance recovery cannot place (it is not among the acceptors the decision named).
+   */
   private pendingAcks(): NodeId[] {
     const heard = this.phase === 'accepting' ? this.accepted : this.acks;
-    return this.yesVoters().filter(
+    const asked = this.phase === 'accepting' ? this.yesVoters().filter((n) => this.acceptors.includes(n)) : this.yesVoters();
+    return asked.filter(
       (n) => !heard.has(n) && !this.refusals.has(n) && !(n === this.options.self && (this.selfCommitsLater || !this.final)),
     );
   }
@@ -585,6 +601,8 @@ export class Participant {
   private readonly txns = new Map<string, TxnRecord>();
   /** Decisions this node took as coordinator (a commit decision is this node's acceptance of it). */
   private readonly decisions = new Map<string, Decision>();
+  /** Nodes the operator declared dead for good (see the rules above). */
+  private readonly dead = new Set<NodeId>();
 
   /** Rebuilds state from one log entry, in log order. */
   replay(entry: LogEntry): void {
@@ -628,6 +646,10 @@ export class Participant {
       case 'decision':
         this.recordDecision(entry.txnId, entry.outcome, entry.epoch, entry.generation, entry.op, entry.acceptors);
         return;
+      case 'member':
+        if (entry.dead) this.dead.add(entry.node);
+        else this.dead.delete(entry.node);
+        return;
       case 'synced': {
         // A catch-up or an adopted state logged after a final commit of the repo means that commit's
         // apply was settled (it failed and the replica was caught up instead): never apply it again.
@@ -646,6 +668,28 @@ export class Participant {
 
   repo(repoId: string): CatalogEntry | undefined {
     return this.repos.get(repoId);
+  }
+
+  /** The nodes the operator declared dead for good, sorted. */
+  deadNodes(): NodeId[] {
+    return [...this.dead].sort();
+  }
+
+  isDead(node: NodeId): boolean {
+    return this.dead.has(node);
+  }
+
+  /**
+   * The operator declares `node` dead for good (`dead: true`), or readmits it once it runs on an empty
+   * data dir (`dead: false`). Logged before it takes effect; nothing when it already holds. Whether the
+   * declaration is allowed (never ourselves, at most N - W nodes) is the caller's check: see
+   * `deathDeclarationProblem`.
+   */
+  onMembership(node: NodeId, dead: boolean): ParticipantEffect[] {
+    if (this.dead.has(node) === dead) return [];
+    if (dead) this.dead.add(node);
+    else this.dead.delete(node);
+    return [{ type: 'persist', entry: { t: 'member', node, dead } }];
   }
 
   isLive(repoId: string): boolean {
@@ -722,6 +766,12 @@ export class Participant {
       ...(kept ? { op: kept } : {}),
       ...(acceptors && outcome === 'commit' ? { acceptors } : {}),
     });
+  }
+
+  /** The version of a commit decision this node accepted (not yet final), if it did. */
+  acceptedVersion(txnId: string): RepoVersion | undefined {
+    const rec = this.txns.get(txnId);
+    return rec?.status === 'accepted' && rec.epoch !== undefined ? { epoch: rec.epoch, generation: rec.generation ?? 0 } : undefined;
   }
 
   /** The acceptors of a transaction's commit decision, if this node knows them. */
@@ -1101,6 +1151,7 @@ export class Participant {
    */
   checkpoint(retainSettled: number): LogEntry[] {
     const entries: LogEntry[] = [];
+    for (const node of this.dead) entries.push({ t: 'member', node, dead: true });
     for (const [repoId, entry] of this.repos) entries.push({ t: 'synced', repoId, ...entry });
     const settled: string[] = [];
     for (const [txnId, rec] of this.txns) {
@@ -1246,6 +1297,11 @@ export function resolveInDoubt(
      */
     acceptors?: readonly NodeId[];
     ids?: { coordinator: NodeId; peers: readonly NodeId[]; self: NodeId };
+    /**
+     * Nodes declared dead for good (never asked, their answers void). With `ids`, once every other
+     * node answered, the live nodes' records decide (see the rules at the top of this file).
+     */
+    dead?: readonly NodeId[];
   },
   clusterSize: number,
   quorum: number,
@@ -1254,7 +1310,15 @@ export function resolveInDoubt(
   const self = answers.self ?? 'prepared';
   if (all.includes('committed')) return 'commit';
   if (all.includes('aborted')) return 'abort';
-  let accepts = all.filter((a) => a === 'accepted').length + (self === 'accepted' ? 1 : 0);
+  // Acceptances count only from the decision's acceptors when they are known: no other node can make
+  // the commit final (the coordinator asks only them to accept).
+  const { acceptors, ids } = answers;
+  const members = acceptors && ids ? new Set(acceptors) : undefined;
+  const counts = (id: NodeId | undefined): boolean => members === undefined || id === undefined || members.has(id);
+  let accepts =
+    (answers.coordinator === 'accepted' && counts(ids?.coordinator) ? 1 : 0) +
+    answers.peers.filter((a, i) => a === 'accepted' && counts(ids?.peers[i])).length +
+    (self === 'accepted' && counts(ids?.self) ? 1 : 0);
   // A commit accepted anywhere was sent by a coordinator that had logged it: its log is one more.
   if (answers.coordinator !== 'accepted' && self !== 'counted' && accepts > 0) accepts += 1;
   if (accepts >= quorum) return 'commit';
@@ -1262,15 +1326,45 @@ export function resolveInDoubt(
   if (refusals >= clusterSize - quorum + 1) return 'abort';
   // Only the acceptors can ever accept: once more than |acceptors| - W of them refused, fewer than W
   // are left, whatever the nodes that never voted (dead ones included) would say.
-  const { acceptors, ids } = answers;
-  if (acceptors && ids) {
-    const members = new Set(acceptors);
+  if (members && ids) {
     let refusedMembers = answers.peers.filter((a, i) => a === 'refused' && members.has(ids.peers[i]!)).length;
     if (answers.coordinator === 'refused' && members.has(ids.coordinator)) refusedMembers += 1;
     if (self === 'prepared' && members.has(ids.self)) refusedMembers += 1;
     if (refusedMembers > members.size - quorum) return 'abort';
   }
+  const dead = new Set(answers.dead ?? []);
+  if (ids && dead.size > 0 && dead.size <= clusterSize - quorum && !dead.has(ids.self)) {
+    // Every live node but us answered (the coordinator's answer counts unless it is dead or us).
+    const heard = new Set<NodeId>();
+    if (ids.coordinator !== ids.self && !dead.has(ids.coordinator) && answers.coordinator !== 'unreachable') heard.add(ids.coordinator);
+    answers.peers.forEach((a, i) => {
+      const id = ids.peers[i]!;
+      if (a !== 'unreachable' && !dead.has(id) && id !== ids.self) heard.add(id);
+    });
+    if (heard.size === clusterSize - 1 - dead.size) {
+      const coordinatorLive = !dead.has(ids.coordinator);
+      const liveAcceptance =
+        (self === 'accepted' && counts(ids.self)) ||
+        (coordinatorLive && answers.coordinator === 'accepted' && counts(ids.coordinator)) ||
+        answers.peers.some((a, i) => a === 'accepted' && !dead.has(ids.peers[i]!) && counts(ids.peers[i]));
+      return liveAcceptance ? 'commit' : 'abort';
+    }
+  }
   return 'wait';
+}
+
+/**
+ * Why `node` may not be declared dead for good in a cluster of `nodes` whose nodes `dead` already are,
+ * or undefined when it may: never the node asked (it is alive), never an unknown id, and never more
+ * than N - W nodes in all, or an acknowledged push might live only on declared nodes.
+ */
+export function deathDeclarationProblem(node: NodeId, cluster: { self: NodeId; nodes: readonly NodeId[]; quorum: number }, dead: readonly NodeId[]): string | undefined {
+  if (!cluster.nodes.includes(node)) return `${node} is not a node of this cluster (${cluster.nodes.join(', ')})`;
+  if (node === cluster.self) return `${node} is the node asked, and it is alive`;
+  const after = new Set([...dead, node]);
+  const most = cluster.nodes.length - cluster.quorum;
+  if (after.size > most) return `at most ${most} of ${cluster.nodes.length} nodes may be declared dead (W = ${cluster.quorum}); already declared: ${[...dead].join(', ') || 'none'}`;
+  return undefined;
 }
 
 /** An answer to a recovery question: what the node holds (or that it could not be reached). */
@@ -1302,6 +1396,7 @@ export interface ClusterView {
  *   the one its operation gives (base + 1).
  * - A commit decision of our own not known final (we hold no replica in it): every peer is asked with
  *   `refuse`, our log counting as the coordinator's acceptance.
+ * Nodes declared dead for good are skipped (the coordinator too, when it is one of them).
  * If our own record moved while we asked (a commit or abort arrived), the conclusion is `wait`: the
  * next round finds nothing to do.
  */
@@ -1320,14 +1415,16 @@ export class Recovery {
   ) {
     const { self, nodes } = cluster;
     this.acceptors = participant.acceptorsOf(txn.txnId);
+    // Nodes declared dead for good are never asked: their records are void.
+    const live = nodes.filter((n) => !participant.isDead(n));
     if (txn.ownDecision) {
       this.phase = 'peers';
       this.coordinatorAnswer = 'accepted';
-      this.askIds = nodes.filter((n) => n !== self);
+      this.askIds = live.filter((n) => n !== self);
     } else {
-      this.phase = 'coordinator';
+      this.phase = participant.isDead(txn.coordinator) ? 'peers' : 'coordinator';
       this.coordinatorAnswer = 'unreachable';
-      this.askIds = nodes.filter((n) => n !== txn.coordinator && n !== self);
+      this.askIds = live.filter((n) => n !== txn.coordinator && n !== self);
     }
   }
 
@@ -1382,8 +1479,15 @@ export class Recovery {
     const coordinatorId = this.txn.ownDecision ? self : this.txn.coordinator;
     const peers = this.phase === 'done' && this.answers.length > 0 ? this.askIds.slice(0, this.answers.length) : [];
     const ids = { coordinator: coordinatorId, peers, self };
+    const dead = this.participant.deadNodes();
     const verdict = resolveInDoubt(
-      { coordinator: this.coordinatorAnswer, peers: this.answers, self: selfState, ...(this.acceptors ? { acceptors: this.acceptors, ids } : {}) },
+      {
+        coordinator: this.coordinatorAnswer,
+        peers: this.answers,
+        self: selfState,
+        ...(this.acceptors ? { acceptors: this.acceptors, ids } : {}),
+        ...(dead.length > 0 ? { dead, ids } : {}),
+      },
       nodes.length,
       quorum,
     );
@@ -1398,7 +1502,8 @@ export class Recovery {
         : op.kind === 'settings'
           ? { epoch: op.base.epoch, generation: op.base.settingsVersion + 1 }
           : undefined;
-    const version = fromDecision ?? this.version ?? fromOp;
+    // A create or delete accepted here carries its epoch in our own record.
+    const version = fromDecision ?? this.version ?? this.participant.acceptedVersion(this.txn.txnId) ?? fromOp;
     return version === undefined ? { type: 'wait' } : { type: 'commit', version };
   }
 }

@@ -4,24 +4,30 @@ import { runSeed } from './sim.js';
 
 // The seeded simulation of the real TxnDriver (spec/unit/sim.ts): each seed is a run of concurrent
 // pushes, creates and deletes through random coordinators, with message delay, loss, duplication and
-// reordering, crashes with restart from the log and a minority killed for good, checked after every
+// reordering, crashes with restart from the log and a minority killed for good (which the operator
+// declares dead, some time later, to the nodes then up, and to all at healing), checked after every
 // event (no two replicas at one version with different refs) and after healing (nothing acknowledged
 // lost, no deleted repo back, nothing left in doubt, unapplied or locked, every replica equal).
 // SIM_SEEDS=<n> runs more seeds per cluster size; a failing seed is replayed with `npm run sim`.
 
 const SEEDS = Number(process.env.SIM_SEEDS ?? 500);
+/** Seeds that, without the operator's declaration, end with a repo held by a dead acceptor's transaction. */
+const BLOCKED_SEEDS = [
+  [140, 3],
+  [4, 5],
+] as const;
 
 for (const nodes of [3, 5] as const) {
   describe(`driver simulation, ${nodes} nodes`, () => {
     it(`keeps every invariant over ${SEEDS} seeds`, async function () {
       this.timeout(0);
       const failures: string[] = [];
-      const blocked: number[] = [];
       let acked = 0;
+      let withDead = 0;
       for (let seed = 1; seed <= SEEDS; seed += 1) {
         const report = await runSeed({ seed, nodes });
         acked += report.acked;
-        if (report.blocked.length > 0) blocked.push(seed);
+        if (report.dead.length > 0) withDead += 1;
         if (report.violation) {
           failures.push(`seed ${seed}: ${report.violation}\n    replay: npm run sim -- --seed ${seed} --nodes ${nodes}`);
           if (failures.length >= 5) break;
@@ -29,10 +35,8 @@ for (const nodes of [3, 5] as const) {
       }
       // The workload must have done something worth checking.
       expect(acked, 'acknowledged operations').to.be.greaterThan(SEEDS * 3);
+      expect(withDead, 'seeds with a node dead for good').to.be.greaterThan(SEEDS / 5);
       expect(failures, failures.join('\n')).to.deep.equal([]);
-      // The two-fault wait the protocol allows (an acceptor dead for good decides): rare, and said.
-      if (blocked.length > 0) console.log(`      ${blocked.length} of ${SEEDS} seeds ended with a repo held by a transaction whose dead acceptor decides: ${blocked.slice(0, 10).join(', ')}`);
-      expect(blocked.length, `seeds blocked by a dead acceptor: ${blocked.join(', ')}`).to.be.below(SEEDS / 10);
     });
   });
 }
@@ -50,6 +54,36 @@ describe('driver simulation, seeds that found a stuck in-doubt transaction', () 
     it(`seed ${seed} with ${nodes} nodes leaves nothing in doubt once a majority lives (npm run sim -- --seed ${seed} --nodes ${nodes})`, async () => {
       const report = await runSeed({ seed, nodes });
       expect(report.violation).to.equal(undefined);
+    });
+  }
+});
+
+// Found by the simulation on 5 nodes: a yes vote that reached the coordinator after its decision was
+// asked, at a resend, to accept a commit not yet final, though it was not among the acceptors the
+// decision named; a recovering coordinator counted its acceptance towards W and committed a push that
+// a recovering acceptor had proven aborted (two refusals among three acceptors): two different pushes
+// then committed at one version. Fixed: only the named acceptors are asked to accept, and only their
+// acceptances count.
+describe('driver simulation, a seed that found a late voter counted as an acceptor', () => {
+  it('seed 2528 with 5 nodes, no node declared dead, keeps every invariant (npm run sim -- --seed 2528 --nodes 5 --no-declare)', async () => {
+    const report = await runSeed({ seed: 2528, nodes: 5, declareDead: false });
+    expect(report.violation).to.equal(undefined);
+  });
+});
+
+// The two-fault wait: a transaction whose outcome rests on an acceptor dead for good. Without the
+// operator's declaration the repo stays held for good (allowed, and counted in `blocked`); once the
+// dead node is declared, the live nodes decide and nothing is left in doubt.
+describe('driver simulation, seeds left waiting on an acceptor dead for good', () => {
+  for (const [seed, nodes] of BLOCKED_SEEDS) {
+    it(`seed ${seed} with ${nodes} nodes: held for good until the dead node is declared, then settled (npm run sim -- --seed ${seed} --nodes ${nodes})`, async () => {
+      const undeclared = await runSeed({ seed, nodes, declareDead: false });
+      expect(undeclared.violation).to.equal(undefined);
+      expect(undeclared.blocked, 'repos held without the declaration').to.not.deep.equal([]);
+      const declared = await runSeed({ seed, nodes });
+      expect(declared.dead).to.deep.equal(undeclared.dead);
+      expect(declared.violation).to.equal(undefined);
+      expect(declared.blocked).to.deep.equal([]);
     });
   }
 });

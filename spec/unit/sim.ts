@@ -494,7 +494,7 @@ export class Sim {
           if (!inc.alive) return never();
           n.disk.log.push(structuredClone(entry));
           this.mutations += 1;
-          const txnId = 'txnId' in entry ? entry.txnId : entry.repoId;
+          const txnId = 'txnId' in entry ? entry.txnId : 'repoId' in entry ? entry.repoId : entry.node;
           this.tracing && this.trace.push(`${id}:${entry.t === 'decision' ? 'coord-persist' : 'persist'}:${txnId}`);
           return Promise.resolve();
         },
@@ -605,6 +605,12 @@ export interface SeedOptions {
   verbose?: boolean;
   /** Run a core with one of issue 7's defects put back (sim-mutants.ts). */
   mutant?: MutantName;
+  /**
+   * Whether the operator declares each node dead for good (`quorum-git node declare-dead`), on the
+   * nodes up some time after it died and on every node at healing (default true). Without it a
+   * transaction whose outcome rests on a dead acceptor may wait for good: counted in `blocked`.
+   */
+  declareDead?: boolean;
 }
 
 export interface SeedReport {
@@ -679,6 +685,15 @@ export async function runSeed(options: SeedOptions): Promise<SeedReport> {
     await sim.restart(id);
     scheduleRounds(sim.node(id));
   };
+  // The operator's `quorum-git node declare-dead`: told to every node up at the time.
+  const declareDead = options.declareDead ?? true;
+  const declare = async (deadId: NodeId): Promise<void> => {
+    for (const node of upNodes()) {
+      const problem = await node.inc!.driver.setMembership(deadId, true);
+      if (problem !== undefined) throw new Error(`declare-dead ${deadId} on ${node.id}: ${problem}`);
+      sim.say(`${node.id} told ${deadId} is dead for good`);
+    }
+  };
 
   const launch = (): void => {
     const up = upNodes();
@@ -748,6 +763,7 @@ export async function runSeed(options: SeedOptions): Promise<SeedReport> {
           victim.dead = true;
           report.dead.push(victim.id);
           sim.say(`${victim.id} DEAD for good`);
+          if (declareDead) sim.addTimer(undefined, () => void declare(victim.id), 50 + Math.floor(random() * 1500));
           return;
         }
         sim.addTimer(undefined, () => void start(victim.id), 20 + Math.floor(random() * 1500));
@@ -761,7 +777,7 @@ export async function runSeed(options: SeedOptions): Promise<SeedReport> {
     collect();
     if (sim.mutations !== checkedAt || final) checkDivergence(sim);
     checkedAt = sim.mutations;
-    if (final) checkFinal(sim, quorum, acked, ackedDeletes, report);
+    if (final) checkFinal(sim, quorum, acked, ackedDeletes, report, declareDead);
   };
   try {
     while (sim.now < t0 + faultMs) {
@@ -773,6 +789,7 @@ export async function runSeed(options: SeedOptions): Promise<SeedReport> {
     sim.faults = { ...sim.faults, lossRate: 0, duplicateRate: 0, refusedRate: 1 };
     sim.say('HEAL');
     for (const node of sim.nodes.values()) if (!node.dead && !node.up) await start(node.id);
+    if (declareDead) for (const deadId of report.dead) await declare(deadId);
     const end = sim.now + healMs;
     while (sim.now < end) {
       if (!(await sim.step())) break;
@@ -844,13 +861,15 @@ function checkDivergence(sim: Sim): void {
 }
 
 /** (a) nothing acknowledged lost, (c) no deleted repo back, (d) nothing left in doubt, unapplied or locked. */
-function checkFinal(sim: Sim, quorum: number, acked: Acked[], ackedDeletes: Acked[], report: SeedReport): void {
+function checkFinal(sim: Sim, quorum: number, acked: Acked[], ackedDeletes: Acked[], report: SeedReport, declared: boolean): void {
   const live = [...sim.nodes.values()].filter((x) => !x.dead);
   const dead = new Set([...sim.nodes.values()].filter((x) => x.dead).map((x) => x.id));
-  // The one wait the protocol allows with a majority up: a node dead for good is one of the
-  // transaction's acceptors and its answer decides (it may hold the acceptance that made the commit
-  // final, or not). That takes two faults: the dead acceptor and another acceptor lost or refused.
+  // The one wait the protocol allows with a majority up while no node is declared dead: a node dead
+  // for good is one of the transaction's acceptors and its answer decides (it may hold the acceptance
+  // that made the commit final, or not). That takes two faults: the dead acceptor and another acceptor
+  // lost or refused. Once the operator declared the dead nodes, nothing may wait.
   const blockedByDeadAcceptor = (txnId: string): boolean => {
+    if (declared) return false;
     let acceptors: readonly NodeId[] | undefined;
     let accepts = 0;
     for (const node of live) {
