@@ -3,7 +3,6 @@ import path from 'node:path';
 import {
   createRepo,
   envInt,
-  getJson,
   git,
   makeTempDir,
   median,
@@ -17,6 +16,8 @@ import {
   refLines,
   benchFixture,
   benchGitEnvs,
+  isMain,
+  type BenchFixture,
 } from './bench-support.js';
 import { formatKiB } from './gen-fixture.js';
 
@@ -27,8 +28,10 @@ import { formatKiB } from './gen-fixture.js';
 //    3-node cluster, through node-1;
 // 2. node-1's copy of the repo is copied into a project root served by git-http-backend, so both
 //    servers read the very same pack files (same bitmaps or none);
-// 3. `git clone --bare -q` from each, alternating, one warm-up each and RUNS (default 5) timed runs.
-// Prints a table and a final JSON line. Settings (env): RUNS, FIXTURE (path), CLONE_PROTOCOL (0|1|2:
+// 3. `git clone --bare -q` from each, alternating, one warm-up each and RUNS (default 5) timed runs;
+//    the clones from the cluster go round-robin over its nodes (run i to node i mod 3), as clients behind
+//    a load balancer would reach it.
+// Prints a table and a final JSON line. `npm run bench` calls benchClone. Settings (env): RUNS, FIXTURE (path), CLONE_PROTOCOL (0|1|2:
 // force the client's protocol.version for both servers; default: git's default, v2).
 
 const REPO_ID = 'bench/fixture';
@@ -38,16 +41,29 @@ async function sizePack(dir: string, env: NodeJS.ProcessEnv): Promise<number> {
   return Number(/^size-pack: (\d+)$/m.exec(out)?.[1] ?? NaN);
 }
 
-async function main(): Promise<void> {
-  const runs = envInt('RUNS', 5);
-  const protocol = process.env.CLONE_PROTOCOL;
-  if (protocol !== undefined && !['0', '1', '2'].includes(protocol)) throw new Error(`CLONE_PROTOCOL must be 0, 1 or 2, got '${protocol}'`);
-  const { dir: fixtureDir, fixture } = await benchFixture();
+export interface CloneSettings {
+  runs: number;
+  /** Forces the client's protocol.version for both servers; undefined: git's default (v2). */
+  protocol?: string;
+  fixture: BenchFixture;
+  /** Extra environment for the nodes (e.g. LOG_LEVEL). */
+  nodeEnv?: Record<string, string>;
+}
+
+export interface CloneResult {
+  /** The table and notes, as printed by `npm run bench:clone`. */
+  report: string;
+  json: { node_s: number[]; http_backend_s: number[]; ratio: number; [key: string]: unknown };
+}
+
+export async function benchClone(settings: CloneSettings): Promise<CloneResult> {
+  const { runs, protocol } = settings;
+  const { dir: fixtureDir, fixture } = settings.fixture;
 
   const work = makeTempDir('qg-clone-');
   const { clientEnv, serverEnv } = await benchGitEnvs(work);
 
-  const cluster = await startCluster({ env: serverEnv });
+  const cluster = await startCluster({ env: { ...serverEnv, ...settings.nodeEnv } });
   const pushNode = cluster.nodes[0]!;
   process.stderr.write(`cluster: ${cluster.urls.join(' ')}\n`);
   await createRepo(pushNode.url, REPO_ID);
@@ -64,11 +80,9 @@ async function main(): Promise<void> {
   );
 
   // Serve node-1's copy with git-http-backend so both servers read identical files.
-  const info = await getJson(`${pushNode.url}/repos/${REPO_ID}`);
-  const nodeRepoPath = (info.body as { path?: string }).path;
-  if (info.status !== 200 || !nodeRepoPath || !existsSync(nodeRepoPath)) {
-    throw new Error(`cannot find node-1's copy of ${REPO_ID}: ${info.status} ${JSON.stringify(info.body)}`);
-  }
+  // The node keeps each repo at <data dir>/repos/<owner>/<name>.git (lib/storage/repo-store.ts).
+  const nodeRepoPath = path.join(pushNode.dataDir, 'repos', `${REPO_ID}.git`);
+  if (!existsSync(nodeRepoPath)) throw new Error(`cannot find ${pushNode.serverId}'s copy of ${REPO_ID} at ${nodeRepoPath}`);
   const projectRoot = path.join(work, 'git-root');
   const servedCopy = path.join(projectRoot, `${REPO_ID}.git`);
   await fs.mkdir(path.dirname(servedCopy), { recursive: true });
@@ -84,7 +98,7 @@ async function main(): Promise<void> {
   if (JSON.stringify(check) !== JSON.stringify(expected)) throw new Error('git-http-backend does not serve the pushed refs');
 
   const targets = [
-    { name: 'quorum-git node', key: 'node', url: nodeUrl, times: [] as number[] },
+    { name: 'quorum-git (round-robin)', key: 'node', url: nodeUrl, times: [] as number[] },
     { name: 'nginx+git-http-backend', key: 'http_backend', url: httpUrl, times: [] as number[] },
   ];
   const protoArgs = protocol === undefined ? [] : ['-c', `protocol.version=${protocol}`];
@@ -96,7 +110,8 @@ async function main(): Promise<void> {
     const order = i % 2 === 0 ? targets : [...targets].reverse();
     for (const target of order) {
       const dest = path.join(clones, `${target.key}-${i}.git`);
-      const { ms } = await timed(() => git([...protoArgs, 'clone', '--bare', '-q', target.url, dest], clientEnv, { timeoutMs: 600_000 }));
+      const url = target.key === 'node' ? `${cluster.urls[i % cluster.urls.length]}/${REPO_ID}.git` : target.url;
+      const { ms } = await timed(() => git([...protoArgs, 'clone', '--bare', '-q', url, dest], clientEnv, { timeoutMs: 600_000 }));
       if (i === 0) {
         const got = await refLines(['for-each-ref', '--format=%(objectname) %(refname)'], { ...clientEnv, GIT_DIR: dest });
         if (JSON.stringify(got) !== JSON.stringify(expected)) throw new Error(`clone from ${target.name} does not match the fixture`);
@@ -116,7 +131,7 @@ async function main(): Promise<void> {
   const httpMedian = median(http.times);
   const ratio = nodeMedian / httpMedian;
   const mb = (clonedKiB * 1024) / 1e6;
-  process.stdout.write(
+  const report =
     '\n' +
       table(
         ['server', 'runs', 'median s', 'min s', 'max s', 'MB/s'],
@@ -129,10 +144,10 @@ async function main(): Promise<void> {
           (mb / median(t.times)).toFixed(1),
         ]),
       ) +
-      `\n\nratio node / http-backend (median): ${ratio.toFixed(3)}x   (clone of ${fixture.commits} commits, ${mb.toFixed(1)} MB pack, protocol ${protocol ?? 'default'})\n`,
-  );
-  process.stdout.write(
-    JSON.stringify({
+      `\n\nratio node / http-backend (median): ${ratio.toFixed(3)}x   (clone of ${fixture.commits} commits, ${mb.toFixed(1)} MB pack, protocol ${protocol ?? 'default'})\n`;
+  return {
+    report,
+    json: {
       bench: 'clone',
       runs,
       protocol: protocol ?? 'default',
@@ -145,8 +160,15 @@ async function main(): Promise<void> {
       ratio: round(ratio),
       node_s: node.times.map((t) => round(t)),
       http_backend_s: http.times.map((t) => round(t)),
-    }) + '\n',
-  );
+    },
+  };
 }
 
-runMain('bench-clone', main, envInt('BENCH_DEADLINE_S', 1800) * 1000);
+async function main(): Promise<void> {
+  const protocol = process.env.CLONE_PROTOCOL;
+  if (protocol !== undefined && !['0', '1', '2'].includes(protocol)) throw new Error(`CLONE_PROTOCOL must be 0, 1 or 2, got '${protocol}'`);
+  const { report, json } = await benchClone({ runs: envInt('RUNS', 5), protocol, fixture: await benchFixture() });
+  process.stdout.write(report + JSON.stringify(json) + '\n');
+}
+
+if (isMain(import.meta.url)) runMain('bench-clone', main, envInt('BENCH_DEADLINE_S', 1800) * 1000);

@@ -1,18 +1,32 @@
 import { randomBytes } from 'node:crypto';
-import { envInt, getJson, nowMs, percentile, postJson, round, runMain, sleep, startCluster, table } from './bench-support.js';
+import { envInt, getJson, isMain, nowMs, percentile, postJson, round, runMain, sleep, startCluster, table } from './bench-support.js';
 
 // `npm run bench:create`: repo creates per second on a 3-node cluster. CONCURRENCY (default 8) clients
 // POST /repos with distinct names, round-robin across the nodes, until TOTAL (default 400) creates
 // were sent, or for DURATION_S seconds when that is set. Every create is a two-phase commit on a
-// quorum. Reports creates/s, p50/p99 latency and errors (anything but 201), then a JSON line.
+// quorum. Reports creates/s, p50/p99 latency and errors (anything but 201), then a JSON line. NODES
+// (default 3) sets the cluster's size. `npm run bench` calls benchCreate on 3 and 5 nodes.
 
 const REQUEST_TIMEOUT_MS = 30_000;
 
-async function main(): Promise<void> {
-  const concurrency = envInt('CONCURRENCY', 8);
-  const durationS = process.env.DURATION_S ? envInt('DURATION_S', 10) : undefined;
-  const total = durationS === undefined ? envInt('TOTAL', 400) : Infinity;
-  const cluster = await startCluster();
+export interface CreateSettings {
+  nodes: number;
+  concurrency: number;
+  /** Creates to send (Infinity with durationS). */
+  total: number;
+  durationS?: number;
+  convergeS: number;
+  nodeEnv?: Record<string, string>;
+}
+
+export interface CreateResult {
+  report: string;
+  json: { ok: number; errors: number; creates_per_s: number; p50_ms: number; p99_ms: number; latencies_ms: number[]; [key: string]: unknown };
+}
+
+export async function benchCreate(settings: CreateSettings): Promise<CreateResult> {
+  const { concurrency, durationS, total } = settings;
+  const cluster = await startCluster({ size: settings.nodes, env: settings.nodeEnv });
   const urls = cluster.urls;
   process.stderr.write(`cluster: ${urls.join(' ')}\n`);
   const runId = randomBytes(3).toString('hex');
@@ -64,7 +78,7 @@ async function main(): Promise<void> {
   const afterRun = await listed();
   let counts = afterRun;
   const convergeStarted = nowMs();
-  const convergeDeadline = convergeStarted + envInt('CONVERGE_S', 15) * 1000;
+  const convergeDeadline = convergeStarted + settings.convergeS * 1000;
   while (counts.some((c) => c < ok) && nowMs() < convergeDeadline) {
     await sleep(100);
     counts = await listed();
@@ -77,7 +91,7 @@ async function main(): Promise<void> {
   const p50 = percentile(latencies, 50);
   const p99 = percentile(latencies, 99);
   const max = latencies.length ? Math.max(...latencies) : NaN;
-  process.stdout.write(
+  const report =
     '\n' +
       table(
         ['creates', 'ok', 'errors', 'seconds', 'creates/s', 'p50 ms', 'p99 ms', 'max ms'],
@@ -85,10 +99,10 @@ async function main(): Promise<void> {
       ) +
       `\n\n${concurrency} clients, round-robin over ${urls.length} nodes; repos listed per node right after: ${afterRun.join(', ')}; ` +
       `${Number.isNaN(convergedMs) ? `NOT converged: ${counts.join(', ')}` : `all nodes list all ${ok} after ${convergedMs.toFixed(0)} ms`}\n` +
-      (errors.size ? `errors: ${[...errors].map(([k, v]) => `${k} x${v}`).join(', ')}\n` : ''),
-  );
-  process.stdout.write(
-    JSON.stringify({
+      (errors.size ? `errors: ${[...errors].map(([k, v]) => `${k} x${v}`).join(', ')}\n` : '');
+  return {
+    report,
+    json: {
       bench: 'create',
       nodes: urls.length,
       concurrency,
@@ -104,8 +118,22 @@ async function main(): Promise<void> {
       listed_per_node_after_run: afterRun,
       listed_per_node: counts,
       converged_ms: Number.isNaN(convergedMs) ? null : round(convergedMs, 0),
-    }) + '\n',
-  );
+      latencies_ms: latencies.map((ms) => round(ms, 1)),
+    },
+  };
 }
 
-runMain('bench-create', main, envInt('BENCH_DEADLINE_S', 900) * 1000);
+async function main(): Promise<void> {
+  const durationS = process.env.DURATION_S ? envInt('DURATION_S', 10) : undefined;
+  const { report, json } = await benchCreate({
+    nodes: envInt('NODES', 3),
+    concurrency: envInt('CONCURRENCY', 8),
+    durationS,
+    total: durationS === undefined ? envInt('TOTAL', 400) : Infinity,
+    convergeS: envInt('CONVERGE_S', 15),
+  });
+  const { latencies_ms: _latencies, ...printed } = json;
+  process.stdout.write(report + JSON.stringify(printed) + '\n');
+}
+
+if (isMain(import.meta.url)) runMain('bench-create', main, envInt('BENCH_DEADLINE_S', 900) * 1000);

@@ -16,8 +16,12 @@ import {
   round,
   run,
   runMain,
+  isMain,
+  percentile,
   startCluster,
+  startHttpBackend,
   table,
+  type BenchFixture,
   timed,
   waitConverged,
   type Cluster,
@@ -39,6 +43,8 @@ import { formatKiB } from './gen-fixture.js';
 //    `--filter=blob:none` and `--filter=tree:0` (protocol v2). The checkout's lazy fetch of the
 //    blobs (and trees) it needs is part of each partial clone's bytes and time, as users meet it.
 //
+// With a baseline (`npm run bench`), the many-refs repo is also served by git http-backend behind nginx
+// (the same bare repo, a relay of its own in front), and each of its variants runs in the same rotation.
 // Settings (env): RUNS (5), REFS (10000), FIXTURE, FIXTURE_COMMITS, BENCH_DEADLINE_S (1800).
 // The bytes do not depend on the machine's load; the times do (run it on an idle machine).
 
@@ -118,8 +124,10 @@ async function manyRefsRepo(dir: string, refs: number, env: NodeJS.ProcessEnv): 
   return { heads: heads + 1, tags, pulls };
 }
 
-interface Variant {
+export interface Variant {
   name: string;
+  /** Reads and resets the byte counts of the relay the operation goes through. */
+  take: () => { up: number; down: number };
   /** Runs the operation once (into a fresh directory `dest`). */
   op: (dest: string) => Promise<unknown>;
   ms: number[];
@@ -128,14 +136,14 @@ interface Variant {
 }
 
 /** Runs every variant `runs` times (after one warm-up), alternating the order; collects time and bytes. */
-async function measure(label: string, variants: Variant[], runs: number, take: () => { up: number; down: number }, scratch: string): Promise<void> {
+async function measure(label: string, variants: Variant[], runs: number, scratch: string): Promise<void> {
   for (let i = 0; i <= runs; i += 1) {
     const order = i % 2 === 0 ? variants : [...variants].reverse();
     for (const v of order) {
       const dest = path.join(scratch, `${label}-${i}-${v.name.replace(/\W+/g, '_')}`);
-      take();
+      v.take();
       const { ms } = await timed(() => v.op(dest));
-      const bytes = take();
+      const bytes = v.take();
       if (i > 0) {
         v.ms.push(ms);
         v.up.push(bytes.up);
@@ -163,9 +171,20 @@ function rows(label: string, variants: Variant[]): Array<Array<string | number>>
   ]);
 }
 
-function summary(variants: Variant[]): Record<string, unknown> {
+export interface VariantSummary {
+  down_bytes: number;
+  up_bytes: number;
+  median_ms: number;
+  p99_ms: number;
+  ms: number[];
+}
+
+function summary(variants: Variant[]): Record<string, VariantSummary> {
   return Object.fromEntries(
-    variants.map((v) => [v.name, { down_bytes: median(v.down), up_bytes: median(v.up), median_ms: round(median(v.ms), 1), ms: v.ms.map((t) => round(t, 1)) }]),
+    variants.map((v) => [
+      v.name,
+      { down_bytes: median(v.down), up_bytes: median(v.up), median_ms: round(median(v.ms), 1), p99_ms: round(percentile(v.ms, 99), 1), ms: v.ms.map((t) => round(t, 1)) },
+    ]),
   );
 }
 
@@ -183,17 +202,32 @@ async function setUpRepo(cluster: Cluster, repoId: string, source: string, clien
   await waitConverged(cluster, repoId, 120_000);
 }
 
-async function main(): Promise<void> {
-  const runs = envInt('RUNS', 5);
-  const refCount = envInt('REFS', 10_000, 10);
+export interface ProtocolSettings {
+  runs: number;
+  refs: number;
+  fixture: BenchFixture;
+  /** Also serve the many-refs repo with git http-backend and measure it alongside (variants `http v0`, `http v2`). */
+  baseline: boolean;
+  /** Part 2 (partial clones of the fixture). */
+  partialClones: boolean;
+  nodeEnv?: Record<string, string>;
+}
+
+export interface ProtocolResult {
+  report: string;
+  json: { ls_remote_heads: Record<string, VariantSummary>; fetch_main: Record<string, VariantSummary>; [key: string]: unknown };
+}
+
+export async function benchProtocol(settings: ProtocolSettings): Promise<ProtocolResult> {
+  const { runs, refs: refCount } = settings;
   const work = makeTempDir('qg-proto-');
   const scratch = path.join(work, 'scratch');
   await fs.mkdir(scratch, { recursive: true });
   const { clientEnv, serverEnv } = await benchGitEnvs(work);
-  const { dir: fixtureDir, fixture } = await benchFixture();
+  const { dir: fixtureDir, fixture } = settings.fixture;
 
   // Only reads are measured: long 2PC timeouts keep the set-up's large pushes from failing on a busy machine.
-  const cluster = await startCluster({ env: { ...serverEnv, PREPARE_TIMEOUT_MS: '60000', COMMIT_TIMEOUT_MS: '60000', PEER_TIMEOUT_MS: '60000' } });
+  const cluster = await startCluster({ env: { ...serverEnv, PREPARE_TIMEOUT_MS: '60000', COMMIT_TIMEOUT_MS: '60000', PEER_TIMEOUT_MS: '60000', ...settings.nodeEnv } });
   log(`cluster: ${cluster.urls.join(' ')}`);
   const relay = await countingRelay({ host: HOST, port: cluster.nodes[0]!.port });
 
@@ -202,60 +236,79 @@ async function main(): Promise<void> {
   const shape = await manyRefsRepo(refsSource, refCount, clientEnv);
   log(`many-refs repo: ${refCount} refs (${shape.heads} branches, ${shape.tags} tags, ${shape.pulls} pull heads), ${HISTORY_COMMITS} commits`);
   await setUpRepo(cluster, REFS_REPO, refsSource, clientEnv, `${refCount} refs`);
-  const refsUrl = `${relay.url}/${REFS_REPO}.git`;
-  const lsRemote = (version: 0 | 2): Variant => ({
-    name: `v${version}`,
+  const nodeRefs = { url: `${relay.url}/${REFS_REPO}.git`, take: relay.take, prefix: '' };
+  const servers = [nodeRefs];
+  let backend: { stop: () => Promise<void> } | undefined;
+  if (settings.baseline) {
+    const projectRoot = path.join(work, 'git-root');
+    await fs.mkdir(path.join(projectRoot, 'bench'), { recursive: true });
+    await fs.cp(refsSource, path.join(projectRoot, `${REFS_REPO}.git`), { recursive: true });
+    const started = await startHttpBackend(work, projectRoot, serverEnv);
+    backend = started;
+    const port = Number(new URL(started.url).port);
+    const httpRelay = await countingRelay({ host: HOST, port });
+    servers.push({ url: `${httpRelay.url}/${REFS_REPO}.git`, take: httpRelay.take, prefix: 'http ' });
+  }
+  const lsRemote = (version: 0 | 2, server: (typeof servers)[0]): Variant => ({
+    name: `${server.prefix}v${version}`,
+    take: server.take,
     ms: [],
     up: [],
     down: [],
     op: async () => {
-      const out = (await git(['-c', `protocol.version=${version}`, 'ls-remote', '--heads', refsUrl], clientEnv)).stdout;
+      const out = (await git(['-c', `protocol.version=${version}`, 'ls-remote', '--heads', server.url], clientEnv)).stdout;
       const lines = out.split('\n').filter(Boolean).length;
       if (lines !== shape.heads) throw new Error(`ls-remote --heads (v${version}) listed ${lines} refs, expected ${shape.heads}`);
     },
   });
-  const fetchOne = (version: 0 | 2): Variant => ({
-    name: `v${version}`,
+  const fetchOne = (version: 0 | 2, server: (typeof servers)[0]): Variant => ({
+    name: `${server.prefix}v${version}`,
+    take: server.take,
     ms: [],
     up: [],
     down: [],
     op: async (dest) => {
       await git(['init', '--quiet', '--bare', dest], clientEnv);
-      await git(['-c', `protocol.version=${version}`, 'fetch', '--quiet', refsUrl, 'main'], { ...clientEnv, GIT_DIR: dest });
+      await git(['-c', `protocol.version=${version}`, 'fetch', '--quiet', server.url, 'main'], { ...clientEnv, GIT_DIR: dest });
     },
   });
-  const lsVariants = [lsRemote(0), lsRemote(2)];
-  const fetchVariants = [fetchOne(0), fetchOne(2)];
-  await measure('ls-remote --heads', lsVariants, runs, relay.take, scratch);
-  await measure('fetch main', fetchVariants, runs, relay.take, scratch);
+  const lsVariants = servers.flatMap((server) => [lsRemote(0, server), lsRemote(2, server)]);
+  const fetchVariants = servers.flatMap((server) => [fetchOne(0, server), fetchOne(2, server)]);
+  await measure('ls-remote --heads', lsVariants, runs, scratch);
+  await measure('fetch main', fetchVariants, runs, scratch);
+  await backend?.stop();
 
   // 2. Partial clones of a project-shaped repo, with checkout.
-  await setUpRepo(cluster, PROJECT_REPO, fixtureDir, clientEnv, `the fixture (${fixture.commits} commits, ${formatKiB(fixture.sizePackKiB)})`);
-  const projectUrl = `${relay.url}/${PROJECT_REPO}.git`;
-  const clone = (name: string, filter?: string): Variant => ({
-    name,
-    ms: [],
-    up: [],
-    down: [],
-    op: async (dest) => {
-      const result = await git(['clone', '--quiet', ...(filter ? [`--filter=${filter}`] : []), projectUrl, dest], clientEnv);
-      if (/filtering not recognized/.test(result.stderr)) throw new Error(`the node ignored --filter=${filter}`);
-    },
-  });
-  const cloneVariants = [clone('full'), clone('blob:none', 'blob:none'), clone('tree:0', 'tree:0')];
-  await measure('clone', cloneVariants, runs, relay.take, scratch);
+  const cloneVariants: Variant[] = [];
+  if (settings.partialClones) {
+    await setUpRepo(cluster, PROJECT_REPO, fixtureDir, clientEnv, `the fixture (${fixture.commits} commits, ${formatKiB(fixture.sizePackKiB)})`);
+    const projectUrl = `${relay.url}/${PROJECT_REPO}.git`;
+    const clone = (name: string, filter?: string): Variant => ({
+      name,
+      take: relay.take,
+      ms: [],
+      up: [],
+      down: [],
+      op: async (dest) => {
+        const result = await git(['clone', '--quiet', ...(filter ? [`--filter=${filter}`] : []), projectUrl, dest], clientEnv);
+        if (/filtering not recognized/.test(result.stderr)) throw new Error(`the node ignored --filter=${filter}`);
+      },
+    });
+    cloneVariants.push(clone('full'), clone('blob:none', 'blob:none'), clone('tree:0', 'tree:0'));
+    await measure('clone', cloneVariants, runs, scratch);
+  }
   await cluster.stop();
 
-  process.stdout.write(
+  const report =
     '\n' +
       table(
         ['operation', 'KiB down', 'KiB up', 'bytes x', 'median ms', 'time x'],
-        [...rows(`ls-remote --heads (${refCount} refs)`, lsVariants), ...rows(`fetch main (${refCount} refs)`, fetchVariants), ...rows(`clone (${fixture.commits} commits)`, cloneVariants)],
+        [...rows(`ls-remote --heads (${refCount} refs)`, lsVariants), ...rows(`fetch main (${refCount} refs)`, fetchVariants), ...(cloneVariants.length > 0 ? rows(`clone (${fixture.commits} commits)`, cloneVariants) : [])],
       ) +
-      `\n\nmedians of ${runs} runs; bytes counted both ways at a relay in front of node-1 (HTTP headers included); "x" is against the first row of each group\n`,
-  );
-  process.stdout.write(
-    JSON.stringify({
+      `\n\nmedians of ${runs} runs; bytes counted both ways at a relay in front of node-1 (HTTP headers included); "x" is against the first row of each group\n`;
+  return {
+    report,
+    json: {
       bench: 'protocol',
       runs,
       refs: refCount,
@@ -264,8 +317,19 @@ async function main(): Promise<void> {
       ls_remote_heads: summary(lsVariants),
       fetch_main: summary(fetchVariants),
       clone: summary(cloneVariants),
-    }) + '\n',
-  );
+    },
+  };
 }
 
-runMain('bench-protocol', main, envInt('BENCH_DEADLINE_S', 1800) * 1000);
+async function main(): Promise<void> {
+  const { report, json } = await benchProtocol({
+    runs: envInt('RUNS', 5),
+    refs: envInt('REFS', 10_000, 10),
+    fixture: await benchFixture(),
+    baseline: false,
+    partialClones: true,
+  });
+  process.stdout.write(report + JSON.stringify(json) + '\n');
+}
+
+if (isMain(import.meta.url)) runMain('bench-protocol', main, envInt('BENCH_DEADLINE_S', 1800) * 1000);

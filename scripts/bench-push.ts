@@ -7,10 +7,13 @@ import {
   envInt,
   git,
   gitClientEnv,
+  isMain,
   makeTempDir,
   median,
   nowMs,
+  peakRssKiB,
   percentile,
+  resetPeakRss,
   round,
   run,
   runMain,
@@ -19,6 +22,7 @@ import {
   table,
   timed,
   waitConverged,
+  type BenchFixture,
   type Cluster,
   refLines,
   log,
@@ -34,18 +38,23 @@ import {
 // a. full push (`git push --mirror`) of the fixture (.bench/fixture.git, made by gen-fixture if missing)
 //    into a fresh empty repo: 3-node cluster vs http-backend, then a 2-node cluster vs http-backend.
 //    One warm-up each, then RUNS (default 3) timed runs, alternating; median; ratio node/http-backend.
-// b. one-commit fast-forward push on top of the pushed fixture: the coordinating node (and, for
-//    information, another node that proxies the push to it) vs http-backend; SMALL_RUNS (default 20: a one-commit push takes
-//    tens of milliseconds, and on a shared 2-core machine a median of 10 moved by a tenth between runs).
-// c. CONCURRENCY (default 8) pushers, each to its own repo on the 3-node cluster (round-robin over the
-//    nodes, as clients behind a load balancer would), each PUSHES (default 10) one-commit pushes in a
-//    loop: pushes/s overall, p50/p99 latency. Commits are made before the clock starts. The same load
-//    against http-backend is reported alongside, for scale (all processes share this machine's cores).
-// Settings (env): RUNS, SMALL_RUNS, PUSHES, CONCURRENCY, FIXTURE, BENCH_DEADLINE_S; BREAKDOWN=1 runs the
-// 3-node cluster at LOG_LEVEL=info and prints where the one-commit pushes spend their time, taken from
-// the nodes' request and txn logs (info logging costs a little, so it is off by default).
-// Prints a table and a final JSON line. Pushes go to the repo's coordinator (rendezvous hashing over
-// the live nodes, lib/core/routing.ts) unless said otherwise: a push that arrives elsewhere is proxied there.
+//    The cluster is measured twice: round-robin (run i pushes to node i mod n, so most pushes reach a
+//    node that proxies them to the repo's coordinator, as clients behind a load balancer do) and
+//    straight to the repo's coordinator.
+// b. one-commit fast-forward push on top of the pushed fixture: round-robin over the nodes, straight to
+//    the coordinator, and http-backend; SMALL_RUNS (default 20: a one-commit push takes tens of
+//    milliseconds, and on a shared 2-core machine a median of 10 moved by a tenth between runs).
+// c. BULK_BRANCHES (default 5000) new branches in one push (refs only: they point at commits the
+//    server has), round-robin over the nodes vs http-backend, RUNS runs. 0 leaves it out.
+// d. CONCURRENCY (default 8; a list such as "8,32" runs each) clients, each with its own repo on the
+//    3-node cluster (round-robin over the nodes), each PUSHES (default 10) times pushing one commit and
+//    then cloning its repo: operations/s, p50/p99 latency, errors, and each node's peak RSS (VmHWM,
+//    reset before the load). Commits are made before the clock starts. The same load against
+//    http-backend is run alongside, as the baseline (all processes share this machine's cores).
+// Settings (env): RUNS, SMALL_RUNS, PUSHES, CONCURRENCY, BULK_BRANCHES, FIXTURE, BENCH_DEADLINE_S;
+// BREAKDOWN=1 prints where the one-commit pushes to the coordinator spend their time, taken from the
+// nodes' request and txn logs (the nodes log at info, the default level, in `npm run bench` too).
+// Prints a table and a final JSON line. `npm run bench` calls benchPush.
 
 const PUSH_TIMEOUT_MS = 600_000;
 
@@ -55,40 +64,88 @@ interface Target {
   times: number[];
 }
 
-interface ConcurrentResult {
-  pushers: number;
-  pushes_each: number;
+export interface ConcurrentResult {
+  clients: number;
+  ops_each: number;
   ok: number;
   errors: number;
-  proxied_pushers: number;
+  error_samples: string[];
+  proxied_clients: number;
   seconds: number;
-  pushes_per_s: number;
+  ops_per_s: number;
   p50_ms: number;
   p99_ms: number;
   max_ms: number;
+  push_p99_ms: number;
+  clone_p99_ms: number;
+  /** Each node's peak RSS during the load, KiB (quorum-git only). */
+  peak_rss_kib: number[];
 }
 
-interface FullPushResult {
-  nodes: number;
+export interface PairResult {
+  node_s: number[];
+  http_backend_s: number[];
   node_median_s: number;
   http_backend_median_s: number;
   ratio: number;
-  node_s: number[];
-  http_backend_s: number[];
+}
+
+export interface FullPushResult extends PairResult {
+  nodes: number;
+  coordinator_s: number[];
+  coordinator_median_s: number;
+  coordinator_ratio: number;
+}
+
+export interface PushSettings {
+  runs: number;
+  smallRuns: number;
+  /** Operations (push + clone) per client in d. */
+  pushes: number;
+  /** d runs once per number of clients. */
+  concurrencies: number[];
+  /** Branches in c's single push; 0 leaves c out. */
+  bulkBranches: number;
+  /** Also a. on a 2-node cluster. */
+  twoNodes: boolean;
+  breakdown: boolean;
+  fixture: BenchFixture;
+  nodeEnv?: Record<string, string>;
+}
+
+export interface PushResult {
+  report: string;
+  json: {
+    full_push_3: FullPushResult;
+    full_push_2?: FullPushResult;
+    small_push: PairResult & { coordinator_s: number[]; coordinator_median_s: number; coordinator_ratio: number };
+    bulk_branches?: PairResult & { branches: number };
+    concurrent: Array<{ node: ConcurrentResult; http_backend: ConcurrentResult }>;
+    [key: string]: unknown;
+  };
 }
 
 function fmtS(ms: number): string {
   return (ms / 1000).toFixed(3);
 }
 
-async function main(): Promise<void> {
+function pair(node: number[], http: number[]): PairResult {
+  const nodeMedian = median(node);
+  const httpMedian = median(http);
+  return {
+    node_s: node.map((t) => round(t)),
+    http_backend_s: http.map((t) => round(t)),
+    node_median_s: round(nodeMedian),
+    http_backend_median_s: round(httpMedian),
+    ratio: round(nodeMedian / httpMedian),
+  };
+}
+
+export async function benchPush(settings: PushSettings): Promise<PushResult> {
   // Other work on the machine skews every figure: the 1-minute load average is reported with them.
   const loadBefore = os.loadavg()[0]!;
-  const runs = envInt('RUNS', 3);
-  const smallRuns = envInt('SMALL_RUNS', 20);
-  const pushes = envInt('PUSHES', 10);
-  const concurrency = envInt('CONCURRENCY', 8);
-  const { dir: fixtureDir, fixture } = await benchFixture();
+  const { runs, smallRuns, pushes } = settings;
+  const { dir: fixtureDir, fixture } = settings.fixture;
   const fixtureEnv = (env: NodeJS.ProcessEnv): NodeJS.ProcessEnv => ({ ...env, GIT_DIR: fixtureDir });
 
   const work = makeTempDir('qg-push-');
@@ -121,77 +178,71 @@ async function main(): Promise<void> {
     const coordinator = cluster.urls.indexOf(pickCoordinator(repoId, cluster.urls)!);
     return { repoId, coordinator };
   };
+  interface PushedRepo {
+    repoId: string;
+    url: string;
+    coordinator: number;
+  }
 
   // ---- a. full push of the fixture ----------------------------------------------------------------
-  const fullPush = async (cluster: Cluster): Promise<{ result: FullPushResult; nodeRepos: Array<{ repoId: string; url: string; coordinator: number }>; lastHttp: string }> => {
+  const fullPush = async (cluster: Cluster): Promise<{ result: FullPushResult; spread: PushedRepo[]; direct: PushedRepo[]; http: string[] }> => {
     const size = cluster.nodes.length;
-    const node: Target = { name: `quorum-git ${size} nodes`, key: 'node', times: [] };
-    const http: Target = { name: 'nginx+git-http-backend', key: 'http', times: [] };
-    const pushedRepos: Array<{ repoId: string; url: string; coordinator: number }> = [];
-    let lastHttp = '';
+    const spreadTarget: Target = { name: `quorum-git ${size} nodes, round-robin`, key: 'spread', times: [] };
+    const directTarget: Target = { name: `quorum-git ${size} nodes, coordinator`, key: 'direct', times: [] };
+    const httpTarget: Target = { name: 'nginx+git-http-backend', key: 'http', times: [] };
+    const targets = [spreadTarget, directTarget, httpTarget];
+    const pushed = { spread: [] as PushedRepo[], direct: [] as PushedRepo[], http: [] as string[] };
     for (let i = 0; i <= runs; i += 1) {
-      const order = i % 2 === 0 ? [node, http] : [http, node];
+      const order = targets.map((_, k) => targets[(k + i) % targets.length]!);
       for (const target of order) {
         let url: string;
         let repoId = '';
-        if (target === node) {
+        if (target === httpTarget) {
+          url = await newHttpRepo();
+          pushed.http.push(url);
+        } else {
           const repo = await newNodeRepo(cluster);
           repoId = repo.repoId;
-          url = `${cluster.urls[repo.coordinator]}/${repo.repoId}.git`;
-          pushedRepos.push({ repoId, url, coordinator: repo.coordinator });
-        } else {
-          url = await newHttpRepo();
-          lastHttp = url;
+          const nodeIndex = target === spreadTarget ? i % size : repo.coordinator;
+          url = `${cluster.urls[nodeIndex]}/${repo.repoId}.git`;
+          pushed[target === spreadTarget ? 'spread' : 'direct'].push({ repoId, url, coordinator: repo.coordinator });
         }
         const { ms } = await timed(() => git(['push', '--quiet', '--mirror', url], fixtureEnv(clientEnv), { timeoutMs: PUSH_TIMEOUT_MS }));
         const got = await refLines(['ls-remote', url], clientEnv);
         if (JSON.stringify(got) !== JSON.stringify(expected)) throw new Error(`push --mirror to ${target.name} (${url}): refs differ from the fixture`);
         if (repoId) await waitConverged(cluster, repoId);
         if (i > 0) target.times.push(ms / 1000);
-        log(`full push  ${i === 0 ? 'warm-up ' : `run ${i}/${runs}`}  ${target.name.padEnd(24)} ${fmtS(ms)} s`);
+        log(`full push  ${i === 0 ? 'warm-up ' : `run ${i}/${runs}`}  ${target.name.padEnd(34)} ${fmtS(ms)} s`);
       }
     }
-    const nodeMedian = median(node.times);
-    const httpMedian = median(http.times);
+    const direct = pair(directTarget.times, httpTarget.times);
     return {
       result: {
         nodes: size,
-        node_median_s: round(nodeMedian),
-        http_backend_median_s: round(httpMedian),
-        ratio: round(nodeMedian / httpMedian),
-        node_s: node.times.map((t) => round(t)),
-        http_backend_s: http.times.map((t) => round(t)),
+        ...pair(spreadTarget.times, httpTarget.times),
+        coordinator_s: direct.node_s,
+        coordinator_median_s: direct.node_median_s,
+        coordinator_ratio: direct.ratio,
       },
-      nodeRepos: pushedRepos,
-      lastHttp,
+      ...pushed,
     };
   };
 
-  // BREAKDOWN=1: nodes log at info level, and the one-commit pushes are taken apart from their logs.
-  const breakdownWanted = process.env.BREAKDOWN === '1';
-  const cluster3 = await startCluster({ size: 3, env: { ...serverEnv, ...(breakdownWanted ? { LOG_LEVEL: 'info' } : {}) } });
+  const cluster3 = await startCluster({ size: 3, env: { ...serverEnv, ...(settings.breakdown ? { LOG_LEVEL: 'info' } : {}), ...settings.nodeEnv } });
   log(`3-node cluster: ${cluster3.urls.join(' ')}; http-backend: ${backend.url}`);
   const full3 = await fullPush(cluster3);
 
   // ---- b. one-commit fast-forward push on top of the fixture --------------------------------------
-  // Both servers hold the fixture (the last full-push repos); each run makes one commit (untimed) and
+  // Each target is its own repo holding the fixture (from a.); each run makes one commit (untimed) and
   // pushes it to every target, in rotating order.
   const wc = path.join(work, 'wc-small');
   await git(['clone', '-q', fixtureDir, wc], clientEnv);
-  // Each target is its own repo (they all receive the same commit): the last two full-push repos.
-  const direct = full3.nodeRepos[full3.nodeRepos.length - 1]!;
-  const viaOther = full3.nodeRepos[full3.nodeRepos.length - 2]!;
-  const other = (viaOther.coordinator + 1) % cluster3.nodes.length;
-  const smallTargets: Array<Target & { url: string; repoId?: string }> = [
-    { name: `node (coordinator ${cluster3.nodes[direct.coordinator]!.serverId})`, key: 'node', times: [], url: direct.url, repoId: direct.repoId },
-    { name: 'nginx+git-http-backend', key: 'http', times: [], url: full3.lastHttp },
-    {
-      name: `node via ${cluster3.nodes[other]!.serverId} (proxied)`,
-      key: 'node_proxied',
-      times: [],
-      url: `${cluster3.urls[other]}/${viaOther.repoId}.git`,
-      repoId: viaOther.repoId,
-    },
+  const spreadRepo = full3.spread[full3.spread.length - 1]!;
+  const direct = full3.direct[full3.direct.length - 1]!;
+  const smallTargets: Array<Target & { url: (run: number) => string; repoId?: string }> = [
+    { name: 'node, round-robin', key: 'spread', times: [], url: (i) => `${cluster3.urls[i % cluster3.urls.length]}/${spreadRepo.repoId}.git`, repoId: spreadRepo.repoId },
+    { name: `node, coordinator ${cluster3.nodes[direct.coordinator]!.serverId}`, key: 'direct', times: [], url: () => direct.url, repoId: direct.repoId },
+    { name: 'nginx+git-http-backend', key: 'http', times: [], url: () => full3.http[full3.http.length - 1]! },
   ];
   const notes = path.join(wc, 'bench-notes.txt');
   for (let i = 0; i <= smallRuns; i += 1) {
@@ -201,27 +252,59 @@ async function main(): Promise<void> {
     const head = (await git(['rev-parse', 'HEAD'], clientEnv, { cwd: wc })).stdout.trim();
     const order = smallTargets.map((_, k) => smallTargets[(k + i) % smallTargets.length]!);
     for (const target of order) {
-      const { ms } = await timed(() => git(['push', '--quiet', target.url, 'HEAD:refs/heads/main'], clientEnv, { cwd: wc, timeoutMs: PUSH_TIMEOUT_MS }));
+      const { ms } = await timed(() => git(['push', '--quiet', target.url(i), 'HEAD:refs/heads/main'], clientEnv, { cwd: wc, timeoutMs: PUSH_TIMEOUT_MS }));
       if (i > 0) target.times.push(ms / 1000);
       if (target.repoId) await waitConverged(cluster3, target.repoId);
       log(`small push ${i === 0 ? 'warm-up ' : `run ${i}/${smallRuns}`}  ${target.name.padEnd(30)} ${fmtS(ms)} s`);
     }
     for (const target of smallTargets) {
-      const remote = (await git(['ls-remote', target.url, 'refs/heads/main'], clientEnv)).stdout.split('\t')[0];
+      const remote = (await git(['ls-remote', target.url(i), 'refs/heads/main'], clientEnv)).stdout.split('\t')[0];
       if (remote !== head) throw new Error(`small push to ${target.name}: main is ${remote}, expected ${head}`);
     }
   }
+  const smallOf = (key: string): number[] => smallTargets.find((t) => t.key === key)!.times;
+  const smallDirect = pair(smallOf('direct'), smallOf('http'));
+  const small = { ...pair(smallOf('spread'), smallOf('http')), coordinator_s: smallDirect.node_s, coordinator_median_s: smallDirect.node_median_s, coordinator_ratio: smallDirect.ratio };
 
-  // ---- c. concurrent pushers, each to its own repo -----------------------------------------------
-  // The same load against http-backend too, for scale: what this machine does without replication.
-  const concurrent = async (kind: 'node' | 'http'): Promise<ConcurrentResult> => {
-    const pushers = await Promise.all(
-      Array.from({ length: concurrency }, async (_, k) => {
+  // ---- c. many new branches in one push -----------------------------------------------------------
+  // Into the first repos of a. (the fixture, untouched by b.); each run's branches have new names and
+  // point at commits of the fixture, so the push carries refs and next to no objects.
+  let bulk: (PairResult & { branches: number }) | undefined;
+  if (settings.bulkBranches > 0) {
+    const count = settings.bulkBranches;
+    const oids = (await git(['rev-list', '--max-count=1000', 'refs/heads/main'], fixtureEnv(clientEnv))).stdout.trim().split('\n');
+    const bulkRepo = full3.spread[0]!;
+    const bulkTargets: Array<Target & { url: (run: number) => string; repoId?: string }> = [
+      { name: 'node, round-robin', key: 'spread', times: [], url: (i) => `${cluster3.urls[i % cluster3.urls.length]}/${bulkRepo.repoId}.git`, repoId: bulkRepo.repoId },
+      { name: 'nginx+git-http-backend', key: 'http', times: [], url: () => full3.http[0]! },
+    ];
+    for (let i = 0; i <= runs; i += 1) {
+      const lines = Array.from({ length: count }, (_, k) => `create refs/heads/bulk-${i}/b${String(k).padStart(5, '0')} ${oids[k % oids.length]}`);
+      await run('git', ['update-ref', '--stdin'], { env: clientEnv, cwd: wc, input: `${lines.join('\n')}\n`, timeoutMs: PUSH_TIMEOUT_MS });
+      const order = i % 2 === 0 ? bulkTargets : [...bulkTargets].reverse();
+      for (const target of order) {
+        const url = target.url(i);
+        const { ms } = await timed(() => git(['push', '--quiet', url, `refs/heads/bulk-${i}/*:refs/heads/bulk-${i}/*`], clientEnv, { cwd: wc, timeoutMs: PUSH_TIMEOUT_MS }));
+        if (target.repoId) await waitConverged(cluster3, target.repoId, 120_000);
+        const listed = (await git(['ls-remote', '--heads', url, `refs/heads/bulk-${i}/*`], clientEnv)).stdout.split('\n').filter(Boolean).length;
+        if (listed !== count) throw new Error(`push of ${count} branches to ${target.name}: ${listed} listed`);
+        if (i > 0) target.times.push(ms / 1000);
+        log(`${count} branches ${i === 0 ? 'warm-up ' : `run ${i}/${runs}`}  ${target.name.padEnd(30)} ${fmtS(ms)} s`);
+      }
+    }
+    bulk = { ...pair(bulkTargets[0]!.times, bulkTargets[1]!.times), branches: count };
+  }
+
+  // ---- d. concurrent clients, each pushing to and cloning its own repo ----------------------------
+  // The same load against http-backend is the baseline: what this machine does without replication.
+  const concurrent = async (kind: 'node' | 'http', clients: number): Promise<ConcurrentResult> => {
+    const actors = await Promise.all(
+      Array.from({ length: clients }, async (_, k) => {
         let url: string;
         let repoId: string | undefined;
         let proxied = false;
         if (kind === 'node') {
-          const repo = await newNodeRepo(cluster3, 'bench/conc');
+          const repo = await newNodeRepo(cluster3, `bench/conc${clients}`);
           repoId = repo.repoId;
           const nodeIndex = k % cluster3.nodes.length;
           url = `${cluster3.urls[nodeIndex]}/${repoId}.git`;
@@ -229,16 +312,16 @@ async function main(): Promise<void> {
         } else {
           url = await newHttpRepo();
         }
-        const dir = path.join(work, `wc-conc-${kind}-${k}`);
+        const dir = path.join(work, `wc-conc${clients}-${kind}-${k}`);
         await git(['init', '-q', '-b', 'main', dir], clientEnv);
-        await fs.writeFile(path.join(dir, 'README'), `pusher ${k}\n`);
+        await fs.writeFile(path.join(dir, 'README'), `client ${k}\n`);
         await git(['add', 'README'], clientEnv, { cwd: dir });
         await git(['commit', '-q', '-m', 'base'], clientEnv, { cwd: dir });
-        return { k, repoId, url, dir, proxied, commits: [] as string[], latencies: [] as number[], errors: [] as string[] };
+        return { k, repoId, url, dir, proxied, commits: [] as string[], pushMs: [] as number[], cloneMs: [] as number[], errors: [] as string[] };
       }),
     );
-    // Sequential set-up: base pushes, then each pusher's chain of commits.
-    for (const p of pushers) {
+    // Sequential set-up: base pushes, then each client's chain of commits.
+    for (const p of actors) {
       await git(['push', '-q', p.url, 'main:refs/heads/main'], clientEnv, { cwd: p.dir });
       for (let j = 0; j < pushes; j += 1) {
         await fs.appendFile(path.join(p.dir, 'README'), `push ${j}\n`);
@@ -247,99 +330,129 @@ async function main(): Promise<void> {
       }
       if (p.repoId) await waitConverged(cluster3, p.repoId);
     }
+    if (kind === 'node') for (const n of cluster3.nodes) resetPeakRss(n.pid);
     const started = nowMs();
     await Promise.all(
-      pushers.map(async (p) => {
-        for (const sha of p.commits) {
-          const t0 = nowMs();
-          const res = await run('git', ['push', '--quiet', p.url, `${sha}:refs/heads/main`], { env: clientEnv, cwd: p.dir, timeoutMs: PUSH_TIMEOUT_MS, allowFail: true });
-          if (res.code === 0) p.latencies.push(nowMs() - t0);
-          else p.errors.push(res.stderr.trim().split('\n').slice(-2).join(' | '));
+      actors.map(async (p) => {
+        for (const [j, sha] of p.commits.entries()) {
+          let t0 = nowMs();
+          const pushed = await run('git', ['push', '--quiet', p.url, `${sha}:refs/heads/main`], { env: clientEnv, cwd: p.dir, timeoutMs: PUSH_TIMEOUT_MS, allowFail: true });
+          if (pushed.code === 0) p.pushMs.push(nowMs() - t0);
+          else p.errors.push(`push: ${pushed.stderr.trim().split('\n').slice(-2).join(' | ')}`);
+          const dest = path.join(work, `clone-conc${clients}-${kind}-${p.k}-${j}`);
+          t0 = nowMs();
+          const cloned = await run('git', ['clone', '--bare', '--quiet', p.url, dest], { env: clientEnv, timeoutMs: PUSH_TIMEOUT_MS, allowFail: true });
+          if (cloned.code === 0) p.cloneMs.push(nowMs() - t0);
+          else p.errors.push(`clone: ${cloned.stderr.trim().split('\n').slice(-2).join(' | ')}`);
+          await fs.rm(dest, { recursive: true, force: true });
         }
       }),
     );
     const ms = nowMs() - started;
-    const latencies = pushers.flatMap((p) => p.latencies);
-    const errors = pushers.flatMap((p) => p.errors);
-    for (const p of pushers) {
+    const peakRss = kind === 'node' ? cluster3.nodes.map((n) => peakRssKiB(n.pid)) : [];
+    const pushLatencies = actors.flatMap((p) => p.pushMs);
+    const cloneLatencies = actors.flatMap((p) => p.cloneMs);
+    const latencies = [...pushLatencies, ...cloneLatencies];
+    const errors = actors.flatMap((p) => p.errors);
+    for (const p of actors) {
       const lastOk = p.errors.length === 0 ? p.commits[p.commits.length - 1] : undefined;
       if (p.repoId) await waitConverged(cluster3, p.repoId);
       const remote = (await git(['ls-remote', p.url, 'refs/heads/main'], clientEnv)).stdout.split('\t')[0];
-      if (lastOk !== undefined && remote !== lastOk) throw new Error(`pusher ${p.k} (${kind}): main is ${remote}, expected ${lastOk}`);
+      if (lastOk !== undefined && remote !== lastOk) throw new Error(`client ${p.k} (${kind}): main is ${remote}, expected ${lastOk}`);
     }
-    if (errors.length > 0) log(`concurrent pushes (${kind}): ${errors.length} failed, e.g. ${errors[0]}`);
+    if (errors.length > 0) log(`${clients} concurrent clients (${kind}): ${errors.length} failed, e.g. ${errors[0]}`);
     const result: ConcurrentResult = {
-      pushers: concurrency,
-      pushes_each: pushes,
+      clients,
+      ops_each: pushes * 2,
       ok: latencies.length,
       errors: errors.length,
-      proxied_pushers: pushers.filter((p) => p.proxied).length,
+      error_samples: errors.slice(0, 3),
+      proxied_clients: actors.filter((p) => p.proxied).length,
       seconds: round(ms / 1000),
-      pushes_per_s: round(latencies.length / (ms / 1000), 1),
+      ops_per_s: round(latencies.length / (ms / 1000), 1),
       p50_ms: round(percentile(latencies, 50), 1),
       p99_ms: round(percentile(latencies, 99), 1),
       max_ms: round(latencies.length ? Math.max(...latencies) : NaN, 1),
+      push_p99_ms: round(percentile(pushLatencies, 99), 1),
+      clone_p99_ms: round(percentile(cloneLatencies, 99), 1),
+      peak_rss_kib: peakRss,
     };
-    log(`concurrent (${kind}): ${result.ok} pushes in ${result.seconds} s, ${result.pushes_per_s}/s`);
+    log(`${clients} concurrent clients (${kind}): ${result.ok} operations in ${result.seconds} s, ${result.ops_per_s}/s`);
     return result;
   };
-  const conc = await concurrent('node');
-  const concHttp = await concurrent('http');
+  const conc: Array<{ node: ConcurrentResult; http_backend: ConcurrentResult }> = [];
+  for (const clients of settings.concurrencies) {
+    const node = await concurrent('node', clients);
+    conc.push({ node, http_backend: await concurrent('http', clients) });
+  }
   await cluster3.stop();
-  const breakdown = breakdownWanted ? await pushBreakdown(cluster3.root, direct.repoId) : undefined;
+  const breakdown = settings.breakdown ? await pushBreakdown(cluster3.root, direct.repoId) : undefined;
 
   // ---- a, again with 2 nodes ----------------------------------------------------------------------
-  const cluster2 = await startCluster({ size: 2, env: serverEnv });
-  log(`2-node cluster: ${cluster2.urls.join(' ')}`);
-  const full2 = await fullPush(cluster2);
-  await cluster2.stop();
+  let full2: Awaited<ReturnType<typeof fullPush>> | undefined;
+  if (settings.twoNodes) {
+    const cluster2 = await startCluster({ size: 2, env: { ...serverEnv, ...settings.nodeEnv } });
+    log(`2-node cluster: ${cluster2.urls.join(' ')}`);
+    full2 = await fullPush(cluster2);
+    await cluster2.stop();
+  }
   await backend.stop();
 
   // ---- report ----------------------------------------------------------------------------------------
-  const small = Object.fromEntries(smallTargets.map((t) => [t.key, t.times]));
-  const smallMedian = (key: string): number => median(small[key]!);
-  const smallRatio = smallMedian('node') / smallMedian('http');
-  const smallProxiedRatio = smallMedian('node_proxied') / smallMedian('http');
   const mark = (ratio: number, target: number): string => (ratio <= target ? `ok (<= ${target}x)` : `MISSED (> ${target}x)`);
   const packMb = (fixture.sizePackKiB * 1024) / 1e6;
-  const rows: Array<Array<string | number>> = [
-    ['a. full push, 3 nodes', runs, full3.result.node_median_s.toFixed(3), full3.result.http_backend_median_s.toFixed(3), `${full3.result.ratio.toFixed(3)}x`, mark(full3.result.ratio, 1.3)],
-    ['a. full push, 2 nodes', runs, full2.result.node_median_s.toFixed(3), full2.result.http_backend_median_s.toFixed(3), `${full2.result.ratio.toFixed(3)}x`, mark(full2.result.ratio, 1.3)],
-    ['b. 1-commit push, coordinator', smallRuns, fmtS(smallMedian('node') * 1000), fmtS(smallMedian('http') * 1000), `${smallRatio.toFixed(3)}x`, mark(smallRatio, 1.5)],
-    ['b. 1-commit push, via other node', smallRuns, fmtS(smallMedian('node_proxied') * 1000), fmtS(smallMedian('http') * 1000), `${smallProxiedRatio.toFixed(3)}x`, '(info)'],
+  const row = (name: string, count: number, node: number, http: number, target?: number): Array<string | number> => [
+    name,
+    count,
+    node.toFixed(3),
+    http.toFixed(3),
+    `${(node / http).toFixed(3)}x`,
+    target === undefined ? '(info)' : mark(node / http, target),
   ];
-  process.stdout.write(
+  const rows: Array<Array<string | number>> = [];
+  for (const full of [full3, full2]) {
+    if (!full) continue;
+    const r = full.result;
+    rows.push(row(`a. full push, ${r.nodes} nodes, round-robin`, runs, r.node_median_s, r.http_backend_median_s, PUSH_TARGETS.full));
+    rows.push(row(`a. full push, ${r.nodes} nodes, coordinator`, runs, r.coordinator_median_s, r.http_backend_median_s));
+  }
+  rows.push(row('b. 1-commit push, round-robin', smallRuns, small.node_median_s, small.http_backend_median_s, PUSH_TARGETS.small));
+  rows.push(row('b. 1-commit push, coordinator', smallRuns, small.coordinator_median_s, small.http_backend_median_s));
+  if (bulk) rows.push(row(`c. ${bulk.branches} new branches, round-robin`, runs, bulk.node_median_s, bulk.http_backend_median_s, PUSH_TARGETS.bulk));
+  let report =
     '\n' +
-      table(['push', 'runs', 'node median s', 'http-backend median s', 'ratio', 'target'], rows) +
-      '\n\n' +
-      table(
-        ['c. concurrent pushers, own repos', 'pushes', 'errors', 'seconds', 'pushes/s', 'p50 ms', 'p99 ms', 'max ms'],
-        [conc, concHttp].map((c, i) => [
-          `${i === 0 ? 'quorum-git 3 nodes' : 'http-backend (info)'}: ${concurrency} x ${pushes}`,
+    table(['push', 'runs', 'node median s', 'http-backend median s', 'ratio', 'target'], rows) +
+    '\n\n' +
+    table(
+      ['d. concurrent clients, own repos', 'ops', 'errors', 'seconds', 'ops/s', 'p50 ms', 'p99 ms', 'max ms', 'peak RSS MiB per node'],
+      conc.flatMap(({ node, http_backend }) =>
+        [node, http_backend].map((c, i) => [
+          `${i === 0 ? 'quorum-git 3 nodes' : 'http-backend'}: ${c.clients} x ${c.ops_each}`,
           c.ok,
           c.errors,
           c.seconds.toFixed(2),
-          c.pushes_per_s.toFixed(1),
+          c.ops_per_s.toFixed(1),
           c.p50_ms.toFixed(1),
           c.p99_ms.toFixed(1),
           c.max_ms.toFixed(1),
+          c.peak_rss_kib.map((k) => (k / 1024).toFixed(0)).join(' ') || '-',
         ]),
-      ) +
-      `\n\nfixture: ${fixture.commits} commits, ${fixture.refs} refs, ${packMb.toFixed(1)} MB pack; ${conc.proxied_pushers} of ${concurrency} concurrent pushers ` +
-      `reach their repo through a node that proxies to its coordinator; load average (1 min) ${loadBefore.toFixed(2)} before, ${os.loadavg()[0]!.toFixed(2)} after\n`,
-  );
+      ),
+    ) +
+    `\n\nfixture: ${fixture.commits} commits, ${fixture.refs} refs, ${packMb.toFixed(1)} MB pack; each concurrent client pushes one commit, then clones its repo, ` +
+    `${pushes} times; load average (1 min) ${loadBefore.toFixed(2)} before, ${os.loadavg()[0]!.toFixed(2)} after\n`;
   if (breakdown) {
-    process.stdout.write(
+    report +=
       `\nb. where a one-commit push to the coordinator spends its time (node logs, medians of ${breakdown.pushes} pushes, ms):\n` +
-        table(
-          ['phase', 'median ms'],
-          breakdown.phases.map((p) => [p.name, p.median_ms.toFixed(1)]),
-        ) +
-        '\n',
-    );
+      table(
+        ['phase', 'median ms'],
+        breakdown.phases.map((p) => [p.name, p.median_ms.toFixed(1)]),
+      ) +
+      '\n';
   }
-  process.stdout.write(
-    JSON.stringify({
+  return {
+    report,
+    json: {
       bench: 'push',
       load_1min: { before: round(loadBefore, 2), after: round(os.loadavg()[0]!, 2) },
       runs,
@@ -348,22 +461,34 @@ async function main(): Promise<void> {
       refs: fixture.refs,
       pack_mb: round(packMb, 2),
       full_push_3: full3.result,
-      full_push_2: full2.result,
-      small_push: {
-        node_median_s: round(smallMedian('node')),
-        http_backend_median_s: round(smallMedian('http')),
-        ratio: round(smallRatio),
-        node_proxied_median_s: round(smallMedian('node_proxied')),
-        proxied_ratio: round(smallProxiedRatio),
-        node_s: small.node!.map((t) => round(t)),
-        http_backend_s: small.http!.map((t) => round(t)),
-        node_proxied_s: small.node_proxied!.map((t) => round(t)),
-      },
+      ...(full2 ? { full_push_2: full2.result } : {}),
+      small_push: small,
+      ...(bulk ? { bulk_branches: bulk } : {}),
       concurrent: conc,
-      concurrent_http_backend: concHttp,
       ...(breakdown ? { small_push_breakdown: breakdown } : {}),
-    }) + '\n',
-  );
+    },
+  };
+}
+
+/** The issue's targets, node / http-backend medians. */
+export const PUSH_TARGETS = { full: 1.2, small: 1.25, bulk: 2 } as const;
+
+async function main(): Promise<void> {
+  const concurrencies = (process.env.CONCURRENCY ?? '8').split(',').map((c) => {
+    if (!/^\d+$/.test(c) || Number(c) < 1) throw new Error(`CONCURRENCY must be a number or a list of numbers, got '${process.env.CONCURRENCY}'`);
+    return Number(c);
+  });
+  const { report, json } = await benchPush({
+    runs: envInt('RUNS', 3),
+    smallRuns: envInt('SMALL_RUNS', 20),
+    pushes: envInt('PUSHES', 10),
+    concurrencies,
+    bulkBranches: envInt('BULK_BRANCHES', 5000, 0),
+    twoNodes: true,
+    breakdown: process.env.BREAKDOWN === '1',
+    fixture: await benchFixture(),
+  });
+  process.stdout.write(report + JSON.stringify(json) + '\n');
 }
 
 interface LogLine {
@@ -439,4 +564,4 @@ async function pushBreakdown(root: string, repoId: string): Promise<{ pushes: nu
   };
 }
 
-runMain('bench-push', main, envInt('BENCH_DEADLINE_S', 1800) * 1000);
+if (isMain(import.meta.url)) runMain('bench-push', main, envInt('BENCH_DEADLINE_S', 1800) * 1000);

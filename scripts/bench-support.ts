@@ -1,10 +1,10 @@
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
-import { createWriteStream, existsSync, mkdirSync, mkdtempSync, promises as fs, readFileSync, rmSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, promises as fs, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { DEFAULT_FIXTURE, ensureFixture, formatKiB, type FixtureInfo } from './gen-fixture.js';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { DEFAULT_FIXTURE, ensureFixture, formatKiB, type FixtureInfo, type FixtureParams } from './gen-fixture.js';
 import { LOOPBACK, LocalCluster, freePorts as localFreePorts, type LocalNode } from '../lib/cli/local-cluster.js';
 import type { RepoStateAnswer } from '../lib/cluster/peer-client.js';
 import { NODE_FLAGS } from '../lib/base/runtime.js';
@@ -82,6 +82,11 @@ for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
     process.stderr.write(`\n${signal}: cleaning up\n`);
     void cleanup().finally(() => process.exit(130));
   });
+}
+
+/** True when the module at `moduleUrl` is the script node was started with (not imported by `npm run bench`). */
+export function isMain(moduleUrl: string): boolean {
+  return process.argv[1] !== undefined && moduleUrl === pathToFileURL(path.resolve(process.argv[1])).href;
 }
 
 /** Runs main, always cleans up, exits non-zero on failure. A hard deadline bounds the whole run. */
@@ -386,9 +391,11 @@ export async function startCluster(
   const stop = async (): Promise<void> => {
     if (stopped) return;
     stopped = true;
+    runningClusters.delete(stop);
     await local.stop();
   };
   onCleanup(stop);
+  runningClusters.add(stop);
   const nodeAt = (index: number): ClusterNode => {
     const node = local.nodes[index];
     if (!node) throw new Error(`no node ${index} in a cluster of ${size}`);
@@ -423,6 +430,32 @@ export async function startCluster(
   };
   await local.start();
   return { nodes: local.nodes, urls: local.urls, root: local.root, secret: local.secret, stop, killNode, startNode, repoState };
+}
+
+const runningClusters = new Set<() => Promise<void>>();
+
+/** Stops every cluster still running (`npm run bench` after a section, also one that failed half-way). */
+export async function stopRunningClusters(): Promise<void> {
+  await Promise.all([...runningClusters].map((stop) => stop()));
+}
+
+/** Resets the peak resident set size (VmHWM) of a process of ours (`5` to /proc/<pid>/clear_refs). */
+export function resetPeakRss(pid: number): void {
+  try {
+    writeFileSync(`/proc/${pid}/clear_refs`, '5');
+  } catch {
+    // not Linux, or the process is gone: peakRssKiB then reports the peak since the process started
+  }
+}
+
+/** Peak resident set size (VmHWM, KiB) of a process since it started or since resetPeakRss; NaN when unknown. */
+export function peakRssKiB(pid: number): number {
+  try {
+    const m = /^VmHWM:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) : NaN;
+  } catch {
+    return NaN;
+  }
 }
 
 /** The last lines of a log file (for error messages). */
@@ -621,10 +654,15 @@ export async function refLines(args: string[], env: NodeJS.ProcessEnv, cwd?: str
     .sort();
 }
 
+export interface BenchFixture {
+  dir: string;
+  fixture: FixtureInfo;
+}
+
 /** The fixture named by FIXTURE (default .bench/fixture.git), built if missing, announced on stderr. */
-export async function benchFixture(): Promise<{ dir: string; fixture: FixtureInfo }> {
-  const dir = path.resolve(PROJECT_ROOT, process.env.FIXTURE ?? DEFAULT_FIXTURE);
-  const fixture = await ensureFixture(dir);
+export async function benchFixture(dirName = process.env.FIXTURE ?? DEFAULT_FIXTURE, params?: FixtureParams): Promise<BenchFixture> {
+  const dir = path.resolve(PROJECT_ROOT, dirName);
+  const fixture = await ensureFixture(dir, params);
   log(`fixture: ${fixture.commits} commits, ${fixture.refs} refs, ${formatKiB(fixture.sizePackKiB)} packed`);
   return { dir, fixture };
 }

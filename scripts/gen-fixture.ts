@@ -4,15 +4,16 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 
 // `npm run fixture [-- DIR]`: a deterministic bare git repository for the clone benchmark, by default
-// .bench/fixture.git: FIXTURE_COMMITS (default 10,000) commits on main, release branches and annotated
-// tags, and at least 15 MB packed. One `git fast-import` process is fed from a stream; content comes
+// .bench/fixture.git: FIXTURE_COMMITS (default 10,000) commits on main, FIXTURE_BRANCHES (300) branches
+// and FIXTURE_TAGS (200) annotated tags spread over its history (a real project's shape: a push --mirror
+// carries a few hundred refs), and at least 15 MB packed. One `git fast-import` process is fed from a stream; content comes
 // from a seeded PRNG and every date and name is fixed, so object ids are the same on every run and
 // every machine. Finishes with one pack (`git repack -adf`). A marker file inside the repo records the
 // parameters and the head; a fixture whose marker matches is reused as it is.
 
 export const DEFAULT_FIXTURE = '.bench/fixture.git';
 const MARKER = 'quorum-git-fixture.json';
-const FORMAT = 1;
+const FORMAT = 2;
 
 export interface FixtureParams {
   format: number;
@@ -24,6 +25,10 @@ export interface FixtureParams {
   linesPerCommit: number;
   /** A file longer than this drops lines from its start. */
   maxLinesPerFile: number;
+  /** Branches besides main (`release-<k>`), each at a commit of main's history, evenly spread. */
+  branches: number;
+  /** Annotated tags (`v<k>.0`), each at a commit of main's history, evenly spread. */
+  tags: number;
 }
 
 export interface FixtureInfo {
@@ -51,6 +56,8 @@ export function defaultParams(): FixtureParams {
     filesPerDir: 16,
     linesPerCommit: int('FIXTURE_LINES_PER_COMMIT', 24),
     maxLinesPerFile: 120,
+    branches: int('FIXTURE_BRANCHES', 300),
+    tags: int('FIXTURE_TAGS', 200),
   };
 }
 
@@ -133,7 +140,8 @@ function* fastImportStream(params: FixtureParams): Generator<Buffer> {
     }
   }
   const files = paths.map(() => [] as string[]);
-  const releaseEvery = Math.max(1, Math.floor(params.commits / 10));
+  const branchEvery = Math.max(1, Math.floor(params.commits / params.branches));
+  const tagEvery = Math.max(1, Math.floor(params.commits / params.tags));
 
   yield Buffer.from('feature done\n');
   for (let i = 1; i <= params.commits; i += 1) {
@@ -178,9 +186,9 @@ function* fastImportStream(params: FixtureParams): Generator<Buffer> {
       chunks.push(Buffer.from(`M 100644 inline ${paths[f]}\n`), ...data(files[f]!.join('\n') + '\n'));
     }
     chunks.push(Buffer.from('\n'));
-    if (i % releaseEvery === 0) {
-      const k = i / releaseEvery;
-      chunks.push(Buffer.from(`reset refs/heads/release-${k}\nfrom :${i}\n\n`));
+    if (i % branchEvery === 0 && i / branchEvery <= params.branches) chunks.push(Buffer.from(`reset refs/heads/release-${i / branchEvery}\nfrom :${i}\n\n`));
+    if (i % tagEvery === 0 && i / tagEvery <= params.tags) {
+      const k = i / tagEvery;
       chunks.push(Buffer.from(`tag v${k}.0\nfrom :${i}\ntagger ${COMMITTER} ${when} +0000\n`), ...data(`Release ${k}.0\n`));
     }
     yield Buffer.concat(chunks);
