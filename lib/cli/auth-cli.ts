@@ -11,10 +11,10 @@ import {
   readUsersFile,
   tokenExpired,
   updateUsersFile,
-  userNameProblem,
   type ScryptParams,
   type UsersFile,
 } from '../http/auth.js';
+import { userNameProblem } from '../core/repo-id.js';
 
 // `quorum-git user add|passwd|remove|list` and `quorum-git token create|list|revoke`: they edit the
 // users file (AUTH_FILE, or --file) in place, atomically and under a lock (lib/http/auth.ts). Nodes reading

@@ -58,8 +58,6 @@ export function toJson(value: unknown): string {
   return `${JSON.stringify(value, null, 2)}\n`;
 }
 
-export { formatTable };
-
 /** What a progress line needs of a stream: process.stderr, or a fake in unit specs. */
 export interface ProgressStream {
   isTTY?: boolean;

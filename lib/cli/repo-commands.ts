@@ -2,7 +2,8 @@ import http from 'node:http';
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { isQuorumGitError } from '../core/errors.js';
 import { formatRepoId, parseRepoId } from '../core/repo-id.js';
-import { EXIT, formatTable, integerParser, parseNodeUrl, toJson, type Act } from './output.js';
+import { formatTable } from './verify.js';
+import { EXIT, integerParser, parseNodeUrl, toJson, type Act } from './output.js';
 
 // `quorum-git repo create|list|show|delete --node URL`: the management API of one node (README
 // "Management API"), which coordinates writes on a quorum and reads from R nodes, so any node gives

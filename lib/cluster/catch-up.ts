@@ -1,8 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { systemClock, type Clock } from '../base/clock.js';
+import { FETCH_NAMESPACE_PREFIX, LOST_FOUND_PREFIX } from '../core/repo-id.js';
 import {
-  FETCH_NAMESPACE_PREFIX,
-  LOST_FOUND_PREFIX,
   applyRefEdits,
   deleteRefsUnder,
   readHead,
@@ -15,7 +14,8 @@ import { runGit } from '../git/git.js';
 import { addGitConfig } from '../git/hooks.js';
 import type { Logger } from '../base/logger.js';
 import type { CatchUpMode, CatchUpResult } from '../base/metrics.js';
-import { SECRET_HEADER, type PeerClient, type RepoStateAnswer } from './peer-client.js';
+import { SECRET_HEADER } from '../base/headers.js';
+import type { PeerClient, RepoStateAnswer } from './peer-client.js';
 import type { RepoStore } from '../storage/repo-store.js';
 import { catchUpSource, copyStillValid, repairVerdict } from '../core/convergence.js';
 import { compareVersions, type NodeId, type RepoVersion } from '../core/txn-core.js';

@@ -16,8 +16,6 @@ import type { CatalogEntry, NodeId, QueryOutcome, TxnMessage, Vote } from '../co
 
 /** The sending node's URL (its PUBLIC_URL); a node takes 2PC messages only from its configured peers. */
 export const NODE_HEADER = 'x-quorum-node';
-// Re-exported: what talks to peers names their headers through the peer client.
-export { REQUEST_ID_HEADER, SECRET_HEADER };
 export const PACK_UPLOAD_TIMEOUT_MS = 60 * 60_000;
 
 /**

@@ -1,13 +1,13 @@
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { sleep, systemClock, type Clock } from '../base/clock.js';
-import { isPrivateRef, quarantinePackFiles, readHead, readRefs } from '../git/git-refs.js';
+import { quarantinePackFiles, readHead, readRefs } from '../git/git-refs.js';
 import { runGit } from '../git/git.js';
 import { KeyedLock, LockTimeoutError } from '../base/keyed-lock.js';
 import type { Logger } from '../base/logger.js';
 import type { TxnTimer } from '../base/metrics.js';
 import type { PeerClient } from './peer-client.js';
-import { refNameProblem } from '../core/repo-id.js';
+import { isPrivateRef, refNameProblem } from '../core/repo-id.js';
 import type { RepoStore } from '../storage/repo-store.js';
 import type { RepoSettings } from '../core/repo-settings.js';
 import { ZERO_OID, type NodeId, type RefUpdate, type TxnOp } from '../core/txn-core.js';
@@ -62,8 +62,6 @@ export interface PushServiceOptions {
 }
 
 const UPDATE_LINE = /^([0-9a-f]{40}|[0-9a-f]{64}) ([0-9a-f]{40}|[0-9a-f]{64}) (refs\/\S+|HEAD)$/;
-
-export { refNameProblem };
 
 export function parseUpdates(body: string, maxRefs: number): RefUpdate[] {
   const updates: RefUpdate[] = [];

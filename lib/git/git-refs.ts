@@ -3,13 +3,11 @@ import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, promises as fs, 
 import path from 'node:path';
 import { sleep, type Clock } from '../base/clock.js';
 import { runGit } from './git.js';
-import { FETCH_NAMESPACE_PREFIX, LOST_FOUND_PREFIX, isPrivateRef } from '../core/repo-id.js';
+import { isPrivateRef } from '../core/repo-id.js';
 import { ZERO_OID, type RefUpdate } from '../core/txn-core.js';
 import { syncDir } from '../base/durable-fs.js';
 
 // Reading and moving refs of a bare repo with the real git, and installing shipped packs.
-
-export { FETCH_NAMESPACE_PREFIX, LOST_FOUND_PREFIX, isPrivateRef };
 
 
 export async function readRefs(repoPath: string): Promise<Record<string, string>> {
@@ -251,8 +249,6 @@ export function installPackBuffers(repoPath: string, files: Readonly<Record<stri
     closeSync(dir);
   }
 }
-
-export { syncDir };
 
 /**
  * Moves shipped pack files into the repo's object store: the .pack (and .rev) first, the .idx last,

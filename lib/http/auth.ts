@@ -7,8 +7,6 @@ import { QuorumGitError } from '../core/errors.js';
 import type { Logger } from '../base/logger.js';
 import { PART_MAX_CHARS, RESERVED_OWNERS, userNameProblem } from '../core/repo-id.js';
 
-export { userNameProblem };
-
 // Users and their credentials: the users file (AUTH_FILE), the same file on every node.
 //
 //   { "version": 1,

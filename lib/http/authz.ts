@@ -28,7 +28,7 @@ export interface RepoAccess {
 
 export const PRIVATE_REPO_ACCESS: RepoAccess = Object.freeze({ visibility: 'private' as const, collaborators: Object.freeze({}) });
 
-/** Where a repo's access settings come from (lib/node.ts `repoAccess`). */
+/** Where a repo's access settings come from (lib/http/management-api.ts `repoAccess`). */
 export type RepoAccessSource = (repoId: string) => RepoAccess;
 
 export const AUTH_CHALLENGE = 'Basic realm="quorum-git"';
@@ -137,6 +137,9 @@ export interface RequestContext {
   path: string;
 }
 
+/** Who sent each request being served: set by the app once the Gate has let it in, read by the handlers after it. */
+export type Callers = WeakMap<http.IncomingMessage, { caller: Caller; ctx: RequestContext }>;
+
 export class Gate {
   private readonly options: GateOptions;
 
@@ -208,7 +211,7 @@ export class Gate {
       case 403:
         return new QuorumGitError('forbidden', `not allowed: ${decision.reason}`);
       case 404:
-        // Word for word what a repo that does not exist gets (lib/node.ts).
+        // Word for word what a repo that does not exist gets (lib/http/management-api.ts sendRepoNotFound).
         return new QuorumGitError('repo_not_found', ctx.path.startsWith('/repos/') ? `repository ${repoId} does not exist` : 'repository not found');
     }
   }

@@ -28,8 +28,6 @@ export type Route =
   | { kind: 'gitInfoRefs'; repoId: string; service: GitService }
   | { kind: 'gitRpc'; repoId: string; service: GitService };
 
-export { TXN_ID };
-
 function methodNotAllowed(method: string, allowed: string): QuorumGitError {
   return new QuorumGitError('method_not_allowed', `${method} is not allowed here; use ${allowed}`, { details: { allowed } });
 }

@@ -3,8 +3,7 @@ import fc from 'fast-check';
 import path from 'node:path';
 import { QuorumGitError, statusByCode } from '../../lib/core/errors.js';
 import { VERSION_MAX, parseCatalog, parseRepoState, parseTxnMessage } from '../../lib/cluster/internal-messages.js';
-import { refNameProblem } from '../../lib/cluster/push-service.js';
-import { parseRepoId } from '../../lib/core/repo-id.js';
+import { parseRepoId, refNameProblem } from '../../lib/core/repo-id.js';
 import { RepoStore } from '../../lib/storage/repo-store.js';
 import { route } from '../../lib/http/router.js';
 
