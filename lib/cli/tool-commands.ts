@@ -61,7 +61,7 @@ async function runTool(name: 'verify' | 'status', options: ToolOptions): Promise
 }
 
 async function runNodeCommand(target: string, dead: boolean, options: ToolOptions): Promise<Outcome> {
-  const [{ PeerClient }, { formatMembership, runMembership }] = await Promise.all([import('../cluster/peer-client.js'), import('./membership.js')]);
+  const [{ PeerClient }, { formatMembership, runMembership }] = await Promise.all([import('../cluster/peer-client.js'), import('./dead-nodes.js')]);
   const secret = process.env.CLUSTER_SECRET;
   if (!secret) process.stderr.write('quorum-git: CLUSTER_SECRET is not set: using the development default\n');
   const client = new PeerClient({ secret: secret || DEV_CLUSTER_SECRET, requestTimeoutMs: options.timeoutMs });

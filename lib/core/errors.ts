@@ -30,6 +30,8 @@ export type ErrorCode =
   | 'not_ready'
   | 'unknown_peer'
   | 'not_coordinator'
+  | 'node_declared_dead'
+  | 'membership_refused'
   | 'internal'
   // Votes and aborts of the two-phase commit (txn-core's NoVoteCode and AbortCode).
   | 'refused'
@@ -67,6 +69,8 @@ export const statusByCode = {
   not_ready: 503,
   unknown_peer: 403,
   not_coordinator: 403,
+  node_declared_dead: 403,
+  membership_refused: 409,
   internal: 500,
   refused: 409,
   unreachable: 503,

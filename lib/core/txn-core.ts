@@ -679,6 +679,11 @@ export class Participant {
     return this.dead.has(node);
   }
 
+  /** No repo, no transaction and no decision: a node on an empty data dir (it may be readmitted). */
+  isEmpty(): boolean {
+    return this.repos.size === 0 && this.txns.size === 0 && this.decisions.size === 0;
+  }
+
   /**
    * The operator declares `node` dead for good (`dead: true`), or readmits it once it runs on an empty
    * data dir (`dead: false`). Logged before it takes effect; nothing when it already holds. Whether the

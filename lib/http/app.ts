@@ -164,6 +164,7 @@ export class HttpApp {
       case 'internalPing':
       case 'internalCatalog':
       case 'internalNode':
+      case 'internalMembership':
       case 'internalTxn':
       case 'internalQuery':
       case 'internalHook':

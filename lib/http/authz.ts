@@ -93,6 +93,7 @@ export function requirement(route: Route): Requirement {
     case 'internalPing':
     case 'internalCatalog':
     case 'internalNode':
+    case 'internalMembership':
     case 'internalTxn':
     case 'internalQuery':
     case 'internalHook':

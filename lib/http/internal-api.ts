@@ -27,6 +27,15 @@ import type { Route } from './router.js';
 
 export type InternalRoute = Extract<Route, { kind: `internal${string}` }>;
 
+/** The body of POST /internal/membership: `{ node: <url>, dead: boolean }`. */
+function parseMembership(body: unknown): { node: NodeId; dead: boolean } {
+  const b = body as { node?: unknown; dead?: unknown } | null;
+  if (typeof b !== 'object' || b === null || typeof b.node !== 'string' || b.node.length > 2048 || typeof b.dead !== 'boolean') {
+    throw new QuorumGitError('invalid_body', 'expected { "node": "<node URL>", "dead": true|false }');
+  }
+  return { node: b.node, dead: b.dead };
+}
+
 export function isPeer(req: http.IncomingMessage, clusterSecret: string): boolean {
   // Fixed-length digests: comparing the raw values would end early on a length mismatch and so
   // tell an attacker the secret's length.
@@ -84,12 +93,18 @@ export class InternalApi {
     if (!isPeer(req, this.options.config.clusterSecret)) throw new QuorumGitError('unauthorized', 'internal API: missing or wrong cluster secret');
   }
 
-  /** The configured peer an internal request says it comes from (NODE_HEADER); required when `required`. */
+  /**
+   * The configured peer an internal request says it comes from (NODE_HEADER); required when
+   * `required`. A node the operator declared dead for good is fenced: none of its messages is answered.
+   */
   senderOf(req: http.IncomingMessage, required: boolean): NodeId | undefined {
     const named = req.headers[NODE_HEADER];
     if (named === undefined && !required) return undefined;
     if (typeof named !== 'string' || !this.options.config.peerUrls.includes(named)) {
       throw new QuorumGitError('unknown_peer', `internal API: ${NODE_HEADER} must name one of this node's peers (PEER_URLS)`);
+    }
+    if (this.options.driver.participant.isDead(named)) {
+      throw new QuorumGitError('node_declared_dead', `${named} was declared dead for good: it may rejoin only on an empty data dir, once readmitted (quorum-git node readmit)`);
     }
     return named;
   }
@@ -104,6 +119,12 @@ export class InternalApi {
         return send(res, 200, { repos: driver.participant.catalog() });
       case 'internalNode':
         return send(res, 200, this.nodeInfo());
+      case 'internalMembership': {
+        const { node, dead } = parseMembership(parseJson(await readBody(req, 4096)));
+        const problem = await driver.setMembership(node, dead);
+        if (problem !== undefined) throw new QuorumGitError('membership_refused', problem);
+        return send(res, 200, { dead: driver.participant.deadNodes() });
+      }
       case 'internalTxn': {
         // A push's prepare lists every ref update: bounded by the refs-per-push limit, not the API's.
         const limit = config.maxRefsPerPush * 300 + Math.ceil(this.options.inlinePackMaxBytes * 1.4);
@@ -153,6 +174,8 @@ export class InternalApi {
       recovered: this.options.recovered(),
       in_doubt: driver.participant.inDoubt().length,
       repos: driver.participant.liveRepos().length,
+      dead: driver.participant.deadNodes(),
+      empty: driver.participant.isEmpty(),
     };
   }
 

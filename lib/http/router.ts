@@ -20,6 +20,8 @@ export type Route =
   | { kind: 'internalPing' }
   | { kind: 'internalCatalog' }
   | { kind: 'internalNode' }
+  /** The operator declares a node dead for good, or readmits it (`quorum-git node`). */
+  | { kind: 'internalMembership' }
   | { kind: 'internalTxn'; step: 'prepare' | 'commit' | 'abort' }
   | { kind: 'internalQuery'; txnId: string; refuse: boolean; asCoordinator: boolean }
   | { kind: 'internalHook' }
@@ -83,6 +85,10 @@ export function route(method: string, rawUrl: string): Route {
     if (second === 'ping' && segments.length === 2 && method === 'GET') return { kind: 'internalPing' };
     if (second === 'catalog' && segments.length === 2 && method === 'GET') return { kind: 'internalCatalog' };
     if (second === 'node' && segments.length === 2 && method === 'GET') return { kind: 'internalNode' };
+    if (second === 'membership' && segments.length === 2) {
+      if (method !== 'POST') throw methodNotAllowed(method, 'POST');
+      return { kind: 'internalMembership' };
+    }
     if (second === 'txn' && segments.length === 3 && (third === 'prepare' || third === 'commit' || third === 'abort')) {
       if (method !== 'POST') throw methodNotAllowed(method, 'POST');
       return { kind: 'internalTxn', step: third };
