@@ -13,6 +13,8 @@ export interface NodeStatus {
   recovered?: boolean;
   repos?: number;
   in_doubt?: number;
+  /** The nodes it holds declared dead for good (`quorum-git node declare-dead`). */
+  dead?: string[];
   error?: string;
 }
 
@@ -27,7 +29,7 @@ export async function runStatus(client: PeerClient, seed: NodeId, options: { tim
   const out = nodes.map((n): NodeStatus => {
     const info = infos.get(n.url);
     if (!n.reachable || !info) return { url: n.url, reachable: false, ...(n.error ? { error: n.error } : {}) };
-    return { url: n.url, reachable: true, server_id: info.server_id, recovered: info.recovered, repos: info.repos, in_doubt: info.in_doubt };
+    return { url: n.url, reachable: true, server_id: info.server_id, recovered: info.recovered, repos: info.repos, in_doubt: info.in_doubt, dead: info.dead ?? [] };
   });
   return { ok: out.every((n) => n.reachable), nodes: out };
 }
@@ -35,10 +37,10 @@ export async function runStatus(client: PeerClient, seed: NodeId, options: { tim
 export function formatStatus(report: StatusReport): string {
   const rows = report.nodes.map((n) =>
     n.reachable
-      ? [n.url, n.server_id ?? '', 'reachable', n.recovered ? 'recovered' : 'recovering', String(n.repos ?? ''), String(n.in_doubt ?? '')]
-      : [n.url, '-', 'UNREACHABLE', '-', '-', '-', n.error ?? ''],
+      ? [n.url, n.server_id ?? '', 'reachable', n.recovered ? 'recovered' : 'recovering', String(n.repos ?? ''), String(n.in_doubt ?? ''), (n.dead ?? []).join(' ')]
+      : [n.url, '-', 'UNREACHABLE', '-', '-', '-', '-', n.error ?? ''],
   );
   const down = report.nodes.filter((n) => !n.reachable).length;
   const verdict = down === 0 ? 'status: every node is reachable' : `status: ${down} of ${report.nodes.length} node(s) unreachable`;
-  return `${formatTable(['NODE', 'SERVER_ID', 'STATE', 'RECOVERY', 'REPOS', 'IN_DOUBT', 'ERROR'], rows)}\n${verdict}`;
+  return `${formatTable(['NODE', 'SERVER_ID', 'STATE', 'RECOVERY', 'REPOS', 'IN_DOUBT', 'DECLARED_DEAD', 'ERROR'], rows)}\n${verdict}`;
 }
