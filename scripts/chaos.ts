@@ -3,7 +3,7 @@ import { mkdtempSync, promises as fs, readdirSync, readFileSync, readlinkSync, r
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { LocalCluster, type LocalNode } from '../lib/cli/local-cluster.js';
+import { CLI_PATH, LocalCluster, type LocalNode } from '../lib/cli/local-cluster.js';
 import { SPEC_NODE_ENV } from '../spec/support/cluster.js';
 import { HOST, PROJECT_ROOT, freePorts, git, gitClientEnv, onCleanup, run, runMain, sleep } from './bench-support.js';
 import {
@@ -26,7 +26,9 @@ import { seededRandom } from '../lib/core/seeded-random.js';
 // through random nodes, while a nemesis SIGKILLs a node's group (node and its gits: a machine crash),
 // SIGKILLs the node alone (its gits orphaned), SIGSTOPs it for 1-5 s, cuts it off from its peers, and
 // kills one node for good near the end. Every operation is recorded with what the client heard. After
-// healing, the checker reads every replica from disk and reports each violation; exit 1 if any.
+// healing (and the operator's `quorum-git node declare-dead` of the node killed for good, so no
+// transaction waits on its answer), the checker reads every replica from disk and reports each
+// violation; exit 1 if any.
 //
 //   node dist/scripts/chaos.js [--duration-s 60] [--nodes 3|5] [--seed N] [--clients 4] [--no-faults]
 //                              [--no-kill-for-good] [--converge-timeout-s 60] [--keep]
@@ -410,6 +412,20 @@ async function healAll(): Promise<void> {
   await Promise.all(liveNodes().map((n) => restartNode(n)));
 }
 
+/**
+ * What the operator does once a machine is gone for good: `quorum-git node declare-dead`, with the
+ * node's identity (its relay URL, as its peers name it), through a live node.
+ */
+async function declareDead(violations: string[]): Promise<void> {
+  const via = liveNodes()[0]!;
+  for (const n of nodes.filter((x) => x.deadForGood)) {
+    const target = `http://${HOST}:${n.relay.port}`;
+    const res = await run(process.execPath, [CLI_PATH, 'node', 'declare-dead', target, '--node', via.url], { env: { ...process.env, CLUSTER_SECRET: secret }, timeoutMs: 60_000, allowFail: true });
+    if (res.code === 0) say(`operator: ${n.name} declared dead for good`);
+    else violations.push(`quorum-git node declare-dead ${n.name} exited ${res.code}: ${`${res.stdout}${res.stderr}`.trim().slice(0, 500)}`);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Reading replicas from disk
 
@@ -612,9 +628,10 @@ async function main(): Promise<void> {
   await Promise.all(loops);
   say('healing: every node but the one killed for good restarted, pauses and partitions ended');
   await healAll();
+  const violations: string[] = [];
+  await declareDead(violations);
   const healedAt = Date.now();
 
-  const violations: string[] = [];
   const notes: string[] = [];
   const live = liveNodes();
 
