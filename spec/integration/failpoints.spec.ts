@@ -60,7 +60,9 @@ describe('failpoints: a node killed at each point of the two-phase commit (3-nod
   /** The FAILPOINTS the running victim was started with ('' for none). */
   let armed = '';
 
-  withCluster(3, {}, (c, g) => {
+// Shared by the catch-up, failpoints, peer-messages, replication-reads, replication-repair and two-phase-commit specs
+  // (every node running with the cluster's environment when a describe ends; repo names differ).
+  withCluster(3, { shared: true }, (c, g) => {
     [cluster, git] = [c, g];
     victim = c.nodes[0]!;
   });
@@ -116,7 +118,7 @@ describe('failpoints: a node killed at each point of the two-phase commit (3-nod
         // The coordinator stays down: the two nodes left must finish (or abort) its transaction alone,
         // and take a new write to the repo.
         await run.check(WRITABLE_WITHIN_MS);
-        await eventually(() => run.write(), WRITABLE_WITHIN_MS, 500);
+        await eventually(() => run.write(), WRITABLE_WITHIN_MS, 100);
       }
       // Back (armed for the next row): all three converge, the write made without it included.
       await arm(next ? `${next.name}=crash` : '');

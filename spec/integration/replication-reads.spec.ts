@@ -44,7 +44,9 @@ describe('reads of replicated repos (3-node cluster)', function () {
     return { work, base, head };
   }
 
-  withCluster(3, { healAfterEach: true }, (c, g) => {
+  // Shared by the catch-up, failpoints, peer-messages, replication-reads, replication-repair and two-phase-commit specs
+  // (every node running with the cluster's environment when a describe ends; repo names differ).
+  withCluster(3, { healAfterEach: true, shared: true }, (c, g) => {
     [cluster, git] = [c, g];
     [n1, n2, n3] = c.nodes as [TestNode, TestNode, TestNode];
   });

@@ -24,6 +24,18 @@ export const SPEC_NODE_ENV: Readonly<Record<string, string>> = {
 };
 export const SYNC_INTERVAL_MS = Number(SPEC_NODE_ENV.SYNC_INTERVAL_MS);
 
+/**
+ * Long two-phase-commit timeouts, for specs whose nodes stay up (or whose stopped nodes refuse
+ * connections at once) and so never wait for a protocol timer: they only keep a loaded 2-core machine's
+ * slow prepare (a large pack, thousands of refs, scrypt) from failing a push. A spec that must see a
+ * timer fire keeps SPEC_NODE_ENV's short ones.
+ */
+export const LONG_2PC_ENV: Readonly<Record<string, string>> = {
+  PREPARE_TIMEOUT_MS: '15000',
+  COMMIT_TIMEOUT_MS: '5000',
+  PEER_TIMEOUT_MS: '15000',
+};
+
 const START_TIMEOUT_MS = 15_000;
 const STOP_TIMEOUT_MS = 10_000;
 const HEAL_TIMEOUT_MS = 15_000;
@@ -383,24 +395,32 @@ export class Cluster {
 }
 
 /**
- * mocha `afterEach` body: prints the log tails of a cluster when the spec that just ran failed.
- * Use as `afterEach(function () { printLogsOnFailure(this, cluster); })`.
- */
-/**
  * The hooks every integration `describe` wants around its cluster: before all its specs, a cluster of
  * `size` nodes that all see each other and an isolated git client, handed to `ready`; after a failed
  * spec, the tail of every node's log; after each spec, with `healAfterEach`, every stopped node started
  * again (for specs that stop nodes); after all, everything torn down.
+ *
+ * With `shared`, the cluster (and git client) is one per size and environment for the whole mocha run:
+ * the first describe that asks starts it, later ones (in this file or another) get it healed, and it is
+ * torn down after the last spec of the run. Starting a 3-node cluster costs seconds on a loaded 2-core
+ * machine; a describe may share only if it leaves every node running with the cluster's own environment
+ * (a node restarted with extra env is restarted without it before the describe ends), uses repo names
+ * of its own, and asserts nothing about what other describes may have left (node-wide counts, whole logs
+ * that must lack a line another spec could cause).
  */
 export function withCluster(
   size: number,
-  options: { env?: Record<string, string>; healAfterEach?: boolean },
+  options: { env?: Record<string, string>; healAfterEach?: boolean; shared?: boolean },
   ready: (cluster: Cluster, git: GitClient) => void,
 ): void {
   let cluster: Cluster | undefined;
   let git: GitClient | undefined;
   before(async function () {
-    [cluster, git] = await Promise.all([Cluster.create(size, options.env ? { env: options.env } : {}), GitClient.create()]);
+    if (options.shared) {
+      [cluster, git] = await sharedCluster(size, options.env ?? {});
+    } else {
+      [cluster, git] = await Promise.all([Cluster.create(size, options.env ? { env: options.env } : {}), GitClient.create()]);
+    }
     await cluster.heal();
     ready(cluster, git);
   });
@@ -409,10 +429,43 @@ export function withCluster(
     if (options.healAfterEach) await cluster?.heal();
   });
   after(async function () {
+    if (options.shared) {
+      // The next describe on it starts from every node up, as a fresh cluster would.
+      await cluster?.heal();
+      return;
+    }
     await Promise.all([cluster?.destroy(), git?.dispose()]);
   });
 }
 
+const sharedClusters = new Map<string, Promise<[Cluster, GitClient]>>();
+
+function sharedCluster(size: number, env: Record<string, string>): Promise<[Cluster, GitClient]> {
+  const key = JSON.stringify([size, Object.entries(env).sort(([a], [b]) => (a < b ? -1 : 1))]);
+  let entry = sharedClusters.get(key);
+  if (!entry) {
+    entry = Promise.all([Cluster.create(size, { env }), GitClient.create()]);
+    // A failed start is not cached: the next describe tries again and reports its own failure.
+    entry.catch(() => sharedClusters.delete(key));
+    sharedClusters.set(key, entry);
+  }
+  return entry;
+}
+
+// Evaluated while mocha loads the first spec file that imports this module: a root-level hook, run
+// after every spec of the run, that tears the shared clusters down.
+if (typeof after === 'function') {
+  after(async function () {
+    const entries = await Promise.allSettled([...sharedClusters.values()]);
+    sharedClusters.clear();
+    await Promise.all(entries.map(async (e) => (e.status === 'fulfilled' ? Promise.all([e.value[0].destroy(), e.value[1].dispose()]) : undefined)));
+  });
+}
+
+/**
+ * mocha `afterEach` body: prints the log tails of a cluster when the spec that just ran failed.
+ * Use as `afterEach(function () { printLogsOnFailure(this, cluster); })`.
+ */
 export function printLogsOnFailure(ctx: Mocha.Context, cluster: Cluster | undefined): void {
   if (cluster && ctx.currentTest?.state === 'failed') {
     cluster.failed = true;
