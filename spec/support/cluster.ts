@@ -368,6 +368,16 @@ export class Cluster {
     await this.local.waitReady({ timeoutMs: HEAL_TIMEOUT_MS });
   }
 
+  /** Waits until every node answers /health/ready: recovered (a full catch-up round done) with a quorum reachable. */
+  async waitSettled(timeoutMs = 60_000): Promise<void> {
+    await eventually(async () => {
+      for (const node of this.nodes) {
+        const res = await http(`${node.url}/health/ready`, { timeoutMs: 5000 });
+        if (res.status !== 200) throw new Error(`${node.serverId} not ready: ${res.text}`);
+      }
+    }, timeoutMs);
+  }
+
   /** Set when a spec using this cluster failed: destroy() then keeps the data dirs and logs. */
   failed = false;
 
@@ -422,6 +432,10 @@ export function withCluster(
       [cluster, git] = await Promise.all([Cluster.create(size, options.env ? { env: options.env } : {}), GitClient.create()]);
     }
     await cluster.heal();
+    // A node restarted by an earlier describe may still be catching up the repos that describe left
+    // (its read checks then slow, its coordinator answers "catching up"): a shared cluster starts a
+    // describe from where a fresh one is, every node past its first full catch-up round (ready).
+    if (options.shared) await cluster.waitSettled();
     ready(cluster, git);
   });
   afterEach(async function () {
