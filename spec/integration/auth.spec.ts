@@ -9,7 +9,7 @@ import { type Cluster, type GitClient, type TestNode, eventually, http, withClus
 // git over HTTP Basic with a password and with a token, the answers that make git ask for credentials
 // (401) or stop (403, 404), creates under one's own name, a receive-pack POST replayed without its
 // info/refs, a push proxied to the coordinator, and the audit log (never holding a token).
-// The users file and the cluster are shared with repo-settings.spec (spec/support/auth-fixture.ts).
+// The users file and the credentials are repo-settings.spec's too (spec/support/auth-fixture.ts).
 
 const ZERO = '0'.repeat(40);
 const CHALLENGE = 'Basic realm="quorum-git"';
@@ -27,9 +27,9 @@ describe('users, tokens and permissions (3-node cluster with AUTH_FILE)', functi
   let initial: { dir: string; oid: string };
 
   before(writeSpecUsersFile);
-  // Shared with repo-settings.spec: nodes stay up here, so long protocol timeouts cost nothing and keep
-  // a loaded machine's slow prepare from failing a push (as in the git-http spec).
-  withCluster(3, { env: { ...AUTH_CLUSTER_ENV }, shared: true }, (c, g) => {
+  // Nodes stay up here, so long protocol timeouts cost nothing and keep a loaded machine's slow
+  // prepare from failing a push (as in the git-http spec).
+  withCluster(3, { env: { ...AUTH_CLUSTER_ENV } }, (c, g) => {
     [cluster, git] = [c, g];
   });
 

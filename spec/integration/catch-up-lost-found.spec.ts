@@ -15,9 +15,7 @@ describe('catch-up keeps what only the lagging replica had (3-node cluster)', fu
   let n1: TestNode;
   let n3: TestNode;
 
-  // Shared by the catch-up, failpoints, peer-messages, replication-reads, replication-repair and two-phase-commit specs
-  // (every node running with the cluster's environment when a describe ends; repo names differ).
-  withCluster(3, { healAfterEach: true, shared: true }, (c, g) => {
+  withCluster(3, { healAfterEach: true }, (c, g) => {
     [cluster, git] = [c, g];
     [n1, , n3] = c.nodes as [TestNode, TestNode, TestNode];
   });

@@ -60,9 +60,7 @@ describe('failpoints: a node killed at each point of the two-phase commit (3-nod
   /** The FAILPOINTS the running victim was started with ('' for none). */
   let armed = '';
 
-// Shared by the catch-up, failpoints, peer-messages, replication-reads, replication-repair and two-phase-commit specs
-  // (every node running with the cluster's environment when a describe ends; repo names differ).
-  withCluster(3, { shared: true }, (c, g) => {
+  withCluster(3, {}, (c, g) => {
     [cluster, git] = [c, g];
     victim = c.nodes[0]!;
   });

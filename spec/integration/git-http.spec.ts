@@ -37,10 +37,8 @@ describe('git smart HTTP (3-node cluster)', function () {
   let git: GitClient;
 
   // Nodes stay up here, so long protocol timeouts cost nothing; they keep a 32 MiB push or a
-  // 3,000-ref push on a loaded 2-core machine from being aborted for slowness. The cluster is shared
-  // with replication-refs.spec and stale-locks.spec (every node is running with this environment when
-  // each describe ends; repo names differ).
-  withCluster(3, { env: { ...LONG_2PC_ENV }, shared: true }, (c, g) => {
+  // 3,000-ref push on a loaded 2-core machine from being aborted for slowness.
+  withCluster(3, { env: { ...LONG_2PC_ENV } }, (c, g) => {
     [cluster, git] = [c, g];
   });
 

@@ -26,9 +26,7 @@ describe('peers trust no message blindly (3-node cluster)', function () {
   let n1: TestNode;
   let n2: TestNode;
   let n3: TestNode;
-// Shared by the catch-up, failpoints, peer-messages, replication-reads, replication-repair and two-phase-commit specs
-  // (every node running with the cluster's environment when a describe ends; repo names differ).
-  withCluster(3, { shared: true }, (c) => {
+  withCluster(3, {}, (c) => {
     cluster = c;
     [n1, n2, n3] = c.nodes as [TestNode, TestNode, TestNode];
   });

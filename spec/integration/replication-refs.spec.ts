@@ -51,8 +51,7 @@ describe('every kind of ref update, replicated (3-node cluster)', function () {
     return (await git.ok(['rev-parse', spec], { cwd: work })).trim();
   }
 
-  // Shared with git-http.spec and the describe below (every node stays up; repo names differ).
-  withCluster(3, { env: { ...LONG_2PC_ENV }, shared: true }, (c, g) => {
+  withCluster(3, { env: { ...LONG_2PC_ENV } }, (c, g) => {
     [cluster, git] = [c, g];
     [n1, n2, n3] = c.nodes as [TestNode, TestNode, TestNode];
   });
@@ -261,8 +260,7 @@ describe('the first push into an empty repo (3-node cluster)', function () {
   let cluster: Cluster;
   let git: GitClient;
 
-  // The cluster of the describe above: long 2PC timeouts change nothing about a first push.
-  withCluster(3, { env: { ...LONG_2PC_ENV }, shared: true }, (c, g) => {
+  withCluster(3, {}, (c, g) => {
     [cluster, git] = [c, g];
   });
 

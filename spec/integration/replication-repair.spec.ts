@@ -13,18 +13,13 @@ describe('divergence repair (3-node cluster)', function () {
   let n1: TestNode;
   let n3: TestNode;
 
-// Shared by the catch-up, failpoints, peer-messages, replication-reads, replication-repair and two-phase-commit specs
-  // (every node running with the cluster's environment when a describe ends; repo names differ).
-  withCluster(3, { shared: true }, (c, g) => {
+  withCluster(3, {}, (c, g) => {
     [cluster, git] = [c, g];
     [n1, , n3] = c.nodes as [TestNode, TestNode, TestNode];
   });
 
   it('finds a replica whose refs differ at the same generation and repairs it from the majority, keeping its refs aside', async function () {
     const repoId = 'repair/diverged';
-    // The cluster is shared: only what node 3 logs from here on is this spec's.
-    const logStart = n3.logText().length;
-    const logged = (): string => n3.logText().slice(logStart);
     await createRepo(cluster, n1, repoId);
     const work = await cloneLocal(git, n1, repoId, 'repair');
     const good = await commitFile(git, work, 'a.txt', 'agreed\n');
@@ -44,10 +39,10 @@ describe('divergence repair (3-node cluster)', function () {
       Object.fromEntries(Object.entries(await diskRefs(git, n3, repoId)).filter(([ref]) => !ref.startsWith('refs/lost+found/')));
     // The refs are right a moment before the repair is logged as done: wait for both.
     await eventually(async () => {
-      expect(logged()).to.match(/"message":"repaired"/);
+      expect(n3.logText()).to.match(/"message":"repaired"/);
       expect(await served()).to.deep.equal({ 'refs/heads/main': good });
     }, 30_000);
-    expect(logged()).to.match(/replicas diverged at the same version/);
+    expect(n3.logText()).to.match(/replicas diverged at the same version/);
     // What only node 3 had is kept, under refs/lost+found/, and never shown to clients.
     const kept = (await git.run(['--git-dir', dir, 'for-each-ref', '--format=%(objectname) %(refname)', 'refs/lost+found/'])).stdout;
     expect(kept).to.include(rogue);
@@ -61,6 +56,6 @@ describe('divergence repair (3-node cluster)', function () {
       // A minority replica repaired at the first attempt was never one that does not converge.
       expect((await node.health()).body.replicas_not_converging, node.serverId).to.deep.equal([]);
     }
-    expect(logged()).to.not.match(/"message":"replica is not converging"/);
+    expect(n3.logText()).to.not.match(/"message":"replica is not converging"/);
   });
 });

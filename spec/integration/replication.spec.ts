@@ -225,8 +225,7 @@ describe('replicated pushes (2-node cluster)', function () {
   let n1: TestNode;
   let n2: TestNode;
 
-  // One 2-node cluster for this describe and its twin in replication-faults.spec (every node is healed after each spec).
-  withCluster(2, { healAfterEach: true, shared: true }, (c, g) => {
+  withCluster(2, { healAfterEach: true }, (c, g) => {
     [cluster, git] = [c, g];
     [n1, n2] = c.nodes as [TestNode, TestNode];
   });

@@ -8,7 +8,7 @@ import { diskRefs } from '../support/push-helpers.js';
 // decides access on every node (public clone, a collaborator's push), a node that was down during a
 // change adopts it (anti-entropy), protected branches refuse a force push and a delete alike whichever
 // node the push goes to, and invalid changes are refused with nothing changed.
-// The users file and the cluster are shared with auth.spec (spec/support/auth-fixture.ts).
+// The users file and the credentials are auth.spec's too (spec/support/auth-fixture.ts).
 
 describe('repo settings (3-node cluster with AUTH_FILE)', function () {
   let cluster: Cluster;
@@ -17,7 +17,7 @@ describe('repo settings (3-node cluster with AUTH_FILE)', function () {
   let work: { dir: string; oid: string };
 
   before(writeSpecUsersFile);
-  withCluster(3, { env: { ...AUTH_CLUSTER_ENV }, shared: true }, (c, g) => {
+  withCluster(3, { env: { ...AUTH_CLUSTER_ENV } }, (c, g) => {
     [cluster, git] = [c, g];
   });
 

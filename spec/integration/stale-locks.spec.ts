@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { expect } from 'chai';
-import { LONG_2PC_ENV, Cluster, GitClient, eventually, listTree, type TestNode, withCluster } from '../support/cluster.js';
+import { Cluster, GitClient, eventually, listTree, type TestNode, withCluster } from '../support/cluster.js';
 import { cloneLocal, commitFile, createRepo, expectConverged, expectPushed, repoCoordinatedBy, waitForView } from '../support/push-helpers.js';
 
 // A node killed together with its gits (what a machine crash does) leaves git's lock files in its
@@ -18,9 +18,8 @@ describe('stale git locks after a crash (3-node cluster)', function () {
   let n1: TestNode;
   let n3: TestNode;
 
-  // Nothing here is about timing (a stopped node refuses connections at once): prepares get room for a
-  // machine loaded by other specs. The cluster is git-http.spec's (every node is running again after).
-  withCluster(3, { healAfterEach: true, env: { ...LONG_2PC_ENV }, shared: true }, (c, g) => {
+  // Nothing here is about timing: prepares get room for a machine loaded by other specs.
+  withCluster(3, { healAfterEach: true, env: { PREPARE_TIMEOUT_MS: '3000', COMMIT_TIMEOUT_MS: '3000' } }, (c, g) => {
     [cluster, git] = [c, g];
     [n1, , n3] = c.nodes as [TestNode, TestNode, TestNode];
   });

@@ -61,9 +61,7 @@ describe('two-phase commit of repo create and delete (3-node cluster)', function
     return res.body;
   }
 
-  // Shared by the catch-up, failpoints, peer-messages, replication-reads, replication-repair and two-phase-commit specs
-  // (every node running with the cluster's environment when a describe ends; repo names differ).
-  withCluster(3, { healAfterEach: true, shared: true }, (c, g) => {
+  withCluster(3, { healAfterEach: true }, (c, g) => {
     [cluster, git] = [c, g];
     [n1, n2, n3] = c.nodes as [TestNode, TestNode, TestNode];
   });

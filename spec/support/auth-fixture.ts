@@ -5,8 +5,7 @@ import { hashPassword, newToken, writeUsersFile } from '../../lib/http/auth.js';
 import { LONG_2PC_ENV } from './cluster.js';
 
 // One users file for the specs of a cluster with AUTH_FILE (auth.spec, repo-settings.spec), and the
-// credentials git and fetch send with it. The file is written once per mocha run and removed after it,
-// so that those specs can share one cluster (withCluster's `shared`).
+// credentials git and fetch send with it. The file is written once per mocha run and removed after it.
 // Password hashes use scrypt's lowest accepted cost (ln=10): the cost travels with each hash.
 
 export const CHEAP_SCRYPT = { logN: 10, r: 8, p: 1 };

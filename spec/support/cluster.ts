@@ -368,16 +368,6 @@ export class Cluster {
     await this.local.waitReady({ timeoutMs: HEAL_TIMEOUT_MS });
   }
 
-  /** Waits until every node answers /health/ready: recovered (a full catch-up round done) with a quorum reachable. */
-  async waitSettled(timeoutMs = 60_000): Promise<void> {
-    await eventually(async () => {
-      for (const node of this.nodes) {
-        const res = await http(`${node.url}/health/ready`, { timeoutMs: 5000 });
-        if (res.status !== 200) throw new Error(`${node.serverId} not ready: ${res.text}`);
-      }
-    }, timeoutMs);
-  }
-
   /** Set when a spec using this cluster failed: destroy() then keeps the data dirs and logs. */
   failed = false;
 
@@ -405,37 +395,25 @@ export class Cluster {
 }
 
 /**
+ * mocha `afterEach` body: prints the log tails of a cluster when the spec that just ran failed.
+ * Use as `afterEach(function () { printLogsOnFailure(this, cluster); })`.
+ */
+/**
  * The hooks every integration `describe` wants around its cluster: before all its specs, a cluster of
  * `size` nodes that all see each other and an isolated git client, handed to `ready`; after a failed
  * spec, the tail of every node's log; after each spec, with `healAfterEach`, every stopped node started
  * again (for specs that stop nodes); after all, everything torn down.
- *
- * With `shared`, the cluster (and git client) is one per size and environment for the whole mocha run:
- * the first describe that asks starts it, later ones (in this file or another) get it healed, and it is
- * torn down after the last spec of the run. Starting a 3-node cluster costs seconds on a loaded 2-core
- * machine; a describe may share only if it leaves every node running with the cluster's own environment
- * (a node restarted with extra env is restarted without it before the describe ends), uses repo names
- * of its own, and asserts nothing about what other describes may have left (node-wide counts, whole logs
- * that must lack a line another spec could cause).
  */
 export function withCluster(
   size: number,
-  options: { env?: Record<string, string>; healAfterEach?: boolean; shared?: boolean },
+  options: { env?: Record<string, string>; healAfterEach?: boolean },
   ready: (cluster: Cluster, git: GitClient) => void,
 ): void {
   let cluster: Cluster | undefined;
   let git: GitClient | undefined;
   before(async function () {
-    if (options.shared) {
-      [cluster, git] = await sharedCluster(size, options.env ?? {});
-    } else {
-      [cluster, git] = await Promise.all([Cluster.create(size, options.env ? { env: options.env } : {}), GitClient.create()]);
-    }
+    [cluster, git] = await Promise.all([Cluster.create(size, options.env ? { env: options.env } : {}), GitClient.create()]);
     await cluster.heal();
-    // A node restarted by an earlier describe may still be catching up the repos that describe left
-    // (its read checks then slow, its coordinator answers "catching up"): a shared cluster starts a
-    // describe from where a fresh one is, every node past its first full catch-up round (ready).
-    if (options.shared) await cluster.waitSettled();
     ready(cluster, git);
   });
   afterEach(async function () {
@@ -443,43 +421,10 @@ export function withCluster(
     if (options.healAfterEach) await cluster?.heal();
   });
   after(async function () {
-    if (options.shared) {
-      // The next describe on it starts from every node up, as a fresh cluster would.
-      await cluster?.heal();
-      return;
-    }
     await Promise.all([cluster?.destroy(), git?.dispose()]);
   });
 }
 
-const sharedClusters = new Map<string, Promise<[Cluster, GitClient]>>();
-
-function sharedCluster(size: number, env: Record<string, string>): Promise<[Cluster, GitClient]> {
-  const key = JSON.stringify([size, Object.entries(env).sort(([a], [b]) => (a < b ? -1 : 1))]);
-  let entry = sharedClusters.get(key);
-  if (!entry) {
-    entry = Promise.all([Cluster.create(size, { env }), GitClient.create()]);
-    // A failed start is not cached: the next describe tries again and reports its own failure.
-    entry.catch(() => sharedClusters.delete(key));
-    sharedClusters.set(key, entry);
-  }
-  return entry;
-}
-
-// Evaluated while mocha loads the first spec file that imports this module: a root-level hook, run
-// after every spec of the run, that tears the shared clusters down.
-if (typeof after === 'function') {
-  after(async function () {
-    const entries = await Promise.allSettled([...sharedClusters.values()]);
-    sharedClusters.clear();
-    await Promise.all(entries.map(async (e) => (e.status === 'fulfilled' ? Promise.all([e.value[0].destroy(), e.value[1].dispose()]) : undefined)));
-  });
-}
-
-/**
- * mocha `afterEach` body: prints the log tails of a cluster when the spec that just ran failed.
- * Use as `afterEach(function () { printLogsOnFailure(this, cluster); })`.
- */
 export function printLogsOnFailure(ctx: Mocha.Context, cluster: Cluster | undefined): void {
   if (cluster && ctx.currentTest?.state === 'failed') {
     cluster.failed = true;
