@@ -1,35 +1,18 @@
-import { mkdtempSync, promises as fs } from 'node:fs';
-import os from 'node:os';
+import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
-import { hashPassword, newToken, writeUsersFile } from '../../lib/http/auth.js';
 import { pickCoordinator } from '../../lib/core/routing.js';
+import { AUTH_CLUSTER_ENV, ALICE_READ_TOKEN as aliceRead, ALICE_WRITE_TOKEN as aliceWrite, PASSWORDS, basic, withCredentials, writeSpecUsersFile } from '../support/auth-fixture.js';
 import { type Cluster, type GitClient, type TestNode, eventually, http, withCluster } from '../support/cluster.js';
 
 // Users, tokens and permissions on a 3-node cluster with AUTH_FILE (the same file for every node):
 // git over HTTP Basic with a password and with a token, the answers that make git ask for credentials
 // (401) or stop (403, 404), creates under one's own name, a receive-pack POST replayed without its
 // info/refs, a push proxied to the coordinator, and the audit log (never holding a token).
-// Password hashes use scrypt's lowest accepted cost (ln=10): the cost travels with each hash.
+// The users file and the credentials are repo-settings.spec's too (spec/support/auth-fixture.ts).
 
-const CHEAP = { logN: 10, r: 8, p: 1 };
 const ZERO = '0'.repeat(40);
 const CHALLENGE = 'Basic realm="quorum-git"';
-
-const PASSWORDS = { alice: 'alice-password-1', bob: 'bob-password-22', root: 'root-password-333' };
-const aliceWrite = newToken();
-const aliceRead = newToken();
-
-function basic(user: string, secret: string): Record<string, string> {
-  return { authorization: `Basic ${Buffer.from(`${user}:${secret}`).toString('base64')}` };
-}
-
-function withCredentials(url: string, user: string, secret: string): string {
-  const u = new URL(url);
-  u.username = user;
-  u.password = secret;
-  return u.toString();
-}
 
 /** A receive-pack request body as git sends it after info/refs: one command, no pack (a delete needs none). */
 function receivePackBody(oldOid: string, newOid: string, ref: string): string {
@@ -40,37 +23,14 @@ function receivePackBody(oldOid: string, newOid: string, ref: string): string {
 describe('users, tokens and permissions (3-node cluster with AUTH_FILE)', function () {
   let cluster: Cluster;
   let git: GitClient;
-  const authDir = mkdtempSync(path.join(os.tmpdir(), 'qg-auth-spec-'));
-  const authFile = path.join(authDir, 'users.json');
   const repoId = 'alice/proj';
   let initial: { dir: string; oid: string };
 
-  before(async function () {
-    const created = '2025-01-01T00:00:00Z';
-    await writeUsersFile(authFile, {
-      version: 1,
-      users: {
-        alice: {
-          admin: false,
-          password: await hashPassword(PASSWORDS.alice, CHEAP),
-          tokens: [
-            { name: 'laptop', sha256: aliceWrite.sha256, scopes: ['read', 'write'], created, expires: null },
-            { name: 'ci', sha256: aliceRead.sha256, scopes: ['read'], created, expires: null },
-          ],
-        },
-        bob: { admin: false, password: await hashPassword(PASSWORDS.bob, CHEAP), tokens: [] },
-        root: { admin: true, password: await hashPassword(PASSWORDS.root, CHEAP), tokens: [] },
-      },
-    });
-  });
+  before(writeSpecUsersFile);
   // Nodes stay up here, so long protocol timeouts cost nothing and keep a loaded machine's slow
   // prepare from failing a push (as in the git-http spec).
-  const env = { AUTH_FILE: authFile, PREPARE_TIMEOUT_MS: '15000', COMMIT_TIMEOUT_MS: '5000', PEER_TIMEOUT_MS: '15000' };
-  withCluster(3, { env }, (c, g) => {
+  withCluster(3, { env: { ...AUTH_CLUSTER_ENV } }, (c, g) => {
     [cluster, git] = [c, g];
-  });
-  after(async function () {
-    await fs.rm(authDir, { recursive: true, force: true });
   });
 
   /** The oid of `ref` on every node ('' where it does not exist), read from the files: polling with git would cost a process per node per look. */

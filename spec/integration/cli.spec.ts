@@ -6,7 +6,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
 import { portsInUse } from '../../lib/cli/local-cluster.js';
-import { Cluster, GitClient, eventually, freePorts, http, printLogsOnFailure, type TestNode } from '../support/cluster.js';
+import { LONG_2PC_ENV, Cluster, GitClient, eventually, freePorts, http, printLogsOnFailure, type TestNode } from '../support/cluster.js';
 import { cloneLocal, commitFile, createRepo, expectConverged, expectPushed } from '../support/push-helpers.js';
 
 // The `quorum-git` command line. Without a cluster: --help of the program and of every command, and
@@ -123,8 +123,7 @@ describe('quorum-git command line against a 3-node cluster', function () {
   before(async function () {
     // No spec here waits for a protocol timer (a stopped node refuses connections at once), so the
     // 2PC timeouts are generous: a loaded machine must not fail the setup's creates and pushes.
-    const env = { PREPARE_TIMEOUT_MS: '10000', COMMIT_TIMEOUT_MS: '5000', PEER_TIMEOUT_MS: '5000' };
-    [cluster, git] = await Promise.all([Cluster.create(3, { start: false, env }), GitClient.create()]);
+    [cluster, git] = await Promise.all([Cluster.create(3, { start: false, env: { ...LONG_2PC_ENV } }), GitClient.create()]);
     cluster.node(1).env.SYNC_INTERVAL_MS = NEVER_MS;
     await cluster.heal();
     const n2 = cluster.node(2);

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
-import { Cluster, GitClient, eventually, http, listTree, type TestNode, withCluster } from '../support/cluster.js';
+import { LONG_2PC_ENV, Cluster, GitClient, eventually, http, listTree, type TestNode, withCluster } from '../support/cluster.js';
 
 // Git's smart HTTP on a 3-node cluster, driven by the real git client: clone and push, unknown repos,
 // clients that go away mid-transfer, refs outside heads/tags and pushes with thousands of refs.
@@ -38,8 +38,7 @@ describe('git smart HTTP (3-node cluster)', function () {
 
   // Nodes stay up here, so long protocol timeouts cost nothing; they keep a 32 MiB push or a
   // 3,000-ref push on a loaded 2-core machine from being aborted for slowness.
-  const env = { PREPARE_TIMEOUT_MS: '15000', COMMIT_TIMEOUT_MS: '5000', PEER_TIMEOUT_MS: '15000' };
-  withCluster(3, { env }, (c, g) => {
+  withCluster(3, { env: { ...LONG_2PC_ENV } }, (c, g) => {
     [cluster, git] = [c, g];
   });
 

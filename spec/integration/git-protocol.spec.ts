@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
-import { Cluster, GitClient, eventually, http, type TestNode, withCluster } from '../support/cluster.js';
+import { LONG_2PC_ENV, Cluster, GitClient, eventually, http, type TestNode, withCluster } from '../support/cluster.js';
 import { commitFile, createRepo, expectPushed, startWith, waitForView } from '../support/push-helpers.js';
 
 // Protocol v2 and partial clones on a 3-node cluster, driven by the real git client: the client's
@@ -56,8 +56,7 @@ describe('protocol v2 and partial clones (3-node cluster)', function () {
 
   // As in git-http.spec: long protocol timeouts cost nothing while all nodes are up, and keep a
   // loaded machine's slowness from failing a push.
-  const env = { PREPARE_TIMEOUT_MS: '15000', COMMIT_TIMEOUT_MS: '5000', PEER_TIMEOUT_MS: '15000' };
-  withCluster(3, { env }, (c, g) => {
+  withCluster(3, { env: { ...LONG_2PC_ENV } }, (c, g) => {
     [cluster, git] = [c, g];
     [n1, , n3] = c.nodes as [TestNode, TestNode, TestNode];
   });

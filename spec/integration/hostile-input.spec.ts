@@ -6,7 +6,7 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import zlib from 'node:zlib';
 import { expect } from 'chai';
-import { Cluster, GitClient, eventually, http, type HttpResult, type TestNode, withCluster } from '../support/cluster.js';
+import { LONG_2PC_ENV, Cluster, GitClient, eventually, http, type HttpResult, type TestNode, withCluster } from '../support/cluster.js';
 import { SECRET_HEADER, cloneLocal, commitFile, createRepo, diskRefs, expectFsckClean, expectPushed, repoCoordinatedBy } from '../support/push-helpers.js';
 
 // Hostile input on git's smart HTTP (issue 8, "a node survives every request"): every request here
@@ -92,9 +92,7 @@ describe('hostile input on git smart HTTP (3-node cluster)', function () {
     // Long enough that held requests outlive the probes on a loaded 2-core machine.
     GIT_BODY_IDLE_TIMEOUT_MS: '5000',
     MAX_PACK_BYTES: String(1024 * 1024),
-    PREPARE_TIMEOUT_MS: '10000',
-    COMMIT_TIMEOUT_MS: '5000',
-    PEER_TIMEOUT_MS: '10000',
+    ...LONG_2PC_ENV,
     // Holds every push in its hook for a moment after the decision, so a client can be killed there.
     FAILPOINTS: 'push.participant.before-apply=delay(1500)',
   };

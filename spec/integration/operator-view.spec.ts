@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { expect } from 'chai';
-import { type Cluster, type GitClient, type TestNode, eventually, http, withCluster } from '../support/cluster.js';
+import { LONG_2PC_ENV, type Cluster, type GitClient, type TestNode, eventually, http, withCluster } from '../support/cluster.js';
 import { cloneLocal, commitFile, createRepo, expectPushed, repoCoordinatedBy } from '../support/push-helpers.js';
 
 // What an operator sees of a running 3-node cluster: GET /metrics (Prometheus text) moved by a
@@ -47,7 +47,7 @@ describe('operator view: metrics, health, request ids (3-node cluster)', functio
 
   // No spec here needs a protocol timer to fire (a stopped node refuses connections at once), so the
   // 2PC timeouts are long: a prepare slower than the harness's 1 s on a loaded machine is no failure.
-  const env = { PREPARE_TIMEOUT_MS: '30000', COMMIT_TIMEOUT_MS: '5000', PEER_TIMEOUT_MS: '15000' };
+  const env = { ...LONG_2PC_ENV, PREPARE_TIMEOUT_MS: '30000' };
   withCluster(3, { env }, (c, g) => {
     [cluster, git] = [c, g];
     [n1, n2, n3] = c.nodes as [TestNode, TestNode, TestNode];

@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
-import { Cluster, GitClient, type GitResult, type TestNode, withCluster } from '../support/cluster.js';
+import { LONG_2PC_ENV, Cluster, GitClient, type GitResult, type TestNode, withCluster } from '../support/cluster.js';
 import {
   PushGate,
   asPeer,
@@ -57,7 +57,7 @@ describe('replicated pushes under contention and faults (3-node cluster)', funct
   });
 
   // Commit re-sends are short and few, so a lost commit costs little time.
-  const env = { PREPARE_TIMEOUT_MS: '15000', COMMIT_TIMEOUT_MS: '1000', COMMIT_RESENDS: '2', PEER_TIMEOUT_MS: '15000' };
+  const env = { ...LONG_2PC_ENV, COMMIT_TIMEOUT_MS: '1000', COMMIT_RESENDS: '2' };
   withCluster(3, { env, healAfterEach: true }, (c, g) => {
     [cluster, git] = [c, g];
     [n1, n2, n3] = c.nodes as [TestNode, TestNode, TestNode];

@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { expect } from 'chai';
-import { Cluster, GitClient, type TestNode, withCluster } from '../support/cluster.js';
+import { LONG_2PC_ENV, Cluster, GitClient, type TestNode, withCluster } from '../support/cluster.js';
 import {
   PushGate,
   cloneLocal,
@@ -51,8 +51,7 @@ describe('every kind of ref update, replicated (3-node cluster)', function () {
     return (await git.ok(['rev-parse', spec], { cwd: work })).trim();
   }
 
-  const env = { PREPARE_TIMEOUT_MS: '15000', COMMIT_TIMEOUT_MS: '5000', PEER_TIMEOUT_MS: '15000' };
-  withCluster(3, { env }, (c, g) => {
+  withCluster(3, { env: { ...LONG_2PC_ENV } }, (c, g) => {
     [cluster, git] = [c, g];
     [n1, n2, n3] = c.nodes as [TestNode, TestNode, TestNode];
   });

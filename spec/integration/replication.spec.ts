@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
-import { Cluster, GitClient, type TestNode, withCluster } from '../support/cluster.js';
+import { LONG_2PC_ENV, Cluster, GitClient, type TestNode, withCluster } from '../support/cluster.js';
 import {
   cloneLocal,
   commitFile,
@@ -32,7 +32,7 @@ describe('replicated pushes (3-node cluster)', function () {
 
   // No spec here needs a protocol timer to fire (a stopped node refuses connections at once), so
   // timeouts are long: a 100 MB pack shipped to two peers on a loaded 2-core machine is not slow.
-  const env = { PREPARE_TIMEOUT_MS: '30000', COMMIT_TIMEOUT_MS: '5000', PEER_TIMEOUT_MS: '15000' };
+  const env = { ...LONG_2PC_ENV, PREPARE_TIMEOUT_MS: '30000' };
   withCluster(3, { env, healAfterEach: true }, (c, g) => {
     [cluster, git] = [c, g];
     [n1, n2, n3] = c.nodes as [TestNode, TestNode, TestNode];

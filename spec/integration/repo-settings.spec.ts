@@ -1,8 +1,6 @@
-import { mkdtempSync, promises as fs } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { expect } from 'chai';
-import { hashPassword, writeUsersFile } from '../../lib/http/auth.js';
+import { AUTH_CLUSTER_ENV, basic, withCredentials, writeSpecUsersFile } from '../support/auth-fixture.js';
 import { type Cluster, type GitClient, eventually, http, withCluster } from '../support/cluster.js';
 import { diskRefs } from '../support/push-helpers.js';
 
@@ -10,44 +8,17 @@ import { diskRefs } from '../support/push-helpers.js';
 // decides access on every node (public clone, a collaborator's push), a node that was down during a
 // change adopts it (anti-entropy), protected branches refuse a force push and a delete alike whichever
 // node the push goes to, and invalid changes are refused with nothing changed.
-
-const CHEAP = { logN: 10, r: 8, p: 1 };
-const PASSWORDS = { alice: 'alice-password-1', bob: 'bob-password-22' };
-
-function basic(user: keyof typeof PASSWORDS): Record<string, string> {
-  return { authorization: `Basic ${Buffer.from(`${user}:${PASSWORDS[user]}`).toString('base64')}` };
-}
-
-function withCredentials(url: string, user: keyof typeof PASSWORDS): string {
-  const u = new URL(url);
-  u.username = user;
-  u.password = PASSWORDS[user];
-  return u.toString();
-}
+// The users file and the credentials are auth.spec's too (spec/support/auth-fixture.ts).
 
 describe('repo settings (3-node cluster with AUTH_FILE)', function () {
   let cluster: Cluster;
   let git: GitClient;
-  const authDir = mkdtempSync(path.join(os.tmpdir(), 'qg-settings-spec-'));
-  const authFile = path.join(authDir, 'users.json');
   const repoId = 'alice/settings';
   let work: { dir: string; oid: string };
 
-  before(async function () {
-    await writeUsersFile(authFile, {
-      version: 1,
-      users: {
-        alice: { admin: false, password: await hashPassword(PASSWORDS.alice, CHEAP), tokens: [] },
-        bob: { admin: false, password: await hashPassword(PASSWORDS.bob, CHEAP), tokens: [] },
-      },
-    });
-  });
-  const env = { AUTH_FILE: authFile, PREPARE_TIMEOUT_MS: '15000', COMMIT_TIMEOUT_MS: '5000', PEER_TIMEOUT_MS: '15000' };
-  withCluster(3, { env }, (c, g) => {
+  before(writeSpecUsersFile);
+  withCluster(3, { env: { ...AUTH_CLUSTER_ENV } }, (c, g) => {
     [cluster, git] = [c, g];
-  });
-  after(async function () {
-    await fs.rm(authDir, { recursive: true, force: true });
   });
 
   const patch = (n: number, json: unknown, headers = basic('alice')): ReturnType<typeof http> =>

@@ -24,6 +24,18 @@ export const SPEC_NODE_ENV: Readonly<Record<string, string>> = {
 };
 export const SYNC_INTERVAL_MS = Number(SPEC_NODE_ENV.SYNC_INTERVAL_MS);
 
+/**
+ * Long two-phase-commit timeouts, for specs whose nodes stay up (or whose stopped nodes refuse
+ * connections at once) and so never wait for a protocol timer: they only keep a loaded 2-core machine's
+ * slow prepare (a large pack, thousands of refs, scrypt) from failing a push. A spec that must see a
+ * timer fire keeps SPEC_NODE_ENV's short ones.
+ */
+export const LONG_2PC_ENV: Readonly<Record<string, string>> = {
+  PREPARE_TIMEOUT_MS: '15000',
+  COMMIT_TIMEOUT_MS: '5000',
+  PEER_TIMEOUT_MS: '15000',
+};
+
 const START_TIMEOUT_MS = 15_000;
 const STOP_TIMEOUT_MS = 10_000;
 const HEAL_TIMEOUT_MS = 15_000;
