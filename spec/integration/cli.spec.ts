@@ -3,11 +3,11 @@ import { promises as fs } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
 import { portsInUse } from '../../lib/cli/local-cluster.js';
 import { LONG_2PC_ENV, Cluster, GitClient, eventually, freePorts, http, printLogsOnFailure, type TestNode } from '../support/cluster.js';
 import { cloneLocal, commitFile, createRepo, expectConverged, expectPushed } from '../support/push-helpers.js';
+import { CLI, type CliResult, runCli } from '../support/run-cli.js';
 
 // The `quorum-git` command line. Without a cluster: --help of the program and of every command, and
 // usage errors (exit 2). Against one real 3-node cluster shared by the file: `verify` exits 0 only when
@@ -20,34 +20,7 @@ import { cloneLocal, commitFile, createRepo, expectConverged, expectPushed } fro
 // by hand on its disk stays (the other nodes repair only themselves, and they are the majority).
 // The repo commands run last: verify and status count the repos the setup made.
 
-const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'lib', 'cli', 'cli.js');
 const NEVER_MS = '3600000';
-const CLI_TIMEOUT_MS = 30_000;
-
-interface CliResult {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs the CLI to its end (killed after CLI_TIMEOUT_MS); QUORUM_GIT_NODE is never inherited. */
-function runCli(args: string[], env: Record<string, string> = {}): Promise<CliResult> {
-  return new Promise((resolve, reject) => {
-    const inherited = { ...process.env };
-    delete inherited.QUORUM_GIT_NODE;
-    const child = spawn(process.execPath, [CLI, ...args], { env: { ...inherited, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (c: string) => (stdout += c));
-    child.stderr.setEncoding('utf8').on('data', (c: string) => (stderr += c));
-    const timer = setTimeout(() => child.kill('SIGKILL'), CLI_TIMEOUT_MS);
-    child.on('error', reject);
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
 
 const COMMANDS: { args: string[]; mentions: RegExp[] }[] = [
   { args: ['serve'], mentions: [/PEER_URLS/, /CLUSTER_SECRET/, /Exit status/] },
