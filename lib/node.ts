@@ -123,7 +123,13 @@ export class QuorumGitNode {
       observe: (mode, result, seconds) => this.metrics.catchUpRun(mode, result, seconds),
       clock,
     });
-    this.antiEntropy = new AntiEntropy({ driver: this.driver, catchUp: this.catchUpper, observeBehind: (count) => this.metrics.replicasBehind(count) });
+    this.antiEntropy = new AntiEntropy({
+      driver: this.driver,
+      catchUp: this.catchUpper,
+      observeBehind: (count) => this.metrics.replicasBehind(count),
+      clock,
+      verifyIntervalMs: config.verifyIntervalMs,
+    });
     this.membership = new Membership({
       self: config.selfUrl,
       peers: config.peerUrls,

@@ -21,6 +21,8 @@ export interface Config {
   commitResends: number;
   peerTimeoutMs: number;
   syncIntervalMs: number;
+  /** The least time between two divergence checks of a few repos' refs against the peers'. */
+  verifyIntervalMs: number;
   heartbeatIntervalMs: number;
   maxBodyBytes: number;
   maxRefsPerPush: number;
@@ -115,6 +117,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     commitResends: int(env, 'COMMIT_RESENDS', 5),
     peerTimeoutMs: int(env, 'PEER_TIMEOUT_MS', 5000, 1),
     syncIntervalMs: int(env, 'SYNC_INTERVAL_MS', 2000, 10),
+    verifyIntervalMs: int(env, 'VERIFY_INTERVAL_MS', 10_000, 10),
     heartbeatIntervalMs: int(env, 'HEARTBEAT_INTERVAL_MS', 1000, 10),
     maxBodyBytes: int(env, 'MAX_BODY_BYTES', 16 * 1024, 64),
     maxRefsPerPush: int(env, 'MAX_REFS_PER_PUSH', 100_000, 1),

@@ -180,7 +180,7 @@ describe('quorum-git command line against a 3-node cluster', function () {
       expect(report.ok).to.equal(true);
       const byUrl = new Map(report.nodes.map((n: { url: string }) => [n.url, n]));
       for (const node of cluster.nodes) {
-        expect(byUrl.get(node.url)).to.deep.equal({ url: node.url, reachable: true, server_id: node.serverId, recovered: true, repos: 2, in_doubt: 0 });
+        expect(byUrl.get(node.url)).to.deep.equal({ url: node.url, reachable: true, server_id: node.serverId, recovered: true, repos: 2, in_doubt: 0, dead: [] });
       }
       const text = await cli(['status', '--node', cluster.node(2).url]);
       expect(text.code).to.equal(0);

@@ -19,6 +19,9 @@ export const SPEC_NODE_ENV: Readonly<Record<string, string>> = {
   PREPARE_TIMEOUT_MS: '1000',
   COMMIT_TIMEOUT_MS: '1000',
   SYNC_INTERVAL_MS: '200',
+  // The divergence check (a background scrub) every second, not at every 200 ms round: each check
+  // spawns a git per repo on every node, which at every round kept this 2-core machine busy.
+  VERIFY_INTERVAL_MS: '1000',
   HEARTBEAT_INTERVAL_MS: '200',
   PEER_TIMEOUT_MS: '1000',
 };
