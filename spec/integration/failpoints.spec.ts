@@ -116,7 +116,7 @@ describe('failpoints: a node killed at each point of the two-phase commit (3-nod
         // The coordinator stays down: the two nodes left must finish (or abort) its transaction alone,
         // and take a new write to the repo.
         await run.check(WRITABLE_WITHIN_MS);
-        await eventually(() => run.write(), WRITABLE_WITHIN_MS, 100);
+        await eventually(() => run.write(), WRITABLE_WITHIN_MS, 500);
       }
       // Back (armed for the next row): all three converge, the write made without it included.
       await arm(next ? `${next.name}=crash` : '');
