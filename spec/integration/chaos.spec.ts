@@ -3,13 +3,13 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
 
-// The shipped chaos run (scripts/chaos.ts) as part of the suite: 3 real nodes, 4 clients, about 60 s of
+// The shipped chaos run (scripts/chaos.ts) as part of the suite: 3 real nodes, 4 clients, 50 s of
 // faults (process-group kills, lone-node kills, pauses, partitions, one node killed for good), then the
 // checker. The script exits 0 only when it found no violation; its figures and every violation are
 // printed when it does not.
 
 const SCRIPT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'scripts', 'chaos.js');
-const FAULT_SECONDS = 60;
+const FAULT_SECONDS = 50;
 /** Faults, draining in-flight pushes (20 s at most), healing, convergence (60 s at most), checks. */
 const RUN_TIMEOUT_MS = 240_000;
 
