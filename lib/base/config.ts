@@ -17,6 +17,8 @@ export interface Config {
   quorum: number;
   clusterSecret: string;
   prepareTimeoutMs: number;
+  /** Added to a push's prepare timeout per MiB of pack streamed to the peers. */
+  prepareTimeoutPerMiBMs: number;
   commitTimeoutMs: number;
   commitResends: number;
   peerTimeoutMs: number;
@@ -113,6 +115,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     quorum,
     clusterSecret: env.CLUSTER_SECRET || DEV_CLUSTER_SECRET,
     prepareTimeoutMs: int(env, 'PREPARE_TIMEOUT_MS', 3000, 1),
+    prepareTimeoutPerMiBMs: int(env, 'PREPARE_TIMEOUT_PER_MIB_MS', 250, 0),
     commitTimeoutMs: int(env, 'COMMIT_TIMEOUT_MS', 10_000, 1),
     commitResends: int(env, 'COMMIT_RESENDS', 5),
     peerTimeoutMs: int(env, 'PEER_TIMEOUT_MS', 5000, 1),

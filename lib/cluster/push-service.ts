@@ -1,4 +1,4 @@
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, promises as fs, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { sleep, systemClock, type Clock } from '../base/clock.js';
 import { quarantinePackFiles, readHead, readRefs } from '../git/git-refs.js';
@@ -25,6 +25,11 @@ export interface PushLimits {
   maxRefsPerPush: number;
   /** Packs up to this size travel inside the prepare message instead of a streamed upload. */
   inlinePackMaxBytes: number;
+  /**
+   * Time added to the prepare timeout per MiB of a pack streamed to the peers
+   * (PREPARE_TIMEOUT_PER_MIB_MS): the uploads and the peers' staging run inside the prepare's window.
+   */
+  prepareMsPerMiB: number;
   pushLockTimeoutMs: number;
   /** How long a finished push keeps the repo while our own replica applies it. */
   localApplyTimeoutMs: number;
@@ -195,12 +200,18 @@ export class PushService {
       // every upload is over.
       const inline = readInline(quarantined, limits.inlinePackMaxBytes);
       const packFiles = inline ? [] : await store.linkOutgoing(txnId, quarantined);
+      // A pack of 17 MiB (a real project's history) shipped to two peers of a loaded node took longer
+      // than the 3 s prepare timeout, and the push was refused as "unreachable": the timeout grows
+      // with what is shipped.
+      const shippedBytes = (await Promise.all(packFiles.map((f) => fs.stat(f).then((st) => st.size, () => 0)))).reduce((a, b) => a + b, 0);
+      const extraPrepareMs = Math.ceil((shippedBytes / (1024 * 1024)) * limits.prepareMsPerMiB);
       const uploads: Promise<unknown>[] = [];
       const exit = request.receivePackPid === undefined ? undefined : this.options.receivePackExit(request.receivePackPid);
       const localApplied = driver.localOutcome(txnId);
       const timeTxn = this.options.timeTxn ?? ((_kind, run) => run());
       const result = await timeTxn('push', () => driver.runTxn(op, request.requestId, {
         txnId,
+        extraPrepareMs,
         selfCommitGate: exit ?? Promise.resolve(),
         beforePrepare: async (peer: NodeId) => {
           // A small pack rides inside the prepare (one request less per peer); a large one streams ahead.

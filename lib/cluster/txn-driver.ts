@@ -99,6 +99,11 @@ export interface RunTxnOptions {
   beforePrepare?: (to: NodeId) => Promise<InlineFiles | void>;
   /** A push: this replica's commit waits for it (git receive-pack moving the refs itself). */
   selfCommitGate?: Promise<void>;
+  /**
+   * Time added to the prepare timeout for this transaction: a push whose pack is shipped to every
+   * peer inside the prepare's window (its upload runs in `beforePrepare`) gets time in proportion.
+   */
+  extraPrepareMs?: number;
 }
 
 export class TxnDriver {
@@ -169,7 +174,8 @@ export class TxnDriver {
     const { self, quorum, timeouts, newTxnId } = this.options;
     // Nodes declared dead for good get no prepare: they are fenced, and W is counted among the rest.
     const nodes = this.nodes.filter((n) => !this.participant.isDead(n));
-    const coord = new (this.options.coordinatorTxn ?? CoordinatorTxn)({ txnId: options.txnId ?? newTxnId(), op, self, nodes, quorum, ...timeouts });
+    const prepareTimeoutMs = timeouts.prepareTimeoutMs + (options.extraPrepareMs ?? 0);
+    const coord = new (this.options.coordinatorTxn ?? CoordinatorTxn)({ txnId: options.txnId ?? newTxnId(), op, self, nodes, quorum, ...timeouts, prepareTimeoutMs });
     if (options.selfCommitGate) this.selfCommitGates.set(coord.txnId, options.selfCommitGate);
     return new Promise((resolve) => {
       const txn: ActiveTxn = { coord, requestId, timers: new Map(), resolve, startedAt: this.options.clock.now(), ...(options.beforePrepare ? { beforePrepare: options.beforePrepare } : {}) };

@@ -35,15 +35,17 @@ describe('push service verdicts', () => {
   });
 
   /** A push service whose transaction ends in `result`; returns the verdict and the op it ran. */
-  async function verdict(result: CoordinatorResult): Promise<{ ok: boolean; message: string; op: TxnOp | undefined }> {
+  async function verdict(result: CoordinatorResult, packBytes = 0): Promise<{ ok: boolean; message: string; op: TxnOp | undefined; extraPrepareMs: number | undefined }> {
     let ran: TxnOp | undefined;
+    let extraPrepareMs: number | undefined;
     const driver = {
       nodes: [A, B, C],
       participant: { isLive: () => true, repo: () => undefined, versionOf: () => ({ epoch: 1, generation: 4 }) },
       localOutcome: () => new Promise<void>(() => undefined),
       forgetOutcome: () => undefined,
-      runTxn: async (op: TxnOp) => {
+      runTxn: async (op: TxnOp, _requestId: string, options: { extraPrepareMs?: number }) => {
         ran = op;
+        extraPrepareMs = options.extraPrepareMs;
         return result;
       },
     } as unknown as TxnDriver;
@@ -53,11 +55,15 @@ describe('push service verdicts', () => {
       client: {} as PeerClient,
       logger: quiet,
       quorum: 2,
-      limits: { maxRefsPerPush: 10, inlinePackMaxBytes: 1024, pushLockTimeoutMs: 1000, localApplyTimeoutMs: 10 },
+      limits: { maxRefsPerPush: 10, inlinePackMaxBytes: 1024, prepareMsPerMiB: 250, pushLockTimeoutMs: 1000, localApplyTimeoutMs: 10 },
       newTxnId: () => 'txn-1',
       receivePackExit: () => undefined,
     });
     const quarantine = await fs.mkdtemp(path.join(root, 'quarantine-'));
+    if (packBytes > 0) {
+      await fs.mkdir(path.join(quarantine, 'pack'));
+      await fs.writeFile(path.join(quarantine, 'pack', `pack-${'a'.repeat(40)}.pack`), Buffer.alloc(packBytes));
+    }
     const answer = await service.preReceive({
       gitDir: store.repoPath('o/r'),
       quarantine,
@@ -65,7 +71,7 @@ describe('push service verdicts', () => {
       body: `${OLD} ${NEW} refs/heads/main\n`,
       requestId: 'r',
     });
-    return { ...answer, op: ran };
+    return { ...answer, op: ran, extraPrepareMs };
   }
 
   it('says ok with how far the push got when a quorum confirmed it', async () => {
@@ -75,6 +81,15 @@ describe('push service verdicts', () => {
     answer = await verdict({ outcome: 'committed', epoch: 1, generation: 5, confirmed: [A, B], applying: [C], behind: [] });
     expect(answer.message).to.equal(`quorum-git: replicated to 2/3 nodes (quorum 2), generation 5\nquorum-git: still applying: ${C}`);
     expect(answer.op).to.deep.include({ kind: 'push', repoId: 'o/r', base: { epoch: 1, generation: 4 } });
+  });
+
+  // Found by `npm run bench`: a 17 MiB pack shipped to two peers of a loaded node took longer than the
+  // 3 s prepare timeout, and the push was refused with both peers "unreachable".
+  it('gives the prepare of a push whose pack is streamed to the peers time in proportion to its size', async () => {
+    const committed: CoordinatorResult = { outcome: 'committed', epoch: 1, generation: 5, confirmed: [A, B], applying: [], behind: [] };
+    expect((await verdict(committed, 4 * 1024 * 1024)).extraPrepareMs).to.equal(1000);
+    // A pack small enough to ride inside the prepare ships nothing ahead of it.
+    expect((await verdict(committed, 512)).extraPrepareMs).to.equal(0);
   });
 
   it('fails a push decided but confirmed by fewer than W nodes, telling the user to fetch', async () => {
