@@ -106,7 +106,7 @@ export class QuorumGitNode {
       client: this.client,
       logger,
       quorum: config.quorum,
-      limits: { maxRefsPerPush: config.maxRefsPerPush, inlinePackMaxBytes: INLINE_PACK_MAX_BYTES, prepareMsPerMiB: config.prepareTimeoutPerMiBMs, pushLockTimeoutMs: config.pushLockTimeoutMs, localApplyTimeoutMs: config.commitTimeoutMs * 10 },
+      limits: { maxRefsPerPush: config.maxRefsPerPush, inlinePackMaxBytes: INLINE_PACK_MAX_BYTES, prepareMsPerMiB: config.prepareTimeoutPerMiBMs, prepareMsPerRef: config.prepareTimeoutPerRefMs, pushLockTimeoutMs: config.pushLockTimeoutMs, localApplyTimeoutMs: config.commitTimeoutMs * 10 },
       newTxnId: () => this.newTxnId(),
       receivePackExit: (pid) => this.gitHttp.receivePackExit(pid),
       timeTxn: (kind, run) => this.metrics.timeTxn(kind, run),

@@ -19,6 +19,8 @@ export interface Config {
   prepareTimeoutMs: number;
   /** Added to a push's prepare timeout per MiB of pack streamed to the peers. */
   prepareTimeoutPerMiBMs: number;
+  /** Added to a push's prepare timeout per ref it updates. */
+  prepareTimeoutPerRefMs: number;
   commitTimeoutMs: number;
   commitResends: number;
   peerTimeoutMs: number;
@@ -116,6 +118,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     clusterSecret: env.CLUSTER_SECRET || DEV_CLUSTER_SECRET,
     prepareTimeoutMs: int(env, 'PREPARE_TIMEOUT_MS', 3000, 1),
     prepareTimeoutPerMiBMs: int(env, 'PREPARE_TIMEOUT_PER_MIB_MS', 250, 0),
+    prepareTimeoutPerRefMs: int(env, 'PREPARE_TIMEOUT_PER_REF_MS', 2, 0),
     commitTimeoutMs: int(env, 'COMMIT_TIMEOUT_MS', 10_000, 1),
     commitResends: int(env, 'COMMIT_RESENDS', 5),
     peerTimeoutMs: int(env, 'PEER_TIMEOUT_MS', 5000, 1),

@@ -30,6 +30,8 @@ export interface PushLimits {
    * (PREPARE_TIMEOUT_PER_MIB_MS): the uploads and the peers' staging run inside the prepare's window.
    */
   prepareMsPerMiB: number;
+  /** Time added to the prepare timeout per ref the push updates (PREPARE_TIMEOUT_PER_REF_MS): each peer locks and reads them all. */
+  prepareMsPerRef: number;
   pushLockTimeoutMs: number;
   /** How long a finished push keeps the repo while our own replica applies it. */
   localApplyTimeoutMs: number;
@@ -200,11 +202,11 @@ export class PushService {
       // every upload is over.
       const inline = readInline(quarantined, limits.inlinePackMaxBytes);
       const packFiles = inline ? [] : await store.linkOutgoing(txnId, quarantined);
-      // A pack of 17 MiB (a real project's history) shipped to two peers of a loaded node took longer
-      // than the 3 s prepare timeout, and the push was refused as "unreachable": the timeout grows
-      // with what is shipped.
+      // A pack of 17 MiB (a real project's history) shipped to two peers of a loaded node, and a push
+      // of 5,000 new branches (each peer locks and reads every ref), took longer than the 3 s prepare
+      // timeout and were refused as "unreachable": the timeout grows with what is shipped and moved.
       const shippedBytes = (await Promise.all(packFiles.map((f) => fs.stat(f).then((st) => st.size, () => 0)))).reduce((a, b) => a + b, 0);
-      const extraPrepareMs = Math.ceil((shippedBytes / (1024 * 1024)) * limits.prepareMsPerMiB);
+      const extraPrepareMs = Math.ceil((shippedBytes / (1024 * 1024)) * limits.prepareMsPerMiB + updates.length * limits.prepareMsPerRef);
       const uploads: Promise<unknown>[] = [];
       const exit = request.receivePackPid === undefined ? undefined : this.options.receivePackExit(request.receivePackPid);
       const localApplied = driver.localOutcome(txnId);

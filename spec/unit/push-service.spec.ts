@@ -55,7 +55,7 @@ describe('push service verdicts', () => {
       client: {} as PeerClient,
       logger: quiet,
       quorum: 2,
-      limits: { maxRefsPerPush: 10, inlinePackMaxBytes: 1024, prepareMsPerMiB: 250, pushLockTimeoutMs: 1000, localApplyTimeoutMs: 10 },
+      limits: { maxRefsPerPush: 10, inlinePackMaxBytes: 1024, prepareMsPerMiB: 250, prepareMsPerRef: 2, pushLockTimeoutMs: 1000, localApplyTimeoutMs: 10 },
       newTxnId: () => 'txn-1',
       receivePackExit: () => undefined,
     });
@@ -83,13 +83,14 @@ describe('push service verdicts', () => {
     expect(answer.op).to.deep.include({ kind: 'push', repoId: 'o/r', base: { epoch: 1, generation: 4 } });
   });
 
-  // Found by `npm run bench`: a 17 MiB pack shipped to two peers of a loaded node took longer than the
-  // 3 s prepare timeout, and the push was refused with both peers "unreachable".
-  it('gives the prepare of a push whose pack is streamed to the peers time in proportion to its size', async () => {
+  // Found by `npm run bench`: a 17 MiB pack shipped to two peers of a loaded node, and a push of 5,000
+  // new branches, took longer than the 3 s prepare timeout, and were refused with both peers "unreachable".
+  it('gives the prepare of a push time in proportion to the pack it streams to the peers and the refs it moves', async () => {
     const committed: CoordinatorResult = { outcome: 'committed', epoch: 1, generation: 5, confirmed: [A, B], applying: [], behind: [] };
-    expect((await verdict(committed, 4 * 1024 * 1024)).extraPrepareMs).to.equal(1000);
+    // 4 MiB shipped (250 ms per MiB) and one ref moved (2 ms per ref).
+    expect((await verdict(committed, 4 * 1024 * 1024)).extraPrepareMs).to.equal(1002);
     // A pack small enough to ride inside the prepare ships nothing ahead of it.
-    expect((await verdict(committed, 512)).extraPrepareMs).to.equal(0);
+    expect((await verdict(committed, 512)).extraPrepareMs).to.equal(2);
   });
 
   it('fails a push decided but confirmed by fewer than W nodes, telling the user to fetch', async () => {
