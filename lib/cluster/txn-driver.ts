@@ -82,6 +82,8 @@ interface ActiveTxn {
   startedAt: number;
   decidedAt?: number;
   requestId: string;
+  /** This transaction's prepare timeout (the configured one, plus a large push's allowance). */
+  prepareTimeoutMs: number;
   timers: Map<string, unknown>;
   resolve: (result: CoordinatorResult) => void;
   beforePrepare?: (to: NodeId) => Promise<InlineFiles | void>;
@@ -178,7 +180,15 @@ export class TxnDriver {
     const coord = new (this.options.coordinatorTxn ?? CoordinatorTxn)({ txnId: options.txnId ?? newTxnId(), op, self, nodes, quorum, ...timeouts, prepareTimeoutMs });
     if (options.selfCommitGate) this.selfCommitGates.set(coord.txnId, options.selfCommitGate);
     return new Promise((resolve) => {
-      const txn: ActiveTxn = { coord, requestId, timers: new Map(), resolve, startedAt: this.options.clock.now(), ...(options.beforePrepare ? { beforePrepare: options.beforePrepare } : {}) };
+      const txn: ActiveTxn = {
+        coord,
+        requestId,
+        timers: new Map(),
+        resolve,
+        startedAt: this.options.clock.now(),
+        prepareTimeoutMs,
+        ...(options.beforePrepare ? { beforePrepare: options.beforePrepare } : {}),
+      };
       this.active.set(coord.txnId, txn);
       this.options.logger.info('txn started', { txn_id: coord.txnId, request_id: requestId, op: op.kind, repo_id: op.repoId });
       failpoint(this.options.clock, op, 'coordinator', 'before-prepare').then(
@@ -251,7 +261,9 @@ export class TxnDriver {
       vote =
         to === this.options.self
           ? await this.handleMessage(msg)
-          : await this.options.transport.sendTxn(to, inline ? { ...msg, inlineFiles: inline } : msg, txn.requestId);
+          : // A prepare may take as long as the transaction's prepare timeout (a large push's grows), not
+            // just a peer request's: the coordinator decides by that timer anyway.
+            await this.options.transport.sendTxn(to, inline ? { ...msg, inlineFiles: inline } : msg, txn.requestId, msg.type === 'prepare' ? txn.prepareTimeoutMs : undefined);
     } catch (err) {
       this.options.logger.warn('peer did not answer', { txn_id: coord.txnId, peer: to, msg: msg.type, err: (err as Error).message });
       vote = { vote: 'no', code: 'unreachable' };
