@@ -1,4 +1,5 @@
 import { type Command, Option } from 'commander';
+import type { PeerClient } from '../cluster/peer-client.js';
 import { DEV_CLUSTER_SECRET } from '../base/config.js';
 import { EXIT, integerParser, parseNodeUrl, Progress, toJson, type Act, type Outcome } from './output.js';
 
@@ -29,52 +30,59 @@ function toolCommand(program: Command, name: string, description: string): Comma
     .addHelpText('after', TOOL_HELP);
 }
 
-async function runTool(name: 'verify' | 'status', options: ToolOptions): Promise<Outcome> {
+/**
+ * Runs one operator tool with a peer client authenticated by CLUSTER_SECRET: prints its report (a
+ * table, or JSON with --json) and exits 0 when the report is all well, 1 otherwise or when the node
+ * given did not answer (then nothing can be said about the cluster).
+ */
+async function withToolClient<R extends { ok: boolean }>(
+  label: string,
+  options: ToolOptions,
+  run: (client: PeerClient) => Promise<R>,
+  format: (report: R) => string,
+  onFailure: () => void = () => undefined,
+): Promise<Outcome> {
   // Loaded here: `--help` and the other commands start without the peer client.
-  const [{ PeerClient }, { formatStatus, runStatus }, { formatVerify, runVerify }] = await Promise.all([
-    import('../cluster/peer-client.js'),
-    import('./status.js'),
-    import('./verify.js'),
-  ]);
+  const { PeerClient } = await import('../cluster/peer-client.js');
   const secret = process.env.CLUSTER_SECRET;
   if (!secret) process.stderr.write('quorum-git: CLUSTER_SECRET is not set: using the development default\n');
   const client = new PeerClient({ secret: secret || DEV_CLUSTER_SECRET, requestTimeoutMs: options.timeoutMs });
-  const progress = new Progress(process.stderr, name);
   try {
-    if (name === 'verify') {
-      const report = await runVerify(client, options.node, { timeoutMs: options.timeoutMs, onProgress: (done, total) => progress.update(done, total, 'repos') });
-      progress.end();
-      process.stdout.write(options.json ? toJson(report) : `${formatVerify(report)}\n`);
-      return report.ok ? EXIT.ok : EXIT.failed;
-    }
-    const report = await runStatus(client, options.node, { timeoutMs: options.timeoutMs });
-    process.stdout.write(options.json ? toJson(report) : `${formatStatus(report)}\n`);
+    const report = await run(client);
+    process.stdout.write(options.json ? toJson(report) : `${format(report)}\n`);
     return report.ok ? EXIT.ok : EXIT.failed;
   } catch (err) {
-    // The node given did not answer: nothing can be said about the cluster.
-    progress.end();
-    process.stderr.write(`quorum-git ${name}: ${(err as Error).message}\n`);
+    onFailure();
+    process.stderr.write(`quorum-git ${label}: ${(err as Error).message}\n`);
     return EXIT.failed;
   } finally {
     client.close();
   }
 }
 
-async function runNodeCommand(target: string, dead: boolean, options: ToolOptions): Promise<Outcome> {
-  const [{ PeerClient }, { formatMembership, runMembership }] = await Promise.all([import('../cluster/peer-client.js'), import('./dead-nodes.js')]);
-  const secret = process.env.CLUSTER_SECRET;
-  if (!secret) process.stderr.write('quorum-git: CLUSTER_SECRET is not set: using the development default\n');
-  const client = new PeerClient({ secret: secret || DEV_CLUSTER_SECRET, requestTimeoutMs: options.timeoutMs });
-  try {
-    const report = await runMembership(client, options.node, target, dead, { timeoutMs: options.timeoutMs });
-    process.stdout.write(options.json ? toJson(report) : `${formatMembership(report)}\n`);
-    return report.ok ? EXIT.ok : EXIT.failed;
-  } catch (err) {
-    process.stderr.write(`quorum-git node: ${(err as Error).message}\n`);
-    return EXIT.failed;
-  } finally {
-    client.close();
+async function runTool(name: 'verify' | 'status', options: ToolOptions): Promise<Outcome> {
+  if (name === 'status') {
+    const { formatStatus, runStatus } = await import('./status.js');
+    return withToolClient(name, options, (client) => runStatus(client, options.node, { timeoutMs: options.timeoutMs }), formatStatus);
   }
+  const { formatVerify, runVerify } = await import('./verify.js');
+  const progress = new Progress(process.stderr, name);
+  return withToolClient(
+    name,
+    options,
+    async (client) => {
+      const report = await runVerify(client, options.node, { timeoutMs: options.timeoutMs, onProgress: (done, total) => progress.update(done, total, 'repos') });
+      progress.end();
+      return report;
+    },
+    formatVerify,
+    () => progress.end(),
+  );
+}
+
+async function runNodeCommand(target: string, dead: boolean, options: ToolOptions): Promise<Outcome> {
+  const { formatMembership, runMembership } = await import('./dead-nodes.js');
+  return withToolClient('node', options, (client) => runMembership(client, options.node, target, dead, { timeoutMs: options.timeoutMs }), formatMembership);
 }
 
 const NODE_HELP = `
