@@ -1,7 +1,7 @@
 // Replays one seed of the driver simulation (spec/unit/sim.ts) with a readable trace:
 //   npm run sim -- --seed 42 --nodes 3
 //   npm run sim -- --seed 3 --nodes 3 --mutant defect-1   (a core with issue 7's defect 1 put back)
-//   npm run sim -- --seed 140 --nodes 3 --no-declare      (no node declared dead by the operator)
+//   npm run sim -- --seed 39 --nodes 3 --no-declare       (no node declared dead by the operator)
 // Exits 1 when the seed breaks an invariant, 0 otherwise.
 
 import { MUTANT_NAMES, type MutantName } from '../spec/unit/sim-mutants.js';

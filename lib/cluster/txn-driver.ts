@@ -261,9 +261,15 @@ export class TxnDriver {
       vote =
         to === this.options.self
           ? await this.handleMessage(msg)
-          : // A prepare may take as long as the transaction's prepare timeout (a large push's grows), not
-            // just a peer request's: the coordinator decides by that timer anyway.
-            await this.options.transport.sendTxn(to, inline ? { ...msg, inlineFiles: inline } : msg, txn.requestId, msg.type === 'prepare' ? txn.prepareTimeoutMs : undefined);
+          : // The coordinator decides by its prepare timer; the request itself waits a commit timeout
+            // longer, so a peer that prepared too slowly to count still gets its yes heard and is told
+            // the commit (a late voter) instead of holding the repo until its recovery asks.
+            await this.options.transport.sendTxn(
+              to,
+              inline ? { ...msg, inlineFiles: inline } : msg,
+              txn.requestId,
+              msg.type === 'prepare' ? txn.prepareTimeoutMs + this.options.timeouts.commitTimeoutMs : undefined,
+            );
     } catch (err) {
       this.options.logger.warn('peer did not answer', { txn_id: coord.txnId, peer: to, msg: msg.type, err: (err as Error).message });
       vote = { vote: 'no', code: 'unreachable' };

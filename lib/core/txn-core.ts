@@ -177,6 +177,11 @@ export interface CoordinatorOptions {
 // pre-receive hook returns, so the coordinator's yes vote is required, counts towards the quorum, and
 // its acknowledgement is not waited for (it could not come before the reply it would be waiting on).
 
+/** A vote the coordinator made up for a node that did not answer its prepare (timed out, refused the connection). */
+function unanswered(vote: Vote): boolean {
+  return vote.vote === 'no' && vote.code === 'unreachable';
+}
+
 export class CoordinatorTxn {
   readonly txnId: string;
   readonly op: TxnOp;
@@ -240,12 +245,14 @@ export class CoordinatorTxn {
   /** A node's vote. Only the first vote from each node counts; duplicates are ignored. */
   onVote(from: NodeId, vote: Vote): CoordinatorEffect[] {
     if (this.votes.has(from) || !this.options.nodes.includes(from)) return [];
-    if (this.phase === 'accepting' || this.phase === 'committing') {
-      // A yes that arrives after the decision still gets the decision, so the voter is not left in doubt.
+    // Done with a final commit (the yes voters all acknowledged) while a prepare's answer was still out.
+    if (this.phase === 'accepting' || this.phase === 'committing' || (this.phase === 'done' && this.final)) {
+      // A yes that arrives after the decision still gets the decision, so the voter is not left in doubt;
+      // so does a node whose answer never came (it may hold the prepare), once the commit is final.
       this.votes.set(from, vote);
-      if (vote.vote === 'no') return [];
+      if (vote.vote === 'no' && !unanswered(vote)) return [];
       if (!this.final) {
-        this.lateVoters.add(from);
+        if (vote.vote === 'yes') this.lateVoters.add(from);
         return [];
       }
       return [{ type: 'send', to: from, msg: this.commitMessage(from) }];
@@ -366,6 +373,10 @@ export class CoordinatorTxn {
       if (!this.selfCommitSent && this.yesVoters().includes(self)) effects.push({ type: 'send', to: self, msg: this.commitMessage(self) });
       for (const to of this.lateVoters) if (to !== self) effects.push({ type: 'send', to, msg: this.commitMessage(to) });
     }
+    // A node whose prepare went unanswered may have staged it and be holding the repo: it is told the
+    // final commit too, once (it applies it, or, never prepared, promises never to accept it). Its
+    // answer counts for nothing: it is not among the acceptors, nor a yes voter.
+    for (const [to, vote] of this.votes) if (to !== self && unanswered(vote)) effects.push({ type: 'send', to, msg: this.commitMessage(to) });
     this.lateVoters.clear();
     this.selfCommitSent = true;
     return effects;

@@ -92,6 +92,40 @@ describe('push two-phase commit core', () => {
     for (const id of [A, B]) expect(refsOf(sim, id)).to.deep.equal({ 'refs/heads/main': oid(1) });
   });
 
+  // Found by `npm run bench` (32 clients): a peer slower to prepare than the prepare timeout voted
+  // yes after the coordinator had decided with the other; its answer was lost with the timed-out
+  // request, it was never told the commit, and it held the repo locked (and behind) until its own
+  // recovery asked, which a busy node did 50 s later: every push through it was refused meanwhile.
+  it('a peer whose prepare answer never arrived is told the commit once it is final, without waiting for its recovery', async () => {
+    const sim = await cluster();
+    const txn = push(sim, A, [{ ref: 'refs/heads/main', old: ZERO_OID, new: oid(1) }]);
+    const lostVote = (e: Envelope): boolean => e.kind === 'reply' && e.from === C && e.about === 'prepare';
+    await sim.run({ drop: lostVote });
+    expect(sim.results.get(txn)?.outcome).to.equal('committed');
+    // C staged the push and holds the repo: its yes vote was lost on the way back.
+    expect(sim.node(C).participant.lockedBy('o/r')).to.equal(txn);
+    // The request times out; no recovery round runs on C.
+    await sim.advance(sim.requestTimeoutMs, { drop: lostVote });
+    expect(sim.node(C).participant.lockedBy('o/r')).to.equal(undefined);
+    expect(refsOf(sim, C)).to.deep.equal({ 'refs/heads/main': oid(1) });
+    expect(sim.node(C).participant.versionOf('o/r')).to.deep.equal({ epoch: 1, generation: 1 });
+  });
+
+  it('a peer that never got the prepare is told the commit too, refuses it, and a late copy of the prepare then locks nothing', async () => {
+    const sim = await cluster();
+    const txn = push(sim, A, [{ ref: 'refs/heads/main', old: ZERO_OID, new: oid(1) }]);
+    const prepareToC = (e: Envelope): boolean => e.kind === 'msg' && e.msg.type === 'prepare' && e.to === C;
+    await sim.run({ drop: prepareToC });
+    await sim.advance(sim.requestTimeoutMs, { drop: prepareToC });
+    expect(sim.results.get(txn)?.outcome).to.equal('committed');
+    // C heard the final commit of a transaction it never prepared: it promised never to accept it.
+    expect(sim.node(C).participant.status(txn)).to.equal('refused');
+    const op = sim.node(A).participant.opOf(txn)!;
+    const late = sim.node(C).participant.onPrepare({ type: 'prepare', txnId: txn, op, coordinator: A }, {});
+    expect(late.filter((e) => e.type === 'reply')).to.deep.equal([{ type: 'reply', vote: { vote: 'no', code: 'refused' } }]);
+    expect(sim.node(C).participant.lockedBy('o/r')).to.equal(undefined);
+  });
+
   it('never answers ok before a quorum confirmed: a lost commit is re-sent and the answer waits for it', async () => {
     const sim = await cluster();
     const txn = push(sim, A, [{ ref: 'refs/heads/main', old: ZERO_OID, new: oid(1) }]);

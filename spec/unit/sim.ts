@@ -269,7 +269,7 @@ export class Sim {
   // ------------------------------------------------------------------ the network
 
   /** One request from `inc` to node `to`; its answer comes back as a reply event. */
-  private request<T>(inc: Incarnation, env: Envelope, handle: (target: Incarnation) => Promise<T>): Promise<T> {
+  private request<T>(inc: Incarnation, env: Envelope, handle: (target: Incarnation) => Promise<T>, timeoutMs = this.requestTimeoutMs): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       let settled = false;
       const settle = (fn: () => void): void => {
@@ -278,7 +278,7 @@ export class Sim {
         timeout.cancelled = true;
         fn();
       };
-      const timeout = this.addTimer(inc, () => settle(() => reject(new Error('request timed out'))), this.requestTimeoutMs);
+      const timeout = this.addTimer(inc, () => settle(() => reject(new Error('request timed out'))), timeoutMs);
       const about = env.kind === 'msg' ? env.msg.type : env.kind;
       const reply = (value: T | undefined, failed: boolean): void => {
         const back: Envelope = {
@@ -323,11 +323,12 @@ export class Sim {
   private transport(inc: Incarnation): Transport {
     const from = inc.node.id;
     return {
-      sendTxn: (to: NodeId, msg: TxnMessage & { inlineFiles?: Record<string, string> }): Promise<Vote> => {
+      // The driver's own timeout for a message (a prepare's), as PeerClient honours it.
+      sendTxn: (to: NodeId, msg: TxnMessage & { inlineFiles?: Record<string, string> }, _requestId?: string, timeoutMs?: number): Promise<Vote> => {
         const { inlineFiles: _files, ...bare } = msg;
         const m = bare as TxnMessage;
         if (m.type === 'commitTxn' || m.type === 'abortTxn') this.tracing && this.trace.push(`${from}:coord-send-${m.type}:${m.txnId}`);
-        return this.request(inc, { kind: 'msg', from, to, txnId: m.txnId, msg: m }, (t) => t.driver.handleMessage(m));
+        return this.request(inc, { kind: 'msg', from, to, txnId: m.txnId, msg: m }, (t) => t.driver.handleMessage(m), timeoutMs);
       },
       queryTxn: (to: NodeId, txnId: string, opts: { refuse: boolean; asCoordinator: boolean }): Promise<{ outcome: QueryOutcome; epoch?: number; generation?: number }> =>
         this.request(inc, { kind: 'query', from, to, txnId, ...opts }, (t) => t.driver.handleQuery(txnId, opts.refuse, opts.asCoordinator)),
