@@ -249,7 +249,16 @@ export class QuorumGitNode {
       this.logger.warn('this node or a peer is reached beyond loopback over plain HTTP: the cluster secret and every push travel unencrypted; set TLS_CERT, TLS_KEY and TLS_CA and use https:// URLs');
     }
     this.every(this.config.heartbeatIntervalMs, () => this.membership.heartbeat());
-    this.every(this.config.syncIntervalMs, () => this.catchUp().then(() => (this.recovered = true)));
+    // Recovery and anti-entropy run in loops of their own: a prepared transaction left by a lost vote
+    // holds its repo until recovery settles it, and under 32 concurrent clients a slow anti-entropy
+    // round ahead of it kept one waiting 50 s (every push to that repo refused meanwhile).
+    let recoveredOnce = false;
+    let syncedOnce = false;
+    const settled = (): void => {
+      if (recoveredOnce && syncedOnce) this.recovered = true;
+    };
+    this.every(this.config.syncIntervalMs, () => this.recover().then(() => ((recoveredOnce = true), settled())));
+    this.every(this.config.syncIntervalMs, () => this.antiEntropy.round().then(() => ((syncedOnce = true), settled())));
     this.every(1000, async () => this.health.sampleCpu());
   }
 
@@ -274,13 +283,12 @@ export class QuorumGitNode {
     tick();
   }
 
-  /** One round of the sync loop: recovery (in-doubt transactions, the log's checkpoint, abandoned uploads), then anti-entropy. */
-  private async catchUp(): Promise<void> {
+  /** One round of recovery: in-doubt transactions, the log's checkpoint, abandoned uploads. */
+  private async recover(): Promise<void> {
     await this.driver.resolveInDoubtOnce();
     await this.checkpointIfDue();
     // An upload is followed by its prepare within moments; one idle for two peer timeouts was abandoned.
     await this.driver.sweepIncoming(2 * this.config.peerTimeoutMs);
-    await this.antiEntropy.round();
   }
 
   /**
