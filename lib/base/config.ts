@@ -129,7 +129,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     maxRefsPerPush: int(env, 'MAX_REFS_PER_PUSH', 100_000, 1),
     maxPackBytes: int(env, 'MAX_PACK_BYTES', 16 * 1024 ** 3, 1),
     pushLockTimeoutMs: int(env, 'PUSH_LOCK_TIMEOUT_MS', 120_000, 1),
-    readCheckTimeoutMs: int(env, 'READ_CHECK_TIMEOUT_MS', 1000, 1),
+    readCheckTimeoutMs: int(env, 'READ_CHECK_TIMEOUT_MS', 3000, 1),
     catchUpTimeoutMs: int(env, 'CATCH_UP_TIMEOUT_MS', 120_000, 1),
     gcDelayMs: int(env, 'GC_DELAY_MS', 5000, 1),
     checkpointEveryEntries: int(env, 'CHECKPOINT_EVERY_ENTRIES', 10_000, 1),

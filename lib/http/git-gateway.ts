@@ -1,6 +1,7 @@
 import type http from 'node:http';
 import type https from 'node:https';
 import { createProxyServer, type ProxyServer } from 'http-proxy-3';
+import { sleep, systemClock } from '../base/clock.js';
 import type { Config } from '../base/config.js';
 import { REQUEST_ID_HEADER, SECRET_HEADER } from '../base/headers.js';
 import type { Logger } from '../base/logger.js';
@@ -136,8 +137,7 @@ export class GitGateway {
         // The coordinator must be current before it advertises refs to a pusher.
         pending?.discard();
         pending = undefined;
-        await this.options.catchUp.request(repoId);
-        plan = await this.planRead(repoId, String(res.getHeader(REQUEST_ID_HEADER)));
+        plan = await this.catchUpForPush(repoId, String(res.getHeader(REQUEST_ID_HEADER)));
         if (plan.action === 'proxy') throw new QuorumGitError('replica_behind', 'this repository is catching up on the coordinating node; push again in a moment');
       }
       switch (plan.action) {
@@ -164,6 +164,28 @@ export class GitGateway {
       }
     } finally {
       pending?.discard();
+    }
+  }
+
+  /**
+   * The coordinator found a peer ahead of its own copy when a pusher asked for refs: its own apply of
+   * the last push may still run, the coordinator may have just changed (a node thought down came
+   * back), or a catch-up may be skipped while another transaction holds the repo. It waits for its
+   * apply and catches up, again and again, until its copy is current or COMMIT_TIMEOUT_MS is spent:
+   * one attempt turned away 11 of 320 pushes under 32 concurrent clients (`npm run bench`).
+   */
+  private async catchUpForPush(repoId: string, requestId: string): Promise<ReturnType<typeof planRead>> {
+    const { driver, catchUp, config } = this.options;
+    const deadline = systemClock.now() + config.commitTimeoutMs;
+    let pause = 25;
+    for (;;) {
+      await driver.waitApplied(repoId, Math.max(1, deadline - systemClock.now()));
+      await catchUp.request(repoId);
+      const plan = await this.planRead(repoId, requestId);
+      const left = deadline - systemClock.now();
+      if (plan.action !== 'proxy' || left <= 0) return plan;
+      await sleep(systemClock, Math.min(pause, left));
+      pause = Math.min(pause * 2, 500);
     }
   }
 
