@@ -49,6 +49,8 @@ export interface Config {
   maxGitProcesses: number;
   /** The same per client address (a peer's proxied request counts for the client it forwards). */
   maxGitProcessesPerClient: number;
+  /** Connections one client address may hold open at once (0: no cap); see lib/http/connection-cap.ts. */
+  maxConnectionsPerClient: number;
   /** AUTH_FILE (users and tokens); without it the node serves anonymously, on loopback only. */
   authFile: string | undefined;
   /** How often the users file is looked at for changes. */
@@ -138,6 +140,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     gitBodyIdleTimeoutMs: int(env, 'GIT_BODY_IDLE_TIMEOUT_MS', 30_000, 100),
     maxGitProcesses: int(env, 'MAX_GIT_PROCESSES', 64, 1),
     maxGitProcessesPerClient: int(env, 'MAX_GIT_PROCESSES_PER_CLIENT', 16, 1),
+    maxConnectionsPerClient: int(env, 'MAX_CONNECTIONS_PER_CLIENT', 32, 0),
     authFile,
     authReloadIntervalMs: int(env, 'AUTH_RELOAD_INTERVAL_MS', 1000, 10),
     ...tls,

@@ -1,6 +1,6 @@
 import http from 'node:http';
 import https from 'node:https';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import type { Clock } from '../base/clock.js';
 import type { Config } from '../base/config.js';
 import { REQUEST_ID_HEADER } from '../base/headers.js';
@@ -10,6 +10,7 @@ import { KEEP_ALIVE_TIMEOUT_MS } from '../cluster/peer-client.js';
 import { QuorumGitError, errorBody, isQuorumGitError, statusByCode } from '../core/errors.js';
 import type { Caller, Callers, Gate, RequestContext } from './authz.js';
 import { PROXIED_HEADER, type GitGateway } from './git-gateway.js';
+import { ConnectionCap, clusterAddresses } from './connection-cap.js';
 import { clientAddress } from './git-rpc.js';
 import type { Health, Readiness } from './health.js';
 import { isPeer, type InternalApi } from './internal-api.js';
@@ -24,7 +25,7 @@ import { route, type Route } from './router.js';
 // (`{ "error": { "code", "message" } }`, or a plain line for git).
 
 export interface HttpAppOptions {
-  config: Pick<Config, 'serverId' | 'clusterSecret' | 'tls'>;
+  config: Pick<Config, 'serverId' | 'clusterSecret' | 'tls' | 'peerUrls' | 'maxConnectionsPerClient'>;
   logger: Logger;
   clock: Clock;
   metrics: Pick<NodeMetrics, 'observeRequest' | 'errorAnswered' | 'respond'>;
@@ -73,6 +74,9 @@ export class HttpApp {
   }
 
   async listen(port: number, host: string): Promise<void> {
+    const { config, logger, clock } = this.options;
+    const cap = new ConnectionCap(config.maxConnectionsPerClient, await clusterAddresses(config.peerUrls), logger, clock);
+    this.server.on('connection', (socket: Socket) => cap.admit(socket));
     await listen(this.server, port, host);
   }
 

@@ -18,7 +18,7 @@ import type { NodeId } from '../core/txn-core.js';
 import type { RepoStore } from '../storage/repo-store.js';
 import type { Callers } from './authz.js';
 import type { GitHttp } from './git-http.js';
-import { clientAddress } from './git-rpc.js';
+import { clientAddress, type GitSlot } from './git-rpc.js';
 import { isPeer, repoState } from './internal-api.js';
 
 // The git gateway: decides where a git request is served and carries it out. Reads are planned
@@ -84,6 +84,9 @@ export class GitGateway {
   ): Promise<void> {
     const { config, driver, gitHttp } = this.options;
     const fromPeer = isPeer(req, config.clusterSecret);
+    /** An RPC's git slot, taken before its read check (below); `handed` once the git serving it here owns it. */
+    let slot: GitSlot | undefined;
+    let handed = false;
     const serveLocal = async (): Promise<void> => {
       if (!driver.participant.isLive(repoId) || !(await this.options.store.exists(repoId))) {
         throw new QuorumGitError('repo_not_found', 'repository not found');
@@ -96,18 +99,23 @@ export class GitGateway {
       this.options.metrics.observeGitRpc(req, res, service, !fromPeer ? 'client' : req.headers[CATCH_UP_HEADER] === '1' ? 'replica' : 'proxied');
       const who = this.options.callers.get(req);
       const origin = who === undefined ? undefined : { ...who.caller.who, request_id: who.ctx.requestId };
-      return gitHttp.rpc(req, res, repoId, service, log, clientAddress(req.socket.remoteAddress, req.headers['x-forwarded-for'], fromPeer), origin);
+      handed = slot !== undefined;
+      return gitHttp.rpc(req, res, repoId, service, log, clientAddress(req.socket.remoteAddress, req.headers['x-forwarded-for'], fromPeer), origin, slot);
     };
     if (fromPeer && req.headers[DIRECT_HEADER] === '1') return serveLocal();
-    // A client already holding its share of git processes is turned away before its read check costs
-    // peer round trips: 300 slow clients must not keep /health waiting behind their checks.
+    // An RPC takes its git slot before its read check costs peer round trips, or is turned away at
+    // once: 300 slow clients must not keep /health waiting behind their checks. The slot goes to the
+    // git that serves it here; a request served otherwise gives it back.
     if (kind === 'gitRpc') {
-      const refused = gitHttp.refusedAsBusy(req, res, service, clientAddress(req.socket.remoteAddress, req.headers['x-forwarded-for'], fromPeer), log);
-      if (refused) return refused;
+      const admitted = gitHttp.admit(req, res, service, clientAddress(req.socket.remoteAddress, req.headers['x-forwarded-for'], fromPeer), log);
+      if ('refused' in admitted) return admitted.refused;
+      slot = admitted.slot;
+      res.once('close', () => handed || slot?.release());
     }
     if (service === 'receive-pack' && !fromPeer) {
       const coordinator = pickCoordinator(repoId, this.options.membership.liveNodes());
       if (coordinator !== undefined && coordinator !== config.selfUrl) {
+        slot?.release();
         return this.forward(req, res, coordinator, log, false, () => this.serveGit(req, res, repoId, service, kind, log));
       }
     }
@@ -147,6 +155,7 @@ export class GitGateway {
           throw new QuorumGitError('repo_not_found', 'repository not found');
         case 'proxy':
           void this.options.catchUp.request(repoId);
+          slot?.release();
           return this.forward(req, res, plan.to, log, true);
         case 'unavailable':
           // A push needs no read quorum to be safe: its prepare checks version and old values on a

@@ -6,7 +6,7 @@ import zlib from 'node:zlib';
 import { systemClock, type Clock } from '../base/clock.js';
 import { QuorumGitError } from '../core/errors.js';
 import { advertisementHasServiceLine, gitProtocolEnv } from './git-protocol.js';
-import { GitSlots, RequestHeadScanner, bodyDecoding } from './git-rpc.js';
+import { GitSlots, RequestHeadScanner, bodyDecoding, type GitSlot } from './git-rpc.js';
 import { REQUEST_ID_ENV } from '../git/hooks.js';
 import type { Logger } from '../base/logger.js';
 import { REQUEST_ID_HEADER } from '../base/headers.js';
@@ -152,13 +152,16 @@ export class GitHttp {
    * its hook (receivePackOrigin).
    */
   /**
-   * Refuses an RPC at once (503 git_busy) when `client` would get no git process now, before anything
-   * slower (a read check with the peers) is spent on it; true if it did. rpc() checks again when it
-   * takes its slot.
+   * Takes `client`'s git slot for an RPC before anything slower (a read check with the peers, a look
+   * at the disk) is spent on it, or refuses it at once (503 git_busy). Only checking here and taking
+   * the slot in rpc() let a burst of 300 slow clients all pass (no git ran for any of them yet) and
+   * each pay its read check before being refused. The slot goes to rpc(); a request served otherwise
+   * (proxied, refused) releases it.
    */
-  refusedAsBusy(req: http.IncomingMessage, res: http.ServerResponse, service: GitService, client: string, log: Logger): Promise<void> | undefined {
-    const full = this.slots.full(client);
-    return full === undefined ? undefined : this.refuseBusy(req, res, service, client, log, full);
+  admit(req: http.IncomingMessage, res: http.ServerResponse, service: GitService, client: string, log: Logger): { slot: GitSlot } | { refused: Promise<void> } {
+    const slot = this.slots.take(client);
+    if ('refused' in slot) return { refused: this.refuseBusy(req, res, service, client, log, slot.refused) };
+    return { slot };
   }
 
   private refuseBusy(req: http.IncomingMessage, res: http.ServerResponse, service: GitService, client: string, log: Logger, per: 'node' | 'client'): Promise<void> {
@@ -168,10 +171,13 @@ export class GitHttp {
     return this.refuse(req, res, new QuorumGitError('git_busy', `${what} at most ${per === 'node' ? this.limits.maxProcesses : this.limits.maxProcessesPerClient} git requests at once; retry in ${GIT_BUSY_RETRY_AFTER_S} s`));
   }
 
-  rpc(req: http.IncomingMessage, res: http.ServerResponse, repoId: string, service: GitService, log: Logger, client: string, origin?: unknown): Promise<void> {
+  rpc(req: http.IncomingMessage, res: http.ServerResponse, repoId: string, service: GitService, log: Logger, client: string, origin?: unknown, admitted?: GitSlot): Promise<void> {
     const decoding = bodyDecoding(req.headers['content-encoding']);
-    if (decoding === undefined) return this.refuse(req, res, new QuorumGitError('unsupported_media_type', `content-encoding ${String(req.headers['content-encoding'])} is not supported; use gzip or none`));
-    const slot = this.slots.take(client);
+    if (decoding === undefined) {
+      admitted?.release();
+      return this.refuse(req, res, new QuorumGitError('unsupported_media_type', `content-encoding ${String(req.headers['content-encoding'])} is not supported; use gzip or none`));
+    }
+    const slot = admitted ?? this.slots.take(client);
     if ('refused' in slot) return this.refuseBusy(req, res, service, client, log, slot.refused);
     const dir = this.repoPath(repoId);
     const gitProtocol = gitProtocolEnv(req.headers['git-protocol']);

@@ -147,6 +147,11 @@ export function clientAddress(remoteAddress: string | undefined, forwardedFor: s
   return remoteAddress ?? 'unknown';
 }
 
+/** A git RPC's place under the caps; `release` is idempotent. */
+export interface GitSlot {
+  release: () => void;
+}
+
 /** Counts git RPCs in flight per node and per client address; pure bookkeeping, no clock. */
 export class GitSlots {
   private readonly maxTotal: number;
@@ -163,15 +168,8 @@ export class GitSlots {
     return this.total;
   }
 
-  /** Why `client` would get no slot now (without taking one), or undefined. */
-  full(client: string): 'node' | 'client' | undefined {
-    if (this.total >= this.maxTotal) return 'node';
-    if ((this.perClient.get(client) ?? 0) >= this.maxPerClient) return 'client';
-    return undefined;
-  }
-
   /** Takes a slot for `client`; returns its release (idempotent), or why there is none. */
-  take(client: string): { release: () => void } | { refused: 'node' | 'client' } {
+  take(client: string): GitSlot | { refused: 'node' | 'client' } {
     const mine = this.perClient.get(client) ?? 0;
     if (this.total >= this.maxTotal) return { refused: 'node' };
     if (mine >= this.maxPerClient) return { refused: 'client' };
