@@ -226,17 +226,36 @@ export async function quarantinePackFiles(quarantine: string): Promise<string[]>
 }
 
 /**
- * Writes a small pack that came inside a prepare straight into the repo's object store: the .pack
- * (and .rev) under their names, the .idx last through a temporary name, since git finds a pack only
- * through a complete index. The writes are synchronous on purpose: the files are small (the inline
- * limit bounds them), and on a busy node each thread-pool round trip of an async write cost more
- * than the write itself, on every peer's vote of every push.
+ * What a peer's .keep file for a push's pack says: git's repack and gc leave a kept pack alone. git
+ * keeps its own new packs so (receive-pack's and fetch's index-pack --keep, until their refs are
+ * moved); a peer's pack, installed at prepare and named by refs only at commit, needs the same: a
+ * background `gc --auto` between the two listed the new .pack before its .idx was there (repack lists
+ * *.pack files), so pack-objects never saw it, did not keep its objects, and repack deleted it; the
+ * commit then moved a ref onto objects that were gone.
  */
-export function installPackBuffers(repoPath: string, files: Readonly<Record<string, Buffer>>): void {
+function keepNote(txnId: string): string {
+  return `quorum-git push ${txnId}\n`;
+}
+
+/** pack-<hash>.keep for one of a pack's files. */
+function keepFileFor(packDir: string, name: string): string {
+  return path.join(packDir, name.replace(/\.(pack|idx|rev)$/, '.keep'));
+}
+
+/**
+ * Writes a small pack that came inside a prepare straight into the repo's object store, kept for
+ * `txnId` (releasePackKeeps): the .keep first, then the .pack (and .rev) under their names, the .idx
+ * last through a temporary name, since git finds a pack only through a complete index. The writes
+ * are synchronous on purpose: the files are small (the inline limit bounds them), and on a busy node
+ * each thread-pool round trip of an async write cost more than the write itself, on every peer's
+ * vote of every push.
+ */
+export function installPackBuffers(repoPath: string, files: Readonly<Record<string, Buffer>>, txnId: string): void {
   const packDir = path.join(repoPath, 'objects', 'pack');
   mkdirSync(packDir, { recursive: true });
   const names = Object.keys(files).filter((n) => PACK_FILE.test(n));
   // Durable before the vote: each file fsynced, then the directory that names them.
+  for (const n of names.filter((n) => n.endsWith('.pack'))) writeFileSync(keepFileFor(packDir, n), keepNote(txnId), { flush: true });
   for (const n of names) if (!n.endsWith('.idx')) writeFileSync(path.join(packDir, n), files[n]!, { flush: true });
   for (const n of names.filter((n) => n.endsWith('.idx'))) {
     writeFileSync(path.join(packDir, `tmp_${n}`), files[n]!, { flush: true });
@@ -251,11 +270,12 @@ export function installPackBuffers(repoPath: string, files: Readonly<Record<stri
 }
 
 /**
- * Moves shipped pack files into the repo's object store: the .pack (and .rev) first, the .idx last,
- * since git finds a pack through its index. Objects present but unreferenced change nothing visible.
- * The emptied directory goes too: otherwise every push would leave one behind on every peer.
+ * Moves shipped pack files into the repo's object store, kept for `txnId` like installPackBuffers:
+ * the .keep first, then the .pack (and .rev), the .idx last, since git finds a pack through its
+ * index. Objects present but unreferenced change nothing visible. The emptied directory goes too:
+ * otherwise every push would leave one behind on every peer.
  */
-export async function installPackFiles(repoPath: string, dir: string): Promise<void> {
+export async function installPackFiles(repoPath: string, dir: string, txnId: string): Promise<void> {
   let names: string[];
   try {
     names = (await fs.readdir(dir)).filter((n) => PACK_FILE.test(n));
@@ -267,10 +287,40 @@ export async function installPackFiles(repoPath: string, dir: string): Promise<v
   names.sort((a, b) => order(a) - order(b));
   const packDir = path.join(repoPath, 'objects', 'pack');
   await fs.mkdir(packDir, { recursive: true });
+  for (const name of names.filter((n) => n.endsWith('.pack'))) await fs.writeFile(keepFileFor(packDir, name), keepNote(txnId), { flush: true });
   for (const name of names) await fs.rename(path.join(dir, name), path.join(packDir, name));
   // The files were fsynced as they arrived; their new names must survive a power loss too.
   await syncDir(packDir);
   await fs.rm(dir, { recursive: true, force: true });
+}
+
+/**
+ * Removes the .keep files of the packs installed for `txnId`, once its push is applied (its refs name
+ * the objects) or dropped (unreferenced, they then go the way of any unreachable object). Returns the
+ * files removed.
+ */
+export async function releasePackKeeps(repoPath: string, txnId: string): Promise<string[]> {
+  return removePackKeeps(repoPath, (id) => id === txnId);
+}
+
+/** Removes this node's push keeps in a repo whose transaction `keep` does not name (at start: a crash left them). */
+export async function sweepPackKeeps(repoPath: string, keep: (txnId: string) => boolean): Promise<string[]> {
+  return removePackKeeps(repoPath, (id) => !keep(id));
+}
+
+async function removePackKeeps(repoPath: string, remove: (txnId: string) => boolean): Promise<string[]> {
+  const packDir = path.join(repoPath, 'objects', 'pack');
+  const removed: string[] = [];
+  for (const name of await fs.readdir(packDir).catch(() => [] as string[])) {
+    if (!/^pack-[0-9a-f]{40,64}\.keep$/.test(name)) continue;
+    const file = path.join(packDir, name);
+    const m = /^quorum-git push (\S+)\n$/.exec(await fs.readFile(file, 'utf8').catch(() => ''));
+    // git's own keeps (receive-pack's, fetch's, an operator's) are not ours to remove.
+    if (!m || !remove(m[1]!)) continue;
+    await fs.rm(file, { force: true });
+    removed.push(file);
+  }
+  return removed;
 }
 
 // ---------------------------------------------------------------------------------------------

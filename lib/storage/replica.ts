@@ -1,6 +1,6 @@
 import { systemClock, type Clock } from '../base/clock.js';
 import type { RepoStore } from './repo-store.js';
-import { applyUpdates, expectRefsUnlocked, installPackBuffers, installPackFiles, readHead, readRefValues, readRefs, setHead } from '../git/git-refs.js';
+import { applyUpdates, expectRefsUnlocked, installPackBuffers, installPackFiles, readHead, readRefValues, readRefs, releasePackKeeps, setHead, sweepPackKeeps } from '../git/git-refs.js';
 import { RefTransactions } from '../git/ref-txn.js';
 import type { Logger } from '../base/logger.js';
 import type { RefUpdate } from '../core/txn-core.js';
@@ -51,6 +51,8 @@ const REF_LOCK_WAIT_MS = 100;
 export class GitReplica implements ReplicaStore {
   /** A peer's push holds its refs locked in git from prepare to commit (lib/git/ref-txn.ts). */
   private readonly refTxns: RefTransactions;
+  /** The repo of each staged peer push whose packs are kept (releasePackKeeps), by txn id. */
+  private readonly keptIn = new Map<string, string>();
 
   constructor(
     private readonly store: RepoStore,
@@ -60,8 +62,11 @@ export class GitReplica implements ReplicaStore {
     this.refTxns = new RefTransactions({ maxSpares: 64, idleMs: 60_000, clock });
   }
 
-  init(keepStaging: ReadonlySet<string>): Promise<string[]> {
-    return this.store.init(keepStaging);
+  /** Also drops the pack keeps of transactions no longer held (a crash between install and apply or discard). */
+  async init(keepStaging: ReadonlySet<string>): Promise<string[]> {
+    const cleared = await this.store.init(keepStaging);
+    for (const repo of await this.store.repoDirs()) cleared.push(...(await sweepPackKeeps(repo, (txnId) => keepStaging.has(txnId))));
+    return cleared;
   }
 
   exists(repoId: string): Promise<boolean> {
@@ -95,8 +100,11 @@ export class GitReplica implements ReplicaStore {
       await expectRefsUnlocked(repoPath, updates.map((u) => u.ref), REF_LOCK_WAIT_MS, this.clock);
       return;
     }
-    if (source.inline) installPackBuffers(repoPath, source.inline);
-    else await installPackFiles(repoPath, this.store.incomingDir(txnId));
+    // Kept (a .keep per pack) until the push is applied or dropped: a background gc must not take
+    // objects no ref names yet (lib/git/git-refs.ts keepNote).
+    this.keptIn.set(txnId, repoPath);
+    if (source.inline) installPackBuffers(repoPath, source.inline, txnId);
+    else await installPackFiles(repoPath, this.store.incomingDir(txnId), txnId);
     await this.refTxns.prepare(txnId, repoPath, updates);
   }
 
@@ -113,12 +121,18 @@ export class GitReplica implements ReplicaStore {
     } catch (err) {
       this.logger.warn('prepared ref transaction failed to commit; applying the push afresh', { txn_id: txnId, err: (err as Error).message });
     }
-    if (!committed) return applyUpdates(repoPath, updates, head);
-    if (head !== undefined && (await readHead(repoPath)) !== head) await setHead(repoPath, head);
+    if (!committed) await applyUpdates(repoPath, updates, head);
+    else if (head !== undefined && (await readHead(repoPath)) !== head) await setHead(repoPath, head);
+    // The refs name the objects now. Also after a restart (nothing in keptIn): the keep says its txn.
+    this.keptIn.delete(txnId);
+    await releasePackKeeps(repoPath, txnId);
   }
 
   async discard(txnId: string): Promise<void> {
     this.refTxns.abort(txnId);
+    const kept = this.keptIn.get(txnId);
+    this.keptIn.delete(txnId);
+    if (kept !== undefined) await releasePackKeeps(kept, txnId);
     await this.store.discard(txnId);
   }
 

@@ -105,7 +105,7 @@ export class RepoStore {
   }
 
   /** Every served repo's directory: repos/<owner>/<name>.git. */
-  private async repoDirs(): Promise<string[]> {
+  async repoDirs(): Promise<string[]> {
     const out: string[] = [];
     for (const owner of await fs.readdir(this.reposRoot, { withFileTypes: true })) {
       if (!owner.isDirectory()) continue;

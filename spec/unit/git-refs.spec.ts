@@ -3,7 +3,7 @@ import { execFileSync } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { readHead, readRefValues, readRefs } from '../../lib/git/git-refs.js';
+import { installPackBuffers, installPackFiles, readHead, readRefValues, readRefs, releasePackKeeps } from '../../lib/git/git-refs.js';
 
 // readRefValues reads git's files backend without git; it must agree with git for loose refs, packed
 // refs, loose-over-packed, and refs that do not exist.
@@ -46,5 +46,77 @@ describe('git refs read from files', () => {
 
   it('reads the branch HEAD names', async () => {
     expect(await readHead(repo)).to.equal('refs/heads/main');
+  });
+});
+
+// Found by the suite under load (maintenance.spec, node-1's replica): a peer installs a push's pack
+// at prepare and moves the refs at commit. A background `gc --auto` running in between listed the
+// new .pack (repack lists *.pack files) before its .idx was there, so pack-objects never saw the
+// pack and did not keep its objects (unreachable until the commit), and repack deleted it as
+// redundant; the commit then moved main onto a commit whose objects were gone. git guards its own
+// packs (receive-pack's, fetch's) with a .keep file from index-pack until the refs are moved; a
+// peer's pack now gets one too, from before its .pack is written until its push is applied or dropped.
+describe('a peer\'s installed pack against a concurrent repack', () => {
+  let repo: string;
+  let work: string;
+  const env = { ...process.env, GIT_CONFIG_NOSYSTEM: '1', GIT_AUTHOR_NAME: 'a', GIT_AUTHOR_EMAIL: 'a@a', GIT_COMMITTER_NAME: 'a', GIT_COMMITTER_EMAIL: 'a@a' };
+  const git = (cwd: string, args: string[], input?: string): string => execFileSync('git', args, { cwd, encoding: 'utf8', env, ...(input === undefined ? {} : { input }) }).trim();
+
+  /** A pack (as a peer receives it inline) holding one new commit on top of `parent`, and that commit. */
+  async function packOf(parent: string, message: string): Promise<{ files: Record<string, Buffer>; commit: string }> {
+    const tree = git(work, ['write-tree']);
+    const commit = git(work, ['commit-tree', tree, '-p', parent, '-m', message]);
+    const out = await fs.mkdtemp(path.join(os.tmpdir(), 'qg-pack-'));
+    const base = git(work, ['pack-objects', '--revs', path.join(out, 'pack')], `${commit}\n^${parent}\n`);
+    const files: Record<string, Buffer> = {};
+    for (const ext of ['pack', 'idx']) files[`pack-${base}.${ext}`] = await fs.readFile(path.join(out, `pack-${base}.${ext}`));
+    await fs.rm(out, { recursive: true, force: true });
+    return { files, commit };
+  }
+
+  beforeEach(async () => {
+    repo = await fs.mkdtemp(path.join(os.tmpdir(), 'qg-keep-'));
+    work = await fs.mkdtemp(path.join(os.tmpdir(), 'qg-keep-work-'));
+    git(repo, ['init', '-q', '--bare', '--initial-branch=main', '.']);
+    git(work, ['init', '-q', '--initial-branch=main', '.']);
+    await fs.writeFile(path.join(work, 'f'), 'one\n');
+    git(work, ['add', 'f']);
+    git(work, ['commit', '-q', '-m', 'one']);
+    git(work, ['push', '-q', repo, 'main']);
+  });
+  afterEach(async () => {
+    await fs.rm(repo, { recursive: true, force: true });
+    await fs.rm(work, { recursive: true, force: true });
+  });
+
+  it('keeps a prepared push\'s objects through a repack that drops unreachable ones, and lets them go once the push is applied', async () => {
+    const one = git(work, ['rev-parse', 'HEAD']);
+    const { files, commit } = await packOf(one, 'two');
+    installPackBuffers(repo, files, 'txn-1');
+    // The refs do not name the new commit yet (its push is prepared, not committed): the harshest
+    // repack there is, which drops every unreachable object, must leave it.
+    git(repo, ['repack', '-a', '-d', '-q']);
+    expect(git(repo, ['cat-file', '-t', commit])).to.equal('commit');
+    git(repo, ['update-ref', 'refs/heads/main', commit, one]);
+    await releasePackKeeps(repo, 'txn-1');
+    const keeps = (await fs.readdir(path.join(repo, 'objects', 'pack'))).filter((f) => f.endsWith('.keep'));
+    expect(keeps).to.deep.equal([]);
+    git(repo, ['repack', '-a', '-d', '-q']);
+    git(repo, ['fsck', '--strict']);
+    expect(git(repo, ['rev-parse', 'main'])).to.equal(commit);
+  });
+
+  it('does the same for a pack streamed ahead of its prepare, and releases only its own transaction\'s keep', async () => {
+    const one = git(work, ['rev-parse', 'HEAD']);
+    const { files, commit } = await packOf(one, 'two');
+    const incoming = await fs.mkdtemp(path.join(os.tmpdir(), 'qg-incoming-'));
+    for (const [name, content] of Object.entries(files)) await fs.writeFile(path.join(incoming, name), content);
+    await installPackFiles(repo, incoming, 'txn-2');
+    git(repo, ['repack', '-a', '-d', '-q']);
+    expect(git(repo, ['cat-file', '-t', commit])).to.equal('commit');
+    await releasePackKeeps(repo, 'txn-other');
+    expect((await fs.readdir(path.join(repo, 'objects', 'pack'))).filter((f) => f.endsWith('.keep'))).to.have.length(1);
+    await releasePackKeeps(repo, 'txn-2');
+    expect((await fs.readdir(path.join(repo, 'objects', 'pack'))).filter((f) => f.endsWith('.keep'))).to.deep.equal([]);
   });
 });
