@@ -24,6 +24,9 @@ export const SPEC_NODE_ENV: Readonly<Record<string, string>> = {
   VERIFY_INTERVAL_MS: '1000',
   HEARTBEAT_INTERVAL_MS: '200',
   PEER_TIMEOUT_MS: '1000',
+  // 3 s by default (a busy peer is waited for rather than a clone refused); specs that pause or cut off
+  // peers would wait that long on every read.
+  READ_CHECK_TIMEOUT_MS: '1000',
 };
 export const SYNC_INTERVAL_MS = Number(SPEC_NODE_ENV.SYNC_INTERVAL_MS);
 
