@@ -1,6 +1,6 @@
-import { spawn } from 'node:child_process';
 import nodeHttp from 'node:http';
-import { createRepo, envInt, isMain, log, median, round, runMain, startCluster, table, waitConverged } from './bench-support.js';
+import { createRepo, envInt, isMain, log, median, round, runMain, sleep, startCluster, table, waitConverged } from './bench-support.js';
+import { startHealthProber } from './health-prober.js';
 import { pickCoordinator } from '../lib/core/routing.js';
 
 // `npm run bench:slow`: does a node stay responsive while slow clients hold connections to it (issue 8)?
@@ -78,62 +78,6 @@ function pkt(line: string): string {
   return (line.length + 4).toString(16).padStart(4, '0') + line;
 }
 
-/**
- * A prober in a process of its own, as a load balancer's health check is: probed from this process,
- * the latencies also held this process's own work of opening 300 connections at once. It fetches
- * `url` once to warm up (undici loads on the first fetch), then waits for "go" on stdin and GETs
- * `url` every PROBE_INTERVAL_MS for `durationMs`.
- */
-async function startProber(url: string, durationMs: number): Promise<{ go: () => Promise<{ latencies: number[]; failed: number }> }> {
-  const script = `
-    const probe = async () => {
-      const started = performance.now();
-      let ok = false;
-      try {
-        const res = await fetch(${JSON.stringify(url)}, { signal: AbortSignal.timeout(30000) });
-        await res.arrayBuffer();
-        ok = res.status === 200;
-      } catch {}
-      return { ms: performance.now() - started, ok };
-    };
-    await probe();
-    process.stdout.write('ready\\n');
-    process.stdin.once('data', async () => {
-      const latencies = []; let failed = 0;
-      const until = performance.now() + ${durationMs};
-      while (performance.now() < until) {
-        const { ms, ok } = await probe();
-        latencies.push(ms);
-        if (!ok) failed += 1;
-        await new Promise((r) => setTimeout(r, ${PROBE_INTERVAL_MS}));
-      }
-      process.stdout.write(JSON.stringify({ latencies, failed }) + '\\n');
-      process.exit(0);
-    });`;
-  const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['pipe', 'pipe', 'inherit'] });
-  let out = '';
-  child.stdout.setEncoding('utf8');
-  const lines = new Promise<string[]>((resolve, reject) => {
-    child.stdout.on('data', (d: string) => (out += d));
-    child.on('error', reject);
-    child.on('exit', (code) => (code === 0 ? resolve(out.trim().split('\n')) : reject(new Error(`the /health prober exited with ${code}`))));
-  });
-  await new Promise<void>((resolve, reject) => {
-    const check = (): void => {
-      if (out.startsWith('ready\n')) resolve();
-    };
-    child.stdout.on('data', check);
-    child.on('exit', () => reject(new Error('the /health prober exited before it was ready')));
-  });
-  return {
-    go: async () => {
-      child.stdin.write('go\n');
-      const all = await lines;
-      return JSON.parse(all[all.length - 1]!) as { latencies: number[]; failed: number };
-    },
-  };
-}
-
 export async function benchSlowClients(settings: SlowClientsSettings): Promise<SlowClientsResult> {
   const cluster = await startCluster({ size: 3, env: settings.nodeEnv });
   const repoId = 'bench/slow-clients';
@@ -148,12 +92,14 @@ export async function benchSlowClients(settings: SlowClientsSettings): Promise<S
   let failedProbes = 0;
   /** How the slow clients had been answered when the probing ended (before they are stopped). */
   const answered: Record<string, number> = {};
-  const prober = await startProber(`${url}/health`, settings.probeS * 1000);
+  const prober = await startHealthProber(`${url}/health`, PROBE_INTERVAL_MS);
   const slow = Array.from({ length: settings.clients }, () => slowClient(url, `/${repoId}.git/git-upload-pack`, request, settings.dripMs));
   for (const c of slow) void c.answer.then((a) => (answers[a] = (answers[a] ?? 0) + 1));
   try {
-    const probed = await prober.go();
-    latencies.push(...probed.latencies);
+    prober.go();
+    await sleep(settings.probeS * 1000);
+    const probed = await prober.stop();
+    latencies.push(...probed.latencies_ms);
     failedProbes = probed.failed;
     Object.assign(answered, answers);
   } finally {
