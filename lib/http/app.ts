@@ -10,7 +10,7 @@ import { KEEP_ALIVE_TIMEOUT_MS } from '../cluster/peer-client.js';
 import { QuorumGitError, errorBody, isQuorumGitError, statusByCode } from '../core/errors.js';
 import type { Caller, Callers, Gate, RequestContext } from './authz.js';
 import { PROXIED_HEADER, type GitGateway } from './git-gateway.js';
-import { ConnectionCap, clusterAddresses } from './connection-cap.js';
+import { ConnectionCap, EXEMPT_REFRESH_MS, clusterAddresses } from './connection-cap.js';
 import { clientAddress } from './git-rpc.js';
 import type { Health, Readiness } from './health.js';
 import { isPeer, type InternalApi } from './internal-api.js';
@@ -47,6 +47,9 @@ export class HttpApp {
    * listener, bound to loopback on a port of its own and serving the hook's route only.
    */
   private readonly hookServer: http.Server | undefined;
+  /** The next refresh of the addresses the connection cap leaves alone (lib/http/connection-cap.ts). */
+  private refreshTimer: unknown;
+  private closed = false;
 
   constructor(options: HttpAppOptions) {
     this.options = options;
@@ -75,13 +78,22 @@ export class HttpApp {
 
   async listen(port: number, host: string): Promise<void> {
     const { config, logger, clock } = this.options;
-    const cap = new ConnectionCap(config.maxConnectionsPerClient, await clusterAddresses(config.peerUrls), logger, clock);
+    const cap = new ConnectionCap(config.maxConnectionsPerClient, logger, clock);
+    if (config.maxConnectionsPerClient > 0) {
+      const refresh = async (): Promise<void> => {
+        cap.setExempt(await clusterAddresses(config.peerUrls));
+        if (!this.closed) this.refreshTimer = clock.setTimeout(() => void refresh(), EXEMPT_REFRESH_MS);
+      };
+      await refresh();
+    }
     this.server.on('connection', (socket: Socket) => cap.admit(socket));
     await listen(this.server, port, host);
   }
 
   /** Closes the listeners and every connection, and resolves once they are closed. */
   async close(): Promise<void> {
+    this.closed = true;
+    if (this.refreshTimer !== undefined) this.options.clock.clearTimeout(this.refreshTimer);
     const closed = [this.server, this.hookServer].filter((s) => s !== undefined).map((server) => {
       const done = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeAllConnections();

@@ -10,15 +10,24 @@ import type { Logger } from '../base/logger.js';
 // server spends 0.5 to 0.8 ms on each of 300 such requests): 300 slow clients arriving at once kept
 // /health waiting 130-210 ms. Closing the surplus connections at accept costs almost nothing.
 //
-// The cluster's own addresses are never capped: the peers (their URLs' hosts, resolved at start)
-// carry every client's proxied request and the protocol's messages, and loopback carries the
-// pre-receive hook and the operator's tools. Behind a load balancer every client has its address:
-// raise the cap, or set it to 0 (off).
+// The cluster's own addresses are never capped: the peers (their URLs' hosts, resolved at start and
+// again every EXEMPT_REFRESH_MS: a peer's name may not resolve yet when a node starts, as a
+// StatefulSet's pods get their DNS records only once ready, and addresses change) carry every
+// client's proxied request and the protocol's messages, and loopback carries the pre-receive hook and
+// the operator's tools. Behind a load balancer every client has its address: raise the cap, or set
+// it to 0 (off).
 
-/** An address as sockets report it: IPv4-mapped IPv6 (`::ffff:10.0.0.1`) as plain IPv4. */
+/** How often the peers' names are resolved again for the exemption. */
+export const EXEMPT_REFRESH_MS = 30_000;
+
+/** An address as sockets report it, IPv4-mapped IPv6 as plain IPv4: `::ffff:10.0.0.1`, and `::ffff:a00:1` as URLs write it. */
 export function plainAddress(address: string | undefined): string {
   if (address === undefined) return '';
-  return address.startsWith('::ffff:') && address.includes('.') ? address.slice('::ffff:'.length) : address;
+  if (address.startsWith('::ffff:') && address.includes('.')) return address.slice('::ffff:'.length);
+  const hex = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/i.exec(address);
+  if (!hex) return address;
+  const [hi, lo] = [parseInt(hex[1]!, 16), parseInt(hex[2]!, 16)];
+  return `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
 }
 
 /** The addresses never capped: loopback's own (hook, tools) and every address the peers' hosts resolve to. */
@@ -39,13 +48,18 @@ export class ConnectionCap {
   private readonly open = new Map<string, number>();
   private readonly refusedSinceLog = new Map<string, number>();
   private lastLogMs = -Infinity;
+  private exempt: ReadonlySet<string> = new Set(['127.0.0.1', '::1']);
 
   constructor(
     private readonly maxPerClient: number,
-    private readonly exempt: ReadonlySet<string>,
     private readonly logger: Logger,
     private readonly clock: Clock,
   ) {}
+
+  /** The addresses never capped from now on (clusterAddresses); connections already open keep their count. */
+  setExempt(addresses: ReadonlySet<string>): void {
+    this.exempt = addresses;
+  }
 
   /** Counts a new connection, or closes it at once when its address already holds the cap. */
   admit(socket: Socket): void {
