@@ -3,13 +3,15 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
 
-// The shipped chaos run (scripts/chaos.ts) as part of the suite: 3 real nodes, 4 clients, 50 s of
+// The shipped chaos run (scripts/chaos.ts) as part of the suite: 3 real nodes, 4 clients, 35 s of
 // faults (process-group kills, lone-node kills, pauses, partitions, one node killed for good), then the
 // checker. The script exits 0 only when it found no violation; its figures and every violation are
 // printed when it does not.
 
 const SCRIPT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'scripts', 'chaos.js');
-const FAULT_SECONDS = 50;
+// 35 s keeps the whole suite under its 10 minutes on the 2-core machine (at 50 s a CI run took 10 min 3 s);
+// `npm run chaos` runs 60 s, and longer with --duration-s.
+const FAULT_SECONDS = 35;
 /** Faults, draining in-flight pushes (20 s at most), healing, convergence (60 s at most), checks. */
 const RUN_TIMEOUT_MS = 240_000;
 
