@@ -300,27 +300,22 @@ export async function installPackFiles(repoPath: string, dir: string, txnId: str
  * files removed.
  */
 export async function releasePackKeeps(repoPath: string, txnId: string): Promise<string[]> {
-  return removePackKeeps(repoPath, (id) => id === txnId);
+  const mine = (await listPackKeeps(repoPath)).filter((k) => k.txnId === txnId).map((k) => k.file);
+  await Promise.all(mine.map((file) => fs.rm(file, { force: true })));
+  return mine;
 }
 
-/** Removes this node's push keeps in a repo whose transaction `keep` does not name (at start: a crash left them). */
-export async function sweepPackKeeps(repoPath: string, keep: (txnId: string) => boolean): Promise<string[]> {
-  return removePackKeeps(repoPath, (id) => !keep(id));
-}
-
-async function removePackKeeps(repoPath: string, remove: (txnId: string) => boolean): Promise<string[]> {
+/** This node's push keeps in a repo (git's own keeps, receive-pack's and fetch's, and an operator's are not listed). */
+export async function listPackKeeps(repoPath: string): Promise<{ file: string; txnId: string }[]> {
   const packDir = path.join(repoPath, 'objects', 'pack');
-  const removed: string[] = [];
+  const keeps: { file: string; txnId: string }[] = [];
   for (const name of await fs.readdir(packDir).catch(() => [] as string[])) {
     if (!/^pack-[0-9a-f]{40,64}\.keep$/.test(name)) continue;
     const file = path.join(packDir, name);
     const m = /^quorum-git push (\S+)\n$/.exec(await fs.readFile(file, 'utf8').catch(() => ''));
-    // git's own keeps (receive-pack's, fetch's, an operator's) are not ours to remove.
-    if (!m || !remove(m[1]!)) continue;
-    await fs.rm(file, { force: true });
-    removed.push(file);
+    if (m) keeps.push({ file, txnId: m[1]! });
   }
-  return removed;
+  return keeps;
 }
 
 // ---------------------------------------------------------------------------------------------

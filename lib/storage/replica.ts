@@ -1,6 +1,7 @@
+import { promises as fs } from 'node:fs';
 import { systemClock, type Clock } from '../base/clock.js';
 import type { RepoStore } from './repo-store.js';
-import { applyUpdates, expectRefsUnlocked, installPackBuffers, installPackFiles, readHead, readRefValues, readRefs, releasePackKeeps, setHead, sweepPackKeeps } from '../git/git-refs.js';
+import { applyUpdates, expectRefsUnlocked, installPackBuffers, installPackFiles, readHead, readRefValues, readRefs, listPackKeeps, releasePackKeeps, setHead } from '../git/git-refs.js';
 import { RefTransactions } from '../git/ref-txn.js';
 import type { Logger } from '../base/logger.js';
 import type { RefUpdate } from '../core/txn-core.js';
@@ -51,7 +52,7 @@ const REF_LOCK_WAIT_MS = 100;
 export class GitReplica implements ReplicaStore {
   /** A peer's push holds its refs locked in git from prepare to commit (lib/git/ref-txn.ts). */
   private readonly refTxns: RefTransactions;
-  /** The repo of each staged peer push whose packs are kept (releasePackKeeps), by txn id. */
+  /** The repo of each staged peer push whose packs are kept (releasePackKeeps), by txn id; refilled at init. */
   private readonly keptIn = new Map<string, string>();
 
   constructor(
@@ -62,10 +63,23 @@ export class GitReplica implements ReplicaStore {
     this.refTxns = new RefTransactions({ maxSpares: 64, idleMs: 60_000, clock });
   }
 
-  /** Also drops the pack keeps of transactions no longer held (a crash between install and apply or discard). */
+  /**
+   * Also finds the pack keeps a previous life left: those of transactions still held are remembered
+   * (their apply or discard releases them), the others (a crash between install and apply or discard)
+   * are removed.
+   */
   async init(keepStaging: ReadonlySet<string>): Promise<string[]> {
     const cleared = await this.store.init(keepStaging);
-    for (const repo of await this.store.repoDirs()) cleared.push(...(await sweepPackKeeps(repo, (txnId) => keepStaging.has(txnId))));
+    for (const repo of await this.store.repoDirs()) {
+      for (const { file, txnId } of await listPackKeeps(repo)) {
+        if (keepStaging.has(txnId)) {
+          this.keptIn.set(txnId, repo);
+        } else {
+          await fs.rm(file, { force: true });
+          cleared.push(file);
+        }
+      }
+    }
     return cleared;
   }
 
@@ -123,9 +137,8 @@ export class GitReplica implements ReplicaStore {
     }
     if (!committed) await applyUpdates(repoPath, updates, head);
     else if (head !== undefined && (await readHead(repoPath)) !== head) await setHead(repoPath, head);
-    // The refs name the objects now. Also after a restart (nothing in keptIn): the keep says its txn.
-    this.keptIn.delete(txnId);
-    await releasePackKeeps(repoPath, txnId);
+    // The refs name the objects now (the coordinator's own push has no keep of ours: nothing to list).
+    if (this.keptIn.delete(txnId)) await releasePackKeeps(repoPath, txnId);
   }
 
   async discard(txnId: string): Promise<void> {
