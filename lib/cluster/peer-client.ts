@@ -128,39 +128,18 @@ export class PeerClient {
     return parseQueryAnswer(answer);
   }
 
-  /** Streams one pack file of a push to a peer, ahead of the prepare (never buffered whole). */
   /**
    * Streams one file of a push's pack to a peer, with node:http itself and 1 MiB reads: through got,
    * two peers' copies of a 20 MB pack took 170-240 ms against 115-140 ms so, on every large push's
    * critical path. A large pack takes as long as it takes (PACK_UPLOAD_TIMEOUT_MS); a stalled one is
    * cut after the idle timeout. Anything but 204 rejects.
    */
-  uploadPackFile(node: NodeId, txnId: string, file: string, requestId: string): Promise<void> {
+  async uploadPackFile(node: NodeId, txnId: string, file: string, requestId: string): Promise<void> {
     const url = `${node}/internal/push/${encodeURIComponent(txnId)}/${path.basename(file)}`;
-    const clock = this.clock;
-    return new Promise<void>((resolve, reject) => {
-      const secure = url.startsWith('https:');
-      const headers: http.OutgoingHttpHeaders = { ...this.headers, [REQUEST_ID_HEADER]: requestId, 'content-type': 'application/octet-stream' };
-      const req = (secure ? https : http).request(url, { method: 'PUT', headers, agent: secure ? this.httpsAgent : this.agent }, (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('error', fail);
-        res.on('end', () => {
-          clock.clearTimeout(timer);
-          if (res.statusCode === 204) return resolve();
-          reject(new Error(`PUT ${url}: HTTP ${res.statusCode}: ${Buffer.concat(chunks).toString('utf8').slice(0, 300)}`));
-        });
-      });
-      function fail(err: Error): void {
-        clock.clearTimeout(timer);
-        req.destroy();
-        reject(err);
-      }
-      const timer = clock.setTimeout(() => fail(new Error(`PUT ${url}: not done within ${PACK_UPLOAD_TIMEOUT_MS} ms`)), PACK_UPLOAD_TIMEOUT_MS);
-      req.setTimeout(this.idleTimeoutMs, () => fail(new Error(`PUT ${url}: idle for ${this.idleTimeoutMs} ms`)));
-      req.on('error', fail);
-      pipeline(createReadStream(file, { highWaterMark: 1024 * 1024 }), req).catch(fail);
-    });
+    const headers = { [REQUEST_ID_HEADER]: requestId, 'content-type': 'application/octet-stream' };
+    const writeBody = (req: http.ClientRequest): Promise<void> => pipeline(createReadStream(file, { highWaterMark: 1024 * 1024 }), req);
+    const { status, text } = await this.exchange('PUT', url, headers, writeBody, { ms: PACK_UPLOAD_TIMEOUT_MS, what: 'not done' }, this.idleTimeoutMs);
+    if (status !== 204) throw new Error(`PUT ${url}: HTTP ${status}: ${text.slice(0, 300)}`);
   }
 
   /** A replica's version of one repo (and its refs, for catch-up). */
@@ -218,39 +197,57 @@ export class PeerClient {
     }
   }
 
-  private requestJsonOnce<T>(method: 'GET' | 'POST', url: string, body: unknown, requestId: string | undefined, timeoutMs: number): Promise<T> {
+  private async requestJsonOnce<T>(method: 'GET' | 'POST', url: string, body: unknown, requestId: string | undefined, timeoutMs: number): Promise<T> {
+    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+    const headers: http.OutgoingHttpHeaders = { accept: 'application/json' };
+    if (requestId !== undefined) headers[REQUEST_ID_HEADER] = requestId;
+    if (payload) {
+      headers['content-type'] = 'application/json';
+      headers['content-length'] = payload.length;
+    }
+    const { status, text } = await this.exchange(method, url, headers, (req) => void req.end(payload), { ms: timeoutMs, what: 'no answer' });
+    if (status !== 200) throw new Error(`${method} ${url}: HTTP ${status}: ${text.slice(0, 300)}`);
+    try {
+      return JSON.parse(text) as T;
+    } catch {
+      throw new Error(`${method} ${url}: answer is not JSON`);
+    }
+  }
+
+  /**
+   * One request with node:http itself, on the node's agents: the answer's status and text, or a
+   * rejection on a network error (marked `reusedSocket` when a kept-alive connection failed under it),
+   * once `timeout.ms` is spent, or once the socket is idle for `idleMs`. `writeBody` sends the body
+   * and ends the request.
+   */
+  private exchange(
+    method: string,
+    url: string,
+    headers: http.OutgoingHttpHeaders,
+    writeBody: (req: http.ClientRequest) => void | Promise<void>,
+    timeout: { ms: number; what: string },
+    idleMs?: number,
+  ): Promise<{ status: number; text: string }> {
     const clock = this.clock;
-    return new Promise<T>((resolve, reject) => {
-      const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-      const headers: http.OutgoingHttpHeaders = { ...this.headers, accept: 'application/json' };
-      if (requestId !== undefined) headers[REQUEST_ID_HEADER] = requestId;
-      if (payload) {
-        headers['content-type'] = 'application/json';
-        headers['content-length'] = payload.length;
-      }
+    return new Promise((resolve, reject) => {
       const secure = url.startsWith('https:');
-      const req = (secure ? https : http).request(url, { method, headers, agent: secure ? this.httpsAgent : this.agent }, (res) => {
+      const req = (secure ? https : http).request(url, { method, headers: { ...this.headers, ...headers }, agent: secure ? this.httpsAgent : this.agent }, (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
         res.on('error', fail);
         res.on('end', () => {
           clock.clearTimeout(timer);
-          const text = Buffer.concat(chunks).toString('utf8');
-          if (res.statusCode !== 200) return reject(new Error(`${method} ${url}: HTTP ${res.statusCode}: ${text.slice(0, 300)}`));
-          try {
-            resolve(JSON.parse(text) as T);
-          } catch {
-            reject(new Error(`${method} ${url}: answer is not JSON`));
-          }
+          resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') });
         });
       });
       function fail(err: Error): void {
         clock.clearTimeout(timer);
         reject(Object.assign(err, { reusedSocket: req.reusedSocket }));
       }
-      const timer = clock.setTimeout(() => req.destroy(new Error(`${method} ${url}: no answer within ${timeoutMs} ms`)), timeoutMs);
+      const timer = clock.setTimeout(() => req.destroy(new Error(`${method} ${url}: ${timeout.what} within ${timeout.ms} ms`)), timeout.ms);
+      if (idleMs !== undefined) req.setTimeout(idleMs, () => req.destroy(new Error(`${method} ${url}: idle for ${idleMs} ms`)));
       req.on('error', fail);
-      req.end(payload);
+      Promise.resolve(writeBody(req)).catch((err: Error) => req.destroy(err));
     });
   }
 
