@@ -5,6 +5,7 @@ import {
   applyRefEdits,
   deleteRefsUnder,
   readHead,
+  readRefFiles,
   readRefs,
   readRefsUnder,
   setHead,
@@ -324,7 +325,7 @@ export async function repoDigest(
   const repoPath = store.repoPath(repoId);
   return driver.withRepoResult(repoId, async () => {
     const version = driver.participant.versionOf(repoId);
-    const [refs, head] = await Promise.all([readRefs(repoPath), readHead(repoPath)]);
+    const [refs, head] = await Promise.all([readRefFiles(repoPath), readHead(repoPath)]);
     return { version, refs, head, digest: refsDigest(refs, head) };
   });
 }

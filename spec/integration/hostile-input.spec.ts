@@ -44,9 +44,12 @@ function heldPost(
   headers: Record<string, string>,
   first: Buffer | string,
   localAddress?: string,
-): { answer: Promise<RawAnswer | 'closed'>; abort: () => void; write: (more: string) => void; isOpen: () => boolean } {
+): { answer: Promise<RawAnswer | 'closed'>; settled: () => RawAnswer | 'closed' | undefined; abort: () => void; write: (more: string) => void; isOpen: () => boolean } {
   const { hostname, port } = new URL(base);
-  const req = nodeHttp.request({ host: hostname, port, method: 'POST', path: pathname, headers: { 'content-length': String(10 ** 9), ...headers }, ...(localAddress ? { localAddress } : {}) });
+  // A connection of its own, as a slow client has: a kept-alive socket from an earlier request could
+  // be closed under it by the node, and the request would then hold nothing.
+  const req = nodeHttp.request({ host: hostname, port, method: 'POST', path: pathname, headers: { 'content-length': String(10 ** 9), ...headers }, agent: false, ...(localAddress ? { localAddress } : {}) });
+  let settled: RawAnswer | 'closed' | undefined;
   const answer = new Promise<RawAnswer | 'closed'>((resolve) => {
     req.on('response', (res) => {
       const chunks: Buffer[] = [];
@@ -56,10 +59,12 @@ function heldPost(
     });
     req.on('error', () => resolve('closed'));
   });
+  void answer.then((a) => (settled = a));
   req.flushHeaders();
   if (first.length > 0) req.write(first);
   return {
     answer,
+    settled: () => settled,
     abort: () => req.destroy(),
     write: (more) => void (req.destroyed || req.write(more)),
     isOpen: () => !req.destroyed && req.socket?.destroyed === false,
@@ -201,6 +206,9 @@ describe('hostile input on git smart HTTP (3-node cluster)', function () {
       // The three are in (the fourth is refused because they hold their slots) while no git runs for them.
       const refused = await eventually(async () => {
         const answer = await rawPost(coordinator.url, uploadPath(), direct, pkt(`want ${head}\n`) + '0000' + pkt('done\n'));
+        // A held request answered already holds no slot: say so rather than wait out the deadline.
+        const early = held.map((h) => h.settled()).find((a) => a !== undefined);
+        if (early !== undefined) throw new Error(`a held request ended early: ${early === 'closed' ? 'closed' : `${early.status} ${early.body.toString()}`}`);
         expect(answer.status).to.equal(503);
         expect(errorCode(answer)).to.equal('git_busy');
         return answer;

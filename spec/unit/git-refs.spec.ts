@@ -3,7 +3,7 @@ import { execFileSync } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { installPackBuffers, installPackFiles, readHead, readRefValues, readRefs, releasePackKeeps } from '../../lib/git/git-refs.js';
+import { installPackBuffers, installPackFiles, readHead, readRefFiles, readRefValues, readRefs, releasePackKeeps } from '../../lib/git/git-refs.js';
 
 // readRefValues reads git's files backend without git; it must agree with git for loose refs, packed
 // refs, loose-over-packed, and refs that do not exist.
@@ -42,6 +42,35 @@ describe('git refs read from files', () => {
     await fs.writeFile(path.join(repo, 'outside'), `${'a'.repeat(40)}\n`);
     expect(await readRefValues(repo, ['refs/heads/../../outside'])).to.deep.equal({});
     expect(await readRefValues(repo, ['refs/heads/../../HEAD'])).to.deep.equal({});
+  });
+
+  it('lists every ref as git does, reading the files: loose, packed, loose over packed, nested, private ones left out', async () => {
+    const first = git('rev-parse', 'refs/tags/t');
+    git('tag', '-a', '-m', 'annotated', 'annotated', first);
+    git('update-ref', 'refs/heads/deep/er/branch', first);
+    git('update-ref', 'refs/lost+found/x', first);
+    git('update-ref', 'refs/quorum-git/fetch/1.2-3/heads/a', first);
+    git('pack-refs', '--all');
+    git('update-ref', 'refs/heads/b', git('rev-parse', 'refs/heads/a'));
+    git('update-ref', 'refs/heads/c', first);
+    const byGit = await readRefs(repo);
+    expect(byGit).to.include.keys('refs/heads/deep/er/branch', 'refs/tags/annotated', 'refs/heads/c');
+    expect(await readRefFiles(repo)).to.deep.equal(byGit);
+    git('update-ref', '-d', 'refs/heads/c');
+    git('update-ref', '-d', 'refs/heads/deep/er/branch');
+    expect(await readRefFiles(repo)).to.deep.equal(await readRefs(repo));
+  });
+
+  it('leaves a symbolic ref, a lock file and an odd name to git', async () => {
+    const a = git('rev-parse', 'refs/heads/a');
+    git('symbolic-ref', 'refs/heads/sym', 'refs/heads/a');
+    expect(await readRefFiles(repo)).to.deep.equal(await readRefs(repo)).and.to.include({ 'refs/heads/sym': a });
+    git('update-ref', '-d', '--no-deref', 'refs/heads/sym');
+    await fs.writeFile(path.join(repo, 'refs/heads/x.lock'), `${a}\n`);
+    await fs.writeFile(path.join(repo, 'refs/heads/.hidden'), `${a}\n`);
+    expect(await readRefFiles(repo)).to.deep.equal(await readRefs(repo)).and.not.to.have.keys('refs/heads/x.lock', 'refs/heads/.hidden');
+    await fs.rm(path.join(repo, 'refs/heads/x.lock'));
+    await fs.rm(path.join(repo, 'refs/heads/.hidden'));
   });
 
   it('reads the branch HEAD names', async () => {
