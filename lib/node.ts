@@ -151,6 +151,7 @@ export class QuorumGitNode {
         ready: () => this.readiness().ready,
         repos: () => this.driver.participant.liveRepos().length,
         gitProcesses: () => this.gitHttp.activeProcesses,
+        gitSlotsInUse: () => this.gitHttp.slotsInUse,
         peers: () => this.membership.values(),
       },
     });

@@ -46,6 +46,7 @@ export interface NodeView {
   ready(): boolean;
   repos(): number;
   gitProcesses(): number;
+  gitSlotsInUse(): number;
   peers(): Iterable<{ url: string; reachable: boolean }>;
 }
 
@@ -243,6 +244,7 @@ export class NodeMetrics {
     scraped('quorum_git_ready', '1 when GET /health/ready answers 200: recovered and a write quorum of nodes reachable.', () => (view.ready() ? 1 : 0));
     scraped('quorum_git_repos', 'Live repositories in this node\'s catalog.', () => view.repos());
     scraped('quorum_git_git_processes', 'Git RPC processes serving requests now (capped by MAX_GIT_PROCESSES).', () => view.gitProcesses());
+    scraped('quorum_git_git_rpcs_admitted', 'Git RPC requests holding a place under MAX_GIT_PROCESSES now: running git, or admitted and waiting for their body.', () => view.gitSlotsInUse());
     new Gauge({ name: 'quorum_git_cluster_nodes', help: 'Nodes in the cluster as this node is configured.', registers }).set(view.nodes);
     new Gauge({ name: 'quorum_git_write_quorum', help: 'The write quorum W.', registers }).set(view.quorum);
     new Gauge({ name: 'quorum_git_node_info', help: 'This node\'s identity; always 1.', labelNames: ['server_id', 'url'], registers }).set({ server_id: view.serverId, url: view.url }, 1);

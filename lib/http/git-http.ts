@@ -88,6 +88,11 @@ export class GitHttp {
     return this.running.size;
   }
 
+  /** Git RPC requests admitted under the caps now: running git, or waiting for their body to start. */
+  get slotsInUse(): number {
+    return this.slots.inUse;
+  }
+
   infoRefs(req: http.IncomingMessage, res: http.ServerResponse, repoId: string, service: GitService): void {
     this.prepareInfoRefs(req, repoId, service).send(res);
   }

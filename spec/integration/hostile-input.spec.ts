@@ -98,9 +98,8 @@ describe('hostile input on git smart HTTP (3-node cluster)', function () {
     MAX_GIT_PROCESSES: '4',
     MAX_GIT_PROCESSES_PER_CLIENT: '3',
     MAX_CONNECTIONS_PER_CLIENT: '8',
-    // Long enough that held requests outlive the probes on a loaded 2-core machine (5 s was not: in a CI
-    // run the held requests of the cap spec timed out before a probe saw them hold their slots).
-    GIT_BODY_IDLE_TIMEOUT_MS: '10000',
+    // The cap specs probe once the node counts the held requests (heldAdmitted), well within this.
+    GIT_BODY_IDLE_TIMEOUT_MS: '5000',
     MAX_PACK_BYTES: String(1024 * 1024),
     ...LONG_2PC_ENV,
     // Holds every push in its hook for a moment after the decision, so a client can be killed there.
@@ -200,19 +199,28 @@ describe('hostile input on git smart HTTP (3-node cluster)', function () {
     // read_quorum_unreachable on a loaded machine): the caps are this node's.
     const headers = { 'content-type': 'application/x-git-upload-pack-request', [SECRET_HEADER]: '', 'x-quorum-direct': '1' };
 
+    /**
+     * Waits until the coordinator counts every held request under its caps (its metrics). Probing
+     * sooner raced them: a probe that came first took a slot, one held request was refused in its
+     * place, and every later probe fit under the cap (a CI run's failure).
+     */
+    async function heldAdmitted(held: ReturnType<typeof heldPost>[]): Promise<void> {
+      await eventually(async () => {
+        const early = held.map((h) => h.settled()).find((a) => a !== undefined);
+        if (early !== undefined) throw new Error(`a held request ended early: ${early === 'closed' ? 'closed' : `${early.status} ${early.body.toString()}`}`);
+        const metrics = await http(`${coordinator.url}/metrics`);
+        const admitted = /^quorum_git_git_rpcs_admitted (\d+)$/m.exec(metrics.text);
+        expect(Number(admitted?.[1]), 'git RPCs admitted on the coordinator').to.equal(held.length);
+      });
+    }
+
     it('starts no git for a request without a body, caps RPCs per client with 503 + Retry-After, and ends idle ones', async function () {
       const direct = { ...headers, [SECRET_HEADER]: cluster.secret };
       const held = [1, 2, 3].map(() => heldPost(coordinator.url, uploadPath(), direct, ''));
       // The three are in (the fourth is refused because they hold their slots) while no git runs for them.
-      const refused = await eventually(async () => {
-        const answer = await rawPost(coordinator.url, uploadPath(), direct, pkt(`want ${head}\n`) + '0000' + pkt('done\n'));
-        // A held request answered already holds no slot: say so rather than wait out the deadline.
-        const early = held.map((h) => h.settled()).find((a) => a !== undefined);
-        if (early !== undefined) throw new Error(`a held request ended early: ${early === 'closed' ? 'closed' : `${early.status} ${early.body.toString()}`}`);
-        expect(answer.status).to.equal(503);
-        expect(errorCode(answer)).to.equal('git_busy');
-        return answer;
-      });
+      await heldAdmitted(held);
+      const refused = await rawPost(coordinator.url, uploadPath(), direct, pkt(`want ${head}\n`) + '0000' + pkt('done\n'));
+      expect(refused.status).to.equal(503);
       expect(errorCode(refused)).to.equal('git_busy');
       expect(Number(refused.headers['retry-after'])).to.be.greaterThan(0);
       expect(rpcGits(coordinator, 'upload-pack')).to.deep.equal([]);
@@ -231,12 +239,9 @@ describe('hostile input on git smart HTTP (3-node cluster)', function () {
         ...[1, 2, 3].map(() => heldPost(coordinator.url, uploadPath(), asPeerFrom('10.0.0.1'), '')),
         heldPost(coordinator.url, uploadPath(), asPeerFrom('10.0.0.2'), ''),
       ];
-      const refused = await eventually(async () => {
-        const answer = await rawPost(coordinator.url, uploadPath(), asPeerFrom('10.0.0.3'), pkt(`want ${head}\n`) + '0000' + pkt('done\n'));
-        expect(answer.status).to.equal(503);
-        expect(errorCode(answer)).to.equal('git_busy');
-        return answer;
-      });
+      await heldAdmitted(held);
+      const refused = await rawPost(coordinator.url, uploadPath(), asPeerFrom('10.0.0.3'), pkt(`want ${head}\n`) + '0000' + pkt('done\n'));
+      expect(refused.status).to.equal(503);
       expect(errorCode(refused)).to.equal('git_busy');
       for (const h of held) h.abort();
       await Promise.all(held.map((h) => h.answer));

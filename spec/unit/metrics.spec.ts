@@ -30,6 +30,7 @@ function view(overrides: Partial<NodeView> = {}): NodeView {
     ready: () => true,
     repos: () => 7,
     gitProcesses: () => 0,
+    gitSlotsInUse: () => 3,
     peers: () => [
       { url: PEER_B, reachable: true },
       { url: PEER_C, reachable: false },
@@ -223,6 +224,7 @@ describe('node metrics', () => {
     expect(sample(text, 'quorum_git_peer_up', { peer: PEER_B })).to.equal(1);
     expect(sample(text, 'quorum_git_peer_up', { peer: PEER_C })).to.equal(0);
     expect(sample(text, 'quorum_git_repos')).to.equal(7);
+    expect(sample(text, 'quorum_git_git_rpcs_admitted')).to.equal(3);
     expect(sample(text, 'quorum_git_write_quorum')).to.equal(2);
     expect(sample(text, 'quorum_git_cluster_nodes')).to.equal(3);
     inDoubt = 0;
