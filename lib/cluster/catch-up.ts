@@ -321,11 +321,15 @@ export async function repoDigest(
   driver: TxnDriver,
   store: RepoStore,
   repoId: string,
+  read: 'digest' | 'refs' = 'digest',
 ): Promise<{ version: RepoVersion; refs: Record<string, string>; head: string; digest: string }> {
   const repoPath = store.repoPath(repoId);
   return driver.withRepoResult(repoId, async () => {
     const version = driver.participant.versionOf(repoId);
-    const [refs, head] = await Promise.all([readRefFiles(repoPath), readHead(repoPath)]);
+    // A digest alone (the divergence check, here and on every peer, every few seconds) is read from
+    // the ref files; refs to copy are listed by git, which leaves out a ref whose object is missing
+    // as its fetch would (the copy checks them against the digest compared, and skips on a mismatch).
+    const [refs, head] = await Promise.all([read === 'digest' ? readRefFiles(repoPath) : readRefs(repoPath), readHead(repoPath)]);
     return { version, refs, head, digest: refsDigest(refs, head) };
   });
 }

@@ -63,7 +63,7 @@ export async function repoState(
   // version. The caller tries again on its next round.
   if (driver.participant.lockedBy(repoId) !== undefined) return state;
   // Read under the repo's queue so refs and version belong together.
-  const { version, refs, head, digest } = await repoDigest(driver, store, repoId);
+  const { version, refs, head, digest } = await repoDigest(driver, store, repoId, want.refs ? 'refs' : 'digest');
   const participant = driver.participant;
   if (participant.lockedBy(repoId) !== undefined || compareVersions(version, participant.versionOf(repoId)) !== 0) return state;
   return { ...state, ...version, digest, ...(want.refs ? { refs, head } : {}) };
