@@ -59,6 +59,10 @@ describe('git refs read from files', () => {
     git('update-ref', '-d', 'refs/heads/c');
     git('update-ref', '-d', 'refs/heads/deep/er/branch');
     expect(await readRefFiles(repo)).to.deep.equal(await readRefs(repo));
+    // Many loose refs are listed by git instead: the same answer.
+    execFileSync('git', ['update-ref', '--stdin'], { cwd: repo, input: Array.from({ length: 100 }, (_, i) => `create refs/heads/many/${i} ${first}\n`).join('') });
+    expect(await readRefFiles(repo)).to.deep.equal(await readRefs(repo)).and.to.include.keys('refs/heads/many/99');
+    execFileSync('git', ['update-ref', '--stdin'], { cwd: repo, input: Array.from({ length: 100 }, (_, i) => `delete refs/heads/many/${i}\n`).join('') });
   });
 
   it('leaves a symbolic ref, a lock file and an odd name to git', async () => {
