@@ -8,7 +8,7 @@ import type { Config } from '../base/config.js';
 import { SECRET_HEADER } from '../base/headers.js';
 import type { Logger } from '../base/logger.js';
 import { repoDigest } from '../cluster/catch-up.js';
-import { commitEpochProblem, parseTxnMessage } from '../cluster/internal-messages.js';
+import { commitEpochProblem, parseMembership, parseTxnMessage } from '../cluster/internal-messages.js';
 import { NODE_HEADER } from '../cluster/peer-client.js';
 import type { PushService } from '../cluster/push-service.js';
 import type { TxnDriver } from '../cluster/txn-driver.js';
@@ -26,15 +26,6 @@ import type { Route } from './router.js';
 // change state name their sender, which must be a configured peer.
 
 export type InternalRoute = Extract<Route, { kind: `internal${string}` }>;
-
-/** The body of POST /internal/membership: `{ node: <url>, dead: boolean }`. */
-function parseMembership(body: unknown): { node: NodeId; dead: boolean } {
-  const b = body as { node?: unknown; dead?: unknown } | null;
-  if (typeof b !== 'object' || b === null || typeof b.node !== 'string' || b.node.length > 2048 || typeof b.dead !== 'boolean') {
-    throw new QuorumGitError('invalid_body', 'expected { "node": "<node URL>", "dead": true|false }');
-  }
-  return { node: b.node, dead: b.dead };
-}
 
 export function isPeer(req: http.IncomingMessage, clusterSecret: string): boolean {
   // Fixed-length digests: comparing the raw values would end early on a length mismatch and so

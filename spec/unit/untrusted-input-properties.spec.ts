@@ -2,7 +2,8 @@ import { expect } from 'chai';
 import fc from 'fast-check';
 import path from 'node:path';
 import { QuorumGitError, statusByCode } from '../../lib/core/errors.js';
-import { VERSION_MAX, parseCatalog, parseRepoState, parseTxnMessage } from '../../lib/cluster/internal-messages.js';
+import { VERSION_MAX, parseCatalog, parseMembership, parseRepoState, parseTxnMessage } from '../../lib/cluster/internal-messages.js';
+import { deathDeclarationProblem } from '../../lib/core/txn-core.js';
 import { parseRepoId, refNameProblem } from '../../lib/core/repo-id.js';
 import { RepoStore } from '../../lib/storage/repo-store.js';
 import { route } from '../../lib/http/router.js';
@@ -202,6 +203,28 @@ describe('untrusted input (property-based)', () => {
         if (!parsed) return;
         for (const ref of Object.keys(parsed.refs ?? {})) expect(refNameProblem(ref), ref).to.equal(undefined);
         if (parsed.head !== undefined) expect(refNameProblem(parsed.head)).to.equal(undefined);
+      }),
+      RUNS,
+    );
+  });
+
+  it('a membership message declares dead only one of the cluster\'s other nodes, at most N - W of them; anything else is a 4xx', () => {
+    const cluster = { self: NODES[0]!, nodes: NODES, quorum: 2 };
+    const body = fc.oneof(
+      fc.record({ node: fc.oneof(fc.constantFrom(...NODES, `${NODES[1]}/`, '../x', ''), fc.string({ maxLength: 3000 }), fc.anything()), dead: fc.oneof(fc.boolean(), fc.anything()) }, { requiredKeys: [] }),
+      fc.jsonValue(),
+      fc.anything(),
+    );
+    fc.assert(
+      fc.property(body, fc.subarray(NODES.slice(1), { maxLength: 1 }), (value, dead) => {
+        const parsed = valueOr4xx(() => parseMembership(value));
+        if (!parsed) return;
+        expect(parsed.node.length).to.be.at.most(2048);
+        const problem = parsed.dead ? deathDeclarationProblem(parsed.node, cluster, dead) : undefined;
+        if (parsed.dead && problem === undefined) {
+          expect(NODES.slice(1)).to.include(parsed.node);
+          expect(new Set([...dead, parsed.node]).size).to.be.at.most(NODES.length - cluster.quorum);
+        }
       }),
       RUNS,
     );
