@@ -74,9 +74,9 @@ const MAX_LOOSE_REF_FILES = 64;
  * Every ref (private ones left out, as readRefs), read from the files backend directly: the loose ref
  * files under refs/, then packed-refs, a loose ref winning. The divergence check reads a repo's refs
  * here and on every peer every few seconds, and a git process each (as readRefs) kept an idle 3-node
- * cluster with 25 repos busy on both cores of the 2-core test machine at the specs' 1 s interval. Loose files are read before
- * packed-refs, so a concurrent `git pack-refs` (which writes packed-refs, then removes the loose
- * files) cannot hide a ref. Anything unusual (a symbolic ref, a name git might not take, a lock file),
+ * cluster with 25 repos busy on both cores of the 2-core test machine (at the specs' 1 s interval).
+ * Loose files are read before packed-refs, so a concurrent `git pack-refs` (which writes
+ * packed-refs, then removes the loose files) cannot hide a ref. Anything unusual (a symbolic ref, a name git might not take, a lock file),
  * and more than MAX_LOOSE_REF_FILES loose refs, is left to git. One difference from git's listing: a
  * ref whose object is missing (a damaged replica) is listed here, where git leaves it out with a
  * warning; a replica with one may then show as diverged from a peer whose refs git listed, and its
@@ -117,7 +117,8 @@ export async function readRefFiles(repoPath: string): Promise<Record<string, str
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
       throw err;
     }
-    const oid = text.endsWith('\n') ? text.slice(0, -1) : text;
+    // Parsed as readRefValues parses a loose ref; anything else is git's to read.
+    const oid = text.trim();
     if (!OID.test(oid)) return readRefs(repoPath);
     loose.set(ref, oid);
   }
