@@ -51,6 +51,12 @@ export interface Config {
   maxGitProcessesPerClient: number;
   /** Connections one client address may hold open at once (0: no cap); see lib/http/connection-cap.ts. */
   maxConnectionsPerClient: number;
+  /**
+   * TRUSTED_PROXIES: the load balancers in front of the node, whose x-forwarded-for names the client
+   * (the caps and the logs then see each client's address, lib/http/git-rpc.ts clientAddress), and
+   * whose connections are not capped.
+   */
+  trustedProxies: TrustedProxy[];
   /** AUTH_FILE (users and tokens); without it the node serves anonymously, on loopback only. */
   authFile: string | undefined;
   /** How often the users file is looked at for changes. */
@@ -60,6 +66,32 @@ export interface Config {
   /** TLS_CA: the PEM file of the CA(s) that peers' certificates must chain to (instead of the system's). */
   tlsCaFile: string | undefined;
   tlsCa: Buffer | undefined;
+}
+
+/** An address or CIDR range of TRUSTED_PROXIES. */
+export interface TrustedProxy {
+  address: string;
+  prefix: number;
+  family: 'ipv4' | 'ipv6';
+}
+
+/**
+ * TRUSTED_PROXIES: addresses (`192.0.2.7`) and CIDR ranges (`10.0.0.0/8`, `2001:db8::/32`), separated
+ * by commas or spaces; anything else stops the node at start.
+ */
+export function parseTrustedProxies(raw: string | undefined): TrustedProxy[] {
+  const proxies: TrustedProxy[] = [];
+  for (const item of (raw ?? '').split(/[\s,]+/).filter(Boolean)) {
+    const [address = '', bits, extra] = item.split('/');
+    const family = isIP(address);
+    const max = family === 4 ? 32 : 128;
+    const prefix = bits === undefined ? max : /^\d{1,3}$/.test(bits) ? Number(bits) : NaN;
+    if (family === 0 || extra !== undefined || !(prefix >= 0 && prefix <= max)) {
+      throw new Error(`TRUSTED_PROXIES: '${item.slice(0, 100)}' is not an IP address or CIDR range (e.g. 192.0.2.7, 10.0.0.0/8, 2001:db8::/32)`);
+    }
+    proxies.push({ address, prefix, family: family === 4 ? 'ipv4' : 'ipv6' });
+  }
+  return proxies;
 }
 
 export const DEV_CLUSTER_SECRET = 'quorum-git-dev-secret';
@@ -141,6 +173,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     maxGitProcesses: int(env, 'MAX_GIT_PROCESSES', 64, 1),
     maxGitProcessesPerClient: int(env, 'MAX_GIT_PROCESSES_PER_CLIENT', 16, 1),
     maxConnectionsPerClient: int(env, 'MAX_CONNECTIONS_PER_CLIENT', 32, 0),
+    trustedProxies: parseTrustedProxies(env.TRUSTED_PROXIES),
     authFile,
     authReloadIntervalMs: int(env, 'AUTH_RELOAD_INTERVAL_MS', 1000, 10),
     ...tls,

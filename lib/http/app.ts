@@ -11,7 +11,7 @@ import { QuorumGitError, errorBody, isQuorumGitError, statusByCode } from '../co
 import type { Caller, Callers, Gate, RequestContext } from './authz.js';
 import { PROXIED_HEADER, type GitGateway } from './git-gateway.js';
 import { ConnectionCap, EXEMPT_REFRESH_MS, clusterAddresses } from './connection-cap.js';
-import { clientAddress } from './git-rpc.js';
+import { clientAddress, trustedProxyCheck, type TrustedCheck } from './git-rpc.js';
 import type { Health, Readiness } from './health.js';
 import { isPeer, type InternalApi } from './internal-api.js';
 import { send } from './io.js';
@@ -25,7 +25,7 @@ import { route, type Route } from './router.js';
 // (`{ "error": { "code", "message" } }`, or a plain line for git).
 
 export interface HttpAppOptions {
-  config: Pick<Config, 'serverId' | 'clusterSecret' | 'tls' | 'peerUrls' | 'maxConnectionsPerClient'>;
+  config: Pick<Config, 'serverId' | 'clusterSecret' | 'tls' | 'peerUrls' | 'maxConnectionsPerClient' | 'trustedProxies'>;
   logger: Logger;
   clock: Clock;
   metrics: Pick<NodeMetrics, 'observeRequest' | 'errorAnswered' | 'respond'>;
@@ -50,10 +50,13 @@ export class HttpApp {
   /** The next refresh of the addresses the connection cap leaves alone (lib/http/connection-cap.ts). */
   private refreshTimer: unknown;
   private closed = false;
+  /** TRUSTED_PROXIES: whose x-forwarded-for names the client (and whose connections are not capped). */
+  private readonly trustedProxy: TrustedCheck;
 
   constructor(options: HttpAppOptions) {
     this.options = options;
     const { config } = options;
+    this.trustedProxy = trustedProxyCheck(config.trustedProxies);
     const serverOptions = { requestTimeout: 0, keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS };
     this.server = config.tls
       ? https.createServer({ ...serverOptions, cert: config.tls.cert, key: config.tls.key }, (req, res) => this.handle(req, res))
@@ -78,7 +81,7 @@ export class HttpApp {
 
   async listen(port: number, host: string): Promise<void> {
     const { config, logger, clock } = this.options;
-    const cap = new ConnectionCap(config.maxConnectionsPerClient, logger, clock);
+    const cap = new ConnectionCap(config.maxConnectionsPerClient, logger, clock, this.trustedProxy);
     if (config.maxConnectionsPerClient > 0) {
       const refresh = async (): Promise<void> => {
         cap.setExempt(await clusterAddresses(config.peerUrls));
@@ -148,7 +151,7 @@ export class HttpApp {
     const ctx: RequestContext = {
       log,
       requestId,
-      client: clientAddress(req.socket.remoteAddress, req.headers['x-forwarded-for'], fromPeer),
+      client: clientAddress(req.socket.remoteAddress, req.headers['x-forwarded-for'], fromPeer, this.trustedProxy),
       method: req.method ?? 'GET',
       path: (req.url ?? '').split('?')[0]!,
     };

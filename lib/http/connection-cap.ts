@@ -14,8 +14,9 @@ import type { Logger } from '../base/logger.js';
 // again every EXEMPT_REFRESH_MS: a peer's name may not resolve yet when a node starts, as a
 // StatefulSet's pods get their DNS records only once ready, and addresses change) carry every
 // client's proxied request and the protocol's messages, and loopback carries the pre-receive hook and
-// the operator's tools. Behind a load balancer every client has its address: raise the cap, or set
-// it to 0 (off).
+// the operator's tools. Nor are the load balancers of TRUSTED_PROXIES, which carry every client's
+// connections; behind a load balancer not listed there, every client has its address: list it, raise
+// the cap, or set it to 0 (off).
 
 /** How often the peers' names are resolved again for the exemption. */
 export const EXEMPT_REFRESH_MS = 30_000;
@@ -54,6 +55,8 @@ export class ConnectionCap {
     private readonly maxPerClient: number,
     private readonly logger: Logger,
     private readonly clock: Clock,
+    /** TRUSTED_PROXIES: a load balancer carries many clients' connections, so it is never capped either. */
+    private readonly trustedProxy: (address: string) => boolean = () => false,
   ) {}
 
   /** The addresses never capped from now on (clusterAddresses); connections already open keep their count. */
@@ -65,7 +68,7 @@ export class ConnectionCap {
   admit(socket: Socket): void {
     if (this.maxPerClient <= 0) return;
     const address = plainAddress(socket.remoteAddress);
-    if (this.exempt.has(address)) return;
+    if (this.exempt.has(address) || this.trustedProxy(address)) return;
     const held = this.open.get(address) ?? 0;
     if (held >= this.maxPerClient) {
       socket.destroy();

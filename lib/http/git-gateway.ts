@@ -100,14 +100,14 @@ export class GitGateway {
       const who = this.options.callers.get(req);
       const origin = who === undefined ? undefined : { ...who.caller.who, request_id: who.ctx.requestId };
       handed = slot !== undefined;
-      return gitHttp.rpc(req, res, repoId, service, log, clientAddress(req.socket.remoteAddress, req.headers['x-forwarded-for'], fromPeer), origin, slot);
+      return gitHttp.rpc(req, res, repoId, service, log, this.clientOf(req, fromPeer), origin, slot);
     };
     if (fromPeer && req.headers[DIRECT_HEADER] === '1') return serveLocal();
     // An RPC takes its git slot before its read check costs peer round trips, or is turned away at
     // once: 300 slow clients must not keep /health waiting behind their checks. The slot goes to the
     // git that serves it here; a request served otherwise gives it back.
     if (kind === 'gitRpc') {
-      const admitted = gitHttp.admit(req, res, service, clientAddress(req.socket.remoteAddress, req.headers['x-forwarded-for'], fromPeer), log);
+      const admitted = gitHttp.admit(req, res, service, this.clientOf(req, fromPeer), log);
       if ('refused' in admitted) return admitted.refused;
       slot = admitted.slot;
       res.once('close', () => handed || slot?.release());
@@ -174,6 +174,11 @@ export class GitGateway {
     } finally {
       pending?.discard();
     }
+  }
+
+  /** The address the request is charged to: the one the app found (TRUSTED_PROXIES considered), see clientAddress. */
+  private clientOf(req: http.IncomingMessage, fromPeer: boolean): string {
+    return this.options.callers.get(req)?.ctx.client ?? clientAddress(req.socket.remoteAddress, req.headers['x-forwarded-for'], fromPeer);
   }
 
   /**

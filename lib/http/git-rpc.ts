@@ -1,3 +1,6 @@
+import { BlockList, isIP } from 'node:net';
+import type { TrustedProxy } from '../base/config.js';
+import { plainAddress } from './connection-cap.js';
 import type { GitService } from './router.js';
 
 // The head of a smart-HTTP RPC request body, checked before git sees it. Pure: bytes in, a verdict
@@ -133,18 +136,39 @@ export function bodyDecoding(header: string | undefined): BodyDecoding | undefin
   return undefined;
 }
 
+/** Whether an address (as plainAddress writes it) is one of TRUSTED_PROXIES. */
+export type TrustedCheck = (address: string) => boolean;
+
+/** The check for TRUSTED_PROXIES (lib/base/config.ts); with none, no address is trusted. */
+export function trustedProxyCheck(proxies: readonly TrustedProxy[]): TrustedCheck {
+  if (proxies.length === 0) return () => false;
+  const list = new BlockList();
+  for (const p of proxies) list.addSubnet(p.address, p.prefix, p.family);
+  return (address) => {
+    const family = isIP(address);
+    return family !== 0 && list.check(address, family === 4 ? 'ipv4' : 'ipv6');
+  };
+}
+
 /**
- * The address a git request is charged to for the per-client limit. A peer proxying a client's
- * request appends the address it saw to x-forwarded-for (http-proxy's xfwd); only that last entry is
- * trusted, as a client can write any earlier ones itself.
+ * The address a request is charged to (the per-client caps) and logged with. Each proxy appends the
+ * address it saw to x-forwarded-for (a peer proxying a client's request too: http-proxy's xfwd), so
+ * an entry is believed only when the hop that wrote it is: the list is read from its end while the
+ * hop is a peer (the first one only) or a TRUSTED_PROXIES address, as nginx's real_ip_recursive does.
+ * Entries further left were written by the client itself, which can write anything there.
  */
-export function clientAddress(remoteAddress: string | undefined, forwardedFor: string | string[] | undefined, fromPeer: boolean): string {
-  if (fromPeer && forwardedFor !== undefined) {
-    const all = Array.isArray(forwardedFor) ? forwardedFor.join(',') : forwardedFor;
-    const last = all.slice(all.lastIndexOf(',') + 1).trim();
-    if (last !== '') return last;
+export function clientAddress(remoteAddress: string | undefined, forwardedFor: string | string[] | undefined, fromPeer: boolean, trusted: TrustedCheck = () => false): string {
+  let client = remoteAddress ?? 'unknown';
+  if (forwardedFor === undefined) return client;
+  const hops = (Array.isArray(forwardedFor) ? forwardedFor.join(',') : forwardedFor).split(',');
+  let hopTrusted = fromPeer || trusted(plainAddress(remoteAddress));
+  for (let i = hops.length - 1; i >= 0 && hopTrusted; i -= 1) {
+    const entry = hops[i]!.trim();
+    if (entry === '') break;
+    client = entry;
+    hopTrusted = trusted(plainAddress(entry));
   }
-  return remoteAddress ?? 'unknown';
+  return client;
 }
 
 /** A git RPC's place under the caps; `release` is idempotent. */

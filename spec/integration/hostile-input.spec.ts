@@ -22,10 +22,11 @@ interface RawAnswer {
 }
 
 /** A POST sent byte for byte (headers as given, no content-type added). */
-function rawPost(base: string, pathname: string, headers: Record<string, string>, body: Buffer | string): Promise<RawAnswer> {
+function rawPost(base: string, pathname: string, headers: Record<string, string>, body: Buffer | string, localAddress?: string): Promise<RawAnswer> {
   const { hostname, port } = new URL(base);
   return new Promise((resolve, reject) => {
-    const req = nodeHttp.request({ host: hostname, port, method: 'POST', path: pathname, headers, timeout: 30_000 }, (res) => {
+    const from = localAddress ? { localAddress, agent: false } : {};
+    const req = nodeHttp.request({ host: hostname, port, method: 'POST', path: pathname, headers, timeout: 30_000, ...from }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
@@ -98,6 +99,8 @@ describe('hostile input on git smart HTTP (3-node cluster)', function () {
     MAX_GIT_PROCESSES: '4',
     MAX_GIT_PROCESSES_PER_CLIENT: '3',
     MAX_CONNECTIONS_PER_CLIENT: '8',
+    // A load balancer on loopback's 127.0.0.3 (the cluster itself uses 127.0.0.1).
+    TRUSTED_PROXIES: '127.0.0.3',
     // The cap specs probe once the node counts the held requests (heldAdmitted), well within this.
     GIT_BODY_IDLE_TIMEOUT_MS: '5000',
     MAX_PACK_BYTES: String(1024 * 1024),
@@ -245,6 +248,51 @@ describe('hostile input on git smart HTTP (3-node cluster)', function () {
       expect(errorCode(refused)).to.equal('git_busy');
       for (const h of held) h.abort();
       await Promise.all(held.map((h) => h.answer));
+      await expectUnchangedAndHealthy();
+    });
+
+    // Behind a load balancer every client arrives from the balancer's address: the per-client caps
+    // charged them all to one client, and the connection cap closed the balancer's connections.
+    it('behind a load balancer of TRUSTED_PROXIES, charges each client the address the balancer names, and never caps its connections', async function () {
+      const lb = env.TRUSTED_PROXIES;
+      const request = pkt(`want ${head}\n`) + '0000' + pkt('done\n');
+      const from = (client: string): Record<string, string> => ({ 'content-type': 'application/x-git-upload-pack-request', 'x-forwarded-for': client });
+      const held = [1, 2, 3].map(() => heldPost(coordinator.url, uploadPath(), from('203.0.113.1'), '', lb));
+      try {
+        await heldAdmitted(held);
+        const same = await rawPost(coordinator.url, uploadPath(), from('203.0.113.1'), request, lb);
+        expect([same.status, errorCode(same)], 'the same client again').to.deep.equal([503, 'git_busy']);
+        const other = await rawPost(coordinator.url, uploadPath(), from('203.0.113.2'), request, lb);
+        expect(other.status, `another client through the balancer: ${other.body.toString().slice(0, 200)}`).to.equal(200);
+      } finally {
+        for (const h of held) h.abort();
+        await Promise.all(held.map((h) => h.answer));
+      }
+      // From an address not in the list, x-forwarded-for is the client's own writing: not believed.
+      const spoofing = [1, 2, 3].map((i) => heldPost(coordinator.url, uploadPath(), from(`203.0.113.${10 + i}`), '', '127.0.0.2'));
+      try {
+        await heldAdmitted(spoofing);
+        const refused = await rawPost(coordinator.url, uploadPath(), from('203.0.113.20'), request, '127.0.0.2');
+        expect([refused.status, errorCode(refused)], 'a fourth request naming yet another client').to.deep.equal([503, 'git_busy']);
+      } finally {
+        for (const h of spoofing) h.abort();
+        await Promise.all(spoofing.map((h) => h.answer));
+      }
+      // More connections from the balancer than MAX_CONNECTIONS_PER_CLIENT stay open (each a request half sent).
+      const { hostname, port } = new URL(coordinator.url);
+      const sockets = Array.from({ length: Number(env.MAX_CONNECTIONS_PER_CLIENT) + 4 }, () => {
+        const socket = net.connect({ host: hostname, port: Number(port), localAddress: lb });
+        socket.on('error', () => undefined);
+        socket.on('connect', () => socket.write(`GET /health HTTP/1.1\r\nhost: ${hostname}\r\n`));
+        return socket;
+      });
+      try {
+        await eventually(() => expect(sockets.filter((s) => s.readyState === 'open').length).to.equal(sockets.length));
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        expect(sockets.filter((s) => s.destroyed || s.readyState !== 'open').length, 'balancer connections closed').to.equal(0);
+      } finally {
+        for (const socket of sockets) socket.destroy();
+      }
       await expectUnchangedAndHealthy();
     });
 

@@ -51,6 +51,13 @@ describe('connection cap per client address', () => {
     for (let i = 0; i < 5; i += 1) expect(connect(off, '10.0.0.3').destroyed).to.equal(false);
   });
 
+  it('never caps a load balancer of TRUSTED_PROXIES: it carries every client\'s connections', () => {
+    const cap = new ConnectionCap(1, logger, systemClock, (address) => address === '192.0.2.1');
+    for (let i = 0; i < 5; i += 1) expect(connect(cap, '::ffff:192.0.2.1').destroyed).to.equal(false);
+    connect(cap, '192.0.2.2');
+    expect(connect(cap, '192.0.2.2').destroyed).to.equal(true);
+  });
+
   it('resolves the peers\' hosts, skipping one that does not resolve (yet): it is tried again later', async () => {
     const addresses = await clusterAddresses(['http://localhost:7001', 'http://10.1.2.3:7002', 'http://[::ffff:10.1.2.4]:7003', 'http://no-such-host.invalid:7004']);
     expect([...addresses]).to.include.members(['127.0.0.1', '::1', '10.1.2.3', '10.1.2.4']);

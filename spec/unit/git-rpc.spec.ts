@@ -1,5 +1,6 @@
 import { expect } from 'chai';
-import { GitSlots, RequestHeadScanner, bodyDecoding, clientAddress } from '../../lib/http/git-rpc.js';
+import { GitSlots, RequestHeadScanner, bodyDecoding, clientAddress, trustedProxyCheck } from '../../lib/http/git-rpc.js';
+import { parseTrustedProxies } from '../../lib/base/config.js';
 
 // The request-head check in front of git's RPCs (issue 8 items 1-3): pkt-line framing, the first
 // command, caps; and the bookkeeping of git slots.
@@ -82,6 +83,40 @@ describe('clientAddress', function () {
     expect(clientAddress('127.0.0.1', '6.6.6.6, 10.0.0.7', true)).to.equal('10.0.0.7');
     expect(clientAddress('192.0.2.1', '10.0.0.7', false)).to.equal('192.0.2.1');
     expect(clientAddress('127.0.0.1', undefined, true)).to.equal('127.0.0.1');
+  });
+
+  // Behind a load balancer every client came from its address, so the per-client caps charged all of
+  // them to one client: TRUSTED_PROXIES names the balancers whose x-forwarded-for is believed.
+  it('reads x-forwarded-for from its end while the hop that wrote each entry is a trusted proxy (TRUSTED_PROXIES)', function () {
+    const trusted = trustedProxyCheck(parseTrustedProxies('192.0.2.0/24, 198.51.100.7 2001:db8::/32'));
+    // A balancer in the list: the client it saw.
+    expect(clientAddress('192.0.2.1', '203.0.113.5', false, trusted)).to.equal('203.0.113.5');
+    // What the client wrote itself (left of the balancer's entry) is never believed.
+    expect(clientAddress('192.0.2.1', '6.6.6.6, 203.0.113.5', false, trusted)).to.equal('203.0.113.5');
+    // Two balancers in a row, one as an IPv4-mapped socket address, one in a second header line.
+    expect(clientAddress('::ffff:198.51.100.7', ['6.6.6.6, 203.0.113.5', '192.0.2.9'], false, trusted)).to.equal('203.0.113.5');
+    expect(clientAddress('2001:db8::1', '203.0.113.5', false, trusted)).to.equal('203.0.113.5');
+    // A peer proxying a request that came through a balancer: the peer's entry names the balancer.
+    expect(clientAddress('127.0.0.1', '6.6.6.6, 203.0.113.5, 192.0.2.1', true, trusted)).to.equal('203.0.113.5');
+    // Only trusted hops all the way: the leftmost entry; an empty entry stops at the last believed one.
+    expect(clientAddress('192.0.2.1', '192.0.2.5', false, trusted)).to.equal('192.0.2.5');
+    expect(clientAddress('192.0.2.1', ', 192.0.2.5', false, trusted)).to.equal('192.0.2.5');
+    // A client not in the list cannot pick the address it is charged to.
+    expect(clientAddress('203.0.113.9', '192.0.2.1', false, trusted)).to.equal('203.0.113.9');
+    expect(clientAddress('198.51.100.8', '203.0.113.5', false, trusted)).to.equal('198.51.100.8');
+    expect(clientAddress('2001:db9::1', '203.0.113.5', false, trusted)).to.equal('2001:db9::1');
+  });
+
+  it('stops the node at start on a TRUSTED_PROXIES entry that is not an address or CIDR range', function () {
+    expect(parseTrustedProxies(undefined)).to.deep.equal([]);
+    expect(parseTrustedProxies(' 10.0.0.0/8,::1 ')).to.deep.equal([
+      { address: '10.0.0.0', prefix: 8, family: 'ipv4' },
+      { address: '::1', prefix: 128, family: 'ipv6' },
+    ]);
+    for (const bad of ['lb.example.com', '10.0.0.0/33', '10.0.0.0/', '10.0.0.0/8/8', '::/129', '10.0.0.0/-1', '10.0.0.0/1e1']) {
+      expect(() => parseTrustedProxies(bad), bad).to.throw(/^TRUSTED_PROXIES: '.*' is not an IP address or CIDR range/);
+    }
+    expect(trustedProxyCheck([])('10.0.0.1')).to.equal(false);
   });
 });
 
