@@ -2,6 +2,7 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { pickCoordinator } from '../lib/core/routing.js';
+import { GIT_FSYNC } from '../lib/git/hooks.js';
 import {
   createRepo,
   envInt,
@@ -95,6 +96,11 @@ export interface FullPushResult extends PairResult {
   coordinator_s: number[];
   coordinator_median_s: number;
   coordinator_ratio: number;
+  /** http-backend into repos with the nodes' core.fsync (refs fsynced too, which git's default skips). */
+  fsync_http_backend_s: number[];
+  fsync_http_backend_median_s: number;
+  /** The headline (round-robin) against that baseline. */
+  fsync_ratio: number;
 }
 
 export interface PushSettings {
@@ -159,12 +165,14 @@ export async function benchPush(settings: PushSettings): Promise<PushResult> {
   if (serverEnv.HOME === undefined) throw new Error('benchGitEnvs gave the server no HOME');
   const serverGitEnv = gitClientEnv(serverEnv.HOME, {});
   let httpRepos = 0;
-  const newHttpRepo = async (): Promise<string> => {
+  /** `fsyncRefs`: the repo fsyncs what a node's gits do (GIT_FSYNC), refs included; git's default does not. */
+  const newHttpRepo = async (fsyncRefs = false): Promise<string> => {
     httpRepos += 1;
     const name = `bench/push-${httpRepos}.git`;
     const dir = path.join(projectRoot, name);
     await git(['init', '--bare', '-q', dir], serverGitEnv);
     await git(['config', 'http.receivepack', 'true'], { ...serverGitEnv, GIT_DIR: dir });
+    if (fsyncRefs) await git(['config', 'core.fsync', GIT_FSYNC], { ...serverGitEnv, GIT_DIR: dir });
     return `${backend.url}/${name}`;
   };
 
@@ -190,7 +198,10 @@ export async function benchPush(settings: PushSettings): Promise<PushResult> {
     const spreadTarget: Target = { name: `quorum-git ${size} nodes, round-robin`, key: 'spread', times: [] };
     const directTarget: Target = { name: `quorum-git ${size} nodes, coordinator`, key: 'direct', times: [] };
     const httpTarget: Target = { name: 'nginx+git-http-backend', key: 'http', times: [] };
-    const targets = [spreadTarget, directTarget, httpTarget];
+    // Beside the headline's baseline: http-backend fsyncing refs as the nodes do, so the report can
+    // say how much of the gap is durability git's default does not pay for.
+    const fsyncTarget: Target = { name: 'http-backend, refs fsynced', key: 'http-fsync', times: [] };
+    const targets = [spreadTarget, directTarget, httpTarget, fsyncTarget];
     const pushed = { spread: [] as PushedRepo[], direct: [] as PushedRepo[], http: [] as string[] };
     for (let i = 0; i <= runs; i += 1) {
       const order = targets.map((_, k) => targets[(k + i) % targets.length]!);
@@ -200,6 +211,8 @@ export async function benchPush(settings: PushSettings): Promise<PushResult> {
         if (target === httpTarget) {
           url = await newHttpRepo();
           pushed.http.push(url);
+        } else if (target === fsyncTarget) {
+          url = await newHttpRepo(true);
         } else {
           const repo = await newNodeRepo(cluster);
           repoId = repo.repoId;
@@ -216,6 +229,7 @@ export async function benchPush(settings: PushSettings): Promise<PushResult> {
       }
     }
     const direct = pair(directTarget.times, httpTarget.times);
+    const fsynced = pair(spreadTarget.times, fsyncTarget.times);
     return {
       result: {
         nodes: size,
@@ -223,6 +237,9 @@ export async function benchPush(settings: PushSettings): Promise<PushResult> {
         coordinator_s: direct.node_s,
         coordinator_median_s: direct.node_median_s,
         coordinator_ratio: direct.ratio,
+        fsync_http_backend_s: fsynced.http_backend_s,
+        fsync_http_backend_median_s: fsynced.http_backend_median_s,
+        fsync_ratio: fsynced.ratio,
       },
       ...pushed,
     };
@@ -415,6 +432,7 @@ export async function benchPush(settings: PushSettings): Promise<PushResult> {
     const r = full.result;
     rows.push(row(`a. full push, ${r.nodes} nodes, round-robin`, runs, r.node_median_s, r.http_backend_median_s, PUSH_TARGETS.full));
     rows.push(row(`a. full push, ${r.nodes} nodes, coordinator`, runs, r.coordinator_median_s, r.http_backend_median_s));
+    rows.push(row(`a. full push, ${r.nodes} nodes, round-robin, vs http-backend fsyncing refs`, runs, r.node_median_s, r.fsync_http_backend_median_s));
   }
   rows.push(row('b. 1-commit push, round-robin', smallRuns, small.node_median_s, small.http_backend_median_s, PUSH_TARGETS.small));
   rows.push(row('b. 1-commit push, coordinator', smallRuns, small.coordinator_median_s, small.http_backend_median_s));

@@ -1,6 +1,7 @@
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { GIT_FSYNC } from '../lib/git/hooks.js';
 import { benchClone } from './bench-clone.js';
 import { benchCreate } from './bench-create.js';
 import { benchProtocol, type VariantSummary } from './bench-protocol.js';
@@ -232,6 +233,7 @@ async function main(): Promise<void> {
   const pushNames = [
     'full push vs http-backend, 3 nodes, round-robin',
     'full push vs http-backend, 3 nodes, coordinator',
+    'full push vs http-backend fsyncing refs as the nodes do, 3 nodes, round-robin',
     '1-commit push vs http-backend, 3 nodes, round-robin',
     '1-commit push vs http-backend, 3 nodes, coordinator',
     `${size.bulkBranches} new branches in one push, 3 nodes, round-robin`,
@@ -253,10 +255,11 @@ async function main(): Promise<void> {
     const out: Row[] = [
       ratioRow(pushNames[0]!, 'median s', full.http_backend_s, full.node_s, PUSH_TARGETS.full, `push --mirror of the fixture (${fx}) into an empty repo, ${size.pushRuns} runs`),
       ratioRow(pushNames[1]!, 'median s', full.http_backend_s, full.coordinator_s, undefined, 'beside the headline: every push straight to the coordinator'),
-      ratioRow(pushNames[2]!, 'median s', small.http_backend_s, small.node_s, PUSH_TARGETS.small, `fast-forward of main by one commit, ${size.smallRuns} runs`),
-      ratioRow(pushNames[3]!, 'median s', small.http_backend_s, small.coordinator_s, undefined, 'beside the headline: straight to the coordinator'),
+      ratioRow(pushNames[2]!, 'median s', full.fsync_http_backend_s, full.node_s, undefined, `beside the headline: the baseline's repos fsync refs (core.fsync=${GIT_FSYNC}), as every node's do; git's default does not`),
+      ratioRow(pushNames[3]!, 'median s', small.http_backend_s, small.node_s, PUSH_TARGETS.small, `fast-forward of main by one commit, ${size.smallRuns} runs`),
+      ratioRow(pushNames[4]!, 'median s', small.http_backend_s, small.coordinator_s, undefined, 'beside the headline: straight to the coordinator'),
     ];
-    if (bulk) out.push(ratioRow(pushNames[4]!, 'median s', bulk.http_backend_s, bulk.node_s, PUSH_TARGETS.bulk, 'refs only, onto the fixture'));
+    if (bulk) out.push(ratioRow(pushNames[5]!, 'median s', bulk.http_backend_s, bulk.node_s, PUSH_TARGETS.bulk, 'refs only, onto the fixture'));
     for (const c of r.json.concurrent) out.push(concurrentRow(c.node, c.http_backend));
     return out;
   });

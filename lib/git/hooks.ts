@@ -13,6 +13,12 @@ export const HOOK_TIMEOUT_S = 3600;
  */
 export const REQUEST_ID_ENV = 'QUORUM_REQUEST_ID';
 
+/**
+ * What every git of a node fsyncs (core.fsync): objects, packs with their indexes, and refs. git's
+ * default leaves refs out; `npm run bench` also measures http-backend with this (scripts/bench-push.ts).
+ */
+export const GIT_FSYNC = 'committed,pack-metadata,reference';
+
 /** Where the hook posts; the node's router sends it to the push service. */
 export const HOOK_PATH = '/internal/hooks/pre-receive';
 
@@ -74,7 +80,7 @@ export function applyGitEnvironment(env: NodeJS.ProcessEnv, hooksDir: string, li
     // A push acknowledged on W nodes must survive those machines losing power, not only a process
     // crash: git's default hardens packs only, so pack indexes and refs are fsynced too (each
     // node's txn log says "committed" only after git moved the refs).
-    ['core.fsync', 'committed,pack-metadata,reference'],
+    ['core.fsync', GIT_FSYNC],
     // Partial clones (`git clone --filter=blob:none`, `tree:0`): without allowFilter upload-pack
     // does not advertise `filter`, and the client says "filtering not recognized by server" and
     // takes every object. A partial clone later fetches the objects it lacks by id: protocol v2
