@@ -230,7 +230,7 @@ export class PushService {
         // "ok" now would acknowledge a push held by fewer than W nodes, so git is told it failed:
         // receive-pack then leaves our refs alone, and the push is not acknowledged (a peer that did
         // apply it may still spread it by catch-up, so the client should fetch before pushing again).
-        logger.error('push decided but not confirmed on a quorum', { txn_id: txnId, request_id: request.requestId, repo_id: repoId, confirmed: result.confirmed, behind: result.behind });
+        logger.error('push decided but not confirmed on a quorum', { txn_id: txnId, request_id: request.requestId, repo_id: repoId, confirmed: result.confirmed, unanswered: result.unanswered, behind: result.behind });
         return {
           ok: false,
           txnId,
@@ -244,6 +244,7 @@ export class PushService {
         logger.info('push committed', { txn_id: txnId, request_id: request.requestId, repo_id: repoId, refs: updates.length, generation: result.generation, confirmed: result.confirmed.length });
         const lines = [`quorum-git: replicated to ${result.confirmed.length}/${total} nodes (quorum ${this.options.quorum}), generation ${result.generation}`];
         if (result.applying.length > 0) lines.push(`quorum-git: still applying: ${result.applying.join(', ')}`);
+        if (result.unanswered.length > 0) lines.push(`quorum-git: not answered yet, will apply it or catch up: ${result.unanswered.join(', ')}`);
         if (result.behind.length > 0) lines.push(`quorum-git: behind, will catch up: ${result.behind.join(', ')}`);
         return { ok: true, message: lines.join('\n'), txnId };
       }

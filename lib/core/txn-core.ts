@@ -145,10 +145,12 @@ export type CoordinatorResult =
   /**
    * `confirmed`: nodes that applied it (for a push, the coordinator counts once final: receive-pack
    * moves its refs before the client hears back); `applying`: yes voters a push's answer did not wait
-   * for; `behind`: the rest, which catch up later. `final: false`: no W nodes were known to hold the
-   * decision when the resends ran out, so the outcome is left to recovery (it may yet abort).
+   * for; `unanswered`: nodes whose vote had not come (or never could: unreachable), told the final
+   * commit once it does, which they apply if they staged it, and otherwise catch up; `behind`: the
+   * rest, which said no and catch up later. `final: false`: no W nodes were known to hold the decision
+   * when the resends ran out, so the outcome is left to recovery (it may yet abort).
    */
-  | { outcome: 'committed'; epoch: number; generation: number; confirmed: NodeId[]; applying: NodeId[]; behind: NodeId[]; final?: boolean }
+  | { outcome: 'committed'; epoch: number; generation: number; confirmed: NodeId[]; applying: NodeId[]; unanswered: NodeId[]; behind: NodeId[]; final?: boolean }
   /** `failed`: nodes that did not vote yes for want of being reachable or able to stage; `unprepared` the latter. */
   | { outcome: 'aborted'; code: AbortCode; failed: NodeId[]; unprepared?: NodeId[]; detail?: string };
 
@@ -400,6 +402,11 @@ export class CoordinatorTxn {
       this.replied = true;
       const confirmed = this.confirmed();
       const applying = lastChance ? [] : this.pendingAcks();
+      const rest = this.options.nodes.filter((n) => !confirmed.includes(n) && !applying.includes(n));
+      const silent = (n: NodeId): boolean => {
+        const vote = this.votes.get(n);
+        return vote === undefined || unanswered(vote);
+      };
       effects.push({
         type: 'reply',
         result: {
@@ -408,7 +415,8 @@ export class CoordinatorTxn {
           generation: this.generation,
           confirmed,
           applying,
-          behind: this.options.nodes.filter((n) => !confirmed.includes(n) && !applying.includes(n)),
+          unanswered: rest.filter(silent),
+          behind: rest.filter((n) => !silent(n)),
           final: this.final,
         },
       });
@@ -427,7 +435,7 @@ export class CoordinatorTxn {
     return [
       {
         type: 'reply',
-        result: { outcome: 'committed', epoch: this.epoch, generation: this.generation, confirmed: [], applying: [], behind: [...this.options.nodes], final: false },
+        result: { outcome: 'committed', epoch: this.epoch, generation: this.generation, confirmed: [], applying: [], unanswered: [], behind: [...this.options.nodes], final: false },
       },
     ];
   }

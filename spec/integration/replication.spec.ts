@@ -54,7 +54,7 @@ describe('replicated pushes (3-node cluster)', function () {
         // applying (it voted yes) or behind (its vote came after the decision), and commits a moment later.
         expect(report).to.deep.include({ total: 3, quorum: 2, generation: round });
         expect(report.confirmed).to.be.at.least(2);
-        expect(report.applying.length + report.behind.length).to.equal(3 - report.confirmed);
+        expect(report.applying.length + report.unanswered.length + report.behind.length).to.equal(3 - report.confirmed);
         const holding = cluster.nodes.filter((_, i) => onDisk[i]!['refs/heads/main'] === oid);
         expect(holding.length, `nodes holding ${oid}: ${holding.map((n) => n.serverId).join(', ')}`).to.be.at.least(2);
         expect(holding.length).to.be.at.least(report.confirmed);
@@ -97,7 +97,7 @@ describe('replicated pushes (3-node cluster)', function () {
       await waitForView(cluster);
       const fresh = await commitFile(git, work, 'a.txt', 'new\n');
       const report = expectPushed(await git.run(['push', n1.gitUrl(repoId), 'HEAD:refs/heads/main'], { cwd: work }));
-      expect(report).to.deep.include({ confirmed: 2, total: 3, applying: [], behind: [n3.url] });
+      expect(report).to.deep.include({ confirmed: 2, total: 3, applying: [], unanswered: [n3.url], behind: [] });
       expect((await diskRefs(git, n3, repoId))['refs/heads/main'], 'node 3 missed the push').to.equal(old);
 
       await n3.start();

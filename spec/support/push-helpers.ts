@@ -151,6 +151,8 @@ export interface ReplicationReport {
   generation: number;
   /** Prepared nodes the answer did not wait for. */
   applying: string[];
+  /** Nodes whose vote had not come when the client was answered. */
+  unanswered: string[];
   behind: string[];
 }
 
@@ -159,12 +161,14 @@ export function replicationReport(stderr: string): ReplicationReport {
   if (!m) throw new Error(`no replication report in:\n${stderr}`);
   const behind = /remote: quorum-git: behind, will catch up: (.*)/.exec(stderr);
   const applying = /remote: quorum-git: still applying: (.*)/.exec(stderr);
+  const unanswered = /remote: quorum-git: not answered yet, will apply it or catch up: (.*)/.exec(stderr);
   return {
     confirmed: Number(m[1]),
     total: Number(m[2]),
     quorum: Number(m[3]),
     generation: Number(m[4]),
     applying: applying ? applying[1]!.trim().split(', ') : [],
+    unanswered: unanswered ? unanswered[1]!.trim().split(', ') : [],
     behind: behind ? behind[1]!.trim().split(', ') : [],
   };
 }

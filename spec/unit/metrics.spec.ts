@@ -74,6 +74,7 @@ const committed = (confirmed: string[], final?: boolean): CoordinatorResult => (
   generation: 3,
   confirmed,
   applying: [],
+  unanswered: [],
   behind: [],
   ...(final === undefined ? {} : { final }),
 });

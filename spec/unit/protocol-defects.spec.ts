@@ -52,7 +52,7 @@ describe('issue 7 protocol defects, at the core', () => {
       expect(coord.onCommitReply(B, { vote: 'yes', epoch: 1, generation: 0 }, true).filter((e) => e.type === 'reply')).to.deep.equal([]);
       const replies = coord.onCommitReply(B, { vote: 'yes', epoch: 1, generation: 8 }, true).filter((e) => e.type === 'reply');
       expect(replies).to.have.length(1);
-      expect(replies[0]).to.deep.include({ result: { outcome: 'committed', epoch: 1, generation: 8, confirmed: [A, B], applying: [], behind: [C], final: true } });
+      expect(replies[0]).to.deep.include({ result: { outcome: 'committed', epoch: 1, generation: 8, confirmed: [A, B], applying: [], unanswered: [C], behind: [], final: true } });
     });
   });
 

@@ -75,18 +75,20 @@ describe('push service verdicts', () => {
   }
 
   it('says ok with how far the push got when a quorum confirmed it', async () => {
-    let answer = await verdict({ outcome: 'committed', epoch: 1, generation: 5, confirmed: [A, B], applying: [], behind: [C] });
+    let answer = await verdict({ outcome: 'committed', epoch: 1, generation: 5, confirmed: [A, B], applying: [], unanswered: [], behind: [C] });
     expect(answer.ok).to.equal(true);
     expect(answer.message).to.equal(`quorum-git: replicated to 2/3 nodes (quorum 2), generation 5\nquorum-git: behind, will catch up: ${C}`);
-    answer = await verdict({ outcome: 'committed', epoch: 1, generation: 5, confirmed: [A, B], applying: [C], behind: [] });
+    answer = await verdict({ outcome: 'committed', epoch: 1, generation: 5, confirmed: [A, B], applying: [C], unanswered: [], behind: [] });
     expect(answer.message).to.equal(`quorum-git: replicated to 2/3 nodes (quorum 2), generation 5\nquorum-git: still applying: ${C}`);
+    answer = await verdict({ outcome: 'committed', epoch: 1, generation: 5, confirmed: [A, B], applying: [], unanswered: [C], behind: [] });
+    expect(answer.message).to.equal(`quorum-git: replicated to 2/3 nodes (quorum 2), generation 5\nquorum-git: not answered yet, will apply it or catch up: ${C}`);
     expect(answer.op).to.deep.include({ kind: 'push', repoId: 'o/r', base: { epoch: 1, generation: 4 } });
   });
 
   // Found by `npm run bench`: a 17 MiB pack shipped to two peers of a loaded node, and a push of 5,000
   // new branches, took longer than the 3 s prepare timeout, and were refused with both peers "unreachable".
   it('gives the prepare of a push time in proportion to the pack it streams to the peers and the refs it moves', async () => {
-    const committed: CoordinatorResult = { outcome: 'committed', epoch: 1, generation: 5, confirmed: [A, B], applying: [], behind: [] };
+    const committed: CoordinatorResult = { outcome: 'committed', epoch: 1, generation: 5, confirmed: [A, B], applying: [], unanswered: [], behind: [] };
     // 4 MiB shipped (250 ms per MiB) and one ref moved (2 ms per ref).
     expect((await verdict(committed, 4 * 1024 * 1024)).extraPrepareMs).to.equal(1002);
     // A pack small enough to ride inside the prepare ships nothing ahead of it.
@@ -94,7 +96,7 @@ describe('push service verdicts', () => {
   });
 
   it('fails a push decided but confirmed by fewer than W nodes, telling the user to fetch', async () => {
-    const answer = await verdict({ outcome: 'committed', epoch: 1, generation: 5, confirmed: [A], applying: [], behind: [B, C] });
+    const answer = await verdict({ outcome: 'committed', epoch: 1, generation: 5, confirmed: [A], applying: [], unanswered: [], behind: [B, C] });
     expect(answer.ok).to.equal(false);
     expect(answer.message).to.match(/could not be confirmed on a quorum of 2 of 3 nodes \(confirmed: http:\/\/a\); fetch to see whether it landed/);
   });
