@@ -147,7 +147,8 @@ export type CoordinatorResult =
    * moves its refs before the client hears back); `applying`: yes voters a push's answer did not wait
    * for; `unanswered`: nodes whose vote had not come (or never could: unreachable), told the final
    * commit once it does, which they apply if they staged it, and otherwise catch up; `behind`: the
-   * rest, which said no and catch up later. `final: false`: no W nodes were known to hold the decision
+   * rest (they voted no, refused the commit, or did not acknowledge it before the resends ran out),
+   * which catch up later. `final: false`: no W nodes were known to hold the decision
    * when the resends ran out, so the outcome is left to recovery (it may yet abort).
    */
   | { outcome: 'committed'; epoch: number; generation: number; confirmed: NodeId[]; applying: NodeId[]; unanswered: NodeId[]; behind: NodeId[]; final?: boolean }
