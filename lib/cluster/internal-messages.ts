@@ -388,7 +388,6 @@ export function parseRepoState(value: unknown, repoId: string): RepoStateAnswer 
   return out;
 }
 
-/** The answer to GET /internal/ping. */
 /**
  * The body of POST /internal/membership: `{ node: <url>, dead: boolean }`. Its shape only: whether
  * the node is one of the cluster's, and may be declared dead, is the driver's to say (409).
@@ -401,6 +400,7 @@ export function parseMembership(body: unknown): { node: NodeId; dead: boolean } 
   return { node: b.node, dead: b.dead };
 }
 
+/** The answer to GET /internal/ping. */
 export function parsePeerInfo(value: unknown): PeerInfo {
   const p = record(value, 'a ping answer');
   if (typeof p.server_id !== 'string' || !SERVER_ID.test(p.server_id)) throw bad('server_id must be 1-64 characters of [A-Za-z0-9._-]');

@@ -75,12 +75,13 @@ const MAX_LOOSE_REF_FILES = 64;
  * files under refs/, then packed-refs, a loose ref winning. The divergence check reads a repo's refs
  * here and on every peer every few seconds, and a git process each (as readRefs) kept an idle 3-node
  * cluster with 25 repos busy on both cores of the 2-core test machine (at the specs' 1 s interval).
- * Loose files are read before packed-refs, so a concurrent `git pack-refs` (which writes
- * packed-refs, then removes the loose files) cannot hide a ref. Anything unusual (a symbolic ref, a name git might not take, a lock file),
- * and more than MAX_LOOSE_REF_FILES loose refs, is left to git. One difference from git's listing: a
- * ref whose object is missing (a damaged replica) is listed here, where git leaves it out with a
- * warning; a replica with one may then show as diverged from a peer whose refs git listed, and its
- * repair is skipped (the copy's refs are listed by git), so it is reported, not hidden.
+ * Loose files are read before packed-refs, so a concurrent `git pack-refs` (which writes packed-refs,
+ * then removes the loose files) cannot hide a ref. Anything unusual (a symbolic ref, a name git might
+ * not take, a lock file), and more than MAX_LOOSE_REF_FILES loose refs, is left to git. One
+ * difference from git's listing: a ref whose object is missing (a damaged replica) is listed here,
+ * where git leaves it out with a warning; a replica with one may then show as diverged from a peer
+ * whose refs git listed, and its repair is skipped (the copy's refs are listed by git), so it is
+ * reported, not hidden.
  */
 export async function readRefFiles(repoPath: string): Promise<Record<string, string>> {
   const loose = new Map<string, string>();

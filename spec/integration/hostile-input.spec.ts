@@ -72,6 +72,17 @@ function heldPost(
   };
 }
 
+/** A connection that sends half a request head and then nothing (a slowloris): the node holds it, unanswered. */
+function stalledConnection(base: string, localAddress: string): { closed: Promise<'closed'>; data: () => string; socket: net.Socket } {
+  const { hostname, port } = new URL(base);
+  const socket = net.connect({ host: hostname, port: Number(port), localAddress });
+  let data = '';
+  socket.on('data', (d) => (data += d.toString('latin1')));
+  socket.on('error', () => undefined);
+  socket.on('connect', () => socket.write(`GET /health HTTP/1.1\r\nhost: ${hostname}\r\n`));
+  return { closed: new Promise((resolve) => socket.once('close', () => resolve('closed'))), data: () => data, socket };
+}
+
 function errorCode(answer: RawAnswer): string | undefined {
   try {
     return JSON.parse(answer.body.toString('utf8')).error?.code;
@@ -279,13 +290,7 @@ describe('hostile input on git smart HTTP (3-node cluster)', function () {
         await Promise.all(spoofing.map((h) => h.answer));
       }
       // More connections from the balancer than MAX_CONNECTIONS_PER_CLIENT stay open (each a request half sent).
-      const { hostname, port } = new URL(coordinator.url);
-      const sockets = Array.from({ length: Number(env.MAX_CONNECTIONS_PER_CLIENT) + 4 }, () => {
-        const socket = net.connect({ host: hostname, port: Number(port), localAddress: lb });
-        socket.on('error', () => undefined);
-        socket.on('connect', () => socket.write(`GET /health HTTP/1.1\r\nhost: ${hostname}\r\n`));
-        return socket;
-      });
+      const sockets = Array.from({ length: Number(env.MAX_CONNECTIONS_PER_CLIENT) + 4 }, () => stalledConnection(coordinator.url, lb).socket);
       try {
         await eventually(() => expect(sockets.filter((s) => s.readyState === 'open').length).to.equal(sockets.length));
         await new Promise((resolve) => setTimeout(resolve, 300));
@@ -332,16 +337,7 @@ describe('hostile input on git smart HTTP (3-node cluster)', function () {
     // but not this cluster's address (its peers and tools use 127.0.0.1, never capped).
     it('closes connections beyond the per-address cap as they are accepted, and takes that address again once it closes them', async function () {
       const maxConnections = Number(env.MAX_CONNECTIONS_PER_CLIENT);
-      const { hostname, port } = new URL(coordinator.url);
-      /** A connection that sends half a request head and then nothing (a slowloris): the node holds it, unanswered. */
-      const stalled = (): { closed: Promise<'closed'>; data: () => string; socket: net.Socket } => {
-        const socket = net.connect({ host: hostname, port: Number(port), localAddress: '127.0.0.2' });
-        let data = '';
-        socket.on('data', (d) => (data += d.toString('latin1')));
-        socket.on('error', () => undefined);
-        socket.on('connect', () => socket.write(`GET /health HTTP/1.1\r\nhost: ${hostname}\r\n`));
-        return { closed: new Promise((resolve) => socket.once('close', () => resolve('closed'))), data: () => data, socket };
-      };
+      const stalled = (): ReturnType<typeof stalledConnection> => stalledConnection(coordinator.url, '127.0.0.2');
       const held = Array.from({ length: maxConnections }, stalled);
       const extra: ReturnType<typeof stalled>[] = [];
       try {
