@@ -15,6 +15,7 @@ import { NodeMetrics } from './base/metrics.js';
 import { applyGitEnvironment, installHooks } from './git/hooks.js';
 import { isLoopbackHost } from './base/config.js';
 import { Maintenance } from './git/maintenance.js';
+import { PackTee } from './cluster/pack-tee.js';
 import { PushService } from './cluster/push-service.js';
 import { UserDirectory } from './http/auth.js';
 import { Gate, type Callers } from './http/authz.js';
@@ -32,6 +33,10 @@ import { ManagementApi, repoAccess } from './http/management-api.js';
 
 /** Packs up to this size ride inside the prepare message (saves a request per peer on small pushes). */
 const INLINE_PACK_MAX_BYTES = 512 * 1024;
+/** Push options a push may send between its commands and its pack, for streaming its pack ahead. */
+const STREAM_AHEAD_MAX_OPTIONS_BYTES = 1024 * 1024;
+/** How far a peer may fall behind a pushing client before its stream ahead is given up (memory per peer). */
+const STREAM_AHEAD_MAX_BUFFERED_BYTES = 16 * 1024 * 1024;
 
 export class QuorumGitNode {
   readonly config: Config;
@@ -99,7 +104,7 @@ export class QuorumGitNode {
       bodyIdleTimeoutMs: config.gitBodyIdleTimeoutMs,
       maxProcesses: config.maxGitProcesses,
       maxProcessesPerClient: config.maxGitProcessesPerClient,
-    }, clock);
+    }, clock, config.streamPacksAhead ? (_repoId, requestId) => this.packTee(requestId) : undefined);
     this.pushService = new PushService({
       driver: this.driver,
       store: this.store,
@@ -109,6 +114,7 @@ export class QuorumGitNode {
       limits: { maxRefsPerPush: config.maxRefsPerPush, inlinePackMaxBytes: INLINE_PACK_MAX_BYTES, prepareMsPerMiB: config.prepareTimeoutPerMiBMs, prepareMsPerRef: config.prepareTimeoutPerRefMs, pushLockTimeoutMs: config.pushLockTimeoutMs, localApplyTimeoutMs: config.commitTimeoutMs * 10 },
       newTxnId: () => this.newTxnId(),
       receivePackExit: (pid) => this.gitHttp.receivePackExit(pid),
+      packTee: (pid) => this.gitHttp.receivePackTee(pid),
       timeTxn: (kind, run) => this.metrics.timeTxn(kind, run),
       clock,
     });
@@ -208,6 +214,20 @@ export class QuorumGitNode {
         recovered: () => this.recovered,
       }),
       gateway: this.gateway,
+    });
+  }
+
+  /** A push's pack streamed to every peer not declared dead as its client sends it (lib/cluster/pack-tee.ts). */
+  private packTee(requestId: string | undefined): PackTee {
+    const dead = this.driver.participant.deadNodes();
+    return new PackTee({
+      peers: this.driver.nodes.filter((n) => n !== this.config.selfUrl && !dead.includes(n)),
+      upload: (peer, stageId, body) => this.client.stagePack(peer, stageId, body, requestId),
+      discard: (peer, stageId) => this.client.dropStagedPack(peer, stageId, requestId),
+      minPackBytes: INLINE_PACK_MAX_BYTES,
+      maxPreambleBytes: this.config.maxRefsPerPush * 300 + PKT_MAX_BYTES + STREAM_AHEAD_MAX_OPTIONS_BYTES,
+      maxBufferedBytes: STREAM_AHEAD_MAX_BUFFERED_BYTES,
+      logger: this.logger,
     });
   }
 

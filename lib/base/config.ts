@@ -43,6 +43,12 @@ export interface Config {
   retainSettledTxns: number;
   /** Opt-in: serve a possibly stale local copy when fewer than R nodes answer (labelled so). */
   allowStaleReads: boolean;
+  /**
+   * STREAM_PACKS_AHEAD (default on): a large push's pack goes to the peers while its client is still
+   * sending it, instead of after receive-pack indexed it (lib/cluster/pack-tee.ts). Off, a push's pack
+   * crosses the peers' network once per push that reaches its hook, never for one refused before.
+   */
+  streamPacksAhead: boolean;
   /** A git RPC whose request body sends no byte (or whose client reads none) for this long is ended. */
   gitBodyIdleTimeoutMs: number;
   /** Git RPCs (upload-pack, receive-pack POSTs) one node serves at once; 503 with Retry-After beyond. */
@@ -103,6 +109,14 @@ function int(env: NodeJS.ProcessEnv, key: string, fallback: number, min = 0): nu
   if (raw === undefined || raw === '') return fallback;
   if (!/^\d+$/.test(raw) || Number(raw) < min) throw new Error(`${key} must be an integer >= ${min}, got '${raw}'`);
   return Number(raw);
+}
+
+function flag(env: NodeJS.ProcessEnv, key: string, fallback: boolean): boolean {
+  const raw = env[key];
+  if (raw === undefined || raw === '') return fallback;
+  if (raw === '1' || raw === 'true') return true;
+  if (raw === '0' || raw === 'false') return false;
+  throw new Error(`${key} must be 1, true, 0 or false, got '${raw}'`);
 }
 
 function normalizeUrl(key: string, raw: string): string {
@@ -169,6 +183,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     checkpointEveryEntries: int(env, 'CHECKPOINT_EVERY_ENTRIES', 10_000, 1),
     retainSettledTxns: int(env, 'RETAIN_SETTLED_TXNS', 10_000, 0),
     allowStaleReads: env.ALLOW_STALE_READS === '1' || env.ALLOW_STALE_READS === 'true',
+    streamPacksAhead: flag(env, 'STREAM_PACKS_AHEAD', true),
     gitBodyIdleTimeoutMs: int(env, 'GIT_BODY_IDLE_TIMEOUT_MS', 30_000, 100),
     maxGitProcesses: int(env, 'MAX_GIT_PROCESSES', 64, 1),
     maxGitProcessesPerClient: int(env, 'MAX_GIT_PROCESSES_PER_CLIENT', 16, 1),

@@ -3,6 +3,7 @@ import { createReadStream } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import path from 'node:path';
+import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import got, { type Got } from 'got';
 import { systemClock, type Clock } from '../base/clock.js';
@@ -18,6 +19,8 @@ import type { CatalogEntry, NodeId, QueryOutcome, TxnMessage, Vote } from '../co
 /** The sending node's URL (its PUBLIC_URL); a node takes 2PC messages only from its configured peers. */
 export const NODE_HEADER = 'x-quorum-node';
 export const PACK_UPLOAD_TIMEOUT_MS = 60 * 60_000;
+/** On a pack upload with no body: take the pack staged under this id instead (adoptStagedPack). */
+export const STAGED_PACK_HEADER = 'x-quorum-staged-pack';
 
 /**
  * Node-to-node connections are kept alive. A connection idle for as long as the server keeps it is
@@ -140,6 +143,42 @@ export class PeerClient {
     const writeBody = (req: http.ClientRequest): Promise<void> => pipeline(createReadStream(file, { highWaterMark: 1024 * 1024 }), req);
     const { status, text } = await this.exchange('PUT', url, headers, writeBody, { ms: PACK_UPLOAD_TIMEOUT_MS, what: 'not done' }, this.idleTimeoutMs);
     if (status !== 204) throw new Error(`PUT ${url}: HTTP ${status}: ${text.slice(0, 300)}`);
+  }
+
+  /**
+   * Streams a push's pack to a peer while the client is still sending it (lib/cluster/pack-tee.ts):
+   * resolves once the peer holds the whole stream, checked and fsynced, as stage `stageId`.
+   */
+  async stagePack(node: NodeId, stageId: string, body: Readable, requestId: string | undefined): Promise<void> {
+    const url = `${node}/internal/stage/${stageId}`;
+    const headers = { ...(requestId === undefined ? {} : { [REQUEST_ID_HEADER]: requestId }), 'content-type': 'application/octet-stream' };
+    const { status, text } = await this.exchange('PUT', url, headers, (req) => pipeline(body, req), { ms: PACK_UPLOAD_TIMEOUT_MS, what: 'not done' }, this.idleTimeoutMs);
+    if (status !== 204) throw new Error(`PUT ${url}: HTTP ${status}: ${text.slice(0, 300)}`);
+  }
+
+  /**
+   * Asks a peer to take the pack it staged as `stageId` as this push's `file`, which it does only if
+   * what it holds is that very pack (its checksum is the file's name). False: it holds no such pack.
+   */
+  async adoptStagedPack(node: NodeId, txnId: string, file: string, stageId: string, requestId: string): Promise<boolean> {
+    const url = `${node}/internal/push/${encodeURIComponent(txnId)}/${path.basename(file)}`;
+    const headers = { [REQUEST_ID_HEADER]: requestId, [STAGED_PACK_HEADER]: stageId, 'content-length': 0 };
+    const { status, text } = await this.exchange('PUT', url, headers, (req) => void req.end(), { ms: this.idleTimeoutMs, what: 'no answer' });
+    if (status === 204) return true;
+    if (status === 404) return false;
+    throw new Error(`PUT ${url}: HTTP ${status}: ${text.slice(0, 300)}`);
+  }
+
+  /** Tells a peer to drop a stage it holds (the push is over and did not take it); a failure is only logged. */
+  async dropStagedPack(node: NodeId, stageId: string, requestId: string | undefined): Promise<void> {
+    const url = `${node}/internal/stage/${stageId}`;
+    const headers = requestId === undefined ? {} : { [REQUEST_ID_HEADER]: requestId };
+    try {
+      const { status, text } = await this.exchange('DELETE', url, headers, (req) => void req.end(), { ms: this.idleTimeoutMs, what: 'no answer' });
+      if (status !== 204) throw new Error(`DELETE ${url}: HTTP ${status}: ${text.slice(0, 300)}`);
+    } catch (err) {
+      this.logger?.debug('a peer did not drop a streamed pack; its sweep will', { peer: node, stage: stageId, err: (err as Error).message });
+    }
   }
 
   /** A replica's version of one repo (and its refs, for catch-up). */

@@ -6,6 +6,7 @@ import { runGit } from '../git/git.js';
 import { KeyedLock, LockTimeoutError } from '../base/keyed-lock.js';
 import type { Logger } from '../base/logger.js';
 import type { TxnTimer } from '../base/metrics.js';
+import type { PackTee } from './pack-tee.js';
 import type { PeerClient } from './peer-client.js';
 import { isPrivateRef, refNameProblem } from '../core/repo-id.js';
 import type { RepoStore } from '../storage/repo-store.js';
@@ -62,6 +63,8 @@ export interface PushServiceOptions {
   newTxnId: () => string;
   /** Resolves when the receive-pack process with this pid has exited (undefined if not ours). */
   receivePackExit: (pid: number) => Promise<void> | undefined;
+  /** The streams of the pack receive-pack `pid` took in, sent to the peers as it came (none: uploaded after). */
+  packTee?: (pid: number) => PackTee | undefined;
   /** Runs the push's transaction and records it (the node's metrics); default: just runs it. */
   timeTxn?: TxnTimer;
   /** The node's clock (default the system's); times the push lock's wait and the local apply's. */
@@ -209,6 +212,8 @@ export class PushService {
       const extraPrepareMs = Math.ceil((shippedBytes / (1024 * 1024)) * limits.prepareMsPerMiB + updates.length * limits.prepareMsPerRef);
       const uploads: Promise<unknown>[] = [];
       const exit = request.receivePackPid === undefined ? undefined : this.options.receivePackExit(request.receivePackPid);
+      const tee = request.receivePackPid === undefined ? undefined : this.options.packTee?.(request.receivePackPid);
+      let streamedAhead = 0;
       const localApplied = driver.localOutcome(txnId);
       const timeTxn = this.options.timeTxn ?? ((_kind, run) => run());
       const result = await timeTxn('push', () => driver.runTxn(op, request.requestId, {
@@ -218,11 +223,12 @@ export class PushService {
         beforePrepare: async (peer: NodeId) => {
           // A small pack rides inside the prepare (one request less per peer); a large one streams ahead.
           if (inline) return inline;
-          const upload = Promise.all(packFiles.map((file) => this.options.client.uploadPackFile(peer, txnId, file, request.requestId)));
+          const upload = Promise.all(packFiles.map((file) => this.shipPackFile(peer, txnId, file, tee, request.requestId)));
           uploads.push(upload);
           await upload;
         },
       }));
+      if (tee !== undefined) streamedAhead = tee.adopted;
       if (packFiles.length > 0) void Promise.allSettled(uploads).then(() => store.dropOutgoing(txnId));
       const total = driver.nodes.length;
       if (result.outcome === 'committed' && result.confirmed.length < this.options.quorum) {
@@ -241,7 +247,7 @@ export class PushService {
         releaseLater = true;
         const timeout = sleep(this.clock, limits.localApplyTimeoutMs);
         void Promise.race([localApplied, timeout]).then(release);
-        logger.info('push committed', { txn_id: txnId, request_id: request.requestId, repo_id: repoId, refs: updates.length, generation: result.generation, confirmed: result.confirmed.length });
+        logger.info('push committed', { txn_id: txnId, request_id: request.requestId, repo_id: repoId, refs: updates.length, generation: result.generation, confirmed: result.confirmed.length, streamed_ahead: streamedAhead });
         const lines = [`quorum-git: replicated to ${result.confirmed.length}/${total} nodes (quorum ${this.options.quorum}), generation ${result.generation}`];
         if (result.applying.length > 0) lines.push(`quorum-git: still applying: ${result.applying.join(', ')}`);
         if (result.unanswered.length > 0) lines.push(`quorum-git: not answered yet, will apply it or catch up: ${result.unanswered.join(', ')}`);
@@ -254,6 +260,29 @@ export class PushService {
     } finally {
       if (!releaseLater) release();
     }
+  }
+
+  /**
+   * Gets one file of the push's pack to `peer` before its prepare: the pack itself, if the peer was
+   * streamed it while the client sent it and holds it whole under this name, is taken from there;
+   * otherwise (an index, a pack receive-pack completed or that the peer missed) it is uploaded.
+   */
+  private async shipPackFile(peer: NodeId, txnId: string, file: string, tee: PackTee | undefined, requestId: string): Promise<void> {
+    const { client, logger } = this.options;
+    if (tee !== undefined && file.endsWith('.pack')) {
+      const stageId = await tee.staged(peer);
+      if (stageId !== undefined) {
+        const adopted = await client.adoptStagedPack(peer, txnId, file, stageId, requestId).catch((err: Error) => {
+          logger.debug('a peer could not take its streamed pack; uploading it', { peer, txn_id: txnId, err: err.message });
+          return false;
+        });
+        if (adopted) {
+          tee.markAdopted(peer);
+          return;
+        }
+      }
+    }
+    await client.uploadPackFile(peer, txnId, file, requestId);
   }
 }
 

@@ -63,6 +63,9 @@ export function parseRepoId(value: unknown): RepoId {
 /** A transaction id names directories (staging, incoming): never '.', '..' or anything with a slash. */
 export const TXN_ID = /^(?!\.{1,2}$)[A-Za-z0-9._-]{1,128}$/;
 
+/** A pack streamed to a peer ahead of its push's transaction is kept under this name (lib/cluster/pack-tee.ts). */
+export const STAGE_ID = /^stage-[0-9a-f]{24}$/;
+
 /** Refs kept aside by repair and catch-up; never advertised (transfer.hideRefs), compared or copied. */
 export const LOST_FOUND_PREFIX = 'refs/lost+found/';
 

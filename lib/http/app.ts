@@ -146,7 +146,7 @@ export class HttpApp {
     if (target.kind.startsWith('internal')) internal.authorizePeer(req);
     // Messages that change state come from a configured peer that names itself; any other internal
     // request (the operator tools, the hook) may name no node, but never a wrong one.
-    const sender = target.kind.startsWith('internal') ? internal.senderOf(req, target.kind === 'internalTxn' || target.kind === 'internalPackUpload') : undefined;
+    const sender = target.kind.startsWith('internal') ? internal.senderOf(req, target.kind === 'internalTxn' || target.kind === 'internalPackUpload' || target.kind === 'internalPackStage') : undefined;
     const fromPeer = isPeer(req, config.clusterSecret);
     const ctx: RequestContext = {
       log,
@@ -188,6 +188,7 @@ export class HttpApp {
       case 'internalQuery':
       case 'internalHook':
       case 'internalPackUpload':
+      case 'internalPackStage':
       case 'internalRepoState':
         return internal.serve(target, req, res, sender, requestId, log);
       case 'gitInfoRefs':

@@ -98,6 +98,7 @@ export function requirement(route: Route): Requirement {
     case 'internalQuery':
     case 'internalHook':
     case 'internalPackUpload':
+    case 'internalPackStage':
     case 'internalRepoState':
       return { kind: 'peer' };
     case 'listRepos':

@@ -11,6 +11,7 @@ import { REQUEST_ID_ENV } from '../git/hooks.js';
 import type { Logger } from '../base/logger.js';
 import { REQUEST_ID_HEADER } from '../base/headers.js';
 import type { GitService } from './router.js';
+import type { PackTee } from '../cluster/pack-tee.js';
 
 // Git's smart HTTP. The router has already validated the name and checked that the repo exists.
 //
@@ -60,7 +61,12 @@ interface ReceivePack {
   hookStarted: boolean;
   /** Who sent the push, as the caller of rpc() described it (for the audit line its hook writes). */
   origin: unknown;
+  /** Its pack, streamed to the peers as it came (lib/cluster/pack-tee.ts). */
+  tee: PackTee | undefined;
 }
+
+/** A push's streams of its pack to the peers, for a repo whose pushes this node serves; undefined: none. */
+export type PackTeeFactory = (repoId: string, requestId: string | undefined) => PackTee | undefined;
 
 export class GitHttp {
   private readonly repoPath: (repoId: string) => string;
@@ -75,7 +81,10 @@ export class GitHttp {
 
   private readonly clock: Clock;
 
-  constructor(repoPath: (repoId: string) => string, logger: Logger, limits: GitHttpLimits, clock: Clock = systemClock) {
+  private readonly packTee: PackTeeFactory | undefined;
+
+  constructor(repoPath: (repoId: string) => string, logger: Logger, limits: GitHttpLimits, clock: Clock = systemClock, packTee?: PackTeeFactory) {
+    this.packTee = packTee;
     this.clock = clock;
     this.logger = logger;
     this.limits = limits;
@@ -186,6 +195,8 @@ export class GitHttp {
     if ('refused' in slot) return this.refuseBusy(req, res, service, client, log, slot.refused);
     const dir = this.repoPath(repoId);
     const gitProtocol = gitProtocolEnv(req.headers['git-protocol']);
+    const requestId = res.getHeader(REQUEST_ID_HEADER);
+    const tee = service === 'receive-pack' ? this.packTee?.(repoId, typeof requestId === 'string' ? requestId : undefined) : undefined;
     return new Promise<void>((resolve, reject) => {
       let child: ChildProcess | undefined;
       let settled = false;
@@ -203,6 +214,7 @@ export class GitHttp {
       const abort = (err: QuorumGitError): void => {
         if (timer) this.clock.clearTimeout(timer);
         timer = undefined;
+        tee?.abandon();
         if (child && child.exitCode === null && child.signalCode === null && !hookStarted()) child.kill('SIGTERM');
         if (!res.headersSent && !settled) {
           // The rest of the body is not read: the connection closes after the answer.
@@ -235,9 +247,10 @@ export class GitHttp {
 
       const scanner = new RequestHeadScanner(service, this.limits.maxHeadBytes);
       let held: Buffer[] = [];
-      const start = (): void => this.startRpc(service, dir, gitProtocol, log, gate, res, (c) => (child = c), slot.release, arm, origin);
+      const start = (): void => this.startRpc(service, dir, gitProtocol, log, gate, res, (c) => (child = c), slot.release, arm, origin, tee);
       const gate = new Transform({
         transform(chunk: Buffer, _encoding, done) {
+          tee?.feed(chunk);
           if (scanner.state.state === 'more') {
             const verdict = scanner.feed(chunk);
             if (verdict.state === 'invalid') return done(new QuorumGitError('invalid_body', verdict.message));
@@ -253,6 +266,7 @@ export class GitHttp {
         },
         flush(done) {
           if (scanner.state.state !== 'done') return done(new QuorumGitError('invalid_body', 'the request body ended inside its pkt-line head'));
+          tee?.end();
           done();
         },
       });
@@ -276,6 +290,7 @@ export class GitHttp {
       res.once('close', () => {
         if (timer) this.clock.clearTimeout(timer);
         timer = undefined;
+        tee?.abandon();
         if (child === undefined) slot.release();
         if (!res.writableFinished && child && child.exitCode === null && child.signalCode === null) {
           if (hookStarted()) {
@@ -295,7 +310,7 @@ export class GitHttp {
   }
 
   /** Spawns git for an RPC whose first command has arrived; its stdin is what `body` passes on. */
-  private startRpc(service: GitService, dir: string, gitProtocol: string | undefined, log: Logger, body: Readable, res: http.ServerResponse, started: (child: ChildProcess) => void, release: () => void, progress: () => void, origin: unknown): void {
+  private startRpc(service: GitService, dir: string, gitProtocol: string | undefined, log: Logger, body: Readable, res: http.ServerResponse, started: (child: ChildProcess) => void, release: () => void, progress: () => void, origin: unknown, tee: PackTee | undefined): void {
     res.setHeader('content-type', `application/x-git-${service}-result`);
     res.setHeader('cache-control', 'no-cache, max-age=0, must-revalidate');
     // `git <service>` runs the builtin in this very process, so child.pid is the pid the pre-receive
@@ -325,6 +340,7 @@ export class GitHttp {
       this.receivePacks.set(pid, {
         hookStarted: false,
         origin,
+        tee,
         exit: new Promise<void>((resolve) =>
           child.once('exit', () => {
             this.receivePacks.delete(pid);
@@ -336,6 +352,8 @@ export class GitHttp {
     child.once('exit', (code, signal) => {
       this.running.delete(child);
       release();
+      // The push is over: stages of its pack that no peer took are dropped.
+      void tee?.release();
       if (code !== 0) log.warn('git exited with an error', { service, code, signal, stderr: stderr.trim().slice(0, 500) });
     });
     child.stdout!.pipe(res);
@@ -351,6 +369,11 @@ export class GitHttp {
 
   receivePackExit(pid: number): Promise<void> | undefined {
     return this.receivePacks.get(pid)?.exit;
+  }
+
+  /** The streams to the peers of the pack receive-pack `pid` took in, if it was streamed ahead. */
+  receivePackTee(pid: number): PackTee | undefined {
+    return this.receivePacks.get(pid)?.tee;
   }
 
   /** What rpc() was told about the sender of the push receive-pack `pid` serves. */

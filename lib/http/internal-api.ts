@@ -9,10 +9,12 @@ import { SECRET_HEADER } from '../base/headers.js';
 import type { Logger } from '../base/logger.js';
 import { repoDigest } from '../cluster/catch-up.js';
 import { commitEpochProblem, parseMembership, parseTxnMessage } from '../cluster/internal-messages.js';
-import { NODE_HEADER } from '../cluster/peer-client.js';
+import { PackTrailerCheck } from '../cluster/pack-tee.js';
+import { NODE_HEADER, STAGED_PACK_HEADER } from '../cluster/peer-client.js';
 import type { PushService } from '../cluster/push-service.js';
 import type { TxnDriver } from '../cluster/txn-driver.js';
 import { QuorumGitError } from '../core/errors.js';
+import { STAGE_ID } from '../core/repo-id.js';
 import { compareVersions, type NodeId, type TxnMessage } from '../core/txn-core.js';
 import type { RepoStore } from '../storage/repo-store.js';
 import { auditPush, auditUpdates, type AuditWho } from './audit.js';
@@ -149,6 +151,10 @@ export class InternalApi {
       }
       case 'internalPackUpload':
         return this.receivePackFile(req, res, target.txnId, target.file);
+      case 'internalPackStage':
+        if (!target.drop) return this.receiveStagedPack(req, res, target.stageId);
+        await fsp.rm(this.options.store.incomingDir(target.stageId), { recursive: true, force: true });
+        return send(res, 204);
       case 'internalRepoState':
         return send(res, 200, { ...(await repoState(driver, this.options.store, target.repoId, { refs: target.withRefs, digest: target.withDigest })), ...this.lockState(target.repoId) });
     }
@@ -206,29 +212,75 @@ export class InternalApi {
     }
   }
 
-  /** A peer streams one file of a push's pack to us ahead of the prepare; bounded, never buffered. */
+  /**
+   * A peer streams one file of a push's pack to us ahead of the prepare; bounded, never buffered. With
+   * STAGED_PACK_HEADER and no body, the pack we were streamed while its client sent it is taken instead,
+   * if it is this very file: its stage holds a file of this name only if its checksum is the name's.
+   */
   private async receivePackFile(req: http.IncomingMessage, res: http.ServerResponse, txnId: string, file: string): Promise<void> {
     const dir = this.options.store.incomingDir(txnId);
+    const staged = req.headers[STAGED_PACK_HEADER];
+    if (staged !== undefined) {
+      if (typeof staged !== 'string' || !STAGE_ID.test(staged) || !file.endsWith('.pack')) {
+        throw new QuorumGitError('invalid_body', `${STAGED_PACK_HEADER} must name a stage (stage-<24 hex>), for a .pack`);
+      }
+      await readBody(req, 0);
+      const stage = this.options.store.incomingDir(staged);
+      await fsp.mkdir(dir, { recursive: true });
+      try {
+        await fsp.rename(path.join(stage, file), path.join(dir, file));
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+        throw new QuorumGitError('not_found', `no staged pack ${file} in ${staged}; upload it`);
+      }
+      await fsp.rm(stage, { recursive: true, force: true });
+      return send(res, 204);
+    }
     await fsp.mkdir(dir, { recursive: true });
     const tmp = path.join(dir, `${file}.tmp`);
-    let size = 0;
-    const limit = this.options.config.maxPackBytes;
-    const counter = new Transform({
-      transform(chunk: Buffer, _enc, done) {
-        size += chunk.length;
-        if (size > limit) done(new QuorumGitError('body_too_large', `pack exceeds ${limit} bytes`));
-        else done(null, chunk);
-      },
-    });
     try {
       // fsynced before it is closed: a peer's yes vote promises it has the objects.
-      await pipeline(req, counter, createWriteStream(tmp, { flush: true }));
+      await pipeline(req, this.sizeLimit(), createWriteStream(tmp, { flush: true }));
       await fsp.rename(tmp, path.join(dir, file));
     } catch (err) {
       await fsp.rm(tmp, { force: true });
       throw err;
     }
     send(res, 204);
+  }
+
+  /**
+   * A peer streams us a push's pack as its client sends it (lib/cluster/pack-tee.ts). Kept, fsynced,
+   * as pack-<checksum>.pack in the stage's directory only if it ends in its own checksum; the hook's
+   * upload of that name then takes it (receivePackFile). Stages never taken are swept as idle uploads.
+   */
+  private async receiveStagedPack(req: http.IncomingMessage, res: http.ServerResponse, stageId: string): Promise<void> {
+    const dir = this.options.store.incomingDir(stageId);
+    await fsp.mkdir(dir, { recursive: true });
+    const tmp = path.join(dir, 'stream.tmp');
+    const check = new PackTrailerCheck();
+    try {
+      await pipeline(req, this.sizeLimit(), check, createWriteStream(tmp, { flush: true }));
+      if (check.checksum === undefined) throw new QuorumGitError('invalid_body', 'the stream does not end in its own checksum: not a whole pack');
+      await fsp.rename(tmp, path.join(dir, `pack-${check.checksum}.pack`));
+    } catch (err) {
+      await fsp.rm(dir, { recursive: true, force: true });
+      throw err;
+    }
+    send(res, 204);
+  }
+
+  /** Passes a pack on, failing it once it exceeds MAX_PACK_BYTES. */
+  private sizeLimit(): Transform {
+    let size = 0;
+    const limit = this.options.config.maxPackBytes;
+    return new Transform({
+      transform(chunk: Buffer, _enc, done) {
+        size += chunk.length;
+        if (size > limit) done(new QuorumGitError('body_too_large', `pack exceeds ${limit} bytes`));
+        else done(null, chunk);
+      },
+    });
   }
 
   /** One push's audit line, written where its pre-receive hook ran (the repo's coordinator). */

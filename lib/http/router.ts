@@ -1,6 +1,6 @@
 import { QuorumGitError } from '../core/errors.js';
 import { PACK_FILE } from '../git/git-refs.js';
-import { TXN_ID, formatRepoId, parseRepoParts } from '../core/repo-id.js';
+import { STAGE_ID, TXN_ID, formatRepoId, parseRepoParts } from '../core/repo-id.js';
 
 // Classifies every request before anything else sees it. Pure: a method and a raw URL in, a route
 // (plain data) out, or a QuorumGitError. The server only carries the route out.
@@ -26,6 +26,8 @@ export type Route =
   | { kind: 'internalQuery'; txnId: string; refuse: boolean; asCoordinator: boolean }
   | { kind: 'internalHook' }
   | { kind: 'internalPackUpload'; txnId: string; file: string }
+  /** A push's pack streamed ahead of its transaction (lib/cluster/pack-tee.ts). */
+  | { kind: 'internalPackStage'; stageId: string; drop: boolean }
   | { kind: 'internalRepoState'; repoId: string; withRefs: boolean; withDigest: boolean }
   | { kind: 'gitInfoRefs'; repoId: string; service: GitService }
   | { kind: 'gitRpc'; repoId: string; service: GitService };
@@ -96,6 +98,10 @@ export function route(method: string, rawUrl: string): Route {
     if (second === 'hooks' && third === 'pre-receive' && segments.length === 3 && method === 'POST') return { kind: 'internalHook' };
     if (second === 'push' && segments.length === 4 && method === 'PUT' && TXN_ID.test(third!) && PACK_FILE.test(rest[0]!)) {
       return { kind: 'internalPackUpload', txnId: third!, file: rest[0]! };
+    }
+    if (second === 'stage' && segments.length === 3 && STAGE_ID.test(third!)) {
+      if (method !== 'PUT' && method !== 'DELETE') throw methodNotAllowed(method, 'PUT, DELETE');
+      return { kind: 'internalPackStage', stageId: third!, drop: method === 'DELETE' };
     }
     if (second === 'repo-state' && segments.length === 4 && method === 'GET') {
       return {

@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
@@ -107,6 +107,61 @@ describe('peers trust no message blindly (3-node cluster)', function () {
       expect(await pathExists(node.repoDir(repoId)), node.serverId).to.equal(true);
       expect((await node.getRepo(repoId)).body, node.serverId).to.include({ exists: true, epoch: 1 });
     }
+  });
+
+  it('keeps a pack streamed ahead only if it ends in its own checksum, and gives it up only under that name', async function () {
+    const put = (pathname: string, body: Uint8Array, headers: Record<string, string> = {}): ReturnType<typeof http> =>
+      http(`${n1.url}${pathname}`, { method: 'PUT', body, headers: { [SECRET_HEADER]: cluster.secret, 'x-quorum-node': n2.url, ...headers } });
+    const stageId = (): string => `stage-${randomBytes(12).toString('hex')}`;
+    const incoming = path.join(n1.dataDir, 'incoming');
+    const content = Buffer.concat([Buffer.from('PACK'), Buffer.from([0, 0, 0, 2, 0, 0, 0, 0]), randomBytes(4096)]);
+    const checksum = createHash('sha1').update(content).digest();
+    const pack = Buffer.concat([content, checksum]);
+    const name = `pack-${checksum.toString('hex')}.pack`;
+
+    // A stream that does not end in its checksum (a byte changed on the way, or cut short) is not kept.
+    const broken = Buffer.from(pack);
+    broken[100] = broken[100]! ^ 1;
+    for (const body of [broken, pack.subarray(0, 2000)]) {
+      const id = stageId();
+      const res = await put(`/internal/stage/${id}`, body);
+      expect(res.status, res.text).to.equal(400);
+      expect(res.body.error.code).to.equal('invalid_body');
+      expect(await pathExists(path.join(incoming, id)), 'nothing kept').to.equal(false);
+    }
+    // Not a stage's name: no such route.
+    expect((await put('/internal/stage/..', pack)).status).to.equal(404);
+    expect((await put('/internal/stage/stage-x', pack)).status).to.equal(404);
+
+    const id = stageId();
+    expect((await put(`/internal/stage/${id}`, pack)).status).to.equal(204);
+    const txn = txnId('adopt');
+    // Asked for under another name, for an index, or for a stage that is not there: not given up.
+    const other = `pack-${'e'.repeat(40)}.pack`;
+    const wrongName = await put(`/internal/push/${txn}/${other}`, new Uint8Array(0), { 'x-quorum-staged-pack': id });
+    expect(wrongName.status, wrongName.text).to.equal(404);
+    expect(wrongName.body.error.code).to.equal('not_found');
+    const idx = await put(`/internal/push/${txn}/${name.replace(/\.pack$/, '.idx')}`, new Uint8Array(0), { 'x-quorum-staged-pack': id });
+    expect(idx.status, idx.text).to.equal(400);
+    const notStaged = await put(`/internal/push/${txn}/${name}`, new Uint8Array(0), { 'x-quorum-staged-pack': stageId() });
+    expect(notStaged.status, notStaged.text).to.equal(404);
+    const badId = await put(`/internal/push/${txn}/${name}`, new Uint8Array(0), { 'x-quorum-staged-pack': '../../repos' });
+    expect(badId.status, badId.text).to.equal(400);
+    expect(await pathExists(path.join(incoming, txn, other))).to.equal(false);
+
+    const adopted = await put(`/internal/push/${txn}/${name}`, new Uint8Array(0), { 'x-quorum-staged-pack': id });
+    expect(adopted.status, adopted.text).to.equal(204);
+    expect((await fs.readFile(path.join(incoming, txn, name))).equals(pack), 'the very bytes streamed').to.equal(true);
+    expect(await pathExists(path.join(incoming, id)), 'the stage is gone').to.equal(false);
+    // A stage the push did not take is dropped when its coordinator says so.
+    const dropped = stageId();
+    expect((await put(`/internal/stage/${dropped}`, pack)).status).to.equal(204);
+    expect(await pathExists(path.join(incoming, dropped))).to.equal(true);
+    const drop = await http(`${n1.url}/internal/stage/${dropped}`, { method: 'DELETE', headers: { [SECRET_HEADER]: cluster.secret, 'x-quorum-node': n2.url } });
+    expect(drop.status, drop.text).to.equal(204);
+    expect(await pathExists(path.join(incoming, dropped))).to.equal(false);
+    // No prepare follows: the upload is dropped as abandoned, as any other.
+    await eventually(async () => expect(await pathExists(path.join(incoming, txn))).to.equal(false), 30_000);
   });
 
   it('answers random internal messages with a 2xx or 4xx, never a 5xx, and stays up with nothing outside its dirs', async function () {

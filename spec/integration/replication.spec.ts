@@ -215,6 +215,40 @@ describe('replicated pushes (3-node cluster)', function () {
         expect(growth, `${cluster.nodes[i]!.serverId} peak RSS growth (bytes)`).to.be.below(Math.max(100, packMiB) * 1024 * 1024);
       }
       for (const node of cluster.nodes) expect(await repoVersion(node, repoId)).to.deep.include({ generation: 1 });
+      // The pack went to nodes 1 and 3 while the client was still sending it: the hook shipped
+      // only its index, and each of them took its streamed copy as the push's pack.
+      const committed = n2.logText().split('\n').filter((l) => l.includes('"push committed"') && l.includes(`"repo_id":"${repoId}"`));
+      expect(committed.map((l) => (JSON.parse(l) as { streamed_ahead?: number }).streamed_ahead)).to.deep.equal([2]);
+    });
+
+    it('is uploaded by the hook instead when receive-pack completed it (a thin pack), and replicated all the same', async function () {
+      this.timeout(120_000);
+      const repoId = repoCoordinatedBy(cluster, n2, 'thin', 'pack');
+      await createRepo(cluster, n1, repoId);
+      const work = path.join(await git.tempDir('thin'), 'work');
+      await git.ok(['init', '--quiet', work]);
+      await writeSeededBytes(path.join(work, 'base.bin'), 2 * 1024 * 1024, 'quorum-git thin base');
+      await git.ok(['add', '--all'], { cwd: work });
+      await git.ok(['commit', '--quiet', '-m', 'base'], { cwd: work });
+      expectPushed(await git.run(['push', n1.gitUrl(repoId), 'HEAD:refs/heads/main'], { cwd: work, timeoutMs: 60_000 }));
+      // base.bin changed by a few bytes (a delta against the blob the nodes hold: the pack is thin)
+      // and a new file large enough for the pack to be streamed ahead.
+      const base = await fs.readFile(path.join(work, 'base.bin'));
+      base.write('changed', 1000);
+      await fs.writeFile(path.join(work, 'base.bin'), base);
+      await writeSeededBytes(path.join(work, 'new.bin'), 1024 * 1024, 'quorum-git thin new');
+      await git.ok(['add', '--all'], { cwd: work });
+      await git.ok(['commit', '--quiet', '-m', 'thin'], { cwd: work });
+      const oid = (await git.ok(['rev-parse', 'HEAD'], { cwd: work })).trim();
+      expectPushed(await git.run(['push', n1.gitUrl(repoId), 'HEAD:refs/heads/main'], { cwd: work, timeoutMs: 60_000 }));
+      const agreed = await expectConverged(cluster, git, repoId, 60_000);
+      expect(agreed.refs).to.deep.equal({ 'refs/heads/main': oid });
+      for (const node of cluster.nodes) {
+        await git.ok(['--git-dir', node.repoDir(repoId), 'cat-file', '-e', `${oid}:base.bin`]);
+        expect(await repoVersion(node, repoId), node.serverId).to.deep.include({ generation: 2 });
+      }
+      const committed = n2.logText().split('\n').filter((l) => l.includes('"push committed"') && l.includes(`"repo_id":"${repoId}"`));
+      expect(committed.map((l) => (JSON.parse(l) as { streamed_ahead?: number }).streamed_ahead), 'the second push: none taken from the stream').to.deep.equal([2, 0]);
     });
   });
 });

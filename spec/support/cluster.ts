@@ -87,14 +87,14 @@ export interface HttpOptions {
   method?: string;
   /** Sent as JSON (with a JSON content-type); `body` is sent as is. */
   json?: unknown;
-  body?: string;
+  body?: string | Uint8Array;
   headers?: Record<string, string>;
   timeoutMs?: number;
 }
 
 export async function http(url: string, options: HttpOptions = {}): Promise<HttpResult> {
   const headers: Record<string, string> = { ...(options.headers ?? {}) };
-  let body: string | undefined = options.body;
+  let body: string | Uint8Array | undefined = options.body;
   if (options.json !== undefined) {
     body = JSON.stringify(options.json);
     headers['content-type'] ??= 'application/json';
@@ -102,7 +102,7 @@ export async function http(url: string, options: HttpOptions = {}): Promise<Http
   const res = await fetch(url, {
     method: options.method ?? (body === undefined ? 'GET' : 'POST'),
     headers,
-    body,
+    body: typeof body === 'string' || body === undefined ? body : new Uint8Array(body),
     signal: AbortSignal.timeout(options.timeoutMs ?? 15_000),
   });
   const text = await res.text();

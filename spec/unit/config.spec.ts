@@ -105,3 +105,13 @@ describe('TLS settings', () => {
     expect(problemOf({ PEER_URLS: 'ftp://127.0.0.1:3002' })).to.match(/must be an http:\/\/ or https:\/\/ URL/);
   });
 });
+
+describe('switches', () => {
+  it('streams packs ahead by default; STREAM_PACKS_AHEAD takes 1, true, 0 or false and refuses anything else, naming it', () => {
+    expect(loadConfig({}).streamPacksAhead).to.equal(true);
+    for (const [raw, on] of [['1', true], ['true', true], ['0', false], ['false', false], ['', true]] as const) {
+      expect(loadConfig({ STREAM_PACKS_AHEAD: raw }).streamPacksAhead, raw).to.equal(on);
+    }
+    for (const raw of ['yes', 'off', '2', 'TRUE']) expect(problemOf({ STREAM_PACKS_AHEAD: raw }), raw).to.match(/STREAM_PACKS_AHEAD must be 1, true, 0 or false/);
+  });
+});

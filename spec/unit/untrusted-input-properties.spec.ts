@@ -140,6 +140,11 @@ describe('untrusted input (property-based)', () => {
           expect(path.dirname(dir), dir).to.equal(path.join(DATA_DIR, 'incoming'));
           expect(path.basename(dir)).not.to.be.oneOf(['.', '..']);
         }
+        if (target.kind === 'internalPackStage') {
+          const dir = store.incomingDir(target.stageId);
+          expect(path.dirname(dir), dir).to.equal(path.join(DATA_DIR, 'incoming'));
+          expect(path.basename(dir)).to.match(/^stage-[0-9a-f]{24}$/);
+        }
       }),
       { numRuns: 1000 },
     );
