@@ -6,6 +6,7 @@ import { runGit } from './git.js';
 import { isPrivateRef } from '../core/repo-id.js';
 import { ZERO_OID, type RefUpdate } from '../core/txn-core.js';
 import { syncDir } from '../base/durable-fs.js';
+import { GIT_FSYNC_WITHOUT_REFS } from './hooks.js';
 
 // Reading and moving refs of a bare repo with the real git, and installing shipped packs.
 
@@ -240,9 +241,14 @@ export class UpdateRefSession {
   private stderr = '';
   private exited = false;
 
-  constructor(repoPath: string) {
+  /**
+   * `syncsLocks`: the caller fsyncs the lock files of every transaction it prepares here itself,
+   * before relying on them (RefTransactions.prepare, all at once), so this git does not (one by one).
+   */
+  constructor(repoPath: string, options: { syncsLocks?: boolean } = {}) {
     this.repoPath = repoPath;
-    this.child = spawn('git', ['update-ref', '--stdin'], { cwd: repoPath, stdio: ['pipe', 'pipe', 'pipe'] });
+    const config = options.syncsLocks ? ['-c', `core.fsync=${GIT_FSYNC_WITHOUT_REFS}`] : [];
+    this.child = spawn('git', [...config, 'update-ref', '--stdin'], { cwd: repoPath, stdio: ['pipe', 'pipe', 'pipe'] });
     this.child.stdout!.on('data', (chunk: Buffer) => {
       this.stdout += chunk.toString();
       let nl: number;
