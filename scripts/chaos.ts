@@ -4,6 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { CLI_PATH, LocalCluster, type LocalNode } from '../lib/cli/local-cluster.js';
+import { UPDATE_REF_SESSION_COMMAND } from '../lib/git/git-refs.js';
 import { SPEC_NODE_ENV } from '../spec/support/cluster.js';
 import { HOST, PROJECT_ROOT, freePorts, git, gitClientEnv, onCleanup, run, runMain, sleep } from './bench-support.js';
 import {
@@ -546,7 +547,7 @@ function nodeProcesses(exclude: Set<number>): { pid: number; command: string; wh
         // A running node keeps an idle `update-ref --stdin` per busy repo as the next push's session
         // (lib/git/ref-txn.ts); it holds no lock between transactions, and one that does hold a prepared
         // transaction shows up as lock files, which are checked separately.
-        if (exclude.has(Number(fields[1])) && command === 'git update-ref --stdin') continue;
+        if (exclude.has(Number(fields[1])) && UPDATE_REF_SESSION_COMMAND.test(command)) continue;
         const owner = nodes.find((n) => n.node.groups.has(pgid) || cwd.startsWith(`${n.dataDir}/`));
         out.push({
           pid,

@@ -228,6 +228,12 @@ export async function applyRefEdits(repoPath: string, edits: readonly string[]):
 }
 
 /**
+ * The command line of an UpdateRefSession's git, as /proc shows it: what the process checks (chaos
+ * run, specs) recognize as a node's idle session kept for the next push, not a git left behind.
+ */
+export const UPDATE_REF_SESSION_COMMAND = /^git (-c core\.fsync=[a-z,-]+ )?update-ref --stdin$/;
+
+/**
  * A running `git update-ref --stdin`, driven a transaction at a time: `send` writes commands and
  * resolves once as many of them as asked answered "<command>: ok" (start, prepare, commit and abort
  * do); a refusal makes git exit, which rejects what is waiting with git's message. `close` ends the

@@ -3,6 +3,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
 import { LONG_2PC_ENV, Cluster, GitClient, eventually, http, listTree, type TestNode, withCluster } from '../support/cluster.js';
+import { UPDATE_REF_SESSION_COMMAND } from '../../lib/git/git-refs.js';
 
 // Git's smart HTTP on a 3-node cluster, driven by the real git client: clone and push, unknown repos,
 // clients that go away mid-transfer, refs outside heads/tags and pushes with thousands of refs.
@@ -24,7 +25,7 @@ function clientGit(node: TestNode): string[] {
   return node
     .processes()
     .map((p) => p.command)
-    .filter((c) => !/^git update-ref --stdin$/.test(c) && !/^git -c gc\.autoDetach=false gc --auto/.test(c));
+    .filter((c) => !UPDATE_REF_SESSION_COMMAND.test(c) && !/^git -c gc\.autoDetach=false gc --auto/.test(c));
 }
 
 /** How often the nodes logged that a client went away and they stopped git. */

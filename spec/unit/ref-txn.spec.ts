@@ -3,7 +3,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, promises as fs, readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { readRefValues } from '../../lib/git/git-refs.js';
+import { UPDATE_REF_SESSION_COMMAND, readRefValues } from '../../lib/git/git-refs.js';
 import { RefTransactions } from '../../lib/git/ref-txn.js';
 import { ZERO_OID } from '../../lib/core/txn-core.js';
 
@@ -139,14 +139,14 @@ describe('ref transactions held from prepare to commit', () => {
   });
 });
 
-/** `git [-c ...] update-ref --stdin` processes working in `root`. */
+/** UpdateRefSession gits working in `root`. */
 function gitSessions(root: string): number[] {
   const out: number[] = [];
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     try {
       const command = readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0').join(' ').trim();
-      if (/^git (-c \S+ )?update-ref --stdin$/.test(command) && readlinkSync(`/proc/${entry}/cwd`).startsWith(root)) out.push(Number(entry));
+      if (UPDATE_REF_SESSION_COMMAND.test(command) && readlinkSync(`/proc/${entry}/cwd`).startsWith(root)) out.push(Number(entry));
     } catch {
       // exited meanwhile
     }
