@@ -6,7 +6,6 @@ import { runGit } from './git.js';
 import { isPrivateRef } from '../core/repo-id.js';
 import { ZERO_OID, type RefUpdate } from '../core/txn-core.js';
 import { syncDir } from '../base/durable-fs.js';
-import { GIT_FSYNC_WITHOUT_REFS } from './hooks.js';
 
 // Reading and moving refs of a bare repo with the real git, and installing shipped packs.
 
@@ -231,7 +230,7 @@ export async function applyRefEdits(repoPath: string, edits: readonly string[]):
  * The command line of an UpdateRefSession's git, as /proc shows it: what the process checks (chaos
  * run, specs) recognize as a node's idle session kept for the next push, not a git left behind.
  */
-export const UPDATE_REF_SESSION_COMMAND = /^git (-c core\.fsync=[a-z,-]+ )?update-ref --stdin$/;
+export const UPDATE_REF_SESSION_COMMAND = /^git update-ref --stdin$/;
 
 /**
  * A running `git update-ref --stdin`, driven a transaction at a time: `send` writes commands and
@@ -247,14 +246,9 @@ export class UpdateRefSession {
   private stderr = '';
   private exited = false;
 
-  /**
-   * `syncsLocks`: the caller fsyncs the lock files of every transaction it prepares here itself,
-   * before relying on them (RefTransactions.prepare, all at once), so this git does not (one by one).
-   */
-  constructor(repoPath: string, options: { syncsLocks?: boolean } = {}) {
+  constructor(repoPath: string) {
     this.repoPath = repoPath;
-    const config = options.syncsLocks ? ['-c', `core.fsync=${GIT_FSYNC_WITHOUT_REFS}`] : [];
-    this.child = spawn('git', [...config, 'update-ref', '--stdin'], { cwd: repoPath, stdio: ['pipe', 'pipe', 'pipe'] });
+    this.child = spawn('git', ['update-ref', '--stdin'], { cwd: repoPath, stdio: ['pipe', 'pipe', 'pipe'] });
     this.child.stdout!.on('data', (chunk: Buffer) => {
       this.stdout += chunk.toString();
       let nl: number;

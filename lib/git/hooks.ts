@@ -19,13 +19,6 @@ export const REQUEST_ID_ENV = 'QUORUM_REQUEST_ID';
  */
 export const GIT_FSYNC = 'committed,pack-metadata,reference';
 
-/**
- * The same without refs (`committed` includes them): for a peer's `update-ref` session, whose lock
- * files the node fsyncs itself, all at once, before it votes (lib/git/ref-txn.ts). git fsyncs them one
- * after another: 501 refs took 0.52-0.55 s on two peers at once, against 0.29-0.40 s so.
- */
-export const GIT_FSYNC_WITHOUT_REFS = 'objects,pack-metadata';
-
 /** Where the hook posts; the node's router sends it to the push service. */
 export const HOOK_PATH = '/internal/hooks/pre-receive';
 

@@ -1,7 +1,5 @@
 import { statSync } from 'node:fs';
-import path from 'node:path';
 import { systemClock, type Clock } from '../base/clock.js';
-import { realDiskSync, syncFileAt, type DiskSync } from '../base/durable-fs.js';
 import { UpdateRefSession, refEdit } from './git-refs.js';
 import type { RefUpdate } from '../core/txn-core.js';
 
@@ -17,21 +15,12 @@ import type { RefUpdate } from '../core/txn-core.js';
 // they were started in (its inode is compared): a repo deleted and created again gets a new one.
 // If this node dies, each session's stdin closes and git aborts the open transaction itself,
 // removing its locks.
-//
-// The vote promises the new values survive a power loss once committed: git's lock files hold them,
-// and the commit only renames the locks. git would fsync each lock as it writes it (core.fsync
-// reference), one after another; the sessions here run without that, and once `prepare` answered,
-// the node fsyncs every lock file of the transaction at once (and the new packed-refs a deletion
-// writes), before the vote. The same files are durable at the same point, in a third of the time
-// for a push of hundreds of refs: the disk takes concurrent fsyncs together.
 
 export interface RefTransactionOptions {
   maxSpares: number;
   idleMs: number;
   /** The node's clock (default the system's: its timers are unref'd, so a spare never holds a stopping process). */
   clock?: Clock;
-  /** How lock files are fsynced (default the real fsync; specs record the calls). */
-  disk?: DiskSync;
 }
 
 /** A session and what the pool knows of it. */
@@ -67,12 +56,11 @@ export class RefTransactions {
     if (session) this.clock.clearTimeout(session.idleTimer);
     if (!session || !session.git.alive || session.ino !== ino) {
       session?.git.close();
-      session = { git: new UpdateRefSession(repoPath, { syncsLocks: true }), ino };
+      session = { git: new UpdateRefSession(repoPath), ino };
     }
     this.held.set(txnId, session);
     try {
       await session.git.send(['start', ...updates.map(refEdit), 'prepare'], 2);
-      await syncLocks(this.options.disk ?? realDiskSync, repoPath, updates);
     } catch (err) {
       this.held.delete(txnId);
       session.git.close();
@@ -132,27 +120,4 @@ export class RefTransactions {
     this.held.clear();
     this.spares.clear();
   }
-}
-
-/** Lock files fsynced at once: enough for the disk to take them together, few enough for a push of 100,000 refs' descriptors. */
-const LOCK_SYNCS_AT_ONCE = 32;
-
-/**
- * fsyncs the lock files a prepared transaction holds: one per ref (`<ref>.lock`, holding its new
- * value; empty for a deletion) and `packed-refs.new`, the packed-refs a deletion of a packed ref
- * renames into place at commit (git 2.39 writes it at prepare, beside packed-refs.lock). Many at
- * once: the file system commits concurrent fsyncs together.
- */
-export async function syncLocks(disk: DiskSync, repoPath: string, updates: readonly RefUpdate[]): Promise<void> {
-  const files = updates.map((u) => path.join(repoPath, `${u.ref}.lock`));
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < files.length) await syncFileAt(disk, files[next++]!);
-  };
-  await Promise.all([
-    ...Array.from({ length: Math.min(LOCK_SYNCS_AT_ONCE, files.length) }, worker),
-    syncFileAt(disk, path.join(repoPath, 'packed-refs.new')).catch((err: NodeJS.ErrnoException) => {
-      if (err.code !== 'ENOENT') throw err;
-    }),
-  ]);
 }

@@ -77,48 +77,6 @@ describe('ref transactions held from prepare to commit', () => {
     expect(await main()).to.equal(first);
   });
 
-  it('has every lock file fsynced, holding its new value, before prepare returns (the vote), and the new packed-refs of a deletion', async () => {
-    git(repo, 'update-ref', 'refs/heads/packed', first);
-    git(repo, 'pack-refs', '--all');
-    const synced: { file: string; content: string }[] = [];
-    const disk = { syncFile: async (_h: unknown, file: string) => void synced.push({ file: path.relative(repo, file), content: readFileSync(file, 'utf8') }), syncDir: async () => undefined };
-    const recorded = new RefTransactions({ maxSpares: 4, idleMs: 60_000, disk });
-    try {
-      await recorded.prepare('t1', repo, [
-        { ref: 'refs/heads/main', old: first, new: second },
-        { ref: 'refs/heads/topic', old: ZERO_OID, new: first },
-        { ref: 'refs/heads/packed', old: first, new: ZERO_OID },
-      ]);
-      const byFile = Object.fromEntries(synced.map((s) => [s.file, s.content]));
-      expect(Object.keys(byFile).sort()).to.deep.equal(['packed-refs.new', 'refs/heads/main.lock', 'refs/heads/packed.lock', 'refs/heads/topic.lock']);
-      expect(byFile['refs/heads/main.lock']).to.equal(`${second}\n`);
-      expect(byFile['refs/heads/topic.lock']).to.equal(`${first}\n`);
-      expect(byFile['packed-refs.new']).to.not.include('refs/heads/packed');
-      // This git did not fsync them itself: the node did, all of them, before the vote.
-      const pid = gitSessions(root)[0]!;
-      expect(readFileSync(`/proc/${pid}/cmdline`, 'utf8')).to.include('core.fsync=objects,pack-metadata');
-      expect(await recorded.commit('t1')).to.equal(true);
-      expect(await readRefValues(repo, ['refs/heads/main', 'refs/heads/topic', 'refs/heads/packed'])).to.deep.equal({ 'refs/heads/main': second, 'refs/heads/topic': first });
-    } finally {
-      recorded.close();
-    }
-  });
-
-  it('votes no (prepare throws, nothing held) when a lock file cannot be fsynced', async () => {
-    const disk = { syncFile: async () => Promise.reject(new Error('EIO: i/o error, fsync')), syncDir: async () => undefined };
-    const failing = new RefTransactions({ maxSpares: 4, idleMs: 60_000, disk });
-    try {
-      let thrown: Error | undefined;
-      await failing.prepare('t1', repo, [{ ref: 'refs/heads/main', old: first, new: second }]).catch((err: Error) => (thrown = err));
-      expect(thrown?.message).to.match(/EIO/);
-      expect(await failing.commit('t1'), 'nothing held').to.equal(false);
-      await waitFor(() => !existsSync(lock('refs/heads/main')));
-      expect(await main()).to.equal(first);
-    } finally {
-      failing.close();
-    }
-  });
-
   it('reuses a session for the next transaction of the same repo, but not once the directory was replaced', async () => {
     await txns.prepare('t1', repo, [{ ref: 'refs/heads/main', old: first, new: second }]);
     await txns.commit('t1');
