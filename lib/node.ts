@@ -104,7 +104,7 @@ export class QuorumGitNode {
       bodyIdleTimeoutMs: config.gitBodyIdleTimeoutMs,
       maxProcesses: config.maxGitProcesses,
       maxProcessesPerClient: config.maxGitProcessesPerClient,
-    }, clock, config.streamPacksAhead ? (_repoId, requestId) => this.packTee(requestId) : undefined);
+    }, clock, config.streamPacksAhead ? (requestId) => this.packTee(requestId) : undefined);
     this.pushService = new PushService({
       driver: this.driver,
       store: this.store,

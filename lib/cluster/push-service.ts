@@ -213,7 +213,6 @@ export class PushService {
       const uploads: Promise<unknown>[] = [];
       const exit = request.receivePackPid === undefined ? undefined : this.options.receivePackExit(request.receivePackPid);
       const tee = request.receivePackPid === undefined ? undefined : this.options.packTee?.(request.receivePackPid);
-      let streamedAhead = 0;
       const localApplied = driver.localOutcome(txnId);
       const timeTxn = this.options.timeTxn ?? ((_kind, run) => run());
       const result = await timeTxn('push', () => driver.runTxn(op, request.requestId, {
@@ -228,7 +227,7 @@ export class PushService {
           await upload;
         },
       }));
-      if (tee !== undefined) streamedAhead = tee.adopted;
+      const streamedAhead = tee?.adopted ?? 0;
       if (packFiles.length > 0) void Promise.allSettled(uploads).then(() => store.dropOutgoing(txnId));
       const total = driver.nodes.length;
       if (result.outcome === 'committed' && result.confirmed.length < this.options.quorum) {

@@ -65,8 +65,8 @@ interface ReceivePack {
   tee: PackTee | undefined;
 }
 
-/** A push's streams of its pack to the peers, for a repo whose pushes this node serves; undefined: none. */
-export type PackTeeFactory = (repoId: string, requestId: string | undefined) => PackTee | undefined;
+/** A new push's streams of its pack to the peers (`requestId`: the push's, for the peers' logs). */
+export type PackTeeFactory = (requestId: string | undefined) => PackTee;
 
 export class GitHttp {
   private readonly repoPath: (repoId: string) => string;
@@ -196,7 +196,7 @@ export class GitHttp {
     const dir = this.repoPath(repoId);
     const gitProtocol = gitProtocolEnv(req.headers['git-protocol']);
     const requestId = res.getHeader(REQUEST_ID_HEADER);
-    const tee = service === 'receive-pack' ? this.packTee?.(repoId, typeof requestId === 'string' ? requestId : undefined) : undefined;
+    const tee = service === 'receive-pack' ? this.packTee?.(typeof requestId === 'string' ? requestId : undefined) : undefined;
     return new Promise<void>((resolve, reject) => {
       let child: ChildProcess | undefined;
       let settled = false;
