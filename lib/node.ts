@@ -33,6 +33,11 @@ import { ManagementApi, repoAccess } from './http/management-api.js';
 
 /** Packs up to this size ride inside the prepare message (saves a request per peer on small pushes). */
 const INLINE_PACK_MAX_BYTES = 512 * 1024;
+/** A push's commands: the same bound per ref as the hook's input, plus one pkt-line of slack. */
+function pushHeadBytes(config: Config): number {
+  return config.maxRefsPerPush * 300 + PKT_MAX_BYTES;
+}
+
 /** Push options a push may send between its commands and its pack, for streaming its pack ahead. */
 const STREAM_AHEAD_MAX_OPTIONS_BYTES = 1024 * 1024;
 /** How far a peer may fall behind a pushing client before its stream ahead is given up (memory per peer). */
@@ -99,8 +104,7 @@ export class QuorumGitNode {
       timeouts: { prepareTimeoutMs: config.prepareTimeoutMs, commitTimeoutMs: config.commitTimeoutMs, commitResends: config.commitResends },
     });
     this.gitHttp = new GitHttp((repoId) => this.store.repoPath(repoId), logger, {
-      // A push's commands: the same bound per ref as the hook's input, plus one pkt-line of slack.
-      maxHeadBytes: config.maxRefsPerPush * 300 + PKT_MAX_BYTES,
+      maxHeadBytes: pushHeadBytes(config),
       bodyIdleTimeoutMs: config.gitBodyIdleTimeoutMs,
       maxProcesses: config.maxGitProcesses,
       maxProcessesPerClient: config.maxGitProcessesPerClient,
@@ -225,7 +229,7 @@ export class QuorumGitNode {
       upload: (peer, stageId, body) => this.client.stagePack(peer, stageId, body, requestId),
       discard: (peer, stageId) => this.client.dropStagedPack(peer, stageId, requestId),
       minPackBytes: INLINE_PACK_MAX_BYTES,
-      maxPreambleBytes: this.config.maxRefsPerPush * 300 + PKT_MAX_BYTES + STREAM_AHEAD_MAX_OPTIONS_BYTES,
+      maxPreambleBytes: pushHeadBytes(this.config) + STREAM_AHEAD_MAX_OPTIONS_BYTES,
       maxBufferedBytes: STREAM_AHEAD_MAX_BUFFERED_BYTES,
       logger: this.logger,
     });
