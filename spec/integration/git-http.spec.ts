@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { expect } from 'chai';
 import { LONG_2PC_ENV, Cluster, GitClient, eventually, http, listTree, type TestNode, withCluster } from '../support/cluster.js';
@@ -28,6 +29,44 @@ function clientGit(node: TestNode): string[] {
     .filter((c) => !UPDATE_REF_SESSION_COMMAND.test(c) && !/^git -c gc\.autoDetach=false gc --auto/.test(c));
 }
 
+/**
+ * A TCP relay in front of a node that passes at most `limit` bytes each way per connection and then
+ * stops reading, so a transfer through it is stuck mid-way for as long as a spec needs (the client
+ * waits for bytes, git on the node for its pipe to drain). Whichever side closes, the other is closed.
+ */
+async function stallingRelay(target: URL, limit: number): Promise<{ url: (u: string) => string; close: () => Promise<void> }> {
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((client) => {
+    const upstream = net.connect(Number(target.port), target.hostname);
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on('error', () => undefined);
+      s.on('close', () => sockets.delete(s));
+    }
+    const relay = (from: net.Socket, to: net.Socket): void => {
+      let passed = 0;
+      from.on('data', (chunk: Buffer) => {
+        const room = limit - passed;
+        if (room > 0) to.write(chunk.subarray(0, room));
+        passed += chunk.length;
+        if (passed >= limit) from.pause();
+      });
+      from.on('close', () => to.destroy());
+    };
+    relay(client, upstream);
+    relay(upstream, client);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as net.AddressInfo).port;
+  return {
+    url: (u) => u.replace(target.host, `127.0.0.1:${port}`),
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
 /** How often the nodes logged that a client went away and they stopped git. */
 function clientsGone(nodes: TestNode[]): number {
   return nodes.reduce((sum, n) => sum + n.logText().split('client went away').length - 1, 0);
@@ -37,7 +76,7 @@ describe('git smart HTTP (3-node cluster)', function () {
   let cluster: Cluster;
   let git: GitClient;
 
-  // Nodes stay up here, so long protocol timeouts cost nothing; they keep a 32 MiB push or a
+  // Nodes stay up here, so long protocol timeouts cost nothing; they keep a 16 MiB push or a
   // 3,000-ref push on a loaded 2-core machine from being aborted for slowness.
   withCluster(3, { env: { ...LONG_2PC_ENV } }, (c, g) => {
     [cluster, git] = [c, g];
@@ -142,29 +181,33 @@ describe('git smart HTTP (3-node cluster)', function () {
   });
 
   describe('a client that goes away mid-transfer', function () {
-    // 64 MiB of random bytes cannot be compressed: more than the socket and pipe buffers between
-    // git and the client hold, and more than a node streams (about 200 MB/s here) in the tens of
-    // milliseconds it takes to see git serving and stop the client; with 32 MiB a clone once got all
-    // of it first. So a stopped client really does leave git blocked mid-transfer.
+    // The client reaches node 1 through a relay that passes 1 MiB each way and then stops reading, so
+    // the transfer is stuck mid-way whatever the machine's speed: git on the node is blocked writing
+    // (a clone) or reading (a push) when the client dies. (Without it a fast clone once took in all
+    // of a 32 MiB pack before it could be stopped, and on a loaded machine a 64 MiB one did: git on
+    // the node had finished while the client was still indexing.) 16 MiB of random bytes cannot be
+    // compressed and is more than the socket buffers between the node and the relay hold.
     const repoId = 'alice/large';
+    const RELAYED_BYTES = 1024 * 1024;
     let large: { dir: string; oid: string };
 
     before(async function () {
       expect((await cluster.node(1).createRepo(repoId)).status).to.equal(201);
-      large = await git.commitRepo('large', { 'blob.bin': randomBytes(64 * 1024 * 1024) });
+      large = await git.commitRepo('large', { 'blob.bin': randomBytes(16 * 1024 * 1024) });
       await git.ok(['push', '--quiet', cluster.node(1).gitUrl(repoId), 'main'], { cwd: large.dir });
     });
 
     /**
-     * Runs a git client until a node is serving it, freezes the client so the transfer cannot
-     * finish, then kills its whole process group (git and git-remote-http) like a laptop lid closing.
-     * Every node must stay up and leave no git process behind. (A push may be served by another node
-     * than the one in the URL: pushes are routed to the repo's coordinator.)
+     * Runs a git client against node 1 through the stalling relay until a node is serving it, freezes
+     * the client, then kills its whole process group (git and git-remote-http) like a laptop lid
+     * closing. Every node must stay up and leave no git process behind. (A push may be served by
+     * another node than the one in the URL: pushes are routed to the repo's coordinator.)
      */
-    async function abortMidway(args: string[], service: string, cwd?: string): Promise<void> {
+    async function abortMidway(args: (url: string) => string[], service: string, cwd?: string): Promise<void> {
       const nodes = cluster.nodes;
       const goneBefore = clientsGone(nodes);
-      const client = git.spawnDetached(args, cwd);
+      const relay = await stallingRelay(new URL(cluster.node(1).url), RELAYED_BYTES);
+      const client = git.spawnDetached(args(relay.url(cluster.node(1).gitUrl(repoId))), cwd);
       let clientExit: string | undefined;
       const exited = new Promise<void>((resolve) =>
         client.once('exit', (code, signal) => {
@@ -193,6 +236,7 @@ describe('git smart HTTP (3-node cluster)', function () {
       } finally {
         group('SIGKILL');
         await exited;
+        await relay.close();
       }
       for (const node of nodes) {
         await eventually(() => expect(clientGit(node), node.serverId).to.deep.equal([]), 15_000);
@@ -208,7 +252,7 @@ describe('git smart HTTP (3-node cluster)', function () {
       const dir = path.join(await git.tempDir('aborted'), 'clone');
       // Protocol v0: its one upload-pack POST is the transfer. Under v2 a short ls-refs POST comes
       // first, and the client could be stopped while that one, not the transfer, was being served.
-      await abortMidway(['-c', 'protocol.version=0', 'clone', cluster.node(1).gitUrl(repoId), dir], 'upload-pack');
+      await abortMidway((url) => ['-c', 'protocol.version=0', 'clone', url, dir], 'upload-pack');
       // The node still serves the repo whole.
       const again = path.join(await git.tempDir('after-abort'), 'clone');
       await git.ok(['clone', '--quiet', '--no-checkout', cluster.node(1).gitUrl(repoId), again]);
@@ -218,12 +262,12 @@ describe('git smart HTTP (3-node cluster)', function () {
     it('does not crash the node and leaves no git process behind when a push is killed mid-way', async function () {
       const local = await git.tempDir('push-abort');
       await git.ok(['clone', '--quiet', '--no-checkout', large.dir, local]);
-      await fs.writeFile(path.join(local, 'blob2.bin'), randomBytes(32 * 1024 * 1024));
+      await fs.writeFile(path.join(local, 'blob2.bin'), randomBytes(16 * 1024 * 1024));
       await git.ok(['add', 'blob2.bin'], { cwd: local });
       await git.ok(['commit', '--quiet', '-m', 'second large blob'], { cwd: local });
       const second = (await git.ok(['rev-parse', 'HEAD'], { cwd: local })).trim();
       // A post buffer larger than the pack: one POST, no probe request that could be mistaken for the push.
-      await abortMidway(['-c', 'http.postBuffer=134217728', 'push', cluster.node(1).gitUrl(repoId), 'HEAD:refs/heads/main'], 'receive-pack', local);
+      await abortMidway((url) => ['-c', 'http.postBuffer=134217728', 'push', url, 'HEAD:refs/heads/main'], 'receive-pack', local);
       // Whatever reached the node before the client died, the repo is whole: main is the old or the new commit.
       const main = (await git.ok(['ls-remote', cluster.node(1).gitUrl(repoId), 'refs/heads/main'])).split('\t')[0];
       expect(main).to.be.oneOf([large.oid, second]);
