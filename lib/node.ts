@@ -120,6 +120,7 @@ export class QuorumGitNode {
       receivePackExit: (pid) => this.gitHttp.receivePackExit(pid),
       packTee: (pid) => this.gitHttp.receivePackTee(pid),
       timeTxn: (kind, run) => this.metrics.timeTxn(kind, run),
+      packShipped: (how) => this.metrics.packShipped(how),
       clock,
     });
     this.catchUpper = new CatchUp({

@@ -31,6 +31,13 @@ export type TxnOutcome = 'committed' | 'not_confirmed' | 'in_doubt' | 'aborted' 
 
 export type CatchUpMode = 'catch-up' | 'repair';
 
+/**
+ * How a push's pack reached a peer: inside the prepare (a small pack), taken from the stream sent
+ * while the client was still pushing (lib/cluster/pack-tee.ts), or uploaded after receive-pack
+ * indexed it (the stream's fallback: a thin pack completed with bases, a cut stream, a slow peer).
+ */
+export type PackShipment = 'inline' | 'streamed' | 'uploaded';
+
 /** What a catch-up or repair run came to (lib/cluster/catch-up.ts). */
 export type CatchUpResult = 'moved' | 'current' | 'agreed' | 'skipped' | 'not-mine' | 'failed';
 
@@ -101,6 +108,7 @@ export class NodeMetrics {
   private readonly txnDuration: Histogram<'kind' | 'outcome'>;
   private readonly txnAborts: Counter<'kind' | 'code'>;
   private readonly txnPhase: Histogram<'kind' | 'phase'>;
+  private readonly packShipments: Counter<'how'>;
   private readonly quorumFailures: Counter<'type'>;
   private readonly catchUps: Counter<'mode' | 'result'>;
   private readonly catchUpDuration: Histogram<'mode'>;
@@ -179,6 +187,12 @@ export class NodeMetrics {
       help: 'Phases of transactions this node coordinated: prepare (start to the logged decision: votes, staging and the prepare fsyncs) and commit (decision to the answer: commit messages, applies and acknowledgements).',
       labelNames: ['kind', 'phase'],
       buckets: TXN_BUCKETS_S,
+      registers,
+    });
+    this.packShipments = new Counter({
+      name: 'quorum_git_push_pack_shipments_total',
+      help: 'A push\'s pack shipped to one peer, by how: inline (inside the prepare), streamed (taken from the stream sent while the client pushed), uploaded (after receive-pack indexed it).',
+      labelNames: ['how'],
       registers,
     });
     this.txnAborts = new Counter({
@@ -330,6 +344,11 @@ export class NodeMetrics {
       this.txnDuration.observe({ kind, outcome }, this.secondsSince(started));
     }
   };
+
+  /** A push's pack shipped to one peer. */
+  packShipped(how: PackShipment): void {
+    this.packShipments.inc({ how });
+  }
 
   catchUpRun(mode: CatchUpMode, result: CatchUpResult, seconds: number): void {
     this.catchUps.inc({ mode, result });

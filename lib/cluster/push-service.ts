@@ -5,7 +5,7 @@ import { quarantinePackFiles, readHead, readRefs } from '../git/git-refs.js';
 import { runGit } from '../git/git.js';
 import { KeyedLock, LockTimeoutError } from '../base/keyed-lock.js';
 import type { Logger } from '../base/logger.js';
-import type { TxnTimer } from '../base/metrics.js';
+import type { PackShipment, TxnTimer } from '../base/metrics.js';
 import type { PackTee } from './pack-tee.js';
 import type { PeerClient } from './peer-client.js';
 import { isPrivateRef, refNameProblem } from '../core/repo-id.js';
@@ -67,6 +67,8 @@ export interface PushServiceOptions {
   packTee?: (pid: number) => PackTee | undefined;
   /** Runs the push's transaction and records it (the node's metrics); default: just runs it. */
   timeTxn?: TxnTimer;
+  /** Counts a pack shipped to one peer (the node's metrics). */
+  packShipped?: (how: PackShipment) => void;
   /** The node's clock (default the system's); times the push lock's wait and the local apply's. */
   clock?: Clock;
 }
@@ -221,7 +223,10 @@ export class PushService {
         selfCommitGate: exit ?? Promise.resolve(),
         beforePrepare: async (peer: NodeId) => {
           // A small pack rides inside the prepare (one request less per peer); a large one streams ahead.
-          if (inline) return inline;
+          if (inline) {
+            this.options.packShipped?.('inline');
+            return inline;
+          }
           const upload = Promise.all(packFiles.map((file) => this.shipPackFile(peer, txnId, file, tee, request.requestId)));
           uploads.push(upload);
           await upload;
@@ -277,11 +282,13 @@ export class PushService {
         });
         if (adopted) {
           tee.markAdopted(peer);
+          this.options.packShipped?.('streamed');
           return;
         }
       }
     }
     await client.uploadPackFile(peer, txnId, file, requestId);
+    if (file.endsWith('.pack')) this.options.packShipped?.('uploaded');
   }
 }
 

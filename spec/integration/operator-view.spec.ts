@@ -78,6 +78,8 @@ describe('operator view: metrics, health, request ids (3-node cluster)', functio
       expect(moved('quorum_git_txns_total', { kind: 'create', outcome: 'committed' }, 0)).to.equal(1);
       expect(moved('quorum_git_txns_total', { kind: 'push', outcome: 'committed' }, 0)).to.equal(1);
       expect(moved('quorum_git_txn_duration_seconds_count', { kind: 'push' }, 0)).to.equal(1);
+      // Its small pack rode inside the prepare to each peer.
+      expect(moved('quorum_git_push_pack_shipments_total', { how: 'inline' }, 0)).to.equal(2);
       expect(moved('quorum_git_http_requests_total', { route: 'api', status: '201' }, 0)).to.equal(1);
       expect(moved('quorum_git_git_rpcs_total', { service: 'receive-pack', origin: 'client', outcome: 'ok' }, 0)).to.equal(1);
       expect(moved('quorum_git_git_received_bytes_total', { service: 'receive-pack' }, 0)).to.be.greaterThan(0);

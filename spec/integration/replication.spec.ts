@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
-import { LONG_2PC_ENV, Cluster, GitClient, type TestNode, withCluster } from '../support/cluster.js';
+import { LONG_2PC_ENV, Cluster, GitClient, type TestNode, eventually, http, withCluster } from '../support/cluster.js';
 import {
   cloneLocal,
   commitFile,
@@ -16,6 +16,14 @@ import {
   waitForView,
   writeSeededBytes,
 } from '../support/push-helpers.js';
+
+/** A node's count of packs shipped to peers (quorum_git_push_pack_shipments_total), by how. */
+async function packShipments(node: TestNode): Promise<Record<'inline' | 'streamed' | 'uploaded', number>> {
+  const res = await http(`${node.url}/metrics`);
+  expect(res.status, res.text).to.equal(200);
+  const count = (how: string): number => Number(new RegExp(`^quorum_git_push_pack_shipments_total\\{how="${how}"\\} (\\d+)$`, 'm').exec(res.text)?.[1] ?? 0);
+  return { inline: count('inline'), streamed: count('streamed'), uploaded: count('uploaded') };
+}
 
 // Replicated pushes on a 3-node cluster (quorum 2, read quorum 2), driven by the real git client:
 // a push is acknowledged only once a quorum holds it on disk, any node serves what was just pushed,
@@ -193,6 +201,7 @@ describe('replicated pushes (3-node cluster)', function () {
       // node 3. Memory is sampled until every node holds the commit (a node whose vote came after the
       // decision may still be receiving when git push returns).
       let onDiskAtAck: Record<string, string>[] = [];
+      const shippedBefore = await packShipments(n2);
       const { result: agreed, growthBytes } = await peakRssGrowth(cluster.nodes, async () => {
         const push = await git.run(['-c', 'core.compression=0', '-c', 'pack.compression=0', 'push', n1.gitUrl(repoId), 'HEAD:refs/heads/main'], {
           cwd: work,
@@ -219,6 +228,10 @@ describe('replicated pushes (3-node cluster)', function () {
       // only its index, and each of them took its streamed copy as the push's pack.
       const committed = n2.logText().split('\n').filter((l) => l.includes('"push committed"') && l.includes(`"repo_id":"${repoId}"`));
       expect(committed.map((l) => (JSON.parse(l) as { streamed_ahead?: number }).streamed_ahead)).to.deep.equal([2]);
+      const shipped = await packShipments(n2);
+      expect(shipped.streamed - shippedBefore.streamed, 'packs taken from the stream (metric)').to.equal(2);
+      expect(shipped.uploaded - shippedBefore.uploaded, 'packs uploaded (metric)').to.equal(0);
+      expect(shipped.inline - shippedBefore.inline, 'packs inside the prepare (metric)').to.equal(0);
     });
 
     it('is uploaded by the hook instead when receive-pack completed it (a thin pack), and replicated all the same', async function () {
@@ -240,7 +253,14 @@ describe('replicated pushes (3-node cluster)', function () {
       await git.ok(['add', '--all'], { cwd: work });
       await git.ok(['commit', '--quiet', '-m', 'thin'], { cwd: work });
       const oid = (await git.ok(['rev-parse', 'HEAD'], { cwd: work })).trim();
+      const shippedBefore = await packShipments(n2);
       expectPushed(await git.run(['push', n1.gitUrl(repoId), 'HEAD:refs/heads/main'], { cwd: work, timeoutMs: 60_000 }));
+      // A peer outside the quorum may still be taking its upload when git push returns.
+      await eventually(async () => {
+        const shipped = await packShipments(n2);
+        expect(shipped.uploaded - shippedBefore.uploaded, 'packs uploaded (metric)').to.equal(2);
+        expect(shipped.streamed - shippedBefore.streamed, 'packs taken from the stream (metric)').to.equal(0);
+      });
       const agreed = await expectConverged(cluster, git, repoId, 60_000);
       expect(agreed.refs).to.deep.equal({ 'refs/heads/main': oid });
       for (const node of cluster.nodes) {

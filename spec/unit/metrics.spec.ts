@@ -188,6 +188,17 @@ describe('node metrics', () => {
     expect(sample(text, 'quorum_git_txn_phase_duration_seconds_sum', { kind: 'push', phase: 'commit' })).to.equal(0.03);
   });
 
+  it('counts packs shipped to peers by how they went', async () => {
+    const metrics = new NodeMetrics({ view: view(), processMetrics: false });
+    metrics.packShipped('streamed');
+    metrics.packShipped('streamed');
+    metrics.packShipped('uploaded');
+    const text = await metrics.text();
+    expect(sample(text, 'quorum_git_push_pack_shipments_total', { how: 'streamed' })).to.equal(2);
+    expect(sample(text, 'quorum_git_push_pack_shipments_total', { how: 'uploaded' })).to.equal(1);
+    expect(sample(text, 'quorum_git_push_pack_shipments_total', { how: 'inline' })).to.equal(undefined);
+  });
+
   it('counts error answers by code, a refused read as a read quorum failure', async () => {
     const metrics = new NodeMetrics({ view: view(), processMetrics: false });
     metrics.errorAnswered('read_quorum_unreachable');
