@@ -6,6 +6,7 @@ import { runGit } from './git.js';
 import { isPrivateRef } from '../core/repo-id.js';
 import { ZERO_OID, type RefUpdate } from '../core/txn-core.js';
 import { syncDir } from '../base/durable-fs.js';
+import { GIT_FSYNC_WITHOUT_REFS, addGitConfig } from './hooks.js';
 
 // Reading and moving refs of a bare repo with the real git, and installing shipped packs.
 
@@ -240,15 +241,28 @@ export const UPDATE_REF_SESSION_COMMAND = /^git update-ref --stdin$/;
  */
 export class UpdateRefSession {
   readonly repoPath: string;
+  /** Started without git's fsync of ref lock files. */
+  readonly syncsLocks: boolean;
   private readonly child: ChildProcess;
   private readonly waiters: { resolve: () => void; reject: (err: Error) => void }[] = [];
   private stdout = '';
   private stderr = '';
   private exited = false;
 
-  constructor(repoPath: string) {
+  /**
+   * `syncsLocks`: git does not fsync the lock files it writes (it does by the node's core.fsync); the
+   * caller makes them durable itself before they are renamed (lib/git/ref-txn.ts). Set through the
+   * environment, so the command line stays UPDATE_REF_SESSION_COMMAND.
+   */
+  constructor(repoPath: string, options: { syncsLocks?: boolean } = {}) {
     this.repoPath = repoPath;
-    this.child = spawn('git', ['update-ref', '--stdin'], { cwd: repoPath, stdio: ['pipe', 'pipe', 'pipe'] });
+    this.syncsLocks = options.syncsLocks ?? false;
+    let env: NodeJS.ProcessEnv | undefined;
+    if (this.syncsLocks) {
+      env = { ...process.env };
+      addGitConfig(env, [['core.fsync', GIT_FSYNC_WITHOUT_REFS]]);
+    }
+    this.child = spawn('git', ['update-ref', '--stdin'], { cwd: repoPath, stdio: ['pipe', 'pipe', 'pipe'], ...(env ? { env } : {}) });
     this.child.stdout!.on('data', (chunk: Buffer) => {
       this.stdout += chunk.toString();
       let nl: number;

@@ -19,6 +19,12 @@ export const REQUEST_ID_ENV = 'QUORUM_REQUEST_ID';
  */
 export const GIT_FSYNC = 'committed,pack-metadata,reference';
 
+/**
+ * GIT_FSYNC without refs (`committed` is objects and refs): for a git whose ref lock files the node
+ * makes durable itself, all at once, before they are renamed into place (lib/git/ref-txn.ts).
+ */
+export const GIT_FSYNC_WITHOUT_REFS = 'objects,pack-metadata';
+
 /** Where the hook posts; the node's router sends it to the push service. */
 export const HOOK_PATH = '/internal/hooks/pre-receive';
 

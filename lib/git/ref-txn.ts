@@ -1,5 +1,6 @@
 import { statSync } from 'node:fs';
 import { systemClock, type Clock } from '../base/clock.js';
+import { syncFileSystem } from '../base/durable-fs.js';
 import { UpdateRefSession, refEdit } from './git-refs.js';
 import type { RefUpdate } from '../core/txn-core.js';
 
@@ -15,13 +16,31 @@ import type { RefUpdate } from '../core/txn-core.js';
 // they were started in (its inode is compared): a repo deleted and created again gets a new one.
 // If this node dies, each session's stdin closes and git aborts the open transaction itself,
 // removing its locks.
+//
+// The vote promises that the new values survive a power loss once committed: the lock files hold
+// them and the commit only renames the locks, so they must be durable before the vote. git fsyncs
+// each lock as it writes it (core.fsync reference), one after another: for a push of hundreds of
+// refs most of the prepare. From BULK_REF_UPDATES refs on, the session's git runs without that and
+// the node syncs the whole file system once (syncfs) after `prepare` answered and before the vote:
+// the same files (and the packed-refs.new a deletion of a packed ref writes) durable at the same
+// point, no new crash state, in a third of the time. Fewer refs keep git's own fsyncs: a syncfs
+// also waits for whatever else is dirty on the disk (another push's pack being written), which a
+// few fsyncs do not.
 
 export interface RefTransactionOptions {
   maxSpares: number;
   idleMs: number;
   /** The node's clock (default the system's: its timers are unref'd, so a spare never holds a stopping process). */
   clock?: Clock;
+  /** Makes a prepared bulk transaction's lock files durable (default syncfs of the repo's file system; specs record the calls). */
+  syncLocks?: (repoPath: string) => Promise<void>;
 }
+
+/** From this many refs on, a transaction's locks are made durable by one syncfs instead of git's fsync per lock. */
+export const BULK_REF_UPDATES = 32;
+
+/** How long the syncfs of a bulk prepare may take before the prepare fails (and the peer votes no). */
+const SYNC_LOCKS_TIMEOUT_MS = 60_000;
 
 /** A session and what the pool knows of it. */
 interface Session {
@@ -51,16 +70,18 @@ export class RefTransactions {
   async prepare(txnId: string, repoPath: string, updates: readonly RefUpdate[]): Promise<void> {
     if (this.held.has(txnId)) return;
     const { ino } = statSync(repoPath);
+    const bulk = updates.length >= BULK_REF_UPDATES;
     let session = this.spares.get(repoPath);
     this.spares.delete(repoPath);
     if (session) this.clock.clearTimeout(session.idleTimer);
-    if (!session || !session.git.alive || session.ino !== ino) {
+    if (!session || !session.git.alive || session.ino !== ino || session.git.syncsLocks !== bulk) {
       session?.git.close();
-      session = { git: new UpdateRefSession(repoPath), ino };
+      session = { git: new UpdateRefSession(repoPath, { syncsLocks: bulk }), ino };
     }
     this.held.set(txnId, session);
     try {
       await session.git.send(['start', ...updates.map(refEdit), 'prepare'], 2);
+      if (bulk) await (this.options.syncLocks ?? ((p) => syncFileSystem(p, SYNC_LOCKS_TIMEOUT_MS, this.clock)))(repoPath);
     } catch (err) {
       this.held.delete(txnId);
       session.git.close();

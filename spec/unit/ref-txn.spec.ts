@@ -4,7 +4,10 @@ import { existsSync, promises as fs, readFileSync, readdirSync, readlinkSync } f
 import os from 'node:os';
 import path from 'node:path';
 import { UPDATE_REF_SESSION_COMMAND, readRefValues } from '../../lib/git/git-refs.js';
-import { RefTransactions } from '../../lib/git/ref-txn.js';
+import { BULK_REF_UPDATES, RefTransactions } from '../../lib/git/ref-txn.js';
+import { GIT_FSYNC_WITHOUT_REFS } from '../../lib/git/hooks.js';
+import { syncFileSystem } from '../../lib/base/durable-fs.js';
+import { systemClock } from '../../lib/base/clock.js';
 import { ZERO_OID } from '../../lib/core/txn-core.js';
 
 // A peer's ref transaction held from prepare to commit, against the real git: the locks exist while
@@ -95,7 +98,69 @@ describe('ref transactions held from prepare to commit', () => {
     expect(await main()).to.equal(second);
     expect((await readRefValues(path.join(root, 'trash.git'), ['refs/heads/main']))['refs/heads/main']).to.not.equal(second);
   });
+
+  describe('a transaction of many refs', () => {
+    const many = (count: number, prefix: string): { ref: string; old: string; new: string }[] =>
+      Array.from({ length: count }, (_, i) => ({ ref: `refs/heads/${prefix}-${i}`, old: ZERO_OID, new: second }));
+
+    it('has its lock files, holding their new values, made durable by one file-system sync before prepare returns, by a git that does not fsync them', async () => {
+      const updates = many(BULK_REF_UPDATES, 'bulk');
+      const synced: { repoPath: string; locks: string[]; fsync: (string | undefined)[] }[] = [];
+      txns.close();
+      txns = new RefTransactions({
+        maxSpares: 4,
+        idleMs: 60_000,
+        syncLocks: async (repoPath) => {
+          synced.push({ repoPath, locks: updates.map((u) => readFileSync(lock(u.ref), 'utf8').trim()), fsync: gitSessions(root).map(fsyncSetting) });
+        },
+      });
+      await txns.prepare('t1', repo, updates);
+      expect(synced).to.have.length(1);
+      expect(synced[0]!.repoPath).to.equal(repo);
+      expect(synced[0]!.locks).to.deep.equal(updates.map(() => second));
+      expect(synced[0]!.fsync).to.deep.equal([GIT_FSYNC_WITHOUT_REFS]);
+      expect(await txns.commit('t1')).to.equal(true);
+      expect(Object.values(await readRefValues(repo, updates.map((u) => u.ref)))).to.deep.equal(updates.map(() => second));
+
+      // One ref fewer: git's own fsync of each lock, no file-system sync, in a session started with the node's settings.
+      await txns.prepare('t2', repo, many(BULK_REF_UPDATES - 1, 'few'));
+      expect(synced).to.have.length(1);
+      await waitFor(() => gitSessions(root).length === 1); // the bulk session, ended, exits
+      expect(gitSessions(root).map(fsyncSetting)).to.deep.equal([undefined]);
+      expect(await txns.commit('t2')).to.equal(true);
+    });
+
+    it('fails its prepare, holding nothing, when the sync fails', async () => {
+      txns.close();
+      txns = new RefTransactions({ maxSpares: 4, idleMs: 60_000, syncLocks: async () => Promise.reject(new Error('EIO from the disk')) });
+      const updates = many(BULK_REF_UPDATES, 'bulk');
+      const err = await txns.prepare('t1', repo, updates).catch((e: Error) => e);
+      expect(String(err)).to.match(/EIO from the disk/);
+      expect(await txns.commit('t1')).to.equal(false);
+      await waitFor(() => updates.every((u) => !existsSync(lock(u.ref))));
+      expect(Object.keys(await readRefValues(repo, updates.map((u) => u.ref)))).to.deep.equal([]);
+    });
+
+    it('syncs the real file system, and says so when it cannot', async () => {
+      await syncFileSystem(repo, 10_000, systemClock);
+      const err = await syncFileSystem(path.join(root, 'no-such-dir'), 10_000, systemClock).catch((e: Error) => e);
+      expect(String(err)).to.match(/sync -f failed/);
+    });
+  });
 });
+
+/** The core.fsync a process was started with through GIT_CONFIG_* (the last one wins), if any. */
+function fsyncSetting(pid: number): string | undefined {
+  const env = Object.fromEntries(
+    readFileSync(`/proc/${pid}/environ`, 'utf8')
+      .split('\0')
+      .filter((kv) => kv.includes('='))
+      .map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
+  );
+  let value: string | undefined;
+  for (let i = 0; i < Number(env.GIT_CONFIG_COUNT ?? 0); i++) if (env[`GIT_CONFIG_KEY_${i}`] === 'core.fsync') value = env[`GIT_CONFIG_VALUE_${i}`];
+  return value;
+}
 
 /** UpdateRefSession gits working in `root`. */
 function gitSessions(root: string): number[] {
