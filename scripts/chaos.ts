@@ -5,6 +5,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { CLI_PATH, LocalCluster, type LocalNode } from '../lib/cli/local-cluster.js';
 import { UPDATE_REF_SESSION_COMMAND } from '../lib/git/git-refs.js';
+import { BULK_REF_UPDATES } from '../lib/git/ref-txn.js';
 import { SPEC_NODE_ENV } from '../spec/support/cluster.js';
 import { HOST, PROJECT_ROOT, freePorts, git, gitClientEnv, onCleanup, run, runMain, sleep } from './bench-support.js';
 import {
@@ -23,7 +24,8 @@ import { seededRandom } from '../lib/core/seeded-random.js';
 
 // `npm run chaos`: a bounded, loopback-only crash test of a real cluster, in the manner of Jepsen.
 // N real nodes, each the leader of its own process group; concurrent clients push (own branches, a
-// shared contended branch, atomic multi-ref pushes, packs over the inline limit) and create/delete repos
+// shared contended branch, atomic multi-ref pushes, some of BULK_REF_UPDATES refs and more, packs over
+// the inline limit) and create/delete repos
 // through random nodes, while a nemesis SIGKILLs a node's group (node and its gits: a machine crash),
 // SIGKILLs the node alone (its gits orphaned), SIGSTOPs it for 1-5 s, cuts it off from its peers, and
 // kills one node for good near the end. Every operation is recorded with what the client heard. After
@@ -302,6 +304,14 @@ async function clientStep(c: Client): Promise<void> {
       const oid = await makeCommit(c, [c.tips.get(key)!]);
       c.tips.set(key, oid);
       updates.push({ ref, oid });
+    }
+    if (random() < 0.3) {
+      // Enough refs for the peers' bulk prepare (one syncfs for every lock: lib/git/ref-txn.ts), all
+      // moved to one new commit on top of the last one tried.
+      const key = `${repoId} refs/heads/c${c.id}-bulk`;
+      const oid = await makeCommit(c, [c.tips.get(key) ?? c.tips.get(`${repoId} refs/heads/c${c.id}`)!]);
+      c.tips.set(key, oid);
+      for (let k = 0; k < BULK_REF_UPDATES; k++) updates.push({ ref: `refs/heads/c${c.id}-bulk-${k}`, oid });
     }
     await push(c, 'push-atomic', node, repoId, updates, true);
   } else if (roll < 0.8) {
