@@ -6,6 +6,7 @@ import { PeerClient } from './cluster/peer-client.js';
 import { RepoStore } from './storage/repo-store.js';
 import { GitReplica } from './storage/replica.js';
 import { systemClock, type Clock } from './base/clock.js';
+import { syncFileSystem } from './base/durable-fs.js';
 import { TxnDriver } from './cluster/txn-driver.js';
 import { TxnLog } from './storage/txn-log.js';
 import { CatchUp } from './cluster/catch-up.js';
@@ -33,6 +34,8 @@ import { ManagementApi, repoAccess } from './http/management-api.js';
 
 /** Packs up to this size ride inside the prepare message (saves a request per peer on small pushes). */
 const INLINE_PACK_MAX_BYTES = 512 * 1024;
+/** How long the start-up check that `sync -f` works may take. */
+const FILE_SYSTEM_SYNC_PROBE_MS = 30_000;
 /** A push's commands: the same bound per ref as the hook's input, plus one pkt-line of slack. */
 function pushHeadBytes(config: Config): number {
   return config.maxRefsPerPush * 300 + PKT_MAX_BYTES;
@@ -48,6 +51,7 @@ export class QuorumGitNode {
   private readonly logger: Logger;
   private readonly clock: Clock;
   private readonly store: RepoStore;
+  private readonly replica: GitReplica;
   private readonly client: PeerClient;
   private readonly driver: TxnDriver;
   private readonly txnLog: TxnLog;
@@ -89,12 +93,13 @@ export class QuorumGitNode {
       logger,
       ...(config.tlsCa ? { ca: config.tlsCa } : {}),
     });
+    this.replica = new GitReplica(this.store, logger, clock);
     this.driver = new TxnDriver({
       self: config.selfUrl,
       peers: config.peerUrls,
       quorum: config.quorum,
       log: this.txnLog,
-      replica: new GitReplica(this.store, logger, clock),
+      replica: this.replica,
       transport: this.client,
       logger,
       clock,
@@ -263,6 +268,12 @@ export class QuorumGitNode {
     // Catch-up fetches from https:// peers with git: the same CA as the node's own peer client. The
     // variable, not http.sslCAInfo: an inherited GIT_SSL_CAINFO (set on many machines) beats the config.
     if (this.config.tlsCaFile) process.env.GIT_SSL_CAINFO = this.config.tlsCaFile;
+    // A peer's prepare of many refs syncs the file system once (`sync -f`, lib/git/ref-txn.ts); where
+    // that does not work, it keeps git's fsync of each lock, slower and as durable.
+    await syncFileSystem(this.config.dataDir, FILE_SYSTEM_SYNC_PROBE_MS, this.clock).catch((err: Error) => {
+      this.replica.keepGitFsyncs();
+      this.logger.warn('`sync -f` does not work on DATA_DIR: a push of many refs is made durable by git\'s fsync of each ref instead (slower)', { err: err.message });
+    });
     await this.driver.start();
     await this.app.listen(this.config.port, this.config.host);
     this.logger.info('node listening', { url: this.url, peers: this.config.peerUrls, quorum: this.config.quorum, data_dir: this.config.dataDir, tls: this.config.tls !== undefined });

@@ -57,6 +57,8 @@ export class RefTransactions {
   private readonly held = new Map<string, Session>();
   /** Idle sessions by repo path, least recently used first. */
   private readonly spares = new Map<string, Session>();
+  /** From how many refs a prepare syncs the file system instead of git's fsync per lock. */
+  private bulkFrom = BULK_REF_UPDATES;
 
   constructor(options: RefTransactionOptions) {
     this.options = options;
@@ -70,7 +72,7 @@ export class RefTransactions {
   async prepare(txnId: string, repoPath: string, updates: readonly RefUpdate[]): Promise<void> {
     if (this.held.has(txnId)) return;
     const { ino } = statSync(repoPath);
-    const bulk = updates.length >= BULK_REF_UPDATES;
+    const bulk = updates.length >= this.bulkFrom;
     let session = this.spares.get(repoPath);
     this.spares.delete(repoPath);
     if (session) this.clock.clearTimeout(session.idleTimer);
@@ -87,6 +89,11 @@ export class RefTransactions {
       session.git.close();
       throw err;
     }
+  }
+
+  /** Every prepare keeps git's fsync of each lock (where no file-system sync works: lib/node.ts checks at start). */
+  keepGitFsyncs(): void {
+    this.bulkFrom = Infinity;
   }
 
   /** Commits a prepared transaction. False if none is held here for it (the caller applies it another way). */

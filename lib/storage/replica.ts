@@ -153,6 +153,11 @@ export class GitReplica implements ReplicaStore {
     return this.store.sweepIncoming(inUse, idleMs, nowMs);
   }
 
+  /** A peer's prepare of many refs keeps git's fsync of each lock instead of one file-system sync. */
+  keepGitFsyncs(): void {
+    this.refTxns.keepGitFsyncs();
+  }
+
   close(): void {
     this.refTxns.close();
   }

@@ -130,6 +130,19 @@ describe('ref transactions held from prepare to commit', () => {
       expect(await txns.commit('t2')).to.equal(true);
     });
 
+    it('keeps git\'s fsync of each lock, and syncs nothing, once told to (where `sync -f` does not work)', async () => {
+      let syncs = 0;
+      txns.close();
+      txns = new RefTransactions({ maxSpares: 4, idleMs: 60_000, syncLocks: async () => void (syncs += 1) });
+      txns.keepGitFsyncs();
+      const updates = many(BULK_REF_UPDATES, 'bulk');
+      await txns.prepare('t1', repo, updates);
+      expect(syncs).to.equal(0);
+      expect(gitSessions(root).map(fsyncSetting)).to.deep.equal([undefined]);
+      expect(await txns.commit('t1')).to.equal(true);
+      expect(Object.values(await readRefValues(repo, updates.map((u) => u.ref)))).to.deep.equal(updates.map(() => second));
+    });
+
     it('fails its prepare, holding nothing, when the sync fails', async () => {
       txns.close();
       txns = new RefTransactions({ maxSpares: 4, idleMs: 60_000, syncLocks: async () => Promise.reject(new Error('EIO from the disk')) });
