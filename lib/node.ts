@@ -269,12 +269,13 @@ export class QuorumGitNode {
     // variable, not http.sslCAInfo: an inherited GIT_SSL_CAINFO (set on many machines) beats the config.
     if (this.config.tlsCaFile) process.env.GIT_SSL_CAINFO = this.config.tlsCaFile;
     // A peer's prepare of many refs syncs the file system once (`sync -f`, lib/git/ref-txn.ts); where
-    // that does not work, it keeps git's fsync of each lock, slower and as durable.
-    await syncFileSystem(this.config.dataDir, FILE_SYSTEM_SYNC_PROBE_MS, this.clock).catch((err: Error) => {
+    // that does not work, it keeps git's fsync of each lock, slower and as durable. Checked while the
+    // driver starts (no prepare is taken before the node listens).
+    const syncProbe = syncFileSystem(this.config.dataDir, FILE_SYSTEM_SYNC_PROBE_MS, this.clock).catch((err: Error) => {
       this.replica.keepGitFsyncs();
       this.logger.warn('`sync -f` does not work on DATA_DIR: a push of many refs is made durable by git\'s fsync of each ref instead (slower)', { err: err.message });
     });
-    await this.driver.start();
+    await Promise.all([this.driver.start(), syncProbe]);
     await this.app.listen(this.config.port, this.config.host);
     this.logger.info('node listening', { url: this.url, peers: this.config.peerUrls, quorum: this.config.quorum, data_dir: this.config.dataDir, tls: this.config.tls !== undefined });
     if (this.app.hasHookListener) this.logger.info('pre-receive hook listener (plain HTTP, loopback only, hook route only)', { host: hookHost, port: hookPort });

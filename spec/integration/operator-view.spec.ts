@@ -1,30 +1,11 @@
 import { randomBytes } from 'node:crypto';
 import { expect } from 'chai';
 import { LONG_2PC_ENV, type Cluster, type GitClient, type TestNode, eventually, http, withCluster } from '../support/cluster.js';
-import { cloneLocal, commitFile, createRepo, expectPushed, repoCoordinatedBy } from '../support/push-helpers.js';
+import { cloneLocal, commitFile, createRepo, expectPushed, metricTotal, repoCoordinatedBy, scrapeMetrics } from '../support/push-helpers.js';
 
 // What an operator sees of a running 3-node cluster: GET /metrics (Prometheus text) moved by a
 // create, a push and a clone; /health/live and /health/ready as a load balancer asks them; and a
 // client's x-request-id followed through a push from the coordinator to its peers' logs.
-
-/** The sum of every sample of `name` whose labels include `labels` (0 when there is none). */
-function total(text: string, name: string, labels: Record<string, string> = {}): number {
-  let sum = 0;
-  for (const line of text.split('\n')) {
-    const match = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (!match || match[1] !== name) continue;
-    const found = Object.fromEntries([...(match[2] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)].map((m) => [m[1], m[2]]));
-    if (Object.entries(labels).every(([k, v]) => found[k] === v)) sum += Number(match[3]);
-  }
-  return sum;
-}
-
-async function scrape(node: TestNode): Promise<string> {
-  const res = await http(`${node.url}/metrics`);
-  expect(res.status, res.text).to.equal(200);
-  expect(res.headers.get('content-type')).to.equal('text/plain; version=0.0.4; charset=utf-8');
-  return res.text;
-}
 
 /** The JSON log lines of a node that carry `requestId`. */
 function linesWith(node: TestNode, requestId: string): Record<string, unknown>[] {
@@ -62,7 +43,7 @@ describe('operator view: metrics, health, request ids (3-node cluster)', functio
   });
 
   it('answers GET /metrics in Prometheus text, its counters moved by a create, a push and a clone', async function () {
-    const before = await Promise.all(cluster.nodes.map(scrape));
+    const before = await Promise.all(cluster.nodes.map(scrapeMetrics));
     const created = `ops/created-${randomBytes(3).toString('hex')}`;
     expect((await n1.createRepo(created)).status).to.equal(201);
     await commitFile(git, work, 'metrics.txt', 'counted\n');
@@ -70,11 +51,11 @@ describe('operator view: metrics, health, request ids (3-node cluster)', functio
     await git.ok(['clone', '--quiet', n3.gitUrl(repoId), `${await git.tempDir('ops-clone')}/clone`]);
     // The push's answer waits for a quorum, a response's metrics are recorded when it closes: read until settled.
     await eventually(async () => {
-      const after = await Promise.all(cluster.nodes.map(scrape));
+      const after = await Promise.all(cluster.nodes.map(scrapeMetrics));
       const moved = (name: string, labels: Record<string, string>, i?: number): number =>
         i === undefined
-          ? after.reduce((s, t) => s + total(t, name, labels), 0) - before.reduce((s, t) => s + total(t, name, labels), 0)
-          : total(after[i]!, name, labels) - total(before[i]!, name, labels);
+          ? after.reduce((s, t) => s + metricTotal(t, name, labels), 0) - before.reduce((s, t) => s + metricTotal(t, name, labels), 0)
+          : metricTotal(after[i]!, name, labels) - metricTotal(before[i]!, name, labels);
       expect(moved('quorum_git_txns_total', { kind: 'create', outcome: 'committed' }, 0)).to.equal(1);
       expect(moved('quorum_git_txns_total', { kind: 'push', outcome: 'committed' }, 0)).to.equal(1);
       expect(moved('quorum_git_txn_duration_seconds_count', { kind: 'push' }, 0)).to.equal(1);
@@ -89,14 +70,14 @@ describe('operator view: metrics, health, request ids (3-node cluster)', functio
       expect(moved('quorum_git_http_requests_total', { route: 'git' })).to.be.at.least(4);
       expect(moved('quorum_git_http_requests_total', { route: 'internal' }, 1)).to.be.at.least(2);
       // A heartbeat (200 ms to answer) can miss on a loaded machine: read until both peers are up.
-      expect(total(after[0]!, 'quorum_git_peer_up', { peer: n2.url })).to.equal(1);
-      expect(total(after[0]!, 'quorum_git_peer_up', { peer: n3.url })).to.equal(1);
+      expect(metricTotal(after[0]!, 'quorum_git_peer_up', { peer: n2.url })).to.equal(1);
+      expect(metricTotal(after[0]!, 'quorum_git_peer_up', { peer: n3.url })).to.equal(1);
     });
-    const text = await scrape(n1);
-    expect(total(text, 'quorum_git_peer_rtt_seconds_count', { peer: n2.url })).to.be.greaterThan(0);
-    expect(total(text, 'quorum_git_txns_in_doubt')).to.equal(0);
-    expect(total(text, 'quorum_git_write_quorum')).to.equal(2);
-    expect(total(text, 'quorum_git_node_info', { server_id: 'node-1' })).to.equal(1);
+    const text = await scrapeMetrics(n1);
+    expect(metricTotal(text, 'quorum_git_peer_rtt_seconds_count', { peer: n2.url })).to.be.greaterThan(0);
+    expect(metricTotal(text, 'quorum_git_txns_in_doubt')).to.equal(0);
+    expect(metricTotal(text, 'quorum_git_write_quorum')).to.equal(2);
+    expect(metricTotal(text, 'quorum_git_node_info', { server_id: 'node-1' })).to.equal(1);
     expect(text).to.match(/^process_resident_memory_bytes \d+/m);
   });
 
@@ -142,11 +123,11 @@ describe('operator view: metrics, health, request ids (3-node cluster)', functio
       const health = await n1.health();
       expect(health.status).to.equal(200);
       expect(health.body).to.include({ status: 'ok', peers: 2, peers_reachable: 0, quorum: 2 });
-      expect(total(await scrape(n1), 'quorum_git_ready')).to.equal(0);
+      expect(metricTotal(await scrapeMetrics(n1), 'quorum_git_ready')).to.equal(0);
       // One node back makes a majority again.
       process.kill(n2.pid, 'SIGCONT');
       await eventually(async () => expect((await http(`${n1.url}/health/ready`)).status).to.equal(200));
-      expect(total(await scrape(n1), 'quorum_git_ready')).to.equal(1);
+      expect(metricTotal(await scrapeMetrics(n1), 'quorum_git_ready')).to.equal(1);
     } finally {
       process.kill(n2.pid, 'SIGCONT');
       process.kill(n3.pid, 'SIGCONT');

@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
-import { LONG_2PC_ENV, Cluster, GitClient, type TestNode, eventually, http, withCluster } from '../support/cluster.js';
+import { LONG_2PC_ENV, Cluster, GitClient, type TestNode, eventually, withCluster } from '../support/cluster.js';
 import {
   cloneLocal,
   commitFile,
@@ -10,18 +10,19 @@ import {
   expectConverged,
   expectPushed,
   expectReplicasAgree,
+  metricTotal,
   peakRssGrowth,
   repoCoordinatedBy,
   repoVersion,
+  scrapeMetrics,
   waitForView,
   writeSeededBytes,
 } from '../support/push-helpers.js';
 
 /** A node's count of packs shipped to peers (quorum_git_push_pack_shipments_total), by how. */
 async function packShipments(node: TestNode): Promise<Record<'inline' | 'streamed' | 'uploaded', number>> {
-  const res = await http(`${node.url}/metrics`);
-  expect(res.status, res.text).to.equal(200);
-  const count = (how: string): number => Number(new RegExp(`^quorum_git_push_pack_shipments_total\\{how="${how}"\\} (\\d+)$`, 'm').exec(res.text)?.[1] ?? 0);
+  const text = await scrapeMetrics(node);
+  const count = (how: string): number => metricTotal(text, 'quorum_git_push_pack_shipments_total', { how });
   return { inline: count('inline'), streamed: count('streamed'), uploaded: count('uploaded') };
 }
 

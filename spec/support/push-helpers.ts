@@ -339,3 +339,23 @@ export class PushGate {
 function sleepMs(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms).unref());
 }
+
+/** The sum of every sample of `name` in Prometheus text whose labels include `labels` (0 when there is none). */
+export function metricTotal(text: string, name: string, labels: Record<string, string> = {}): number {
+  let sum = 0;
+  for (const line of text.split('\n')) {
+    const match = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (!match || match[1] !== name) continue;
+    const found = Object.fromEntries([...(match[2] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)].map((m) => [m[1], m[2]]));
+    if (Object.entries(labels).every(([k, v]) => found[k] === v)) sum += Number(match[3]);
+  }
+  return sum;
+}
+
+/** A node's GET /metrics, checked to be Prometheus text. */
+export async function scrapeMetrics(node: TestNode): Promise<string> {
+  const res = await http(`${node.url}/metrics`);
+  expect(res.status, res.text).to.equal(200);
+  expect(res.headers.get('content-type')).to.equal('text/plain; version=0.0.4; charset=utf-8');
+  return res.text;
+}
