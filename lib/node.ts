@@ -278,7 +278,7 @@ export class QuorumGitNode {
     await Promise.all([this.driver.start(), syncProbe]);
     await this.app.listen(this.config.port, this.config.host);
     this.logger.info('node listening', { url: this.url, peers: this.config.peerUrls, quorum: this.config.quorum, data_dir: this.config.dataDir, tls: this.config.tls !== undefined });
-    if (this.app.hasHookListener) this.logger.info('pre-receive hook listener (plain HTTP, loopback only, hook route only)', { host: hookHost, port: hookPort });
+    if (this.app.hasHookListener) this.logger.info('git hook listener (plain HTTP, loopback only, hook routes only)', { host: hookHost, port: hookPort });
     if (this.config.authFile === undefined) {
       this.logger.info(`no AUTH_FILE: serving anonymously, which a node does on loopback only (HOST=${this.config.host}); set AUTH_FILE to serve beyond it`);
     }

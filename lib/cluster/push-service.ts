@@ -1,8 +1,10 @@
 import { existsSync, promises as fs, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
+import type { Duplex } from 'node:stream';
 import { sleep, systemClock, type Clock } from '../base/clock.js';
 import { quarantinePackFiles, readHead, readRefs } from '../git/git-refs.js';
 import { runGit } from '../git/git.js';
+import { serveProcReceive } from '../git/proc-receive.js';
 import { KeyedLock, LockTimeoutError } from '../base/keyed-lock.js';
 import type { Logger } from '../base/logger.js';
 import type { PackShipment, TxnTimer } from '../base/metrics.js';
@@ -14,13 +16,16 @@ import type { RepoSettings } from '../core/repo-settings.js';
 import { ZERO_OID, type NodeId, type RefUpdate, type TxnOp } from '../core/txn-core.js';
 import type { TxnDriver } from './txn-driver.js';
 
-// The replication hook's server side. git receive-pack runs our pre-receive hook with the ref updates
+// The replication hooks' server side. git receive-pack runs our pre-receive hook with the ref updates
 // and its quarantine; the hook posts them here and exits with our verdict. Here the push becomes a
 // two-phase commit: the quarantined pack (already indexed and checked by receive-pack) is shipped to
-// every peer, each peer checks that it is at the same version and its refs still hold the old values,
-// installs the pack and logs `prepared`; on a quorum the decision is logged, peers move their refs in
-// one update-ref transaction, and only then does the hook exit 0 so receive-pack moves ours and the
-// client hears "ok". A non-zero exit gives the client `! [remote rejected]` and nothing moves anywhere.
+// every peer, each replica (this one included) checks that it is at the same version and its refs
+// still hold the old values, locks them with their new values written (one update-ref transaction)
+// and logs `prepared`; on a quorum the decision is logged, peers move their refs, and only then does
+// the hook exit 0. receive-pack then moves the pushed objects into our repo and runs our proc-receive
+// hook instead of moving any ref itself: it posts here (procReceive), our own prepared transaction is
+// committed, and the client hears "ok" for each ref. A non-zero pre-receive exit gives the client
+// `! [remote rejected]` and nothing moves anywhere.
 
 export interface PushLimits {
   maxRefsPerPush: number;
@@ -44,6 +49,16 @@ export interface HookRequest {
   receivePackPid: number | undefined;
   body: string;
   requestId: string;
+}
+
+/** A push whose pre-receive hook this node answered, waiting for its proc-receive hook (by receive-pack pid). */
+interface OwnCommit {
+  txnId: string;
+  updates: readonly RefUpdate[];
+  /** receive-pack moved the pushed objects into the repo: our own commit may go ahead. */
+  objectsInPlace: () => void;
+  /** Resolves once our own replica applied the push (true) or did not (false). */
+  applied: Promise<boolean>;
 }
 
 export interface HookVerdict {
@@ -72,6 +87,9 @@ export interface PushServiceOptions {
   /** The node's clock (default the system's); times the push lock's wait and the local apply's. */
   clock?: Clock;
 }
+
+/** What a proc-receive exchange may take beyond the wait for our own apply. */
+const PROC_RECEIVE_SLACK_MS = 10_000;
 
 const UPDATE_LINE = /^([0-9a-f]{40}|[0-9a-f]{64}) ([0-9a-f]{40}|[0-9a-f]{64}) (refs\/\S+|HEAD)$/;
 
@@ -143,6 +161,7 @@ export class PushService {
   private readonly options: PushServiceOptions;
   private readonly clock: Clock;
   private readonly locks: KeyedLock;
+  private readonly ownCommits = new Map<number, OwnCommit>();
 
   constructor(options: PushServiceOptions) {
     this.options = options;
@@ -216,11 +235,26 @@ export class PushService {
       const exit = request.receivePackPid === undefined ? undefined : this.options.receivePackExit(request.receivePackPid);
       const tee = request.receivePackPid === undefined ? undefined : this.options.packTee?.(request.receivePackPid);
       const localApplied = driver.localOutcome(txnId);
+      // Our own commit waits for receive-pack's proc-receive hook (the objects are in the repo then),
+      // or for its exit without one (then the push is applied afresh, which checks the objects).
+      let selfCommitGate = Promise.resolve(false);
+      if (exit !== undefined && request.receivePackPid !== undefined) {
+        const pid = request.receivePackPid;
+        let objectsInPlace!: () => void;
+        const inPlace = new Promise<boolean>((resolve) => (objectsInPlace = () => resolve(true)));
+        selfCommitGate = Promise.race([inPlace, exit.then(() => false)]);
+        const own: OwnCommit = { txnId, updates, objectsInPlace, applied: localApplied };
+        this.ownCommits.set(pid, own);
+        void exit.then(() => {
+          if (this.ownCommits.get(pid) === own) this.ownCommits.delete(pid);
+        });
+      }
       const timeTxn = this.options.timeTxn ?? ((_kind, run) => run());
       const result = await timeTxn('push', () => driver.runTxn(op, request.requestId, {
         txnId,
         extraPrepareMs,
-        selfCommitGate: exit ?? Promise.resolve(),
+        selfCommitGate,
+        quarantine: request.quarantine,
         beforePrepare: async (peer: NodeId) => {
           // A small pack rides inside the prepare (one request less per peer); a large one streams ahead.
           if (inline) {
@@ -264,6 +298,44 @@ export class PushService {
     } finally {
       if (!releaseLater) release();
     }
+  }
+
+  /**
+   * Speaks the proc-receive protocol with receive-pack `receivePackPid` on its hook's upgraded
+   * connection (lib/git/proc-receive.ts), answering with procReceive.
+   */
+  serveProcReceive(receivePackPid: number | undefined, socket: Duplex, head: Buffer): Promise<void> {
+    const { limits } = this.options;
+    return serveProcReceive(socket, head, (commands) => this.procReceive(receivePackPid, commands), {
+      clock: this.clock,
+      // procReceive waits at most localApplyTimeoutMs for our own apply; the rest is a few pkt-lines.
+      timeoutMs: limits.localApplyTimeoutMs + PROC_RECEIVE_SLACK_MS,
+      maxCommands: limits.maxRefsPerPush,
+    });
+  }
+
+  /**
+   * The proc-receive hook of receive-pack `receivePackPid`: the pushed objects are in the repo, and
+   * receive-pack asks us to move the refs of `commands` ("<old> <new> <ref>"). Our own ref
+   * transaction for the push, prepared with the vote, is committed (the driver's apply), and each
+   * ref gets git's "ok <ref>" or "ng <ref> <reason>". A push this node holds no committed transaction
+   * for moves nothing.
+   */
+  async procReceive(receivePackPid: number | undefined, commands: readonly string[]): Promise<string[]> {
+    const { limits } = this.options;
+    const updates = parseUpdates(commands.join('\n'), limits.maxRefsPerPush);
+    const own = receivePackPid === undefined ? undefined : this.ownCommits.get(receivePackPid);
+    if (own === undefined) return updates.map((u) => `ng ${u.ref} quorum-git: this push has no transaction committed on this node; nothing was changed here`);
+    this.ownCommits.delete(receivePackPid!);
+    own.objectsInPlace();
+    const applied = await Promise.race([own.applied, sleep(this.clock, limits.localApplyTimeoutMs).then(() => false)]);
+    const committed = new Map(own.updates.map((u) => [u.ref, u]));
+    return updates.map((u) => {
+      const c = committed.get(u.ref);
+      if (c === undefined || c.old !== u.old || c.new !== u.new) return `ng ${u.ref} quorum-git: not an update of this push's transaction (${own.txnId})`;
+      if (!applied) return `ng ${u.ref} quorum-git: committed on a quorum, but not moved on this node yet (it catches up); fetch to see it`;
+      return `ok ${u.ref}`;
+    });
   }
 
   /**

@@ -99,8 +99,15 @@ export interface RunTxnOptions {
    * the prepare); a failure counts as that peer's no.
    */
   beforePrepare?: (to: NodeId) => Promise<InlineFiles | void>;
-  /** A push: this replica's commit waits for it (git receive-pack moving the refs itself). */
-  selfCommitGate?: Promise<void>;
+  /**
+   * A push: this replica's commit waits for it. True once receive-pack has moved the pushed objects
+   * into the repo (its proc-receive hook asks for the refs): the ref transaction prepared with the
+   * vote may then be committed. False when receive-pack exited without that: the objects may be
+   * missing, so the prepared transaction is dropped and the push applied afresh (git checks them).
+   */
+  selfCommitGate?: Promise<boolean>;
+  /** A push: the object directory of its receive-pack's quarantine ('' for none), where this replica's stage finds its objects. */
+  quarantine?: string;
   /**
    * Time added to the prepare timeout for this transaction: a push whose pack is shipped to every
    * peer inside the prepare's window (its upload runs in `beforePrepare`) gets time in proportion.
@@ -112,11 +119,13 @@ export class TxnDriver {
   readonly participant: Participant;
   private readonly options: TxnDriverOptions;
   private readonly active = new Map<string, ActiveTxn>();
-  private readonly selfCommitGates = new Map<string, Promise<void>>();
+  private readonly selfCommitGates = new Map<string, Promise<boolean>>();
+  /** The quarantine of each push this node coordinates, by txn id, until its stage ran (RunTxnOptions.quarantine). */
+  private readonly quarantines = new Map<string, string>();
   private readonly applying = new Map<string, Promise<Vote>>();
   /** Prepares being carried out, by txn id. */
   private readonly preparing = new Map<string, Promise<Vote>>();
-  private readonly localSettled = new Map<string, { promise: Promise<void>; resolve: () => void }>();
+  private readonly localSettled = new Map<string, { promise: Promise<boolean>; resolve: (applied: boolean) => void }>();
   /** File-system work on one repo runs one step at a time, in arrival order. */
   private readonly repoChains = new Map<string, Promise<void>>();
   /** A small pack that came inside a push's prepare, held in memory until the stage writes it. */
@@ -179,6 +188,7 @@ export class TxnDriver {
     const prepareTimeoutMs = timeouts.prepareTimeoutMs + (options.extraPrepareMs ?? 0);
     const coord = new (this.options.coordinatorTxn ?? CoordinatorTxn)({ txnId: options.txnId ?? newTxnId(), op, self, nodes, quorum, ...timeouts, prepareTimeoutMs });
     if (options.selfCommitGate) this.selfCommitGates.set(coord.txnId, options.selfCommitGate);
+    if (options.quarantine !== undefined) this.quarantines.set(coord.txnId, options.quarantine);
     return new Promise((resolve) => {
       const txn: ActiveTxn = {
         coord,
@@ -397,7 +407,7 @@ export class TxnDriver {
         // A failed apply is not an acknowledgement; see Participant.onApplyFailed for what it leaves.
         if (effect.type === 'apply') {
           this.participant.onApplyFailed(txnId);
-          this.settle(txnId);
+          this.settle(txnId, false);
         }
         return { vote: 'no', code: 'stage_failed' };
       }
@@ -409,7 +419,7 @@ export class TxnDriver {
         if (effect.type === 'persist') this.options.log.append(effect.entry).catch((err) => this.options.logger.warn('cannot log applied', { txn_id: txnId, err: (err as Error).message }));
       }
     }
-    if (settles) this.settle(txnId);
+    if (settles) this.settle(txnId, effects.some((e) => e.type === 'apply'));
     return vote;
   }
 
@@ -418,22 +428,26 @@ export class TxnDriver {
     switch (effect.type) {
       case 'stage':
         if (effect.op.kind === 'create') await store.stageCreate(effect.txnId);
-        // The coordinator's own replica stages nothing for a push: its objects are in receive-pack's
-        // quarantine, and its refs are moved (and locked) by receive-pack itself once the hook says
-        // yes, so here it only makes sure no lock stands in receive-pack's way. A peer's objects came
-        // inside the prepare or were streamed ahead of it; its refs are locked in git until the decision.
+        // A push's refs are locked in git until the decision, on every replica. The coordinator's own
+        // objects are in receive-pack's quarantine (its proc-receive hook later asks for the commit,
+        // once they are in the repo); a peer's came inside the prepare or were streamed ahead of it.
         if (effect.op.kind === 'push') {
-          const own = effect.coordinator === this.options.self;
-          const inline = this.inlinePacks.get(effect.txnId);
-          await store.stagePush(effect.txnId, effect.op.repoId, effect.op.updates, own ? { own } : { own, ...(inline ? { inline } : {}) });
+          if (effect.coordinator === this.options.self) {
+            const quarantine = this.quarantines.get(effect.txnId) ?? '';
+            this.quarantines.delete(effect.txnId);
+            await store.stagePush(effect.txnId, effect.op.repoId, effect.op.updates, { own: true, quarantine });
+          } else {
+            const inline = this.inlinePacks.get(effect.txnId);
+            await store.stagePush(effect.txnId, effect.op.repoId, effect.op.updates, { own: false, ...(inline ? { inline } : {}) });
+          }
         }
         return;
       case 'apply': {
         const { op, txnId } = effect;
         if (op.kind === 'push') {
           const gate = this.selfCommitGates.get(txnId);
-          if (gate) await gate;
-          await this.withRepo(op.repoId, () => store.applyPush(txnId, op.repoId, op.updates, op.head));
+          const prepared = gate ? await gate : true;
+          await this.withRepo(op.repoId, () => store.applyPush(txnId, op.repoId, op.updates, op.head, prepared));
           this.options.afterWrite?.(op.repoId);
           return;
         }
@@ -477,12 +491,12 @@ export class TxnDriver {
     return effects.length > 0;
   }
 
-  /** Resolves once this node's own replica has applied or discarded the transaction. */
-  localOutcome(txnId: string): Promise<void> {
+  /** Resolves once this node's own replica has applied (true) or discarded or failed to apply (false) the transaction. */
+  localOutcome(txnId: string): Promise<boolean> {
     let entry = this.localSettled.get(txnId);
     if (!entry) {
-      let resolve!: () => void;
-      const promise = new Promise<void>((r) => (resolve = r));
+      let resolve!: (applied: boolean) => void;
+      const promise = new Promise<boolean>((r) => (resolve = r));
       entry = { promise, resolve };
       this.localSettled.set(txnId, entry);
     }
@@ -492,6 +506,7 @@ export class TxnDriver {
   forgetOutcome(txnId: string): void {
     this.localSettled.delete(txnId);
     this.selfCommitGates.delete(txnId);
+    this.quarantines.delete(txnId);
   }
 
   /**
@@ -518,11 +533,12 @@ export class TxnDriver {
     }
   }
 
-  private settle(txnId: string): void {
+  private settle(txnId: string, applied: boolean): void {
     this.selfCommitGates.delete(txnId);
+    this.quarantines.delete(txnId);
     const entry = this.localSettled.get(txnId);
     if (entry) {
-      entry.resolve();
+      entry.resolve(applied);
       this.localSettled.delete(txnId);
     }
   }

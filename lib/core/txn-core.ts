@@ -357,7 +357,7 @@ export class CoordinatorTxn {
     );
   }
 
-  /** Nodes holding the change: those that applied it, and for a final push the coordinator (receive-pack moves its refs). */
+  /** Nodes holding the change: those that applied it, and for a final push the coordinator (its refs move when receive-pack's proc-receive hook asks). */
   private confirmed(): NodeId[] {
     const nodes = [...this.acks];
     if (this.selfCommitsLater && this.final && !this.acks.has(this.options.self)) nodes.unshift(this.options.self);

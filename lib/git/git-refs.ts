@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { type Dirent, closeSync, existsSync, fsyncSync, mkdirSync, openSync, promises as fs, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
+import { type Dirent, closeSync, fsyncSync, mkdirSync, openSync, promises as fs, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { sleep, type Clock } from '../base/clock.js';
+import { type Clock } from '../base/clock.js';
 import { runGit } from './git.js';
 import { isPrivateRef } from '../core/repo-id.js';
 import { ZERO_OID, type RefUpdate } from '../core/txn-core.js';
@@ -201,22 +201,6 @@ export async function applyUpdates(repoPath: string, updates: readonly RefUpdate
   if (head !== undefined && (await readHead(repoPath)) !== head) await setHead(repoPath, head);
 }
 
-/**
- * Throws if a ref of `refs` stays locked (a `<ref>.lock` file) for `waitMs`: the coordinator's own
- * replica is moved by receive-pack after the hook, and a lock left there by a crashed git would make
- * it refuse the push after the peers had committed it. A git that holds a lock for a moment (gc
- * packing refs) lets go well within the wait, as git's own lock retry expects.
- */
-export async function expectRefsUnlocked(repoPath: string, refs: readonly string[], waitMs: number, clock: Clock): Promise<void> {
-  const deadline = clock.now() + waitMs;
-  for (;;) {
-    const locked = refs.filter((ref) => existsSync(path.join(repoPath, `${ref}.lock`)));
-    if (locked.length === 0) return;
-    if (clock.now() >= deadline) throw new Error(`ref locked by another git (a stale lock file?): ${locked.map((r) => `${r}.lock`).join(', ')}`);
-    await sleep(clock, 10);
-  }
-}
-
 /** Runs `update-ref --stdin` commands (create/update/delete lines) as one transaction. */
 export async function applyRefEdits(repoPath: string, edits: readonly string[]): Promise<void> {
   const session = new UpdateRefSession(repoPath);
@@ -243,24 +227,32 @@ export class UpdateRefSession {
   readonly repoPath: string;
   /** Started without git's fsync of ref lock files. */
   readonly syncsLocks: boolean;
+  /** Resolves once git has exited (its open transaction, if any, aborted and its locks removed). */
+  readonly exited: Promise<void>;
   private readonly child: ChildProcess;
   private readonly waiters: { resolve: () => void; reject: (err: Error) => void }[] = [];
   private stdout = '';
   private stderr = '';
-  private exited = false;
+  private ended = false;
 
   /**
    * `syncsLocks`: git does not fsync the lock files it writes (it does by the node's core.fsync); the
-   * caller makes them durable itself before they are renamed (lib/git/ref-txn.ts). Set through the
-   * environment, so the command line stays UPDATE_REF_SESSION_COMMAND.
+   * caller makes them durable itself before they are renamed (lib/git/ref-txn.ts). `quarantine`:
+   * git also finds objects there, ahead of the repo's (receive-pack's quarantine before it moves the
+   * pushed objects in; '' for none). Both set through the environment, so the command line stays
+   * UPDATE_REF_SESSION_COMMAND.
    */
-  constructor(repoPath: string, options: { syncsLocks?: boolean } = {}) {
+  constructor(repoPath: string, options: { syncsLocks?: boolean; quarantine?: string } = {}) {
     this.repoPath = repoPath;
     this.syncsLocks = options.syncsLocks ?? false;
     let env: NodeJS.ProcessEnv | undefined;
-    if (this.syncsLocks) {
+    if (this.syncsLocks || options.quarantine) {
       env = { ...process.env };
-      addGitConfig(env, [['core.fsync', GIT_FSYNC_WITHOUT_REFS]]);
+      if (this.syncsLocks) addGitConfig(env, [['core.fsync', GIT_FSYNC_WITHOUT_REFS]]);
+      if (options.quarantine) {
+        env.GIT_OBJECT_DIRECTORY = options.quarantine;
+        env.GIT_ALTERNATE_OBJECT_DIRECTORIES = path.join(repoPath, 'objects');
+      }
     }
     this.child = spawn('git', ['update-ref', '--stdin'], { cwd: repoPath, stdio: ['pipe', 'pipe', 'pipe'], ...(env ? { env } : {}) });
     this.child.stdout!.on('data', (chunk: Buffer) => {
@@ -274,8 +266,11 @@ export class UpdateRefSession {
     });
     this.child.stderr!.on('data', (chunk: Buffer) => (this.stderr = (this.stderr + chunk.toString()).slice(-4000)));
     this.child.stdin!.on('error', () => undefined);
+    let exited!: () => void;
+    this.exited = new Promise((resolve) => (exited = resolve));
     const ended = (why: string): void => {
-      this.exited = true;
+      this.ended = true;
+      exited();
       const err = new Error(`git update-ref failed: ${this.stderr.trim() || why}`);
       for (const w of this.waiters.splice(0)) w.reject(err);
     };
@@ -284,11 +279,11 @@ export class UpdateRefSession {
   }
 
   get alive(): boolean {
-    return !this.exited;
+    return !this.ended;
   }
 
   send(lines: readonly string[], answers: number): Promise<void> {
-    if (this.exited) return Promise.reject(new Error(`git update-ref failed: ${this.stderr.trim() || 'session ended'}`));
+    if (this.ended) return Promise.reject(new Error(`git update-ref failed: ${this.stderr.trim() || 'session ended'}`));
     const done = Array.from({ length: answers }, () => new Promise<void>((resolve, reject) => this.waiters.push({ resolve, reject })));
     this.child.stdin!.write(lines.join('\n') + '\n');
     return Promise.all(done).then(() => undefined);

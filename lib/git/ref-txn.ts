@@ -47,6 +47,8 @@ interface Session {
   git: UpdateRefSession;
   /** The inode of the repo directory it was started in. */
   ino: number;
+  /** Kept as the repo's spare once its transaction is over (not a coordinator's, tied to one quarantine). */
+  reusable: boolean;
   idleTimer?: unknown;
 }
 
@@ -66,19 +68,25 @@ export class RefTransactions {
   }
 
   /**
-   * Locks the refs of a push and checks their old values and that the new objects exist (they must
-   * be installed already). Throws if git refuses; nothing is then held.
+   * Locks the refs of a push and checks their old values and that the new objects exist (installed
+   * already, or in `quarantine`: the object directory of the coordinator's receive-pack, '' if the
+   * push brought none). Throws if git refuses; nothing is then held.
    */
-  async prepare(txnId: string, repoPath: string, updates: readonly RefUpdate[]): Promise<void> {
+  async prepare(txnId: string, repoPath: string, updates: readonly RefUpdate[], options: { quarantine?: string } = {}): Promise<void> {
     if (this.held.has(txnId)) return;
     const { ino } = statSync(repoPath);
     const bulk = updates.length >= this.bulkFrom;
-    let session = this.spares.get(repoPath);
-    this.spares.delete(repoPath);
-    if (session) this.clock.clearTimeout(session.idleTimer);
-    if (!session || !session.git.alive || session.ino !== ino || session.git.syncsLocks !== bulk) {
-      session?.git.close();
-      session = { git: new UpdateRefSession(repoPath, { syncsLocks: bulk }), ino };
+    let session: Session | undefined;
+    if (options.quarantine !== undefined) {
+      session = { git: new UpdateRefSession(repoPath, { syncsLocks: bulk, quarantine: options.quarantine }), ino, reusable: false };
+    } else {
+      session = this.spares.get(repoPath);
+      this.spares.delete(repoPath);
+      if (session) this.clock.clearTimeout(session.idleTimer);
+      if (!session || !session.git.alive || session.ino !== ino || session.git.syncsLocks !== bulk) {
+        session?.git.close();
+        session = { git: new UpdateRefSession(repoPath, { syncsLocks: bulk }), ino, reusable: true };
+      }
     }
     this.held.set(txnId, session);
     try {
@@ -111,15 +119,20 @@ export class RefTransactions {
     return true;
   }
 
-  /** Drops a prepared transaction: git releases the locks and changes nothing. */
-  abort(txnId: string): void {
+  /** Drops a prepared transaction: git releases the locks and changes nothing; resolves once git has exited. */
+  async abort(txnId: string): Promise<void> {
     const session = this.held.get(txnId);
     if (!session) return;
     this.held.delete(txnId);
     session.git.close();
+    await session.git.exited;
   }
 
   private keepSpare(session: Session): void {
+    if (!session.reusable) {
+      session.git.close();
+      return;
+    }
     if (!session.git.alive) return;
     const { repoPath } = session.git;
     const previous = this.spares.get(repoPath);

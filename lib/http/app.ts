@@ -1,9 +1,12 @@
 import http from 'node:http';
 import https from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import type { Clock } from '../base/clock.js';
 import type { Config } from '../base/config.js';
 import { REQUEST_ID_HEADER } from '../base/headers.js';
+import { PROC_RECEIVE_PATH } from '../git/hooks.js';
+import { PROC_RECEIVE_UPGRADE } from '../git/proc-receive.js';
 import type { Logger } from '../base/logger.js';
 import type { NodeMetrics } from '../base/metrics.js';
 import { KEEP_ALIVE_TIMEOUT_MS } from '../cluster/peer-client.js';
@@ -50,6 +53,8 @@ export class HttpApp {
   /** The next refresh of the addresses the connection cap leaves alone (lib/http/connection-cap.ts). */
   private refreshTimer: unknown;
   private closed = false;
+  /** Connections upgraded to the proc-receive protocol: the servers no longer track them, close() does. */
+  private readonly upgraded = new Set<Duplex>();
   /** TRUSTED_PROXIES: whose x-forwarded-for names the client (and whose connections are not capped). */
   private readonly trustedProxy: TrustedCheck;
 
@@ -67,6 +72,7 @@ export class HttpApp {
       this.hookServer = http.createServer(serverOptions, (req, res) => this.handle(req, res, true));
       this.hookServer.timeout = 0;
     }
+    for (const server of [this.server, this.hookServer]) server?.on('upgrade', (req: http.IncomingMessage, socket: Duplex, head: Buffer) => this.upgrade(req, socket, head));
   }
 
   /** The pre-receive hook has a listener of its own (with TLS). */
@@ -102,7 +108,42 @@ export class HttpApp {
       server.closeAllConnections();
       return done;
     });
+    for (const socket of this.upgraded) socket.destroy();
     await Promise.all(closed);
+  }
+
+  /**
+   * An HTTP upgrade: only the proc-receive hook's (lib/git/proc-receive.ts), with the cluster secret,
+   * is served; anything else gets its error answer and the connection is closed.
+   */
+  private upgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): void {
+    const { logger, clock, internal } = this.options;
+    const requestId = requestIdFrom(req.headers[REQUEST_ID_HEADER]);
+    const log = logger.child({ request_id: requestId });
+    const started = clock.now();
+    const path = (req.url ?? '').split('?')[0];
+    socket.on('error', (err) => log.debug('upgraded connection error', { err: err.message }));
+    try {
+      const target = route(req.method ?? 'GET', req.url ?? '/');
+      const wanted = String(req.headers.upgrade ?? '').toLowerCase() === PROC_RECEIVE_UPGRADE;
+      if (target.kind !== 'internalHook' || target.hook !== 'proc-receive' || !wanted) throw new QuorumGitError('not_found', `no upgrade is served here but ${PROC_RECEIVE_UPGRADE} on ${PROC_RECEIVE_PATH}`);
+      internal.authorizePeer(req);
+    } catch (err) {
+      const known = isQuorumGitError(err) ? err : new QuorumGitError('internal', 'internal error', { cause: err });
+      if (known.code === 'internal') log.error('upgrade failed', { err });
+      const status = statusByCode[known.code];
+      const body = JSON.stringify(errorBody(known));
+      socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? ''}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+      log.info('request', { method: req.method, path, status, ms: clock.now() - started });
+      return;
+    }
+    this.upgraded.add(socket);
+    socket.once('close', () => this.upgraded.delete(socket));
+    socket.write(`HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: ${PROC_RECEIVE_UPGRADE}\r\n${REQUEST_ID_HEADER}: ${requestId}\r\n\r\n`);
+    internal.serveProcReceive(req, socket, head).then(
+      () => log.info('request', { method: req.method, path, status: 101, ms: clock.now() - started }),
+      (err: Error) => log.warn('proc-receive exchange failed', { err: err.message }),
+    );
   }
 
   private handle(req: http.IncomingMessage, res: http.ServerResponse, hookOnly = false): void {
@@ -142,7 +183,7 @@ export class HttpApp {
   private async dispatch(req: http.IncomingMessage, res: http.ServerResponse, requestId: string, log: Logger, hookOnly: boolean): Promise<void> {
     const { config, internal, management, gateway } = this.options;
     const target: Route = route(req.method ?? 'GET', req.url ?? '/');
-    if (hookOnly && target.kind !== 'internalHook') throw new QuorumGitError('not_found', 'this listener serves the pre-receive hook only');
+    if (hookOnly && target.kind !== 'internalHook') throw new QuorumGitError('not_found', 'this listener serves the git hooks only');
     if (target.kind.startsWith('internal')) internal.authorizePeer(req);
     // Messages that change state come from a configured peer that names itself; any other internal
     // request (the operator tools, the hook) may name no node, but never a wrong one.

@@ -2,7 +2,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { createWriteStream, promises as fsp } from 'node:fs';
 import type http from 'node:http';
 import path from 'node:path';
-import { Transform } from 'node:stream';
+import { Transform, type Duplex } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Config } from '../base/config.js';
 import { SECRET_HEADER } from '../base/headers.js';
@@ -10,6 +10,7 @@ import type { Logger } from '../base/logger.js';
 import { repoDigest } from '../cluster/catch-up.js';
 import { commitEpochProblem, parseMembership, parseTxnMessage } from '../cluster/internal-messages.js';
 import { PackTrailerCheck } from '../cluster/pack-tee.js';
+import { PROC_RECEIVE_UPGRADE } from '../git/proc-receive.js';
 import { NODE_HEADER, STAGED_PACK_HEADER } from '../cluster/peer-client.js';
 import type { PushService } from '../cluster/push-service.js';
 import type { TxnDriver } from '../cluster/txn-driver.js';
@@ -51,8 +52,8 @@ export async function repoState(
   const reported = live ? driver.participant.readVersion(repoId) : { epoch: entry?.epoch ?? 0, generation: entry?.generation ?? 0 };
   const state = { repo_id: repoId, live, ...reported };
   if ((!want.refs && !want.digest) || !live) return state;
-  // Mid-transaction, refs and version can disagree for a moment (receive-pack moves the refs before
-  // we log the commit): no refs or digest then, or a catch-up could label newer refs with an older
+  // Mid-transaction, refs and version can disagree for a moment (the coordinator's refs move when
+  // receive-pack's proc-receive hook asks, before we log the commit): no refs or digest then, or a catch-up could label newer refs with an older
   // version. The caller tries again on its next round.
   if (driver.participant.lockedBy(repoId) !== undefined) return state;
   // Read under the repo's queue so refs and version belong together.
@@ -69,7 +70,7 @@ export interface InternalApiOptions {
   driver: TxnDriver;
   store: RepoStore;
   gitHttp: Pick<GitHttp, 'markHookStarted' | 'receivePackOrigin'>;
-  pushService: Pick<PushService, 'preReceive'>;
+  pushService: Pick<PushService, 'preReceive' | 'serveProcReceive'>;
   logger: Logger;
   /** The first recovery round since start has run (for `status`). */
   recovered: () => boolean;
@@ -133,6 +134,7 @@ export class InternalApi {
       case 'internalQuery':
         return send(res, 200, await driver.handleQuery(target.txnId, target.refuse, target.asCoordinator));
       case 'internalHook': {
+        if (target.hook === 'proc-receive') throw new QuorumGitError('invalid_body', `this route takes an upgrade to ${PROC_RECEIVE_UPGRADE} (the proc-receive hook's)`);
         const body = await readBody(req, config.maxRefsPerPush * 300);
         const pid = Number(req.headers['x-receive-pack-pid']);
         // From here the push may be committed anywhere: its receive-pack must not be killed when its client goes away.
@@ -158,6 +160,12 @@ export class InternalApi {
       case 'internalRepoState':
         return send(res, 200, { ...(await repoState(driver, this.options.store, target.repoId, { refs: target.withRefs, digest: target.withDigest })), ...this.lockState(target.repoId) });
     }
+  }
+
+  /** The proc-receive hook's connection, upgraded (lib/git/proc-receive.ts); the app has checked the route and the secret. */
+  serveProcReceive(req: http.IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    const pid = Number(req.headers['x-receive-pack-pid']);
+    return this.options.pushService.serveProcReceive(Number.isInteger(pid) && pid > 0 ? pid : undefined, socket, head);
   }
 
   /** GET /internal/node: who we are and how we are, for the operator tools. */

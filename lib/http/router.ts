@@ -24,7 +24,7 @@ export type Route =
   | { kind: 'internalMembership' }
   | { kind: 'internalTxn'; step: 'prepare' | 'commit' | 'abort' }
   | { kind: 'internalQuery'; txnId: string; refuse: boolean; asCoordinator: boolean }
-  | { kind: 'internalHook' }
+  | { kind: 'internalHook'; hook: 'pre-receive' | 'proc-receive' }
   | { kind: 'internalPackUpload'; txnId: string; file: string }
   /** A push's pack streamed ahead of its transaction (lib/cluster/pack-tee.ts). */
   | { kind: 'internalPackStage'; stageId: string; drop: boolean }
@@ -95,7 +95,9 @@ export function route(method: string, rawUrl: string): Route {
       if (method !== 'POST') throw methodNotAllowed(method, 'POST');
       return { kind: 'internalTxn', step: third };
     }
-    if (second === 'hooks' && third === 'pre-receive' && segments.length === 3 && method === 'POST') return { kind: 'internalHook' };
+    if (second === 'hooks' && third === 'pre-receive' && segments.length === 3 && method === 'POST') return { kind: 'internalHook', hook: third };
+    // An upgrade to the proc-receive protocol (lib/git/proc-receive.ts), as WebSockets do it: a GET.
+    if (second === 'hooks' && third === 'proc-receive' && segments.length === 3 && method === 'GET') return { kind: 'internalHook', hook: third };
     if (second === 'push' && segments.length === 4 && method === 'PUT' && TXN_ID.test(third!) && PACK_FILE.test(rest[0]!)) {
       return { kind: 'internalPackUpload', txnId: third!, file: rest[0]! };
     }

@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import { systemClock, type Clock } from '../base/clock.js';
 import type { RepoStore } from './repo-store.js';
-import { applyUpdates, expectRefsUnlocked, installPackBuffers, installPackFiles, readHead, readRefValues, readRefs, listPackKeeps, releasePackKeeps, setHead } from '../git/git-refs.js';
+import { applyUpdates, installPackBuffers, installPackFiles, readHead, readRefValues, readRefs, listPackKeeps, releasePackKeeps, setHead } from '../git/git-refs.js';
 import { RefTransactions } from '../git/ref-txn.js';
 import type { Logger } from '../base/logger.js';
 import type { RefUpdate } from '../core/txn-core.js';
@@ -11,13 +11,17 @@ import type { RefUpdate } from '../core/txn-core.js';
 // The driver holds no file-system or git knowledge of its own, so the seeded simulation
 // (spec/unit/sim.ts) runs the real driver over an in-memory replica with the same contract:
 // - every step is idempotent per txnId (a restart replays decided transactions);
-// - stagePush of a peer's push locks its refs until applyPush or discard; a crash loses those locks
-//   (git aborts the open transaction when its stdin closes) but never refs already moved;
-// - applyPush without a held transaction applies the updates afresh (refs already at their new
-//   values are left alone).
+// - stagePush locks a push's refs until applyPush or discard, on the coordinator as on its peers; a
+//   crash loses those locks (git aborts the open transaction when its stdin closes) but never refs
+//   already moved;
+// - applyPush without a held transaction, or told the held one may not be committed, applies the
+//   updates afresh (refs already at their new values are left alone).
 
-/** Where a staged push's objects are: already in receive-pack's quarantine, inline, or streamed ahead. */
-export type PushSource = { own: true } | { own: false; inline?: Readonly<Record<string, Buffer>> };
+/**
+ * Where a staged push's objects are: the coordinator's (`own`) in receive-pack's quarantine (its
+ * object directory, '' for a push that brought none); a peer's inline or streamed ahead.
+ */
+export type PushSource = { own: true; quarantine: string } | { own: false; inline?: Readonly<Record<string, Buffer>> };
 
 export interface ReplicaStore {
   /** Prepares the layout and clears what dead gits left (lock files, quarantines); returns the paths cleared. */
@@ -31,12 +35,17 @@ export interface ReplicaStore {
   /** The repo's refs: all of them, or only `refs` (those missing are absent from the answer). */
   readRefs(repoId: string, refs?: readonly string[]): Promise<Record<string, string>>;
   /**
-   * Stages a push. The coordinator's own (`own`): receive-pack moves the refs itself, so only checks
-   * that no lock stands in its way. A peer's: installs the objects and holds the refs locked in git.
+   * Stages a push: holds its refs locked in git, their new values written and durable. A peer's
+   * objects are installed first; the coordinator's own are still in receive-pack's quarantine, which
+   * git is pointed at to check them.
    */
   stagePush(txnId: string, repoId: string, updates: readonly RefUpdate[], source: PushSource): Promise<void>;
-  /** Moves a committed push's refs (idempotent) and points HEAD at `head` when given. */
-  applyPush(txnId: string, repoId: string, updates: readonly RefUpdate[], head: string | undefined): Promise<void>;
+  /**
+   * Moves a committed push's refs (idempotent) and points HEAD at `head` when given. `prepared`
+   * false: the transaction held since the stage may not be committed (the coordinator's receive-pack
+   * exited before its objects were in place), so it is dropped and the push applied afresh.
+   */
+  applyPush(txnId: string, repoId: string, updates: readonly RefUpdate[], head: string | undefined, prepared?: boolean): Promise<void>;
   /** Undoes whatever a transaction staged here: its held ref locks, then its files. */
   discard(txnId: string): Promise<void>;
   /** Drops shipped packs whose upload was abandoned; returns the txn ids removed. */
@@ -44,9 +53,6 @@ export interface ReplicaStore {
   /** Ends the git sessions held (a prepared push's ref locks are released by git). */
   close(): void;
 }
-
-/** How long the coordinator's replica waits for a pushed ref's lock to go (git's own lock retry is 100 ms). */
-const REF_LOCK_WAIT_MS = 100;
 
 /** The real replica: RepoStore for the files, git for the refs. */
 export class GitReplica implements ReplicaStore {
@@ -58,7 +64,7 @@ export class GitReplica implements ReplicaStore {
   constructor(
     private readonly store: RepoStore,
     private readonly logger: Logger,
-    private readonly clock: Clock = systemClock,
+    clock: Clock = systemClock,
   ) {
     this.refTxns = new RefTransactions({ maxSpares: 64, idleMs: 60_000, clock });
   }
@@ -111,7 +117,9 @@ export class GitReplica implements ReplicaStore {
   async stagePush(txnId: string, repoId: string, updates: readonly RefUpdate[], source: PushSource): Promise<void> {
     const repoPath = this.store.repoPath(repoId);
     if (source.own) {
-      await expectRefsUnlocked(repoPath, updates.map((u) => u.ref), REF_LOCK_WAIT_MS, this.clock);
+      // git reads the pushed objects from the quarantine, the rest from the repo (as receive-pack's
+      // hooks do); the session is not kept for another push, whose quarantine differs.
+      await this.refTxns.prepare(txnId, repoPath, updates, { quarantine: source.quarantine });
       return;
     }
     // Kept (a .keep per pack) until the push is applied or dropped: a background gc must not take
@@ -123,12 +131,13 @@ export class GitReplica implements ReplicaStore {
   }
 
   /**
-   * Commits the ref transaction prepared with the vote, or, with none held (the coordinator's replica
-   * after receive-pack, a transaction replayed after a restart, a session that failed), applies the
-   * updates afresh, which is idempotent.
+   * Commits the ref transaction prepared with the vote, or, with none held (a transaction replayed
+   * after a restart, a session that failed, a coordinator whose vote was not needed) or told not to
+   * (`prepared` false), applies the updates afresh, which is idempotent.
    */
-  async applyPush(txnId: string, repoId: string, updates: readonly RefUpdate[], head: string | undefined): Promise<void> {
+  async applyPush(txnId: string, repoId: string, updates: readonly RefUpdate[], head: string | undefined, prepared = true): Promise<void> {
     const repoPath = this.store.repoPath(repoId);
+    if (!prepared) await this.refTxns.abort(txnId);
     let committed = false;
     try {
       committed = await this.refTxns.commit(txnId);
@@ -142,7 +151,7 @@ export class GitReplica implements ReplicaStore {
   }
 
   async discard(txnId: string): Promise<void> {
-    this.refTxns.abort(txnId);
+    await this.refTxns.abort(txnId);
     const kept = this.keptIn.get(txnId);
     this.keptIn.delete(txnId);
     if (kept !== undefined) await releasePackKeeps(kept, txnId);

@@ -38,6 +38,25 @@ function rawPost(base: string, pathname: string, headers: Record<string, string>
   });
 }
 
+/** An HTTP/1.1 upgrade request sent byte for byte, then `payload`; the status line and all that follows the head, until the node closes. */
+function rawUpgrade(base: string, pathname: string, headers: Record<string, string>, payload: string): Promise<{ status: number; body: string }> {
+  const { hostname, port } = new URL(base);
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(Number(port), hostname);
+    const chunks: Buffer[] = [];
+    socket.setTimeout(30_000, () => socket.destroy(new Error(`upgrade of ${pathname} timed out`)));
+    socket.on('data', (c: Buffer) => chunks.push(c));
+    socket.on('error', reject);
+    socket.on('close', () => {
+      const text = Buffer.concat(chunks).toString('latin1');
+      const end = text.indexOf('\r\n\r\n');
+      resolve({ status: Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1] ?? 0), body: end < 0 ? '' : text.slice(end + 4) });
+    });
+    const head = [`GET ${pathname} HTTP/1.1`, `host: ${hostname}`, ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`), '', ''].join('\r\n');
+    socket.write(head + payload);
+  });
+}
+
 /** A POST that announces a huge body and sends only `first` (maybe nothing); the answer, if any, arrives later. */
 function heldPost(
   base: string,
@@ -499,6 +518,40 @@ describe('hostile input on git smart HTTP (3-node cluster)', function () {
       });
       await expectFsckClean(git, coordinator, repoId);
       baseline = await Promise.all(cluster.nodes.map((n) => diskRefs(git, n, repoId)));
+      await expectUnchangedAndHealthy();
+    });
+  });
+
+  describe("the proc-receive hook's upgrade", function () {
+    const pkt = (text: string): string => `${(Buffer.byteLength(text) + 4).toString(16).padStart(4, '0')}${text}`;
+    const version = `${pkt('version=1\0atomic\n')}0000`;
+
+    it('is served only on its route, with the cluster secret; any other upgrade is a 4xx and changes nothing', async function () {
+      const upgrade = { connection: 'Upgrade', upgrade: 'quorum-git-proc-receive' };
+      const cases: { path: string; headers: Record<string, string>; status: number }[] = [
+        { path: '/internal/hooks/proc-receive', headers: upgrade, status: 401 },
+        { path: '/internal/hooks/proc-receive', headers: { ...upgrade, [SECRET_HEADER]: 'wrong' }, status: 401 },
+        { path: '/internal/hooks/pre-receive', headers: { ...upgrade, [SECRET_HEADER]: cluster.secret }, status: 404 },
+        { path: `/${repoId}.git/info/refs?service=git-receive-pack`, headers: { ...upgrade, [SECRET_HEADER]: cluster.secret }, status: 404 },
+        { path: '/internal/hooks/proc-receive', headers: { connection: 'Upgrade', upgrade: 'websocket', [SECRET_HEADER]: cluster.secret }, status: 404 },
+        { path: '/internal/hooks/../hooks/proc-receive', headers: { ...upgrade, [SECRET_HEADER]: cluster.secret }, status: 400 },
+      ];
+      for (const c of cases) {
+        const answer = await rawUpgrade(coordinator.url, c.path, c.headers, version);
+        expect(answer.status, `${c.path} ${JSON.stringify(c.headers)}`).to.equal(c.status);
+        expect(JSON.parse(answer.body).error.code, c.path).to.be.a('string');
+      }
+      // Without an upgrade the route is a 400, not a hang.
+      const plain = await http(`${coordinator.url}/internal/hooks/proc-receive`, { headers: { [SECRET_HEADER]: cluster.secret } });
+      expect(plain.status).to.equal(400);
+      await expectUnchangedAndHealthy();
+    });
+
+    it('moves nothing for a receive-pack the node holds no push for, answering ng for each ref', async function () {
+      const command = `${pkt(`${head} ${'f'.repeat(40)} refs/heads/main`)}0000`;
+      const answer = await rawUpgrade(coordinator.url, '/internal/hooks/proc-receive', { connection: 'Upgrade', upgrade: 'quorum-git-proc-receive', [SECRET_HEADER]: cluster.secret, 'x-receive-pack-pid': '1' }, version + command);
+      expect(answer.status).to.equal(101);
+      expect(answer.body).to.match(/^000eversion=1\n0000[0-9a-f]{4}ng refs\/heads\/main quorum-git: this push has no transaction committed on this node; nothing was changed here\n0000$/);
       await expectUnchangedAndHealthy();
     });
   });

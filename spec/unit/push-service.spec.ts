@@ -106,4 +106,71 @@ describe('push service verdicts', () => {
     expect(answer.ok).to.equal(false);
     expect(answer.message).to.equal(`quorum-git: could not commit on a quorum of 2 of 3 nodes; unreachable: ${B}; could not prepare it: ${C}; nothing was changed`);
   });
+
+  describe("our own refs, moved when receive-pack's proc-receive hook asks", () => {
+    /** A push service whose driver applies our own replica once the self-commit gate opens, as the real one does. */
+    function ownService(exit: Promise<void>): { service: PushService; gate: () => Promise<boolean> | undefined; quarantine: () => string | undefined } {
+      let gate: Promise<boolean> | undefined;
+      let quarantine: string | undefined;
+      let gateGiven!: (gate: Promise<boolean>) => void;
+      const given = new Promise<Promise<boolean>>((resolve) => (gateGiven = resolve));
+      const driver = {
+        nodes: [A, B, C],
+        participant: { isLive: () => true, repo: () => undefined, versionOf: () => ({ epoch: 1, generation: 4 }) },
+        // Our own apply waits for the gate, then applies (true) or applies afresh, here failing (false).
+        localOutcome: () => given.then((g) => g),
+        forgetOutcome: () => undefined,
+        runTxn: async (_op: TxnOp, _requestId: string, options: { selfCommitGate?: Promise<boolean>; quarantine?: string }) => {
+          gate = options.selfCommitGate;
+          quarantine = options.quarantine;
+          gateGiven(gate!);
+          return { outcome: 'committed', epoch: 1, generation: 5, confirmed: [A, B], applying: [], unanswered: [], behind: [] } as CoordinatorResult;
+        },
+      } as unknown as TxnDriver;
+      const service = new PushService({
+        driver,
+        store,
+        client: {} as PeerClient,
+        logger: quiet,
+        quorum: 2,
+        limits: { maxRefsPerPush: 10, inlinePackMaxBytes: 1024, prepareMsPerMiB: 250, prepareMsPerRef: 2, pushLockTimeoutMs: 1000, localApplyTimeoutMs: 5000 },
+        newTxnId: () => 'txn-1',
+        receivePackExit: (pid) => (pid === 42 ? exit : undefined),
+      });
+      return { service, gate: () => gate, quarantine: () => quarantine };
+    }
+    const push = (service: PushService) =>
+      service.preReceive({ gitDir: store.repoPath('o/r'), quarantine: '/q/objects/incoming-1', receivePackPid: 42, body: `${OLD} ${NEW} refs/heads/main\n`, requestId: 'r' });
+
+    it('opens the gate for the prepared transaction and answers ok for each ref of the push', async () => {
+      const { service, gate, quarantine } = ownService(new Promise<void>(() => undefined));
+      expect((await push(service)).ok).to.equal(true);
+      expect(quarantine()).to.equal('/q/objects/incoming-1');
+      expect(await service.procReceive(42, [`${OLD} ${NEW} refs/heads/main`])).to.deep.equal(['ok refs/heads/main']);
+      expect(await gate()).to.equal(true);
+    });
+
+    it('refuses a ref that is not the push\'s update, and a receive-pack it holds no push for', async () => {
+      const { service } = ownService(new Promise<void>(() => undefined));
+      await push(service);
+      expect(await service.procReceive(42, [`${OLD} ${NEW} refs/heads/main`, `${OLD} ${NEW} refs/heads/other`])).to.deep.equal([
+        'ok refs/heads/main',
+        "ng refs/heads/other quorum-git: not an update of this push's transaction (txn-1)",
+      ]);
+      expect(await service.procReceive(43, [`${OLD} ${NEW} refs/heads/main`])).to.deep.equal([
+        'ng refs/heads/main quorum-git: this push has no transaction committed on this node; nothing was changed here',
+      ]);
+    });
+
+    it('lets a receive-pack that exits without asking close the gate: the prepared transaction is not committed', async () => {
+      let exited!: () => void;
+      const { service, gate } = ownService(new Promise<void>((r) => (exited = r)));
+      await push(service);
+      exited();
+      expect(await gate()).to.equal(false);
+      expect(await service.procReceive(42, [`${OLD} ${NEW} refs/heads/main`])).to.deep.equal([
+        'ng refs/heads/main quorum-git: this push has no transaction committed on this node; nothing was changed here',
+      ]);
+    });
+  });
 });

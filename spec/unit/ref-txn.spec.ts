@@ -9,6 +9,9 @@ import { GIT_FSYNC_WITHOUT_REFS } from '../../lib/git/hooks.js';
 import { syncFileSystem } from '../../lib/base/durable-fs.js';
 import { systemClock } from '../../lib/base/clock.js';
 import { ZERO_OID } from '../../lib/core/txn-core.js';
+import type { Logger } from '../../lib/base/logger.js';
+import { GitReplica } from '../../lib/storage/replica.js';
+import type { RepoStore } from '../../lib/storage/repo-store.js';
 
 // A peer's ref transaction held from prepare to commit, against the real git: the locks exist while
 // it is prepared, a commit moves the refs, an abort leaves them, a wrong old value or a missing object
@@ -59,8 +62,8 @@ describe('ref transactions held from prepare to commit', () => {
 
   it('an abort releases the locks and changes nothing', async () => {
     await txns.prepare('t1', repo, [{ ref: 'refs/heads/main', old: first, new: second }]);
-    txns.abort('t1');
-    await waitFor(() => !existsSync(lock('refs/heads/main')));
+    await txns.abort('t1');
+    expect(existsSync(lock('refs/heads/main'))).to.equal(false);
     expect(await main()).to.equal(first);
     expect(await txns.commit('t1')).to.equal(false);
   });
@@ -73,7 +76,7 @@ describe('ref transactions held from prepare to commit', () => {
     await txns.prepare('t2', repo, [{ ref: 'refs/heads/main', old: first, new: second }]);
     err = await txns.prepare('t3', repo, [{ ref: 'refs/heads/main', old: first, new: second }]).catch((e: Error) => e);
     expect(String(err)).to.match(/main\.lock/);
-    txns.abort('t2');
+    await txns.abort('t2');
 
     err = await txns.prepare('t4', repo, [{ ref: 'refs/heads/main', old: first, new: 'f'.repeat(40) }]).catch((e: Error) => e);
     expect(String(err)).to.match(/update-ref/);
@@ -97,6 +100,57 @@ describe('ref transactions held from prepare to commit', () => {
     await txns.commit('t3');
     expect(await main()).to.equal(second);
     expect((await readRefValues(path.join(root, 'trash.git'), ['refs/heads/main']))['refs/heads/main']).to.not.equal(second);
+  });
+
+  it("finds the coordinator's pushed objects in receive-pack's quarantine, and does not keep that session for another push", async () => {
+    // A quarantine as receive-pack makes one: an object directory of its own, the repo's as alternate.
+    const quarantine = path.join(repo, 'objects', 'incoming-test');
+    await fs.mkdir(quarantine, { recursive: true });
+    const inQuarantine = { GIT_OBJECT_DIRECTORY: quarantine, GIT_ALTERNATE_OBJECT_DIRECTORIES: path.join(repo, 'objects') };
+    const tree = git(repo, 'mktree');
+    const third = execFileSync('git', ['commit-tree', tree, '-p', first, '-m', 'third'], { cwd: repo, encoding: 'utf8', env: { ...process.env, ...inQuarantine, GIT_AUTHOR_NAME: 'a', GIT_AUTHOR_EMAIL: 'a@a', GIT_COMMITTER_NAME: 'a', GIT_COMMITTER_EMAIL: 'a@a' } }).trim();
+    const update = [{ ref: 'refs/heads/main', old: first, new: third }];
+
+    const err = await txns.prepare('t0', repo, update).catch((e: Error) => e);
+    expect(String(err), 'without the quarantine git does not find the object').to.match(/update-ref/);
+    await txns.prepare('t1', repo, update, { quarantine });
+    expect(existsSync(lock('refs/heads/main'))).to.equal(true);
+    // receive-pack moves the objects into the repo before it asks for the refs.
+    for (const dir of await fs.readdir(quarantine)) {
+      await fs.mkdir(path.join(repo, 'objects', dir), { recursive: true });
+      for (const file of await fs.readdir(path.join(quarantine, dir))) await fs.rename(path.join(quarantine, dir, file), path.join(repo, 'objects', dir, file));
+    }
+    await fs.rm(quarantine, { recursive: true });
+    expect(await txns.commit('t1')).to.equal(true);
+    expect(await main()).to.equal(third);
+    expect(git(repo, 'cat-file', '-t', 'refs/heads/main')).to.equal('commit');
+    await waitFor(() => gitSessions(root).length === 0);
+  });
+
+  it("drops the coordinator's prepared transaction when told its objects may not be in place, and applies the push afresh", async () => {
+    const quiet = { info: () => undefined, warn: () => undefined, error: () => undefined, debug: () => undefined } as unknown as Logger;
+    const replica = new GitReplica({ repoPath: () => repo } as unknown as RepoStore, quiet);
+    try {
+      // A new commit left in a quarantine that receive-pack never moved in (it died first).
+      const quarantine = path.join(repo, 'objects', 'incoming-lost');
+      await fs.mkdir(quarantine, { recursive: true });
+      const tree = git(repo, 'mktree');
+      const lost = execFileSync('git', ['commit-tree', tree, '-p', first, '-m', 'lost'], { cwd: repo, encoding: 'utf8', env: { ...process.env, GIT_OBJECT_DIRECTORY: quarantine, GIT_ALTERNATE_OBJECT_DIRECTORIES: path.join(repo, 'objects'), GIT_AUTHOR_NAME: 'a', GIT_AUTHOR_EMAIL: 'a@a', GIT_COMMITTER_NAME: 'a', GIT_COMMITTER_EMAIL: 'a@a' } }).trim();
+      await replica.stagePush('t1', 'o/r', [{ ref: 'refs/heads/main', old: first, new: lost }], { own: true, quarantine });
+      expect(existsSync(lock('refs/heads/main'))).to.equal(true);
+      await fs.rm(quarantine, { recursive: true });
+      const err = await replica.applyPush('t1', 'o/r', [{ ref: 'refs/heads/main', old: first, new: lost }], undefined, false).catch((e: Error) => e);
+      expect(String(err), 'git refuses a ref to a missing object').to.match(/update-ref/);
+      expect(existsSync(lock('refs/heads/main'))).to.equal(false);
+      expect(await main()).to.equal(first);
+
+      // Objects that did reach the repo: the fresh apply moves the ref.
+      await replica.stagePush('t2', 'o/r', [{ ref: 'refs/heads/main', old: first, new: second }], { own: true, quarantine: '' });
+      await replica.applyPush('t2', 'o/r', [{ ref: 'refs/heads/main', old: first, new: second }], undefined, false);
+      expect(await main()).to.equal(second);
+    } finally {
+      replica.close();
+    }
   });
 
   describe('a transaction of many refs', () => {

@@ -442,7 +442,7 @@ export class Sim {
             const other = heldBy(repoId, u.ref, txnId);
             if (other) throw new Error(`cannot lock ref '${u.ref}': File exists`);
           }
-          if (source.own || inc.held.has(txnId)) return;
+          if (inc.held.has(txnId)) return;
           for (const u of updates) if ((refs[u.ref] ?? ZERO_OID) !== u.old) throw new Error(`cannot lock ref '${u.ref}': is at ${refs[u.ref]} but expected ${u.old}`);
           inc.held.set(txnId, { repoId, refs: updates.map((u) => u.ref) });
         }),
@@ -523,16 +523,17 @@ export class Sim {
 
   /**
    * Starts a transaction with `coordinator` as its coordinator; its answer lands in `results`. A push
-   * is carried out as PushService does: the coordinator's replica is moved by "receive-pack" once the
-   * hook hears ok (committed on a quorum), and its own commit waits for that (the gate).
+   * is carried out as PushService does: once the hook hears ok (committed on a quorum), "receive-pack"
+   * moves the objects in and its proc-receive hook opens the gate (true) for the coordinator's own
+   * commit; a push refused, or not confirmed on a quorum, ends receive-pack without it (false).
    */
   begin(coordinator: NodeId, op: TxnOp): string {
     const n = this.node(coordinator);
     const inc = n.inc;
     if (!inc?.alive) throw new Error(`${coordinator} is down`);
     const txnId = `t${(this.nextTxn += 1)}`;
-    let openGate!: () => void;
-    const gate = new Promise<void>((resolve) => (openGate = resolve));
+    let openGate!: (objectsInPlace: boolean) => void;
+    const gate = new Promise<boolean>((resolve) => (openGate = resolve));
     this.say(`${coordinator} begins ${txnId} ${describe(op)}`);
     void inc.started
       .then(() => inc.driver.runTxn(op, txnId, { txnId, ...(op.kind === 'push' ? { selfCommitGate: gate } : {}) }))
@@ -540,19 +541,7 @@ export class Sim {
         if (!inc.alive) return;
         this.results.set(txnId, result);
         this.say(`${coordinator} answers ${txnId}: ${result.outcome}${result.outcome === 'committed' ? ` ${result.epoch}.${result.generation} confirmed ${result.confirmed.length}` : ` ${result.code}`}`);
-        if (op.kind === 'push' && result.outcome === 'committed' && result.confirmed.length >= this.quorum) {
-          // receive-pack moves each ref whose old value still holds, then exits.
-          const refs = n.disk.repos.get(op.repoId);
-          if (refs) {
-            this.mutations += 1;
-            for (const u of op.updates) {
-              if ((refs[u.ref] ?? ZERO_OID) !== u.old || [...inc.held.values()].some((h) => h.repoId === op.repoId && h.refs.includes(u.ref))) continue;
-              if (u.new === ZERO_OID) delete refs[u.ref];
-              else refs[u.ref] = u.new;
-            }
-          }
-        }
-        openGate();
+        openGate(op.kind === 'push' && result.outcome === 'committed' && result.confirmed.length >= this.quorum);
       });
     return txnId;
   }
