@@ -25,6 +25,7 @@ export async function readRefs(repoPath: string): Promise<Record<string, string>
 
 const OID = /^(?:[0-9a-f]{40}|[0-9a-f]{64})$/;
 const SYNC_REF_READS = 32;
+const READ_BATCH = 32;
 
 /**
  * The values of some refs, read from the files backend directly (a loose ref file, else packed-refs):
@@ -32,32 +33,39 @@ const SYNC_REF_READS = 32;
  * symbolic ref, an odd name) is left to git.
  */
 export async function readRefValues(repoPath: string, refs: readonly string[]): Promise<Record<string, string>> {
-  const out: Record<string, string> = {};
+  if (refs.some((ref) => !ref.startsWith('refs/') || ref.split('/').some((part) => part === '..' || part === '.' || part === ''))) {
+    return pick(await readRefs(repoPath), refs);
+  }
   // A loose ref is a 41-byte file: a few are read synchronously (a thread-pool round trip each would
-  // cost more than the read); thousands are read without blocking the node.
-  const sync = refs.length <= SYNC_REF_READS;
-  let packed: Map<string, string> | undefined;
-  for (const ref of refs) {
-    if (!ref.startsWith('refs/') || ref.split('/').some((part) => part === '..' || part === '.' || part === '')) {
-      return pick(await readRefs(repoPath), refs);
-    }
-    let text: string | undefined;
+  // cost more than the read); more are read without blocking the node, READ_BATCH at a time (one
+  // after another, the 501 refs of a full push took 40-57 ms of each replica's prepare).
+  const read = async (ref: string): Promise<string | undefined> => {
+    const file = path.join(repoPath, ref);
     try {
-      const file = path.join(repoPath, ref);
-      text = sync ? readFileSync(file, 'utf8') : await fs.readFile(file, 'utf8');
+      return refs.length <= SYNC_REF_READS ? readFileSync(file, 'utf8') : await fs.readFile(file, 'utf8');
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       if (code !== 'ENOENT' && code !== 'EISDIR' && code !== 'ENOTDIR') throw err;
+      return undefined;
     }
-    if (text !== undefined) {
-      const oid = text.trim();
-      if (!OID.test(oid)) return pick(await readRefs(repoPath), refs);
-      out[ref] = oid;
-      continue;
+  };
+  const out: Record<string, string> = {};
+  let packed: Map<string, string> | undefined;
+  for (let i = 0; i < refs.length; i += READ_BATCH) {
+    const batch = refs.slice(i, i + READ_BATCH);
+    const texts = await Promise.all(batch.map(read));
+    for (const [j, ref] of batch.entries()) {
+      const text = texts[j];
+      if (text !== undefined) {
+        const oid = text.trim();
+        if (!OID.test(oid)) return pick(await readRefs(repoPath), refs);
+        out[ref] = oid;
+        continue;
+      }
+      packed ??= await readPackedRefs(repoPath);
+      const oid = packed.get(ref);
+      if (oid !== undefined) out[ref] = oid;
     }
-    packed ??= await readPackedRefs(repoPath);
-    const oid = packed.get(ref);
-    if (oid !== undefined) out[ref] = oid;
   }
   return out;
 }
