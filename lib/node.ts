@@ -124,6 +124,7 @@ export class QuorumGitNode {
       newTxnId: () => this.newTxnId(),
       receivePackExit: (pid) => this.gitHttp.receivePackExit(pid),
       packTee: (pid) => this.gitHttp.receivePackTee(pid),
+      handsRefs: (pid) => this.gitHttp.receivePackHandsRefs(pid),
       timeTxn: (kind, run) => this.metrics.timeTxn(kind, run),
       packShipped: (how) => this.metrics.packShipped(how),
       clock,

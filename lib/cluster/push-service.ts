@@ -78,6 +78,8 @@ export interface PushServiceOptions {
   newTxnId: () => string;
   /** Resolves when the receive-pack process with this pid has exited (undefined if not ours). */
   receivePackExit: (pid: number) => Promise<void> | undefined;
+  /** Whether receive-pack `pid` hands its refs to the node through the proc-receive hook (a push of many refs; lib/git/hooks.ts handRefsToNode). */
+  handsRefs?: (pid: number) => boolean;
   /** The streams of the pack receive-pack `pid` took in, sent to the peers as it came (none: uploaded after). */
   packTee?: (pid: number) => PackTee | undefined;
   /** Runs the push's transaction and records it (the node's metrics); default: just runs it. */
@@ -235,11 +237,15 @@ export class PushService {
       const exit = request.receivePackPid === undefined ? undefined : this.options.receivePackExit(request.receivePackPid);
       const tee = request.receivePackPid === undefined ? undefined : this.options.packTee?.(request.receivePackPid);
       const localApplied = driver.localOutcome(txnId);
-      // Our own commit waits for receive-pack's proc-receive hook (the objects are in the repo then),
-      // or for its exit without one (then the push is applied afresh, which checks the objects).
-      let selfCommitGate = Promise.resolve(false);
-      if (exit !== undefined && request.receivePackPid !== undefined) {
-        const pid = request.receivePackPid;
+      // Our own commit waits for receive-pack. One that moves the refs itself (fewer than
+      // BULK_REF_UPDATES): for its exit, then the push is applied afresh (refs already moved are left
+      // alone). One that hands them to the node: for its proc-receive hook (the objects are in the
+      // repo then), to commit the ref transaction prepared with our vote; or for its exit without
+      // one (the transaction is dropped and the push applied afresh, which checks the objects).
+      const pid = request.receivePackPid;
+      const handsRefs = exit !== undefined && pid !== undefined && this.options.handsRefs?.(pid) === true;
+      let selfCommitGate = exit === undefined ? Promise.resolve(false) : exit.then(() => false);
+      if (handsRefs) {
         let objectsInPlace!: () => void;
         const inPlace = new Promise<boolean>((resolve) => (objectsInPlace = () => resolve(true)));
         selfCommitGate = Promise.race([inPlace, exit.then(() => false)]);
@@ -254,7 +260,7 @@ export class PushService {
         txnId,
         extraPrepareMs,
         selfCommitGate,
-        quarantine: request.quarantine,
+        ...(handsRefs ? { quarantine: request.quarantine } : {}),
         beforePrepare: async (peer: NodeId) => {
           // A small pack rides inside the prepare (one request less per peer); a large one streams ahead.
           if (inline) {

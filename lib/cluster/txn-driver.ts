@@ -106,7 +106,7 @@ export interface RunTxnOptions {
    * missing, so the prepared transaction is dropped and the push applied afresh (git checks them).
    */
   selfCommitGate?: Promise<boolean>;
-  /** A push: the object directory of its receive-pack's quarantine ('' for none), where this replica's stage finds its objects. */
+  /** A push whose receive-pack hands its refs to the node: the object directory of its quarantine ('' for none), where this replica finds the objects to prepare its refs with. */
   quarantine?: string;
   /**
    * Time added to the prepare timeout for this transaction: a push whose pack is shipped to every
@@ -428,14 +428,16 @@ export class TxnDriver {
     switch (effect.type) {
       case 'stage':
         if (effect.op.kind === 'create') await store.stageCreate(effect.txnId);
-        // A push's refs are locked in git until the decision, on every replica. The coordinator's own
-        // objects are in receive-pack's quarantine (its proc-receive hook later asks for the commit,
-        // once they are in the repo); a peer's came inside the prepare or were streamed ahead of it.
+        // A push's refs are locked in git until the decision. A peer's objects came inside the prepare
+        // or were streamed ahead of it. The coordinator's own are in receive-pack's quarantine: for a
+        // push of many refs, receive-pack's proc-receive hook later asks for the commit, once they
+        // are in the repo; a push of few refs, receive-pack moves itself after the hook (here only
+        // checked for stale locks).
         if (effect.op.kind === 'push') {
           if (effect.coordinator === this.options.self) {
-            const quarantine = this.quarantines.get(effect.txnId) ?? '';
+            const quarantine = this.quarantines.get(effect.txnId);
             this.quarantines.delete(effect.txnId);
-            await store.stagePush(effect.txnId, effect.op.repoId, effect.op.updates, { own: true, quarantine });
+            await store.stagePush(effect.txnId, effect.op.repoId, effect.op.updates, { own: true, ...(quarantine === undefined ? {} : { quarantine }) });
           } else {
             const inline = this.inlinePacks.get(effect.txnId);
             await store.stagePush(effect.txnId, effect.op.repoId, effect.op.updates, { own: false, ...(inline ? { inline } : {}) });

@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { type Dirent, closeSync, fsyncSync, mkdirSync, openSync, promises as fs, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
+import { type Dirent, closeSync, existsSync, fsyncSync, mkdirSync, openSync, promises as fs, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { type Clock } from '../base/clock.js';
+import { sleep, type Clock } from '../base/clock.js';
 import { runGit } from './git.js';
 import { isPrivateRef } from '../core/repo-id.js';
 import { ZERO_OID, type RefUpdate } from '../core/txn-core.js';
@@ -207,6 +207,22 @@ export async function applyUpdates(repoPath: string, updates: readonly RefUpdate
   // update-ref checks every old value again, under its locks.
   if (lines.length > 0) await applyRefEdits(repoPath, lines);
   if (head !== undefined && (await readHead(repoPath)) !== head) await setHead(repoPath, head);
+}
+
+/**
+ * Throws if a ref of `refs` stays locked (a `<ref>.lock` file) for `waitMs`: the coordinator's own
+ * replica of a push of few refs is moved by receive-pack after the hook, and a lock left there by a
+ * crashed git would make it refuse the push after the peers had committed it. A git that holds a lock for a moment (gc
+ * packing refs) lets go well within the wait, as git's own lock retry expects.
+ */
+export async function expectRefsUnlocked(repoPath: string, refs: readonly string[], waitMs: number, clock: Clock): Promise<void> {
+  const deadline = clock.now() + waitMs;
+  for (;;) {
+    const locked = refs.filter((ref) => existsSync(path.join(repoPath, `${ref}.lock`)));
+    if (locked.length === 0) return;
+    if (clock.now() >= deadline) throw new Error(`ref locked by another git (a stale lock file?): ${locked.map((r) => `${r}.lock`).join(', ')}`);
+    await sleep(clock, 10);
+  }
 }
 
 /** Runs `update-ref --stdin` commands (create/update/delete lines) as one transaction. */

@@ -113,9 +113,6 @@ export function applyGitEnvironment(env: NodeJS.ProcessEnv, hooksDir: string, li
   const settings: [string, string][] = [
     ['core.hooksPath', hooksDir],
     ['receive.unpackLimit', '1'],
-    // Every pushed ref is moved by the node through the proc-receive hook (installHooks), in the
-    // ref transaction it prepared with its vote, not by receive-pack one ref at a time.
-    ['receive.procReceiveRefs', 'refs/'],
     ['transfer.hideRefs', 'refs/lost+found'],
     // catch-up's private fetch namespace (lib/cluster/catch-up.ts), there only while a catch-up runs.
     ['transfer.hideRefs', 'refs/quorum-fetch'],
@@ -143,6 +140,17 @@ export function applyGitEnvironment(env: NodeJS.ProcessEnv, hooksDir: string, li
   // The protocol version is the client's (its Git-Protocol header, lib/http/git-http.ts), never one this
   // node happened to be started with.
   delete env.GIT_PROTOCOL;
+}
+
+/**
+ * Makes the receive-pack started with `env` hand every pushed ref to the node through the
+ * proc-receive hook (installHooks), to be moved in the ref transaction the node prepared with its
+ * vote, instead of moving them itself one ref at a time. For a push of BULK_REF_UPDATES refs or
+ * more (lib/http/git-http.ts): below that, receive-pack's own per-ref moves cost less than the
+ * hook's round trip through the node.
+ */
+export function handRefsToNode(env: NodeJS.ProcessEnv): void {
+  addGitConfig(env, [['receive.procReceiveRefs', 'refs/']]);
 }
 
 /** Appends `key=value` pairs to the GIT_CONFIG_COUNT/KEY/VALUE environment of git >= 2.31. */

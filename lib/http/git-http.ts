@@ -7,7 +7,8 @@ import { systemClock, type Clock } from '../base/clock.js';
 import { QuorumGitError } from '../core/errors.js';
 import { advertisementHasServiceLine, gitProtocolEnv } from './git-protocol.js';
 import { GitSlots, RequestHeadScanner, bodyDecoding, type GitSlot } from './git-rpc.js';
-import { REQUEST_ID_ENV } from '../git/hooks.js';
+import { REQUEST_ID_ENV, handRefsToNode } from '../git/hooks.js';
+import { BULK_REF_UPDATES } from '../git/ref-txn.js';
 import type { Logger } from '../base/logger.js';
 import { REQUEST_ID_HEADER } from '../base/headers.js';
 import type { GitService } from './router.js';
@@ -63,6 +64,8 @@ interface ReceivePack {
   origin: unknown;
   /** Its pack, streamed to the peers as it came (lib/cluster/pack-tee.ts). */
   tee: PackTee | undefined;
+  /** It hands its refs to the node through the proc-receive hook instead of moving them (a push of BULK_REF_UPDATES refs or more). */
+  procReceive: boolean;
 }
 
 /** A new push's streams of its pack to the peers (`requestId`: the push's, for the peers' logs). */
@@ -247,14 +250,20 @@ export class GitHttp {
 
       const scanner = new RequestHeadScanner(service, this.limits.maxHeadBytes);
       let held: Buffer[] = [];
-      const start = (): void => this.startRpc(service, dir, gitProtocol, log, gate, res, (c) => (child = c), slot.release, arm, origin, tee);
+      // A push's receive-pack starts once its whole head (the ref updates) is in: how many refs it
+      // moves decides how it moves them (handRefsToNode). Other services start at their first line.
+      const headIn = (): boolean => (service === 'receive-pack' ? scanner.state.state === 'done' : scanner.firstLineChecked);
+      const start = (): void => {
+        const procReceive = service === 'receive-pack' && scanner.commands >= BULK_REF_UPDATES;
+        this.startRpc(service, dir, gitProtocol, log, gate, res, (c) => (child = c), slot.release, arm, origin, tee, procReceive);
+      };
       const gate = new Transform({
         transform(chunk: Buffer, _encoding, done) {
           tee?.feed(chunk);
           if (scanner.state.state === 'more') {
             const verdict = scanner.feed(chunk);
             if (verdict.state === 'invalid') return done(new QuorumGitError('invalid_body', verdict.message));
-            if (!scanner.firstLineChecked) {
+            if (!headIn()) {
               held.push(chunk);
               return done();
             }
@@ -310,7 +319,20 @@ export class GitHttp {
   }
 
   /** Spawns git for an RPC whose first command has arrived; its stdin is what `body` passes on. */
-  private startRpc(service: GitService, dir: string, gitProtocol: string | undefined, log: Logger, body: Readable, res: http.ServerResponse, started: (child: ChildProcess) => void, release: () => void, progress: () => void, origin: unknown, tee: PackTee | undefined): void {
+  private startRpc(
+    service: GitService,
+    dir: string,
+    gitProtocol: string | undefined,
+    log: Logger,
+    body: Readable,
+    res: http.ServerResponse,
+    started: (child: ChildProcess) => void,
+    release: () => void,
+    progress: () => void,
+    origin: unknown,
+    tee: PackTee | undefined,
+    procReceive: boolean,
+  ): void {
     res.setHeader('content-type', `application/x-git-${service}-result`);
     res.setHeader('cache-control', 'no-cache, max-age=0, must-revalidate');
     // `git <service>` runs the builtin in this very process, so child.pid is the pid the pre-receive
@@ -318,11 +340,12 @@ export class GitHttp {
     // protocol version (a v2 request is answered by v2's serve loop, not v0's negotiation), and for a
     // push its request id, which the pre-receive hook sends back with the push (lib/git/hooks.ts).
     const requestId = res.getHeader(REQUEST_ID_HEADER);
-    const env = {
+    const env: NodeJS.ProcessEnv = {
       ...process.env,
       ...(gitProtocol === undefined ? {} : { GIT_PROTOCOL: gitProtocol }),
       ...(service === 'receive-pack' && typeof requestId === 'string' ? { [REQUEST_ID_ENV]: requestId } : {}),
     };
+    if (procReceive) handRefsToNode(env);
     const child = spawn('git', [service, '--stateless-rpc', dir], { stdio: ['pipe', 'pipe', 'pipe'], env });
     started(child);
     this.running.add(child);
@@ -341,6 +364,7 @@ export class GitHttp {
         hookStarted: false,
         origin,
         tee,
+        procReceive,
         exit: new Promise<void>((resolve) =>
           child.once('exit', () => {
             this.receivePacks.delete(pid);
@@ -374,6 +398,11 @@ export class GitHttp {
   /** The streams to the peers of the pack receive-pack `pid` took in, if it was streamed ahead. */
   receivePackTee(pid: number): PackTee | undefined {
     return this.receivePacks.get(pid)?.tee;
+  }
+
+  /** Whether receive-pack `pid` hands its refs to the node through the proc-receive hook (handRefsToNode). */
+  receivePackHandsRefs(pid: number): boolean {
+    return this.receivePacks.get(pid)?.procReceive === true;
   }
 
   /** What rpc() was told about the sender of the push receive-pack `pid` serves. */

@@ -53,6 +53,8 @@ export class RequestHeadScanner {
   private first: Uint8Array[] | undefined = [];
   private firstBytes = 0;
   private firstWanted = 0;
+  /** pkt-lines with a payload before the first flush: for a push, its commands (one per ref). */
+  private lines = 0;
 
   constructor(service: GitService, maxHeadBytes: number) {
     this.service = service;
@@ -61,6 +63,11 @@ export class RequestHeadScanner {
 
   get state(): HeadVerdict {
     return this.verdict;
+  }
+
+  /** pkt-lines with a payload seen before the first flush (a push's ref updates, once `state` is done). */
+  get commands(): number {
+    return this.lines;
   }
 
   /** True once the first pkt-line was seen and found plausible: the moment git may be started. */
@@ -104,6 +111,7 @@ export class RequestHeadScanner {
         return this.fail(`invalid pkt-line length ${len}`);
       } else {
         this.payloadLeft = len - 4;
+        this.lines += 1;
         if (this.first !== undefined) this.firstWanted = Math.min(this.payloadLeft, FIRST_LINE_PREFIX_BYTES);
         if (this.payloadLeft === 0 && this.first !== undefined) this.checkFirstLine();
       }

@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import { systemClock, type Clock } from '../base/clock.js';
 import type { RepoStore } from './repo-store.js';
-import { applyUpdates, installPackBuffers, installPackFiles, readHead, readRefValues, readRefs, listPackKeeps, releasePackKeeps, setHead } from '../git/git-refs.js';
+import { applyUpdates, expectRefsUnlocked, installPackBuffers, installPackFiles, readHead, readRefValues, readRefs, listPackKeeps, releasePackKeeps, setHead } from '../git/git-refs.js';
 import { RefTransactions } from '../git/ref-txn.js';
 import type { Logger } from '../base/logger.js';
 import type { RefUpdate } from '../core/txn-core.js';
@@ -18,10 +18,11 @@ import type { RefUpdate } from '../core/txn-core.js';
 //   updates afresh (refs already at their new values are left alone).
 
 /**
- * Where a staged push's objects are: the coordinator's (`own`) in receive-pack's quarantine (its
- * object directory, '' for a push that brought none); a peer's inline or streamed ahead.
+ * Where a staged push's objects are. The coordinator's (`own`): in receive-pack's quarantine (its
+ * object directory, '' for a push that brought none) when receive-pack hands the refs to the node;
+ * without `quarantine`, receive-pack moves the refs itself. A peer's: inline or streamed ahead.
  */
-export type PushSource = { own: true; quarantine: string } | { own: false; inline?: Readonly<Record<string, Buffer>> };
+export type PushSource = { own: true; quarantine?: string } | { own: false; inline?: Readonly<Record<string, Buffer>> };
 
 export interface ReplicaStore {
   /** Prepares the layout and clears what dead gits left (lock files, quarantines); returns the paths cleared. */
@@ -37,7 +38,8 @@ export interface ReplicaStore {
   /**
    * Stages a push: holds its refs locked in git, their new values written and durable. A peer's
    * objects are installed first; the coordinator's own are still in receive-pack's quarantine, which
-   * git is pointed at to check them.
+   * git is pointed at to check them. A coordinator's push that receive-pack moves itself (no
+   * `quarantine`) only has its refs checked for locks that would stand in receive-pack's way.
    */
   stagePush(txnId: string, repoId: string, updates: readonly RefUpdate[], source: PushSource): Promise<void>;
   /**
@@ -54,6 +56,9 @@ export interface ReplicaStore {
   close(): void;
 }
 
+/** How long the coordinator's replica waits for a pushed ref's lock to go (git's own lock retry is 100 ms). */
+const REF_LOCK_WAIT_MS = 100;
+
 /** The real replica: RepoStore for the files, git for the refs. */
 export class GitReplica implements ReplicaStore {
   /** A peer's push holds its refs locked in git from prepare to commit (lib/git/ref-txn.ts). */
@@ -64,7 +69,7 @@ export class GitReplica implements ReplicaStore {
   constructor(
     private readonly store: RepoStore,
     private readonly logger: Logger,
-    clock: Clock = systemClock,
+    private readonly clock: Clock = systemClock,
   ) {
     this.refTxns = new RefTransactions({ maxSpares: 64, idleMs: 60_000, clock });
   }
@@ -117,6 +122,10 @@ export class GitReplica implements ReplicaStore {
   async stagePush(txnId: string, repoId: string, updates: readonly RefUpdate[], source: PushSource): Promise<void> {
     const repoPath = this.store.repoPath(repoId);
     if (source.own) {
+      if (source.quarantine === undefined) {
+        await expectRefsUnlocked(repoPath, updates.map((u) => u.ref), REF_LOCK_WAIT_MS, this.clock);
+        return;
+      }
       // git reads the pushed objects from the quarantine, the rest from the repo (as receive-pack's
       // hooks do); the session is not kept for another push, whose quarantine differs.
       await this.refTxns.prepare(txnId, repoPath, updates, { quarantine: source.quarantine });

@@ -27,6 +27,16 @@ describe('RequestHeadScanner', function () {
     for (const size of [1, 3, 4, 5, 64, 4096]) expect(scan('receive-pack', body, size), `chunks of ${size}`).to.deep.equal({ state: 'done' });
   });
 
+  it("counts a push's commands (one per ref), however the head is cut, and not the pack after it", function () {
+    const body = pkt(`${OID_A} ${OID_B} refs/heads/main\0report-status\n`) + [1, 2].map((i) => pkt(`${'0'.repeat(40)} ${OID_B} refs/heads/b${i}\n`)).join('') + '0000' + pkt('PACK-like');
+    for (const size of [1, 5, 4096]) {
+      const scanner = new RequestHeadScanner('receive-pack', 1 << 20);
+      const bytes = Buffer.from(body, 'latin1');
+      for (let at = 0; at < bytes.length && scanner.state.state === 'more'; at += size) scanner.feed(bytes.subarray(at, at + size));
+      expect(scanner.commands, `chunks of ${size}`).to.equal(3);
+    }
+  });
+
   it('accepts upload-pack v0 wants and a protocol v2 command with its delim-pkt', function () {
     expect(scan('upload-pack', pkt(`want ${OID_A} multi_ack\n`) + '0000' + pkt('done\n'))).to.deep.equal({ state: 'done' });
     expect(scan('upload-pack', pkt('command=fetch\n') + pkt('agent=git/2.39\n') + '0001' + pkt(`want ${OID_A}\n`) + '0000')).to.deep.equal({ state: 'done' });

@@ -109,7 +109,7 @@ describe('push service verdicts', () => {
 
   describe("our own refs, moved when receive-pack's proc-receive hook asks", () => {
     /** A push service whose driver applies our own replica once the self-commit gate opens, as the real one does. */
-    function ownService(exit: Promise<void>): { service: PushService; gate: () => Promise<boolean> | undefined; quarantine: () => string | undefined } {
+    function ownService(exit: Promise<void>, handsRefs = true): { service: PushService; gate: () => Promise<boolean> | undefined; quarantine: () => string | undefined } {
       let gate: Promise<boolean> | undefined;
       let quarantine: string | undefined;
       let gateGiven!: (gate: Promise<boolean>) => void;
@@ -136,6 +136,7 @@ describe('push service verdicts', () => {
         limits: { maxRefsPerPush: 10, inlinePackMaxBytes: 1024, prepareMsPerMiB: 250, prepareMsPerRef: 2, pushLockTimeoutMs: 1000, localApplyTimeoutMs: 5000 },
         newTxnId: () => 'txn-1',
         receivePackExit: (pid) => (pid === 42 ? exit : undefined),
+        handsRefs: (pid) => handsRefs && pid === 42,
       });
       return { service, gate: () => gate, quarantine: () => quarantine };
     }
@@ -158,6 +159,18 @@ describe('push service verdicts', () => {
         "ng refs/heads/other quorum-git: not an update of this push's transaction (txn-1)",
       ]);
       expect(await service.procReceive(43, [`${OLD} ${NEW} refs/heads/main`])).to.deep.equal([
+        'ng refs/heads/main quorum-git: this push has no transaction committed on this node; nothing was changed here',
+      ]);
+    });
+
+    it('leaves a receive-pack that moves its refs itself (a push of few refs) to do so: no quarantine for our prepare, the gate closes at its exit', async () => {
+      let exited!: () => void;
+      const { service, gate, quarantine } = ownService(new Promise<void>((r) => (exited = r)), false);
+      expect((await push(service)).ok).to.equal(true);
+      expect(quarantine()).to.equal(undefined);
+      exited();
+      expect(await gate()).to.equal(false);
+      expect(await service.procReceive(42, [`${OLD} ${NEW} refs/heads/main`])).to.deep.equal([
         'ng refs/heads/main quorum-git: this push has no transaction committed on this node; nothing was changed here',
       ]);
     });

@@ -442,7 +442,8 @@ export class Sim {
             const other = heldBy(repoId, u.ref, txnId);
             if (other) throw new Error(`cannot lock ref '${u.ref}': File exists`);
           }
-          if (inc.held.has(txnId)) return;
+          // The coordinator of a push of few refs holds nothing: its receive-pack moves them itself.
+          if ((source.own && source.quarantine === undefined) || inc.held.has(txnId)) return;
           for (const u of updates) if ((refs[u.ref] ?? ZERO_OID) !== u.old) throw new Error(`cannot lock ref '${u.ref}': is at ${refs[u.ref]} but expected ${u.old}`);
           inc.held.set(txnId, { repoId, refs: updates.map((u) => u.ref) });
         }),
@@ -523,9 +524,13 @@ export class Sim {
 
   /**
    * Starts a transaction with `coordinator` as its coordinator; its answer lands in `results`. A push
-   * is carried out as PushService does: once the hook hears ok (committed on a quorum), "receive-pack"
-   * moves the objects in and its proc-receive hook opens the gate (true) for the coordinator's own
-   * commit; a push refused, or not confirmed on a quorum, ends receive-pack without it (false).
+   * is carried out as PushService does, every other one each way. Handing its refs to the node (a
+   * push of many refs): the coordinator's replica holds them locked from its prepare, and once the
+   * hook hears ok (committed on a quorum) "receive-pack" moves the objects in and its proc-receive
+   * hook opens the gate (true) for the coordinator's own commit. Moving them itself (few refs):
+   * "receive-pack" moves each ref whose old value still holds once the hook hears ok, then exits
+   * (the gate opens false: the push is applied afresh). A push refused, or not confirmed on a
+   * quorum, ends receive-pack with nothing moved (false).
    */
   begin(coordinator: NodeId, op: TxnOp): string {
     const n = this.node(coordinator);
@@ -534,14 +539,28 @@ export class Sim {
     const txnId = `t${(this.nextTxn += 1)}`;
     let openGate!: (objectsInPlace: boolean) => void;
     const gate = new Promise<boolean>((resolve) => (openGate = resolve));
-    this.say(`${coordinator} begins ${txnId} ${describe(op)}`);
+    const handsRefs = op.kind === 'push' && this.nextTxn % 2 === 0;
+    this.say(`${coordinator} begins ${txnId} ${describe(op)}${handsRefs ? ' (refs handed to the node)' : ''}`);
     void inc.started
-      .then(() => inc.driver.runTxn(op, txnId, { txnId, ...(op.kind === 'push' ? { selfCommitGate: gate } : {}) }))
+      .then(() => inc.driver.runTxn(op, txnId, { txnId, ...(op.kind === 'push' ? { selfCommitGate: gate } : {}), ...(handsRefs ? { quarantine: '' } : {}) }))
       .then((result) => {
         if (!inc.alive) return;
         this.results.set(txnId, result);
         this.say(`${coordinator} answers ${txnId}: ${result.outcome}${result.outcome === 'committed' ? ` ${result.epoch}.${result.generation} confirmed ${result.confirmed.length}` : ` ${result.code}`}`);
-        openGate(op.kind === 'push' && result.outcome === 'committed' && result.confirmed.length >= this.quorum);
+        const ok = op.kind === 'push' && result.outcome === 'committed' && result.confirmed.length >= this.quorum;
+        if (ok && !handsRefs) {
+          // receive-pack moves each ref whose old value still holds, then exits.
+          const refs = n.disk.repos.get(op.repoId);
+          if (refs) {
+            this.mutations += 1;
+            for (const u of op.updates) {
+              if ((refs[u.ref] ?? ZERO_OID) !== u.old || [...inc.held.values()].some((h) => h.repoId === op.repoId && h.refs.includes(u.ref))) continue;
+              if (u.new === ZERO_OID) delete refs[u.ref];
+              else refs[u.ref] = u.new;
+            }
+          }
+        }
+        openGate(ok && handsRefs);
       });
     return txnId;
   }
