@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { expect } from 'chai';
-import { LONG_2PC_ENV, Cluster, GitClient, type TestNode, withCluster } from '../support/cluster.js';
+import { LONG_2PC_ENV, Cluster, GitClient, eventually, type TestNode, withCluster } from '../support/cluster.js';
 import {
   PushGate,
   cloneLocal,
@@ -246,7 +246,12 @@ describe('every kind of ref update, replicated (3-node cluster)', function () {
     const oid = await rev('HEAD');
     const names = Array.from({ length: manyRefs }, (_, i) => `refs/heads/bulk/b-${String(i).padStart(4, '0')}`);
     await git.ok(['-c', 'core.logAllRefUpdates=false', 'update-ref', '--stdin'], { cwd: work, input: names.map((n) => `create ${n} ${oid}\n`).join('') });
+    // The pushes before this one moved few refs each: receive-pack moved the coordinator's itself.
+    const procReceives = (): number => cluster.nodes.map((n) => n.logText().split('\n').filter((l) => l.includes('"path":"/internal/hooks/proc-receive"') && l.includes('"status":101')).length).reduce((a, b) => a + b, 0);
+    expect(procReceives()).to.equal(0);
     await push(n3, ['--quiet', 'refs/heads/bulk/*:refs/heads/bulk/*']);
+    // This one was handed to the coordinator's node through the proc-receive hook, once.
+    await eventually(() => expect(procReceives()).to.equal(1));
     for (const name of names) expected[name] = oid;
     await expectEverywhere();
     for (const node of cluster.nodes) {
