@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Logger } from '../../lib/base/logger.js';
 import type { PeerClient } from '../../lib/cluster/peer-client.js';
-import { PushService } from '../../lib/cluster/push-service.js';
+import { PushService, type PushServiceOptions } from '../../lib/cluster/push-service.js';
 import { RepoStore } from '../../lib/storage/repo-store.js';
 import type { CoordinatorResult, TxnOp } from '../../lib/core/txn-core.js';
 import type { TxnDriver } from '../../lib/cluster/txn-driver.js';
@@ -34,30 +34,37 @@ describe('push service verdicts', () => {
     await fs.rm(root, { recursive: true, force: true });
   });
 
+  /** A push service over a faked driver (`driver`: what the spec fakes beyond the repo's state), with this spec's store. */
+  function serviceOver(driver: Record<string, unknown>, options: Partial<PushServiceOptions> = {}, localApplyTimeoutMs = 10): PushService {
+    return new PushService({
+      driver: {
+        nodes: [A, B, C],
+        participant: { isLive: () => true, repo: () => undefined, versionOf: () => ({ epoch: 1, generation: 4 }) },
+        forgetOutcome: () => undefined,
+        ...driver,
+      } as unknown as TxnDriver,
+      store,
+      client: {} as PeerClient,
+      logger: quiet,
+      quorum: 2,
+      limits: { maxRefsPerPush: 10, inlinePackMaxBytes: 1024, prepareMsPerMiB: 250, prepareMsPerRef: 2, pushLockTimeoutMs: 1000, localApplyTimeoutMs },
+      newTxnId: () => 'txn-1',
+      receivePackExit: () => undefined,
+      ...options,
+    });
+  }
+
   /** A push service whose transaction ends in `result`; returns the verdict and the op it ran. */
   async function verdict(result: CoordinatorResult, packBytes = 0): Promise<{ ok: boolean; message: string; op: TxnOp | undefined; extraPrepareMs: number | undefined }> {
     let ran: TxnOp | undefined;
     let extraPrepareMs: number | undefined;
-    const driver = {
-      nodes: [A, B, C],
-      participant: { isLive: () => true, repo: () => undefined, versionOf: () => ({ epoch: 1, generation: 4 }) },
-      localOutcome: () => new Promise<void>(() => undefined),
-      forgetOutcome: () => undefined,
+    const service = serviceOver({
+      localOutcome: () => new Promise<boolean>(() => undefined),
       runTxn: async (op: TxnOp, _requestId: string, options: { extraPrepareMs?: number }) => {
         ran = op;
         extraPrepareMs = options.extraPrepareMs;
         return result;
       },
-    } as unknown as TxnDriver;
-    const service = new PushService({
-      driver,
-      store,
-      client: {} as PeerClient,
-      logger: quiet,
-      quorum: 2,
-      limits: { maxRefsPerPush: 10, inlinePackMaxBytes: 1024, prepareMsPerMiB: 250, prepareMsPerRef: 2, pushLockTimeoutMs: 1000, localApplyTimeoutMs: 10 },
-      newTxnId: () => 'txn-1',
-      receivePackExit: () => undefined,
     });
     const quarantine = await fs.mkdtemp(path.join(root, 'quarantine-'));
     if (packBytes > 0) {
@@ -114,30 +121,20 @@ describe('push service verdicts', () => {
       let quarantine: string | undefined;
       let gateGiven!: (gate: Promise<boolean>) => void;
       const given = new Promise<Promise<boolean>>((resolve) => (gateGiven = resolve));
-      const driver = {
-        nodes: [A, B, C],
-        participant: { isLive: () => true, repo: () => undefined, versionOf: () => ({ epoch: 1, generation: 4 }) },
-        // Our own apply waits for the gate, then applies (true) or applies afresh, here failing (false).
-        localOutcome: () => given.then((g) => g),
-        forgetOutcome: () => undefined,
-        runTxn: async (_op: TxnOp, _requestId: string, options: { selfCommitGate?: Promise<boolean>; quarantine?: string }) => {
-          gate = options.selfCommitGate;
-          quarantine = options.quarantine;
-          gateGiven(gate!);
-          return { outcome: 'committed', epoch: 1, generation: 5, confirmed: [A, B], applying: [], unanswered: [], behind: [] } as CoordinatorResult;
+      const service = serviceOver(
+        {
+          // Our own apply waits for the gate, then applies (true) or applies afresh, here failing (false).
+          localOutcome: () => given.then((g) => g),
+          runTxn: async (_op: TxnOp, _requestId: string, options: { selfCommitGate?: Promise<boolean>; quarantine?: string }) => {
+            gate = options.selfCommitGate;
+            quarantine = options.quarantine;
+            gateGiven(gate!);
+            return { outcome: 'committed', epoch: 1, generation: 5, confirmed: [A, B], applying: [], unanswered: [], behind: [] } as CoordinatorResult;
+          },
         },
-      } as unknown as TxnDriver;
-      const service = new PushService({
-        driver,
-        store,
-        client: {} as PeerClient,
-        logger: quiet,
-        quorum: 2,
-        limits: { maxRefsPerPush: 10, inlinePackMaxBytes: 1024, prepareMsPerMiB: 250, prepareMsPerRef: 2, pushLockTimeoutMs: 1000, localApplyTimeoutMs: 5000 },
-        newTxnId: () => 'txn-1',
-        receivePackExit: (pid) => (pid === 42 ? exit : undefined),
-        handsRefs: (pid) => handsRefs && pid === 42,
-      });
+        { receivePackExit: (pid) => (pid === 42 ? exit : undefined), handsRefs: (pid) => handsRefs && pid === 42 },
+        5000,
+      );
       return { service, gate: () => gate, quarantine: () => quarantine };
     }
     const push = (service: PushService) =>
