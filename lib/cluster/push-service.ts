@@ -22,10 +22,11 @@ import type { TxnDriver } from './txn-driver.js';
 // every peer, each replica (this one included) checks that it is at the same version and its refs
 // still hold the old values, locks them with their new values written (one update-ref transaction)
 // and logs `prepared`; on a quorum the decision is logged, peers move their refs, and only then does
-// the hook exit 0. receive-pack then moves the pushed objects into our repo and runs our proc-receive
-// hook instead of moving any ref itself: it posts here (procReceive), our own prepared transaction is
-// committed, and the client hears "ok" for each ref. A non-zero pre-receive exit gives the client
-// `! [remote rejected]` and nothing moves anywhere.
+// the hook exit 0. receive-pack then moves the pushed objects into our repo and, for a push of many
+// refs, runs our proc-receive hook instead of moving any ref itself: it reaches us (procReceive), our
+// own prepared transaction is committed, and the client hears "ok" for each ref; a push of few refs,
+// receive-pack moves itself, and our own replica only checked at its prepare that no stale lock is in
+// the way. A non-zero pre-receive exit gives the client `! [remote rejected]` and nothing moves.
 
 export interface PushLimits {
   maxRefsPerPush: number;

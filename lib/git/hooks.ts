@@ -37,8 +37,9 @@ export const PROC_RECEIVE_PATH = '/internal/hooks/proc-receive';
  * node and exits with the node's verdict; what the node says is printed on stderr, which git relays
  * to the client as `remote:` lines. The node commits the push on a quorum before it answers.
  *
- * proc-receive (receive.procReceiveRefs, applyGitEnvironment) runs once the pushed objects are in the
- * repo: receive-pack hands it every ref update instead of moving the refs itself. The hook upgrades
+ * proc-receive runs, for a receive-pack started with handRefsToNode (a push of many refs), once the
+ * pushed objects are in the repo: receive-pack hands it every ref update instead of moving the refs
+ * itself. The hook upgrades
  * a connection to the node (PROC_RECEIVE_UPGRADE) and relays bytes both ways with cat; the node
  * speaks the protocol (lib/git/proc-receive.ts), commits the ref transaction it prepared with its
  * vote (refs locked, lock files durable), all refs at once, and answers "ok <ref>" for each.

@@ -26,15 +26,26 @@ export interface ProcReceiveOptions {
   maxCommands: number;
 }
 
+/** Bytes a command may take on average (two object ids and a ref name; the pre-receive hook's body has the same bound). */
+const COMMAND_BYTES = 300;
+
 /** Reads pkt-lines from a stream: a payload, or null for a flush-pkt. */
 class PktReader {
   private buffer: Buffer = Buffer.alloc(0);
   private waiting: (() => void) | undefined;
   private failure: Error | undefined;
 
-  constructor(stream: Duplex, head: Buffer) {
+  private received = 0;
+
+  /** `maxBytes`: more than this from receive-pack ends the exchange. */
+  constructor(stream: Duplex, head: Buffer, maxBytes: number) {
     this.buffer = Buffer.from(head);
     stream.on('data', (chunk: Buffer) => {
+      this.received += chunk.length;
+      if (this.received + head.length > maxBytes) {
+        this.fail(new Error(`receive-pack sent over ${maxBytes} bytes`));
+        return;
+      }
       this.buffer = this.buffer.length === 0 ? chunk : Buffer.concat([this.buffer, chunk]);
       this.wake();
     });
@@ -93,7 +104,7 @@ const FLUSH = Buffer.from('0000', 'latin1');
  * then fails every ref with "proc-receive failed to report status".
  */
 export async function serveProcReceive(socket: Duplex, head: Buffer, report: (commands: string[]) => Promise<string[]>, options: ProcReceiveOptions): Promise<void> {
-  const reader = new PktReader(socket, head);
+  const reader = new PktReader(socket, head, 1024 + options.maxCommands * COMMAND_BYTES);
   const timer = options.clock.setTimeout(() => socket.destroy(new Error(`the proc-receive exchange took over ${options.timeoutMs} ms`)), options.timeoutMs);
   try {
     const version = await reader.next();

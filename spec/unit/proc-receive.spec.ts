@@ -58,7 +58,7 @@ describe('proc-receive protocol (the node speaking for the hook)', () => {
     expect(written()).to.equal(`000eversion=1\n${flush}001cng refs/heads/a refused\n${flush}`);
   });
 
-  it('ends the exchange, reporting nothing, on another version, a bad length, too many commands or a connection cut off', async () => {
+  it('ends the exchange, reporting nothing, on another version, a bad length, too many commands or bytes, or a connection cut off', async () => {
     const cases: { bytes: Buffer; end?: boolean; err: RegExp }[] = [
       { bytes: Buffer.concat([pktLine('version=2\n'), Buffer.from(flush)]), err: /not version=1/ },
       { bytes: Buffer.from('zzzz'), err: /not a pkt-line length/ },
@@ -68,6 +68,8 @@ describe('proc-receive protocol (the node speaking for the hook)', () => {
         err: /more than 3 ref updates/,
       },
       { bytes: Buffer.concat([version(), Buffer.from(flush), pktLine(`${OLD} ${NEW} refs/heads/c`)]), end: true, err: /ended the exchange early/ },
+      // 3 commands may take 1024 + 3 x 300 bytes in all.
+      { bytes: Buffer.concat([version(), Buffer.from(flush), pktLine(`${OLD} ${NEW} refs/heads/${'d'.repeat(2000)}`)]), err: /over 1924 bytes/ },
     ];
     for (const c of cases) {
       const { socket, written, send, end } = pair();
