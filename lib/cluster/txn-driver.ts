@@ -102,8 +102,10 @@ export interface RunTxnOptions {
   /**
    * A push: this replica's commit waits for it. True once receive-pack has moved the pushed objects
    * into the repo (its proc-receive hook asks for the refs): the ref transaction prepared with the
-   * vote may then be committed. False when receive-pack exited without that: the objects may be
-   * missing, so the prepared transaction is dropped and the push applied afresh (git checks them).
+   * vote may then be committed. False when receive-pack exited without that: either it moved the
+   * refs itself (a push of few refs; nothing is held here) or it died before its objects left
+   * quarantine; any prepared transaction is dropped and the push applied afresh (git checks the
+   * objects, and leaves refs already at their new values alone).
    */
   selfCommitGate?: Promise<boolean>;
   /** A push whose receive-pack hands its refs to the node: the object directory of its quarantine ('' for none), where this replica finds the objects to prepare its refs with. */
