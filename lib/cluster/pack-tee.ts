@@ -137,6 +137,7 @@ export class PackTee {
 
   /** The body is over: every stream ends, and a pack too small to stream is forgotten. */
   end(): void {
+    if (this.state === 'ended') return;
     if (this.state === 'streaming') for (const s of this.streams.values()) if (!s.dropped) s.body.end();
     this.held = [];
     this.state = this.state === 'streaming' ? 'ended' : 'off';
@@ -150,8 +151,15 @@ export class PackTee {
     this.state = 'off';
   }
 
-  /** The stage `peer` holds this push's whole pack under, or undefined (then the pack is uploaded). */
+  /**
+   * The stage `peer` holds this push's whole pack under, or undefined (then the pack is uploaded).
+   * Asked by the hook only, so receive-pack has read the whole pack (it reads it by its own length),
+   * and every byte it read came through `feed`: the streams end here if the request body's own end
+   * (a chunked terminator, late through a loaded proxying node) has not come yet. Bytes after the
+   * pack, if a client sent any, would fail the peer's trailer check: that peer is uploaded to.
+   */
   async staged(peer: NodeId): Promise<string | undefined> {
+    if (this.state === 'streaming') this.end();
     const s = this.streams.get(peer);
     if (s === undefined || this.state !== 'ended') return undefined;
     return (await s.done) ? s.stageId : undefined;

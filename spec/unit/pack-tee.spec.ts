@@ -121,6 +121,25 @@ describe('PackTee', function () {
     }
   });
 
+  it("takes the stages as whole when the hook asks before the request body's end has come", async function () {
+    // receive-pack reads the pack by its own length and runs the hook once it has it all, so the
+    // hook may ask while the body's end (a chunked terminator, through a loaded proxying node) is
+    // still on its way. Every byte receive-pack read passed through the tee: the pack is whole.
+    const pack = fakePack(50_000);
+    const { tee, got } = teeWith(['p1', 'p2']);
+    for (const c of chunks(pushBody(pack), 4096)) tee.feed(c);
+    const stages = [await tee.staged('p1'), await tee.staged('p2')];
+    for (const [i, peer] of ['p1', 'p2'].entries()) {
+      expect(stages[i], peer).to.match(STAGE_ID);
+      expect(got.get(peer)!.received.equals(pack), `${peer} got the pack, byte for byte`).to.equal(true);
+    }
+    // The end, or a failure, arriving afterwards changes nothing.
+    tee.end();
+    tee.abandon();
+    expect(await tee.staged('p1')).to.equal(stages[0]);
+    expect(await tee.staged('p2')).to.equal(stages[1]);
+  });
+
   it('streams nothing for a pack smaller than what rides inline with the prepares', async function () {
     const { tee, calls } = teeWith(['p1', 'p2'], { minPackBytes: 1024 });
     for (const c of chunks(pushBody(fakePack(500)), 64)) tee.feed(c);
