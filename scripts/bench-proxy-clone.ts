@@ -38,7 +38,8 @@ import {
 //    does not keep it stale: a node runs its sync loop once at start and catches up right away; the
 //    script measures how long that takes, from a copy of node-3's data dir taken while it was stale.)
 //    Everything else node-3 does is unchanged: the freshness check before each read, the proxying,
-//    and the background catch-up each proxied read schedules (which here fails at the fetch).
+//    and the background catch-up a proxied read starts (which here fails at the fetch; after a
+//    failure, reads start the next one only after a doubling backoff, CatchUp.nudge).
 // 4. `git clone --bare` through node-3 vs straight from node-1, alternating, one warm-up each, then
 //    RUNS (default 5) timed runs; median; ratio proxied/direct. Every clone through node-3 must hold
 //    the newest commit, and node-3 must still be behind at the end.

@@ -40,7 +40,7 @@ export interface GitGatewayOptions {
   client: Pick<PeerClient, 'repoState'>;
   gitHttp: GitHttp;
   pushService: Pick<PushService, 'waitIdle'>;
-  catchUp: Pick<CatchUp, 'request'>;
+  catchUp: Pick<CatchUp, 'request' | 'nudge'>;
   membership: Pick<Membership, 'liveNodes' | 'get'>;
   metrics: Pick<NodeMetrics, 'observeGitRpc'>;
   callers: Callers;
@@ -154,7 +154,7 @@ export class GitGateway {
         case 'not_found':
           throw new QuorumGitError('repo_not_found', 'repository not found');
         case 'proxy':
-          void this.options.catchUp.request(repoId);
+          void this.options.catchUp.nudge(repoId);
           slot?.release();
           return this.forward(req, res, plan.to, log, true);
         case 'unavailable':

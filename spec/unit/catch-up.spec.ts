@@ -3,7 +3,7 @@ import { execFileSync } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { CatchUp, refsDigest, type CatchUpOptions } from '../../lib/cluster/catch-up.js';
+import { CatchUp, readRetryDelayMs, refsDigest, type CatchUpOptions } from '../../lib/cluster/catch-up.js';
 import { readHead, readRefs } from '../../lib/git/git-refs.js';
 import type { Logger } from '../../lib/base/logger.js';
 import type { PeerClient, RepoStateAnswer } from '../../lib/cluster/peer-client.js';
@@ -299,6 +299,41 @@ describe('CatchUp', () => {
       expect(await catchUp.request(REPO)).to.equal(true);
       expect(catchUp.notConverging()).to.deep.equal([]);
       expect(w.logs.filter((l) => l.level === 'info' && l.message === 'replica is converging again')).to.have.length(1);
+    });
+
+    it("a read's request after failures waits out a doubling backoff (1 s, 2 s, ... 30 s); the sync loop's does not", async () => {
+      const { newer } = laggingSelf();
+      // Refs the copy must create land on a file no git wrote: every copy fails while it is there.
+      w.setRef('p1', 'refs/heads/topic', newer);
+      w.setRef('p2', 'refs/heads/topic', newer);
+      const junk = path.join(w.dir('self'), 'refs', 'heads', 'topic', 'junk');
+      await fs.mkdir(path.dirname(junk), { recursive: true });
+      await fs.writeFile(junk, 'not a ref\n');
+      let runs = 0;
+      const catchUp = w.catchUp({ beforeCopy: () => void (runs += 1) });
+      expect(readRetryDelayMs(1)).to.equal(1000);
+      expect([2, 3, 5, 6, 50].map(readRetryDelayMs)).to.deep.equal([2000, 4000, 16_000, 30_000, 30_000]);
+
+      expect(await catchUp.nudge(REPO)).to.equal(false);
+      expect(runs, 'the first read tries').to.equal(1);
+      w.clock.advance(999);
+      expect(await catchUp.nudge(REPO)).to.equal(false);
+      expect(runs, 'within 1 s of the failure, a read does not try again').to.equal(1);
+      w.clock.advance(1);
+      await catchUp.nudge(REPO);
+      expect(runs, 'after 1 s it does').to.equal(2);
+      w.clock.advance(1999);
+      await catchUp.nudge(REPO);
+      expect(runs, 'after a second failure, 2 s').to.equal(2);
+      // The sync loop (and a push that needs this replica current) asks with request(): no backoff.
+      await catchUp.request(REPO);
+      expect(runs).to.equal(3);
+      expect(catchUp.notConverging().map((r) => r.failures)).to.deep.equal([3]);
+
+      await fs.rm(path.dirname(junk), { recursive: true });
+      w.clock.advance(4000);
+      expect(await catchUp.nudge(REPO)).to.equal(true);
+      expect(w.allRefs('self')['refs/heads/main']).to.equal(newer);
     });
   });
 });
