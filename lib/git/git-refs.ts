@@ -445,11 +445,35 @@ export function parseForEachRef(out: string): Record<string, string> {
   return refs;
 }
 
-/** Deletes every ref below `prefix` (which ends in '/') in one transaction, each at the value just read. */
+/**
+ * Deletes every ref below `prefix` (which ends in '/') in one transaction, each at the value just read.
+ * Usually there is none (a catch-up clears the fetch namespace before and after each fetch): that is
+ * told from the files without a git process, and only a prefix that may hold refs is listed by git.
+ */
 export async function deleteRefsUnder(repoPath: string, prefix: string): Promise<void> {
+  if (!(await mayHoldRefsUnder(repoPath, prefix))) return;
   const refs = await readRefsUnder(repoPath, prefix);
   const edits = Object.entries(refs).map(([ref, oid]) => `delete ${ref} ${oid}`);
   if (edits.length > 0) await applyRefEdits(repoPath, edits);
+}
+
+/**
+ * False only when no ref below `prefix` can exist in the files backend: no loose directory for it,
+ * and no packed-refs line naming one. Anything it cannot read counts as "may".
+ */
+async function mayHoldRefsUnder(repoPath: string, prefix: string): Promise<boolean> {
+  const absent = (err: unknown): boolean => ['ENOENT', 'ENOTDIR'].includes((err as NodeJS.ErrnoException).code ?? '');
+  try {
+    await fs.stat(path.join(repoPath, prefix));
+    return true;
+  } catch (err) {
+    if (!absent(err)) return true;
+  }
+  try {
+    return (await fs.readFile(path.join(repoPath, 'packed-refs'), 'latin1')).includes(` ${prefix}`);
+  } catch (err) {
+    return !absent(err);
+  }
 }
 
 /**

@@ -3,7 +3,7 @@ import { execFileSync } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { installPackBuffers, installPackFiles, readHead, readRefFiles, readRefValues, readRefs, releasePackKeeps } from '../../lib/git/git-refs.js';
+import { deleteRefsUnder, installPackBuffers, installPackFiles, readHead, readRefFiles, readRefValues, readRefs, releasePackKeeps } from '../../lib/git/git-refs.js';
 
 // readRefValues reads git's files backend without git; it must agree with git for loose refs, packed
 // refs, loose-over-packed, and refs that do not exist.
@@ -75,6 +75,31 @@ describe('git refs read from files', () => {
     expect(await readRefFiles(repo)).to.deep.equal(await readRefs(repo)).and.not.to.have.keys('refs/heads/x.lock', 'refs/heads/.hidden');
     await fs.rm(path.join(repo, 'refs/heads/x.lock'));
     await fs.rm(path.join(repo, 'refs/heads/.hidden'));
+  });
+
+  it('deletes every ref below a prefix, loose or packed, and nothing beside it; a prefix with none is no error', async () => {
+    const first = git('rev-parse', 'refs/tags/t');
+    const before = await readRefs(repo);
+    const names = ['refs/quorum-fetch/9.9-1/heads/packed', 'refs/quorum-fetch/9.9-1/heads/loose', 'refs/quorum-fetch/9.9-2/tags/x'];
+    const listed = (): string[] => git('for-each-ref', '--format=%(refname)').split('\n').filter((r) => r.startsWith('refs/quorum-fetch'));
+    git('update-ref', names[0]!, first);
+    git('pack-refs', '--all');
+    git('update-ref', names[1]!, first);
+    git('update-ref', names[2]!, first);
+    git('update-ref', 'refs/quorum-fetchless', first);
+    await deleteRefsUnder(repo, 'refs/quorum-fetch/9.9-2/');
+    expect(listed()).to.deep.equal([names[1], names[0], 'refs/quorum-fetchless']);
+    // Only packed-refs holds one (no loose directory left for the prefix): found there.
+    git('update-ref', '-d', names[1]!);
+    git('pack-refs', '--all');
+    await fs.rm(path.join(repo, 'refs/quorum-fetch'), { recursive: true, force: true });
+    expect(listed()).to.deep.equal([names[0], 'refs/quorum-fetchless']);
+    await deleteRefsUnder(repo, 'refs/quorum-fetch/');
+    expect(listed()).to.deep.equal(['refs/quorum-fetchless']);
+    await deleteRefsUnder(repo, 'refs/quorum-fetch/');
+    await deleteRefsUnder(repo, 'refs/none-here/');
+    git('update-ref', '-d', 'refs/quorum-fetchless');
+    expect(await readRefs(repo)).to.deep.equal(before);
   });
 
   it('reads the branch HEAD names', async () => {
