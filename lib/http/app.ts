@@ -131,6 +131,7 @@ export class HttpApp {
     } catch (err) {
       const known = isQuorumGitError(err) ? err : new QuorumGitError('internal', 'internal error', { cause: err });
       if (known.code === 'internal') log.error('upgrade failed', { err });
+      this.options.metrics.errorAnswered(known.code);
       const status = statusByCode[known.code];
       const body = JSON.stringify(errorBody(known));
       socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? ''}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);

@@ -536,11 +536,22 @@ describe('hostile input on git smart HTTP (3-node cluster)', function () {
         { path: '/internal/hooks/proc-receive', headers: { connection: 'Upgrade', upgrade: 'websocket', [SECRET_HEADER]: cluster.secret }, status: 404 },
         { path: '/internal/hooks/../hooks/proc-receive', headers: { ...upgrade, [SECRET_HEADER]: cluster.secret }, status: 400 },
       ];
+      const errorCounts = async (): Promise<Map<string, number>> => {
+        const text = (await http(`${coordinator.url}/metrics`)).text;
+        return new Map([...text.matchAll(/^quorum_git_http_errors_total\{code="([a-z_]+)"\} (\d+)$/gm)].map((m) => [m[1]!, Number(m[2])]));
+      };
+      const countsBefore = await errorCounts();
+      const refusedCodes = new Map<string, number>();
       for (const c of cases) {
         const answer = await rawUpgrade(coordinator.url, c.path, c.headers, version);
         expect(answer.status, `${c.path} ${JSON.stringify(c.headers)}`).to.equal(c.status);
-        expect(JSON.parse(answer.body).error.code, c.path).to.be.a('string');
+        const code = JSON.parse(answer.body).error.code as string;
+        expect(code, c.path).to.be.a('string');
+        refusedCodes.set(code, (refusedCodes.get(code) ?? 0) + 1);
       }
+      // Each refusal is counted, as any other error answer is (background requests may add to a code, never take away).
+      const countsAfter = await errorCounts();
+      for (const [code, n] of refusedCodes) expect((countsAfter.get(code) ?? 0) - (countsBefore.get(code) ?? 0), `errors counted as ${code}`).to.be.at.least(n);
       // Without an upgrade the route is a 400, not a hang.
       const plain = await http(`${coordinator.url}/internal/hooks/proc-receive`, { headers: { [SECRET_HEADER]: cluster.secret } });
       expect(plain.status).to.equal(400);
