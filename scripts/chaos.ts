@@ -812,6 +812,14 @@ let keepRoot = false;
 process.on('exit', () => {
   if (!keepRoot) rmSync(root, { recursive: true, force: true });
 });
+// A run stopped from outside (the suite's deadline, ^C) keeps what shows where it stood: the node
+// logs and data dirs, and the last phase it printed.
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.prependOnceListener(signal, () => {
+    keepRoot = true;
+    say(`${signal} before the run ended: node logs and data dirs kept in ${root}`);
+  });
+}
 
 // The whole run is bounded: faults, drain, healing, convergence and checks.
 runMain(

@@ -37,7 +37,8 @@ describe('chaos run (npm run chaos)', function () {
   it(`loses no acknowledged write and converges after ${FAULT_SECONDS} s of crashes, pauses and partitions on 3 nodes`, async () => {
     const seed = String(Date.now() % 2 ** 32);
     const { code, signal, output } = await runChaos(['--duration-s', String(FAULT_SECONDS), '--nodes', '3', '--seed', seed]);
-    expect(output, 'the run printed its figures').to.match(/violations: \d+/);
+    // The whole output with its seed, whatever fails: a run that hung is replayed from it.
+    expect(/violations: \d+/.test(output), `chaos run (seed ${seed}) printed no figures; its output:\n${output}`).to.equal(true);
     expect({ code, signal }, `chaos run (seed ${seed}) output:\n${output}`).to.deep.equal({ code: 0, signal: null });
   });
 });
