@@ -81,6 +81,21 @@ export interface ConcurrentResult {
   clone_p99_ms: number;
   /** Each node's peak RSS during the load, KiB (quorum-git only). */
   peak_rss_kib: number[];
+  /**
+   * Error answers the nodes gave during the load, by code, summed over the nodes (their
+   * quorum_git_http_errors_total; quorum-git only): what a client's bare "HTTP 503" was.
+   */
+  error_codes: Record<string, number>;
+}
+
+/** Every node's error answers so far by code (GET /metrics, quorum_git_http_errors_total), summed. */
+async function errorAnswers(urls: readonly string[]): Promise<Map<string, number>> {
+  const counts = new Map<string, number>();
+  for (const url of urls) {
+    const text = await (await fetch(`${url}/metrics`, { signal: AbortSignal.timeout(10_000) })).text();
+    for (const m of text.matchAll(/^quorum_git_http_errors_total\{code="([a-z_]+)"\} (\d+)$/gm)) counts.set(m[1]!, (counts.get(m[1]!) ?? 0) + Number(m[2]));
+  }
+  return counts;
 }
 
 export interface PairResult {
@@ -348,6 +363,7 @@ export async function benchPush(settings: PushSettings): Promise<PushResult> {
       if (p.repoId) await waitConverged(cluster3, p.repoId);
     }
     if (kind === 'node') for (const n of cluster3.nodes) resetPeakRss(n.pid);
+    const answeredBefore = kind === 'node' ? await errorAnswers(cluster3.urls) : new Map<string, number>();
     const started = nowMs();
     await Promise.all(
       actors.map(async (p) => {
@@ -367,6 +383,8 @@ export async function benchPush(settings: PushSettings): Promise<PushResult> {
     );
     const ms = nowMs() - started;
     const peakRss = kind === 'node' ? cluster3.nodes.map((n) => peakRssKiB(n.pid)) : [];
+    const answeredAfter = kind === 'node' ? await errorAnswers(cluster3.urls) : new Map<string, number>();
+    const errorCodes = Object.fromEntries([...answeredAfter].map(([code, n]) => [code, n - (answeredBefore.get(code) ?? 0)]).filter(([, n]) => (n as number) > 0));
     const pushLatencies = actors.flatMap((p) => p.pushMs);
     const cloneLatencies = actors.flatMap((p) => p.cloneMs);
     const latencies = [...pushLatencies, ...cloneLatencies];
@@ -393,6 +411,7 @@ export async function benchPush(settings: PushSettings): Promise<PushResult> {
       push_p99_ms: round(percentile(pushLatencies, 99), 1),
       clone_p99_ms: round(percentile(cloneLatencies, 99), 1),
       peak_rss_kib: peakRss,
+      error_codes: errorCodes,
     };
     log(`${clients} concurrent clients (${kind}): ${result.ok} operations in ${result.seconds} s, ${result.ops_per_s}/s`);
     return result;

@@ -170,7 +170,8 @@ function concurrentRow(node: ConcurrentResult, http: ConcurrentResult): Row {
     met: node.errors === 0,
     notes:
       `${node.ops_per_s} ops/s vs ${http.ops_per_s}; errors ${node.errors} (baseline ${http.errors}); peak RSS per node ${rss} MiB; ` +
-      `p99 push ${node.push_p99_ms} ms, clone ${node.clone_p99_ms} ms${node.error_samples.length ? `; e.g. ${node.error_samples[0]}` : ''}`,
+      `p99 push ${node.push_p99_ms} ms, clone ${node.clone_p99_ms} ms${node.error_samples.length ? `; e.g. ${node.error_samples[0]}` : ''}` +
+      (Object.keys(node.error_codes).length ? `; the nodes answered ${Object.entries(node.error_codes).map(([code, n]) => `${code} x${n}`).join(', ')}` : ''),
   };
 }
 
