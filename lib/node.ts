@@ -113,6 +113,7 @@ export class QuorumGitNode {
       bodyIdleTimeoutMs: config.gitBodyIdleTimeoutMs,
       maxProcesses: config.maxGitProcesses,
       maxProcessesPerClient: config.maxGitProcessesPerClient,
+      queueWaitMs: config.gitQueueWaitMs,
     }, clock, config.streamPacksAhead ? (requestId) => this.packTee(requestId) : undefined);
     this.pushService = new PushService({
       driver: this.driver,

@@ -55,6 +55,8 @@ export interface Config {
   maxGitProcesses: number;
   /** The same per client address (a peer's proxied request counts for the client it forwards). */
   maxGitProcessesPerClient: number;
+  /** How long a git request beyond MAX_GIT_PROCESSES(_PER_CLIENT) waits for a slot before its 503; 0 refuses at once. */
+  gitQueueWaitMs: number;
   /** Connections one client address may hold open at once (0: no cap); see lib/http/connection-cap.ts. */
   maxConnectionsPerClient: number;
   /**
@@ -187,6 +189,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     gitBodyIdleTimeoutMs: int(env, 'GIT_BODY_IDLE_TIMEOUT_MS', 30_000, 100),
     maxGitProcesses: int(env, 'MAX_GIT_PROCESSES', 64, 1),
     maxGitProcessesPerClient: int(env, 'MAX_GIT_PROCESSES_PER_CLIENT', 16, 1),
+    gitQueueWaitMs: int(env, 'GIT_QUEUE_WAIT_MS', 10_000, 0),
     maxConnectionsPerClient: int(env, 'MAX_CONNECTIONS_PER_CLIENT', 32, 0),
     trustedProxies: parseTrustedProxies(env.TRUSTED_PROXIES),
     authFile,

@@ -99,19 +99,21 @@ export class GitGateway {
       this.options.metrics.observeGitRpc(req, res, service, !fromPeer ? 'client' : req.headers[CATCH_UP_HEADER] === '1' ? 'replica' : 'proxied');
       const who = this.options.callers.get(req);
       const origin = who === undefined ? undefined : { ...who.caller.who, request_id: who.ctx.requestId };
-      handed = slot !== undefined;
-      return gitHttp.rpc(req, res, repoId, service, log, this.clientOf(req, fromPeer), origin, slot);
+      if (slot === undefined) throw new QuorumGitError('internal', 'a git RPC reached its git without a slot');
+      handed = true;
+      return gitHttp.rpc(req, res, repoId, service, log, this.clientOf(req, fromPeer), slot, origin);
     };
-    if (fromPeer && req.headers[DIRECT_HEADER] === '1') return serveLocal();
-    // An RPC takes its git slot before its read check costs peer round trips, or is turned away at
-    // once: 300 slow clients must not keep /health waiting behind their checks. The slot goes to the
-    // git that serves it here; a request served otherwise gives it back.
+    // An RPC takes its git slot before its read check costs peer round trips, or waits for one
+    // (GIT_QUEUE_WAIT_MS, in a bounded queue) or is turned away: 300 slow clients must not keep
+    // /health waiting behind their checks. The slot goes to the git that serves it here; a request
+    // served otherwise gives it back. A peer's direct request (a proxied read, a catch-up) too.
     if (kind === 'gitRpc') {
-      const admitted = gitHttp.admit(req, res, service, this.clientOf(req, fromPeer), log);
+      const admitted = await gitHttp.admit(req, res, service, this.clientOf(req, fromPeer), log);
       if ('refused' in admitted) return admitted.refused;
       slot = admitted.slot;
       res.once('close', () => handed || slot?.release());
     }
+    if (fromPeer && req.headers[DIRECT_HEADER] === '1') return serveLocal();
     if (service === 'receive-pack' && !fromPeer) {
       const coordinator = pickCoordinator(repoId, this.options.membership.liveNodes());
       if (coordinator !== undefined && coordinator !== config.selfUrl) {

@@ -55,6 +55,8 @@ export interface GitHttpLimits {
   bodyIdleTimeoutMs: number;
   maxProcesses: number;
   maxProcessesPerClient: number;
+  /** How long an RPC beyond a cap waits for a slot before its 503 (GitSlots.acquire); 0: refused at once. */
+  queueWaitMs: number;
 }
 
 interface ReceivePack {
@@ -91,7 +93,7 @@ export class GitHttp {
     this.clock = clock;
     this.logger = logger;
     this.limits = limits;
-    this.slots = new GitSlots(limits.maxProcesses, limits.maxProcessesPerClient);
+    this.slots = new GitSlots(limits.maxProcesses, limits.maxProcessesPerClient, { waitMs: limits.queueWaitMs, clock });
     this.repoPath = repoPath;
   }
 
@@ -163,20 +165,24 @@ export class GitHttp {
   }
 
   /**
-   * Serves one RPC POST. Resolves when the response is over; rejects with a QuorumGitError the
-   * caller turns into the answer while nothing was sent yet (after that the response is cut off).
-   * `client` is the address the per-client limit charges; `origin` is kept with a receive-pack for
-   * its hook (receivePackOrigin).
-   */
-  /**
    * Takes `client`'s git slot for an RPC before anything slower (a read check with the peers, a look
-   * at the disk) is spent on it, or refuses it at once (503 git_busy). Only checking here and taking
-   * the slot in rpc() let a burst of 300 slow clients all pass (no git ran for any of them yet) and
-   * each pay its read check before being refused. The slot goes to rpc(); a request served otherwise
-   * (proxied, refused) releases it.
+   * at the disk) is spent on it: at once, or after waiting in the bounded queue for up to
+   * GIT_QUEUE_WAIT_MS (GitSlots.acquire), or it refuses the request (503 git_busy). Only checking
+   * here and taking the slot in rpc() let a burst of 300 slow clients all pass (no git ran for any of
+   * them yet) and each pay its read check before being refused. The slot goes to rpc(); a request
+   * served otherwise (proxied, refused) releases it. Nothing reads the body while it waits.
    */
-  admit(req: http.IncomingMessage, res: http.ServerResponse, service: GitService, client: string, log: Logger): { slot: GitSlot } | { refused: Promise<void> } {
-    const slot = this.slots.take(client);
+  async admit(req: http.IncomingMessage, res: http.ServerResponse, service: GitService, client: string, log: Logger): Promise<{ slot: GitSlot } | { refused: Promise<void> }> {
+    const { slot: waited, cancel } = this.slots.acquire(client);
+    // A client that goes away while it waits leaves the queue; nothing is answered to it.
+    const gone = (): void => cancel();
+    res.once('close', gone);
+    const slot = await waited;
+    res.off('close', gone);
+    if (res.destroyed || res.writableEnded) {
+      if (!('refused' in slot)) slot.release();
+      return { refused: Promise.resolve() };
+    }
     if ('refused' in slot) return { refused: this.refuseBusy(req, res, service, client, log, slot.refused) };
     return { slot };
   }
@@ -188,14 +194,18 @@ export class GitHttp {
     return this.refuse(req, res, new QuorumGitError('git_busy', `${what} at most ${per === 'node' ? this.limits.maxProcesses : this.limits.maxProcessesPerClient} git requests at once; retry in ${GIT_BUSY_RETRY_AFTER_S} s`));
   }
 
-  rpc(req: http.IncomingMessage, res: http.ServerResponse, repoId: string, service: GitService, log: Logger, client: string, origin?: unknown, admitted?: GitSlot): Promise<void> {
+  /**
+   * Serves one RPC POST with the slot admit() gave it. Resolves when the response is over; rejects
+   * with a QuorumGitError the caller turns into the answer while nothing was sent yet (after that the
+   * response is cut off). `client` is the address the per-client limit charges; `origin` is kept with
+   * a receive-pack for its hook (receivePackOrigin).
+   */
+  rpc(req: http.IncomingMessage, res: http.ServerResponse, repoId: string, service: GitService, log: Logger, client: string, slot: GitSlot, origin?: unknown): Promise<void> {
     const decoding = bodyDecoding(req.headers['content-encoding']);
     if (decoding === undefined) {
-      admitted?.release();
+      slot.release();
       return this.refuse(req, res, new QuorumGitError('unsupported_media_type', `content-encoding ${String(req.headers['content-encoding'])} is not supported; use gzip or none`));
     }
-    const slot = admitted ?? this.slots.take(client);
-    if ('refused' in slot) return this.refuseBusy(req, res, service, client, log, slot.refused);
     const dir = this.repoPath(repoId);
     const gitProtocol = gitProtocolEnv(req.headers['git-protocol']);
     const requestId = res.getHeader(REQUEST_ID_HEADER);

@@ -2,6 +2,7 @@ import { BlockList, isIP } from 'node:net';
 import type { TrustedProxy } from '../base/config.js';
 import { plainAddress } from './connection-cap.js';
 import type { GitService } from './router.js';
+import type { Clock } from '../base/clock.js';
 
 // The head of a smart-HTTP RPC request body, checked before git sees it. Pure: bytes in, a verdict
 // out; no I/O. Linear in the bytes fed and bounded in what it keeps (at most one pkt-line prefix).
@@ -184,14 +185,43 @@ export interface GitSlot {
   release: () => void;
 }
 
-/** Counts git RPCs in flight per node and per client address; pure bookkeeping, no clock. */
+/** Why an RPC got no slot: this node is full, or this client holds its share of it. */
+export interface GitSlotRefusal {
+  refused: 'node' | 'client';
+}
+
+/** How long an RPC beyond a cap may wait for a slot, and on what clock (GitSlots.acquire). */
+export interface GitSlotQueue {
+  waitMs: number;
+  clock: Pick<Clock, 'setTimeout' | 'clearTimeout'>;
+}
+
+interface Waiter {
+  client: string;
+  resolve: (answer: GitSlot | GitSlotRefusal) => void;
+  timer: unknown;
+}
+
+/**
+ * Counts git RPCs in flight per node and per client address. An RPC beyond a cap may wait, first in
+ * first out, up to `waitMs` for a slot (`acquire`), as Gitaly's concurrency limiter queues: git
+ * clients do not retry a 503, so a burst a little over the cap (32 clients from one address while
+ * their pushes hold the coordinator's slots) failed a clone that a moment's wait would have served.
+ * The queue is bounded like the slots (at most maxPerClient waiting per client and maxTotal in all);
+ * beyond it, and after the wait, the answer is the refusal.
+ */
 export class GitSlots {
   private readonly maxTotal: number;
   private readonly maxPerClient: number;
   private total = 0;
   private readonly perClient = new Map<string, number>();
+  private readonly waiting: Waiter[] = [];
 
-  constructor(maxTotal: number, maxPerClient: number) {
+  constructor(
+    maxTotal: number,
+    maxPerClient: number,
+    private readonly queue?: GitSlotQueue,
+  ) {
     this.maxTotal = maxTotal;
     this.maxPerClient = maxPerClient;
   }
@@ -200,13 +230,60 @@ export class GitSlots {
     return this.total;
   }
 
-  /** Takes a slot for `client`; returns its release (idempotent), or why there is none. */
-  take(client: string): GitSlot | { refused: 'node' | 'client' } {
-    const mine = this.perClient.get(client) ?? 0;
+  /** RPCs waiting for a slot now. */
+  get queued(): number {
+    return this.waiting.length;
+  }
+
+  /** Takes a slot for `client` now; returns its release (idempotent), or why there is none. */
+  take(client: string): GitSlot | GitSlotRefusal {
+    const refusal = this.refusal(client);
+    return refusal ?? this.grant(client);
+  }
+
+  /**
+   * A slot for `client`: now, or once one frees within the queue's wait (then in arrival order), or
+   * the refusal. `cancel` gives up the wait (the client went away): `slot` then resolves to a refusal.
+   */
+  acquire(client: string): { slot: Promise<GitSlot | GitSlotRefusal>; cancel: () => void } {
+    const now = this.take(client);
+    const { queue } = this;
+    const mine = this.waiting.filter((w) => w.client === client).length;
+    if (!('refused' in now) || queue === undefined || queue.waitMs <= 0 || this.waiting.length >= this.maxTotal || mine >= this.maxPerClient) {
+      return { slot: Promise.resolve(now), cancel: () => undefined };
+    }
+    let waiter!: Waiter;
+    const slot = new Promise<GitSlot | GitSlotRefusal>((resolve) => {
+      waiter = { client, resolve, timer: undefined };
+    });
+    const leave = (): boolean => {
+      const at = this.waiting.indexOf(waiter);
+      if (at < 0) return false;
+      this.waiting.splice(at, 1);
+      queue.clock.clearTimeout(waiter.timer);
+      return true;
+    };
+    waiter.timer = queue.clock.setTimeout(() => {
+      if (leave()) waiter.resolve(this.refusal(client) ?? { refused: 'client' });
+    }, queue.waitMs);
+    this.waiting.push(waiter);
+    return {
+      slot,
+      cancel: () => {
+        if (leave()) waiter.resolve({ refused: 'client' });
+      },
+    };
+  }
+
+  private refusal(client: string): GitSlotRefusal | undefined {
     if (this.total >= this.maxTotal) return { refused: 'node' };
-    if (mine >= this.maxPerClient) return { refused: 'client' };
+    if ((this.perClient.get(client) ?? 0) >= this.maxPerClient) return { refused: 'client' };
+    return undefined;
+  }
+
+  private grant(client: string): GitSlot {
     this.total += 1;
-    this.perClient.set(client, mine + 1);
+    this.perClient.set(client, (this.perClient.get(client) ?? 0) + 1);
     let released = false;
     return {
       release: () => {
@@ -216,7 +293,22 @@ export class GitSlots {
         const left = (this.perClient.get(client) ?? 1) - 1;
         if (left <= 0) this.perClient.delete(client);
         else this.perClient.set(client, left);
+        this.serveWaiting();
       },
     };
+  }
+
+  /** Hands freed slots to the waiting RPCs that fit now, oldest first. */
+  private serveWaiting(): void {
+    for (let i = 0; i < this.waiting.length && this.total < this.maxTotal; ) {
+      const waiter = this.waiting[i]!;
+      if (this.refusal(waiter.client) !== undefined) {
+        i += 1;
+        continue;
+      }
+      this.waiting.splice(i, 1);
+      this.queue?.clock.clearTimeout(waiter.timer);
+      waiter.resolve(this.grant(waiter.client));
+    }
   }
 }

@@ -128,6 +128,9 @@ describe('hostile input on git smart HTTP (3-node cluster)', function () {
   const env = {
     MAX_GIT_PROCESSES: '4',
     MAX_GIT_PROCESSES_PER_CLIENT: '3',
+    // A request beyond a cap waits this long for a slot before its 503 (default 10 s): short here,
+    // where most specs hold the slots until the wait is over.
+    GIT_QUEUE_WAIT_MS: '2000',
     MAX_CONNECTIONS_PER_CLIENT: '8',
     // A load balancer on loopback's 127.0.0.3 (the cluster itself uses 127.0.0.1).
     TRUSTED_PROXIES: '127.0.0.3',
@@ -263,6 +266,25 @@ describe('hostile input on git smart HTTP (3-node cluster)', function () {
       // Their slots are free again.
       const dir = path.join(await git.tempDir('after-idle'), 'clone');
       expect((await git.run(['clone', coordinator.gitUrl(repoId), dir])).code).to.equal(0);
+      await expectUnchangedAndHealthy();
+    });
+
+    it('lets a request beyond the per-client cap wait for a slot, and serves it when one frees within GIT_QUEUE_WAIT_MS', async function () {
+      const direct = { ...headers, [SECRET_HEADER]: cluster.secret };
+      const held = [1, 2, 3].map(() => heldPost(coordinator.url, uploadPath(), direct, ''));
+      await heldAdmitted(held);
+      let answered = false;
+      const waiting = rawPost(coordinator.url, uploadPath(), direct, pkt(`want ${head}\n`) + '0000' + pkt('done\n'));
+      void waiting.then(() => (answered = true));
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      // Not refused at once: it waits in the queue (its whole request is sent; only a slot is missing).
+      expect(answered, 'answered while every slot was held').to.equal(false);
+      held[0]!.abort();
+      const served = await waiting;
+      expect(served.status, `the waiting request, once a slot freed: ${served.body.toString().slice(0, 300)}`).to.equal(200);
+      expect(served.body.includes('PACK'), 'it got the pack').to.equal(true);
+      for (const h of held) h.abort();
+      await Promise.all(held.map((h) => h.answer));
       await expectUnchangedAndHealthy();
     });
 

@@ -1,5 +1,6 @@
 import { expect } from 'chai';
-import { GitSlots, RequestHeadScanner, bodyDecoding, clientAddress, trustedProxyCheck } from '../../lib/http/git-rpc.js';
+import { ManualClock } from '../support/manual-clock.js';
+import { GitSlots, RequestHeadScanner, type GitSlot, type GitSlotRefusal, bodyDecoding, clientAddress, trustedProxyCheck } from '../../lib/http/git-rpc.js';
 import { parseTrustedProxies } from '../../lib/base/config.js';
 
 // The request-head check in front of git's RPCs (issue 8 items 1-3): pkt-line framing, the first
@@ -144,5 +145,64 @@ describe('GitSlots', function () {
     expect(slots.inUse).to.equal(2);
     expect('release' in slots.take('c')).to.equal(true);
     expect(slots.take('a')).to.deep.equal({ refused: 'node' });
+  });
+
+  it('queues an RPC beyond a cap up to its wait, serves the queue in arrival order as slots free, and bounds it', async function () {
+    const clock = new ManualClock(0);
+    const slots = new GitSlots(3, 2, { waitMs: 1000, clock });
+    const held = ['a', 'a', 'b'].map((c) => slots.take(c));
+    const [a1, a2, b1] = held.map((h) => {
+      if ('refused' in h) throw new Error('expected a slot');
+      return h;
+    }) as [GitSlot, GitSlot, GitSlot];
+    const settled = new Map<string, GitSlot | GitSlotRefusal>();
+    const wait = (name: string, client: string): { cancel: () => void } => {
+      const { slot, cancel } = slots.acquire(client);
+      void slot.then((s) => settled.set(name, s));
+      return { cancel };
+    };
+    wait('a3', 'a');
+    wait('c1', 'c');
+    wait('a4', 'a');
+    expect(slots.queued).to.equal(3);
+    // 'a' may have maxPerClient (2) waiting, and the node maxTotal (3) in all: beyond, refused at once.
+    expect(await slots.acquire('a').slot).to.deep.equal({ refused: 'node' });
+    expect(await slots.acquire('e').slot).to.deep.equal({ refused: 'node' });
+    expect(slots.queued).to.equal(3);
+
+    // b's slot frees: the node has room, but a3 and a4 wait for a's share; c1 fits and goes first.
+    b1.release();
+    await Promise.resolve();
+    expect([...settled.keys()]).to.deep.equal(['c1']);
+    // A wait given up (its client went away) leaves the queue, refused.
+    const gone = wait('d1', 'd');
+    expect(slots.queued).to.equal(3);
+    gone.cancel();
+    await Promise.resolve();
+    expect(settled.get('d1')).to.deep.equal({ refused: 'client' });
+    expect(slots.queued).to.equal(2);
+    a1.release();
+    await Promise.resolve();
+    expect(settled.has('a3') && !settled.has('a4'), 'the older of a\'s waits is served first').to.equal(true);
+    expect(slots.inUse).to.equal(3);
+
+    // The rest waits out its time and is refused, for the node being full.
+    clock.advance(999);
+    await Promise.resolve();
+    expect(settled.has('a4')).to.equal(false);
+    clock.advance(1);
+    await Promise.resolve();
+    expect(settled.get('a4')).to.deep.equal({ refused: 'node' });
+    expect(slots.queued).to.equal(0);
+    a2.release();
+    expect(slots.inUse).to.equal(2);
+  });
+
+  it('refuses at once with no queue, or a wait of 0', async function () {
+    for (const slots of [new GitSlots(1, 1), new GitSlots(1, 1, { waitMs: 0, clock: new ManualClock(0) })]) {
+      slots.take('a');
+      expect(await slots.acquire('a').slot).to.deep.equal({ refused: 'node' });
+      expect(slots.queued).to.equal(0);
+    }
   });
 });
