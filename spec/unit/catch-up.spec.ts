@@ -258,6 +258,19 @@ describe('CatchUp', () => {
   });
 
   describe('a replica that cannot converge', () => {
+    /**
+     * The peers hold refs/heads/topic at `oid`; here a file no git wrote sits where it must go, so
+     * every copy fails until the directory returned is removed.
+     */
+    async function blockTopic(oid: string): Promise<string> {
+      w.setRef('p1', 'refs/heads/topic', oid);
+      w.setRef('p2', 'refs/heads/topic', oid);
+      const dir = path.join(w.dir('self'), 'refs', 'heads', 'topic');
+      await fs.mkdir(dir, { recursive: true });
+      await fs.writeFile(path.join(dir, 'junk'), 'not a ref\n');
+      return dir;
+    }
+
     it('a tie at one version repairs nothing and is reported once it lasts 3 rounds', async () => {
       const base = w.commit('p1', 'base');
       w.setRef('p1', 'refs/heads/main', base);
@@ -275,12 +288,7 @@ describe('CatchUp', () => {
 
     it('is reported after 3 failures in a row (logged once), and no longer once a catch-up succeeds', async () => {
       const { base } = laggingSelf();
-      w.setRef('p1', 'refs/heads/topic', base);
-      w.setRef('p2', 'refs/heads/topic', base);
-      // A file no git wrote sits where refs/heads/topic must go: every copy fails until it is gone.
-      const junk = path.join(w.dir('self'), 'refs', 'heads', 'topic', 'junk');
-      await fs.mkdir(path.dirname(junk), { recursive: true });
-      await fs.writeFile(junk, 'not a ref\n');
+      const blocked = await blockTopic(base);
       const catchUp = w.catchUp();
       const since = w.clock.now();
       for (let round = 1; round <= 4; round += 1) {
@@ -295,7 +303,7 @@ describe('CatchUp', () => {
       expect(Object.keys(w.allRefs('self')).filter((r) => r.startsWith('refs/quorum-fetch/'))).to.deep.equal([]);
       expect(w.logs.filter((l) => l.level === 'error' && l.message === 'replica is not converging')).to.have.length(1);
 
-      await fs.rm(path.dirname(junk), { recursive: true });
+      await fs.rm(blocked, { recursive: true });
       expect(await catchUp.request(REPO)).to.equal(true);
       expect(catchUp.notConverging()).to.deep.equal([]);
       expect(w.logs.filter((l) => l.level === 'info' && l.message === 'replica is converging again')).to.have.length(1);
@@ -303,12 +311,7 @@ describe('CatchUp', () => {
 
     it("a read's request after failures waits out a doubling backoff (1 s, 2 s, ... 30 s); the sync loop's does not", async () => {
       const { newer } = laggingSelf();
-      // Refs the copy must create land on a file no git wrote: every copy fails while it is there.
-      w.setRef('p1', 'refs/heads/topic', newer);
-      w.setRef('p2', 'refs/heads/topic', newer);
-      const junk = path.join(w.dir('self'), 'refs', 'heads', 'topic', 'junk');
-      await fs.mkdir(path.dirname(junk), { recursive: true });
-      await fs.writeFile(junk, 'not a ref\n');
+      const blocked = await blockTopic(newer);
       let runs = 0;
       const catchUp = w.catchUp({ beforeCopy: () => void (runs += 1) });
       expect(readRetryDelayMs(1)).to.equal(1000);
@@ -330,7 +333,7 @@ describe('CatchUp', () => {
       expect(runs).to.equal(3);
       expect(catchUp.notConverging().map((r) => r.failures)).to.deep.equal([3]);
 
-      await fs.rm(path.dirname(junk), { recursive: true });
+      await fs.rm(blocked, { recursive: true });
       w.clock.advance(4000);
       expect(await catchUp.nudge(REPO)).to.equal(true);
       expect(w.allRefs('self')['refs/heads/main']).to.equal(newer);
