@@ -88,6 +88,12 @@ export interface ConcurrentResult {
   error_codes: Record<string, number>;
 }
 
+/** What a failed git said: the nodes' own lines (`remote: quorum-git: ...`, the reason of a refused push) and git's last two. */
+function gitFailure(stderr: string): string {
+  const lines = stderr.trim().split('\n');
+  return [...lines.filter((l) => l.includes('quorum-git:')).slice(0, 2), ...lines.slice(-2)].join(' | ');
+}
+
 /** Every node's error answers so far by code (GET /metrics, quorum_git_http_errors_total), summed. */
 async function errorAnswers(urls: readonly string[]): Promise<Map<string, number>> {
   const counts = new Map<string, number>();
@@ -371,12 +377,12 @@ export async function benchPush(settings: PushSettings): Promise<PushResult> {
           let t0 = nowMs();
           const pushed = await run('git', ['push', '--quiet', p.url, `${sha}:refs/heads/main`], { env: clientEnv, cwd: p.dir, timeoutMs: PUSH_TIMEOUT_MS, allowFail: true });
           if (pushed.code === 0) p.pushMs.push(nowMs() - t0);
-          else p.errors.push(`push: ${pushed.stderr.trim().split('\n').slice(-2).join(' | ')}`);
+          else p.errors.push(`push: ${gitFailure(pushed.stderr)}`);
           const dest = path.join(work, `clone-conc${clients}-${kind}-${p.k}-${j}`);
           t0 = nowMs();
           const cloned = await run('git', ['clone', '--bare', '--quiet', p.url, dest], { env: clientEnv, timeoutMs: PUSH_TIMEOUT_MS, allowFail: true });
           if (cloned.code === 0) p.cloneMs.push(nowMs() - t0);
-          else p.errors.push(`clone: ${cloned.stderr.trim().split('\n').slice(-2).join(' | ')}`);
+          else p.errors.push(`clone: ${gitFailure(cloned.stderr)}`);
           await fs.rm(dest, { recursive: true, force: true });
         }
       }),
