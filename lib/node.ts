@@ -23,7 +23,8 @@ import { Gate, type Callers } from './http/authz.js';
 import { HttpApp } from './http/app.js';
 import { GitGateway } from './http/git-gateway.js';
 import { GitHttp } from './http/git-http.js';
-import { PKT_MAX_BYTES } from './http/git-rpc.js';
+import { PKT_MAX_BYTES } from './git/pkt-line.js';
+import { REF_UPDATE_BYTES } from './core/txn-core.js';
 import { Health, readiness, type Readiness } from './http/health.js';
 import { InternalApi } from './http/internal-api.js';
 import { ManagementApi, repoAccess } from './http/management-api.js';
@@ -38,7 +39,7 @@ const INLINE_PACK_MAX_BYTES = 512 * 1024;
 const FILE_SYSTEM_SYNC_PROBE_MS = 30_000;
 /** A push's commands: the same bound per ref as the hook's input, plus one pkt-line of slack. */
 function pushHeadBytes(config: Config): number {
-  return config.maxRefsPerPush * 300 + PKT_MAX_BYTES;
+  return config.maxRefsPerPush * REF_UPDATE_BYTES + PKT_MAX_BYTES;
 }
 
 /** Push options a push may send between its commands and its pack, for streaming its pack ahead. */

@@ -121,9 +121,12 @@ export class TxnDriver {
   readonly participant: Participant;
   private readonly options: TxnDriverOptions;
   private readonly active = new Map<string, ActiveTxn>();
-  private readonly selfCommitGates = new Map<string, Promise<boolean>>();
-  /** The quarantine of each push this node coordinates, by txn id, until its stage ran (RunTxnOptions.quarantine). */
-  private readonly quarantines = new Map<string, string>();
+  /**
+   * Each push this node coordinates, by txn id, until its own replica settled it: the gate its own
+   * commit waits for and, for a receive-pack that hands its refs to the node, its quarantine
+   * (RunTxnOptions.selfCommitGate, .quarantine).
+   */
+  private readonly ownPushes = new Map<string, { gate: Promise<boolean>; quarantine?: string }>();
   private readonly applying = new Map<string, Promise<Vote>>();
   /** Prepares being carried out, by txn id. */
   private readonly preparing = new Map<string, Promise<Vote>>();
@@ -189,8 +192,9 @@ export class TxnDriver {
     const nodes = this.nodes.filter((n) => !this.participant.isDead(n));
     const prepareTimeoutMs = timeouts.prepareTimeoutMs + (options.extraPrepareMs ?? 0);
     const coord = new (this.options.coordinatorTxn ?? CoordinatorTxn)({ txnId: options.txnId ?? newTxnId(), op, self, nodes, quorum, ...timeouts, prepareTimeoutMs });
-    if (options.selfCommitGate) this.selfCommitGates.set(coord.txnId, options.selfCommitGate);
-    if (options.quarantine !== undefined) this.quarantines.set(coord.txnId, options.quarantine);
+    if (options.selfCommitGate) {
+      this.ownPushes.set(coord.txnId, { gate: options.selfCommitGate, ...(options.quarantine === undefined ? {} : { quarantine: options.quarantine }) });
+    }
     return new Promise((resolve) => {
       const txn: ActiveTxn = {
         coord,
@@ -437,8 +441,7 @@ export class TxnDriver {
         // checked for stale locks).
         if (effect.op.kind === 'push') {
           if (effect.coordinator === this.options.self) {
-            const quarantine = this.quarantines.get(effect.txnId);
-            this.quarantines.delete(effect.txnId);
+            const quarantine = this.ownPushes.get(effect.txnId)?.quarantine;
             await store.stagePush(effect.txnId, effect.op.repoId, effect.op.updates, { own: true, ...(quarantine === undefined ? {} : { quarantine }) });
           } else {
             const inline = this.inlinePacks.get(effect.txnId);
@@ -449,7 +452,7 @@ export class TxnDriver {
       case 'apply': {
         const { op, txnId } = effect;
         if (op.kind === 'push') {
-          const gate = this.selfCommitGates.get(txnId);
+          const gate = this.ownPushes.get(txnId)?.gate;
           const prepared = gate ? await gate : true;
           await this.withRepo(op.repoId, () => store.applyPush(txnId, op.repoId, op.updates, op.head, prepared));
           this.options.afterWrite?.(op.repoId);
@@ -509,8 +512,7 @@ export class TxnDriver {
 
   forgetOutcome(txnId: string): void {
     this.localSettled.delete(txnId);
-    this.selfCommitGates.delete(txnId);
-    this.quarantines.delete(txnId);
+    this.ownPushes.delete(txnId);
   }
 
   /**
@@ -538,8 +540,7 @@ export class TxnDriver {
   }
 
   private settle(txnId: string, applied: boolean): void {
-    this.selfCommitGates.delete(txnId);
-    this.quarantines.delete(txnId);
+    this.ownPushes.delete(txnId);
     const entry = this.localSettled.get(txnId);
     if (entry) {
       entry.resolve(applied);
@@ -588,7 +589,7 @@ export class TxnDriver {
     for (const txn of this.participant.unapplied()) {
       if (this.applying.has(txn.txnId) || this.active.has(txn.txnId)) continue;
       // A push of our own coordinating waits for its receive-pack; any other is applied here.
-      if (this.selfCommitGates.has(txn.txnId)) continue;
+      if (this.ownPushes.has(txn.txnId)) continue;
       const vote = await this.reapply(txn.txnId);
       if (vote.vote === 'yes') settled += 1;
     }

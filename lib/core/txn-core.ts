@@ -49,6 +49,13 @@ import type { RepoSettings } from './repo-settings.js';
 export type NodeId = string;
 export const ZERO_OID = '0000000000000000000000000000000000000000';
 
+/**
+ * Bytes one ref update may take on average ("<old> <new> <ref>": two object ids and a ref name),
+ * bounding a push's command list wherever it arrives: the request head, the pre-receive hook's body,
+ * a prepare, the proc-receive exchange.
+ */
+export const REF_UPDATE_BYTES = 300;
+
 /** One ref change of a push, as git's pre-receive hook reports it. */
 export interface RefUpdate {
   ref: string;

@@ -212,8 +212,8 @@ export async function applyUpdates(repoPath: string, updates: readonly RefUpdate
 /**
  * Throws if a ref of `refs` stays locked (a `<ref>.lock` file) for `waitMs`: the coordinator's own
  * replica of a push of few refs is moved by receive-pack after the hook, and a lock left there by a
- * crashed git would make it refuse the push after the peers had committed it. A git that holds a lock for a moment (gc
- * packing refs) lets go well within the wait, as git's own lock retry expects.
+ * crashed git would make it refuse the push after the peers had committed it. A git that holds a
+ * lock for a moment (gc packing refs) lets go well within the wait, as git's own lock retry expects.
  */
 export async function expectRefsUnlocked(repoPath: string, refs: readonly string[], waitMs: number, clock: Clock): Promise<void> {
   const deadline = clock.now() + waitMs;
@@ -462,17 +462,17 @@ export async function deleteRefsUnder(repoPath: string, prefix: string): Promise
  * and no packed-refs line naming one. Anything it cannot read counts as "may".
  */
 async function mayHoldRefsUnder(repoPath: string, prefix: string): Promise<boolean> {
-  const absent = (err: unknown): boolean => ['ENOENT', 'ENOTDIR'].includes((err as NodeJS.ErrnoException).code ?? '');
   try {
     await fs.stat(path.join(repoPath, prefix));
     return true;
   } catch (err) {
-    if (!absent(err)) return true;
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== 'ENOENT' && code !== 'ENOTDIR') return true;
   }
   try {
-    return (await fs.readFile(path.join(repoPath, 'packed-refs'), 'latin1')).includes(` ${prefix}`);
-  } catch (err) {
-    return !absent(err);
+    return [...(await readPackedRefs(repoPath)).keys()].some((ref) => ref.startsWith(prefix));
+  } catch {
+    return true;
   }
 }
 

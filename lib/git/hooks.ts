@@ -60,36 +60,39 @@ export async function installHooks(dataDir: string, host: string, port: number, 
   await fs.writeFile(authFile, `${SECRET_HEADER}: ${secret}\n`, { mode: 0o600 });
   await fs.chmod(authFile, 0o600);
   const quote = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
+  // The hooks' shared lines: their setup, reading the node's status line and headers, and printing
+  // the node's answer for git to relay as `remote:` lines.
+  const prelude = `LC_ALL=C
+fail() { echo "quorum-git: $1" >&2; exit 1; }`;
+  const readAnswerHead = `IFS=' ' read -r -t ${HOOK_TIMEOUT_S} _ status _ <&3 || fail 'the local node stopped answering; fetch to see whether the push landed, then push again'
+while IFS= read -r -t ${HOOK_TIMEOUT_S} line <&3 && [ "\${line%$'\\r'}" != '' ]; do :; done`;
+  const answerToStderr = `while IFS= read -r -t ${HOOK_TIMEOUT_S} line <&3 || [ -n "$line" ]; do printf '%s\\n' "$line" >&2; done`;
   const preReceive = `#!/bin/bash
 # quorum-git pre-receive hook, written by the node at start; edits are overwritten.
 # Hands this push to the local node, which commits it on a quorum of nodes before any ref moves.
-LC_ALL=C
-fail() { echo "quorum-git: $1" >&2; exit 1; }
+${prelude}
 IFS= read -r -d '' updates
 IFS= read -r auth < ${quote(authFile)} || fail 'the hook cannot read its credentials; nothing was changed'
 { exec 3<>/dev/tcp/${host}/${port}; } 2>/dev/null || fail 'the local node did not answer; nothing was changed'
 printf 'POST ${HOOK_PATH} HTTP/1.0\\r\\nhost: ${host}\\r\\n%s\\r\\n${REQUEST_ID_HEADER}: %s\\r\\nx-git-dir: %s\\r\\nx-quarantine: %s\\r\\nx-receive-pack-pid: %s\\r\\ncontent-type: text/plain\\r\\ncontent-length: %d\\r\\n\\r\\n%s' \\
   "$auth" "\${${REQUEST_ID_ENV}:-}" "$PWD" "\${GIT_QUARANTINE_PATH:-}" "$PPID" "\${#updates}" "$updates" >&3 2>/dev/null || fail 'the local node did not answer; nothing was changed'
 # Once the push was handed over, a silent node may have committed it on other nodes before it stopped.
-IFS=' ' read -r -t ${HOOK_TIMEOUT_S} _ status _ <&3 || fail 'the local node stopped answering; fetch to see whether the push landed, then push again'
-while IFS= read -r -t ${HOOK_TIMEOUT_S} line <&3 && [ "\${line%$'\\r'}" != '' ]; do :; done
-while IFS= read -r -t ${HOOK_TIMEOUT_S} line <&3 || [ -n "$line" ]; do printf '%s\\n' "$line" >&2; done
+${readAnswerHead}
+${answerToStderr}
 [ "$status" = 200 ]
 `;
   const procReceive = `#!/bin/bash
 # quorum-git proc-receive hook, written by the node at start; edits are overwritten.
 # Once the pushed objects are in place, lets the local node move the refs: the node speaks the
 # proc-receive protocol with receive-pack itself (lib/git/proc-receive.ts), this hook relays bytes.
-LC_ALL=C
-fail() { echo "quorum-git: $1" >&2; exit 1; }
+${prelude}
 IFS= read -r auth < ${quote(authFile)} || fail 'the hook cannot read its credentials; the push may be committed on other nodes: fetch to see whether it landed'
 { exec 3<>/dev/tcp/${host}/${port}; } 2>/dev/null || fail 'the local node did not answer; the push may be committed on other nodes: fetch to see whether it landed'
 printf 'GET ${PROC_RECEIVE_PATH} HTTP/1.1\\r\\nhost: ${host}\\r\\n%s\\r\\n${REQUEST_ID_HEADER}: %s\\r\\nx-receive-pack-pid: %s\\r\\nconnection: Upgrade\\r\\nupgrade: ${PROC_RECEIVE_UPGRADE}\\r\\n\\r\\n' \\
   "$auth" "\${${REQUEST_ID_ENV}:-}" "$PPID" >&3 2>/dev/null || fail 'the local node did not answer; the push may be committed on other nodes: fetch to see whether it landed'
-IFS=' ' read -r -t ${HOOK_TIMEOUT_S} _ status _ <&3 || fail 'the local node stopped answering; fetch to see whether the push landed, then push again'
-while IFS= read -r -t ${HOOK_TIMEOUT_S} line <&3 && [ "\${line%$'\\r'}" != '' ]; do :; done
+${readAnswerHead}
 if [ "$status" != 101 ]; then
-  while IFS= read -r -t ${HOOK_TIMEOUT_S} line <&3 || [ -n "$line" ]; do printf '%s\\n' "$line" >&2; done
+  ${answerToStderr}
   exit 1
 fi
 cat <&3 &

@@ -1,5 +1,7 @@
 import type { Duplex } from 'node:stream';
 import type { Clock } from '../base/clock.js';
+import { REF_UPDATE_BYTES } from '../core/txn-core.js';
+import { FLUSH_PKT, MAX_PKT_PAYLOAD, pktLine } from './pkt-line.js';
 
 // git's proc-receive hook protocol (githooks(5), "proc-receive"), spoken by the node itself with
 // receive-pack. The hook (lib/git/hooks.ts) only opens a connection to the node, upgrades it and
@@ -15,9 +17,6 @@ import type { Clock } from '../base/clock.js';
 /** The Upgrade token of the hook's request (HTTP/1.1 upgrade, as WebSockets do it). */
 export const PROC_RECEIVE_UPGRADE = 'quorum-git-proc-receive';
 
-/** A pkt-line's payload is at most this long (git's LARGE_PACKET_DATA_MAX). */
-const MAX_PAYLOAD = 65516;
-
 export interface ProcReceiveOptions {
   clock: Clock;
   /** The whole exchange must be over within this (the socket is destroyed otherwise). */
@@ -26,8 +25,6 @@ export interface ProcReceiveOptions {
   maxCommands: number;
 }
 
-/** Bytes a command may take on average (two object ids and a ref name; the pre-receive hook's body has the same bound). */
-const COMMAND_BYTES = 300;
 
 /** Reads pkt-lines from a stream: a payload, or null for a flush-pkt. */
 class PktReader {
@@ -64,7 +61,7 @@ class PktReader {
           this.buffer = this.buffer.subarray(4);
           return null;
         }
-        if (length < 5 || length - 4 > MAX_PAYLOAD) throw new Error(`bad pkt-line length ${length}`);
+        if (length < 5 || length - 4 > MAX_PKT_PAYLOAD) throw new Error(`bad pkt-line length ${length}`);
         if (this.buffer.length >= length) {
           const payload = this.buffer.subarray(4, length);
           this.buffer = this.buffer.subarray(length);
@@ -88,15 +85,6 @@ class PktReader {
   }
 }
 
-/** `text` as one pkt-line. */
-export function pktLine(text: string): Buffer {
-  const payload = Buffer.from(text, 'utf8');
-  if (payload.length > MAX_PAYLOAD) throw new Error('pkt-line payload too long');
-  return Buffer.concat([Buffer.from((payload.length + 4).toString(16).padStart(4, '0'), 'latin1'), payload]);
-}
-
-const FLUSH = Buffer.from('0000', 'latin1');
-
 /**
  * Serves one proc-receive exchange on `socket` (`head`: bytes that came with the upgrade). `report`
  * gets receive-pack's commands ("<old> <new> <ref>" lines) and answers one "ok <ref>" or
@@ -104,21 +92,21 @@ const FLUSH = Buffer.from('0000', 'latin1');
  * then fails every ref with "proc-receive failed to report status".
  */
 export async function serveProcReceive(socket: Duplex, head: Buffer, report: (commands: string[]) => Promise<string[]>, options: ProcReceiveOptions): Promise<void> {
-  const reader = new PktReader(socket, head, 1024 + options.maxCommands * COMMAND_BYTES);
+  const reader = new PktReader(socket, head, 1024 + options.maxCommands * REF_UPDATE_BYTES);
   const timer = options.clock.setTimeout(() => socket.destroy(new Error(`the proc-receive exchange took over ${options.timeoutMs} ms`)), options.timeoutMs);
   try {
     const version = await reader.next();
     const line = version?.toString('latin1').split('\0')[0]!.replace(/\n$/, '');
     if (line !== 'version=1') throw new Error(`receive-pack speaks proc-receive ${JSON.stringify(line ?? 'flush')}, not version=1`);
     if ((await reader.next()) !== null) throw new Error('no flush after the version');
-    socket.write(Buffer.concat([pktLine('version=1\n'), FLUSH]));
+    socket.write(Buffer.concat([pktLine('version=1\n'), FLUSH_PKT]));
     const commands: string[] = [];
     for (let pkt = await reader.next(); pkt !== null; pkt = await reader.next()) {
       if (commands.length >= options.maxCommands) throw new Error(`more than ${options.maxCommands} ref updates`);
       commands.push(pkt.toString('utf8').replace(/\n$/, ''));
     }
     const lines = await report(commands);
-    socket.end(Buffer.concat([...lines.map((l) => pktLine(`${l}\n`)), FLUSH]));
+    socket.end(Buffer.concat([...lines.map((l) => pktLine(`${l}\n`)), FLUSH_PKT]));
   } catch (err) {
     socket.destroy();
     throw err;

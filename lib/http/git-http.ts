@@ -9,6 +9,7 @@ import { advertisementHasServiceLine, gitProtocolEnv } from './git-protocol.js';
 import { GitSlots, RequestHeadScanner, bodyDecoding, type GitSlot } from './git-rpc.js';
 import { REQUEST_ID_ENV, handRefsToNode } from '../git/hooks.js';
 import { BULK_REF_UPDATES } from '../git/ref-txn.js';
+import { FLUSH_PKT, pktLine } from '../git/pkt-line.js';
 import type { Logger } from '../base/logger.js';
 import { REQUEST_ID_HEADER } from '../base/headers.js';
 import type { GitService } from './router.js';
@@ -139,7 +140,7 @@ export class GitHttp {
     pending.setHeader('expires', 'Fri, 01 Jan 1980 00:00:00 GMT');
     pending.setHeader('pragma', 'no-cache');
     pending.setHeader('cache-control', 'no-cache, max-age=0, must-revalidate');
-    if (advertisementHasServiceLine(gitProtocol)) pending.write(`${pktLine(`# service=git-${service}\n`)}0000`);
+    if (advertisementHasServiceLine(gitProtocol)) pending.write(Buffer.concat([pktLine(`# service=git-${service}\n`), FLUSH_PKT]));
     const child = spawn('git', [service, '--stateless-rpc', '--advertise-refs', dir], {
       stdio: ['ignore', 'pipe', 'pipe'],
       ...(gitProtocol === undefined ? {} : { env: { ...process.env, GIT_PROTOCOL: gitProtocol } }),
@@ -175,10 +176,9 @@ export class GitHttp {
   async admit(req: http.IncomingMessage, res: http.ServerResponse, service: GitService, client: string, log: Logger): Promise<{ slot: GitSlot } | { refused: Promise<void> }> {
     const { slot: waited, cancel } = this.slots.acquire(client);
     // A client that goes away while it waits leaves the queue; nothing is answered to it.
-    const gone = (): void => cancel();
-    res.once('close', gone);
+    res.once('close', cancel);
     const slot = await waited;
-    res.off('close', gone);
+    res.off('close', cancel);
     if (res.destroyed || res.writableEnded) {
       if (!('refused' in slot)) slot.release();
       return { refused: Promise.resolve() };
@@ -437,11 +437,6 @@ export class GitHttp {
   killAll(): void {
     for (const child of [...this.running, ...this.advertising]) child.kill('SIGTERM');
   }
-}
-
-/** One pkt-line (gitprotocol-common(5)): four hex digits of length, the payload's own four included. */
-function pktLine(payload: string): string {
-  return `${(Buffer.byteLength(payload) + 4).toString(16).padStart(4, '0')}${payload}`;
 }
 
 /**

@@ -3,6 +3,7 @@ import type { TrustedProxy } from '../base/config.js';
 import { plainAddress } from './connection-cap.js';
 import type { GitService } from './router.js';
 import type { Clock } from '../base/clock.js';
+import { PKT_MAX_BYTES } from '../git/pkt-line.js';
 
 // The head of a smart-HTTP RPC request body, checked before git sees it. Pure: bytes in, a verdict
 // out; no I/O. Linear in the bytes fed and bounded in what it keeps (at most one pkt-line prefix).
@@ -19,7 +20,6 @@ import type { Clock } from '../base/clock.js';
 // node-git-server matched a regular expression over the raw first chunk instead: quadratic on junk
 // (64 KB of 'a' held the event loop ~5 s). Here every byte is looked at once, and the head is capped.
 
-export const PKT_MAX_BYTES = 65520;
 /** Bytes of the first payload compared with what the service expects. */
 const FIRST_LINE_PREFIX_BYTES = 140;
 

@@ -16,7 +16,7 @@ import type { PushService } from '../cluster/push-service.js';
 import type { TxnDriver } from '../cluster/txn-driver.js';
 import { QuorumGitError } from '../core/errors.js';
 import { STAGE_ID } from '../core/repo-id.js';
-import { compareVersions, type NodeId, type TxnMessage } from '../core/txn-core.js';
+import { REF_UPDATE_BYTES, compareVersions, type NodeId, type TxnMessage } from '../core/txn-core.js';
 import type { RepoStore } from '../storage/repo-store.js';
 import { auditPush, auditUpdates, type AuditWho } from './audit.js';
 import type { GitHttp } from './git-http.js';
@@ -53,8 +53,8 @@ export async function repoState(
   const state = { repo_id: repoId, live, ...reported };
   if ((!want.refs && !want.digest) || !live) return state;
   // Mid-transaction, refs and version can disagree for a moment (the coordinator's refs move when
-  // receive-pack's proc-receive hook asks, before we log the commit): no refs or digest then, or a catch-up could label newer refs with an older
-  // version. The caller tries again on its next round.
+  // receive-pack's proc-receive hook asks, before we log the commit): no refs or digest then, or a
+  // catch-up could label newer refs with an older version. The caller tries again on its next round.
   if (driver.participant.lockedBy(repoId) !== undefined) return state;
   // Read under the repo's queue so refs and version belong together.
   const { version, refs, head, digest } = await repoDigest(driver, store, repoId, want.refs ? 'refs' : 'digest');
@@ -121,7 +121,7 @@ export class InternalApi {
       }
       case 'internalTxn': {
         // A push's prepare lists every ref update: bounded by the refs-per-push limit, not the API's.
-        const limit = config.maxRefsPerPush * 300 + Math.ceil(this.options.inlinePackMaxBytes * 1.4);
+        const limit = config.maxRefsPerPush * REF_UPDATE_BYTES + Math.ceil(this.options.inlinePackMaxBytes * 1.4);
         const expected = target.step === 'prepare' ? 'prepare' : target.step === 'commit' ? 'commitTxn' : 'abortTxn';
         const { msg, inlineFiles } = parseTxnMessage(parseJson(await readBody(req, limit)), expected, {
           maxRefsPerPush: config.maxRefsPerPush,
@@ -135,7 +135,7 @@ export class InternalApi {
         return send(res, 200, await driver.handleQuery(target.txnId, target.refuse, target.asCoordinator));
       case 'internalHook': {
         if (target.hook === 'proc-receive') throw new QuorumGitError('invalid_body', `this route takes an upgrade to ${PROC_RECEIVE_UPGRADE} (the proc-receive hook's)`);
-        const body = await readBody(req, config.maxRefsPerPush * 300);
+        const body = await readBody(req, config.maxRefsPerPush * REF_UPDATE_BYTES);
         const pid = Number(req.headers['x-receive-pack-pid']);
         // From here the push may be committed anywhere: its receive-pack must not be killed when its client goes away.
         if (Number.isInteger(pid) && pid > 0) this.options.gitHttp.markHookStarted(pid);

@@ -12,8 +12,8 @@ import type { RefUpdate } from '../core/txn-core.js';
 // (spec/unit/sim.ts) runs the real driver over an in-memory replica with the same contract:
 // - every step is idempotent per txnId (a restart replays decided transactions);
 // - stagePush locks a push's refs until applyPush or discard, on the peers and, when receive-pack
-//   hands its refs to the node (a push of many refs), on the coordinator; a crash loses those locks (git aborts the open transaction when its stdin closes) but never refs
-//   already moved;
+//   hands its refs to the node (a push of many refs), on the coordinator; a crash loses those locks
+//   (git aborts the open transaction when its stdin closes) but never refs already moved;
 // - applyPush without a held transaction, or told the held one may not be committed, applies the
 //   updates afresh (refs already at their new values are left alone).
 

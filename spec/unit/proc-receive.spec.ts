@@ -1,7 +1,8 @@
 import { expect } from 'chai';
 import { Duplex } from 'node:stream';
 import { ManualClock } from '../support/manual-clock.js';
-import { pktLine, serveProcReceive } from '../../lib/git/proc-receive.js';
+import { pktLine } from '../../lib/git/pkt-line.js';
+import { serveProcReceive } from '../../lib/git/proc-receive.js';
 
 // The node's side of git's proc-receive hook protocol (githooks(5)), spoken over the connection the
 // hook relays: the version exchange (receive-pack's line carries a NUL and capabilities), the
