@@ -192,7 +192,12 @@ export interface RunResult {
   ms: number;
 }
 
-/** Runs a command to completion with a timeout; rejects on non-zero exit unless `allowFail`. */
+/**
+ * Runs a command to completion with a timeout; rejects on non-zero exit unless `allowFail`. The
+ * command leads a process group of its own, and the timeout kills the group: a child it started
+ * (git push's git-remote-http, blocked on a connection nobody answers) would otherwise keep its
+ * output open after it was killed, and the run would wait for ever.
+ */
 export function run(
   command: string,
   args: string[],
@@ -201,8 +206,12 @@ export function run(
   const timeoutMs = options.timeoutMs ?? 120_000;
   return new Promise((resolve, reject) => {
     const started = process.hrtime.bigint();
-    const child = spawn(command, args, { cwd: options.cwd, env: options.env ?? process.env, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(command, args, { cwd: options.cwd, env: options.env ?? process.env, stdio: ['pipe', 'pipe', 'pipe'], detached: true });
     children.add(child);
+    if (child.pid !== undefined) {
+      groups.add(child);
+      groupPids.add(child.pid);
+    }
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     child.stdout!.on('data', (c: Buffer) => out.push(c));
@@ -212,16 +221,19 @@ export function run(
     let timedOut = false;
     const timer = setTimeout(() => {
       timedOut = true;
-      killHard(child);
+      signal(child, 'SIGKILL');
     }, timeoutMs);
     child.once('error', (e) => {
       clearTimeout(timer);
       children.delete(child);
       reject(new Error(`${command}: ${e.message}`));
     });
-    child.once('close', (code, signal) => {
+    child.once('close', (code, sig) => {
       clearTimeout(timer);
       children.delete(child);
+      // Whatever the command left running in its group goes with it.
+      signal(child, 'SIGKILL');
+      if (child.pid !== undefined) groupPids.delete(child.pid);
       const result: RunResult = {
         code: code ?? -1,
         stdout: Buffer.concat(out).toString('utf8'),
@@ -230,7 +242,7 @@ export function run(
       };
       if (timedOut) reject(new Error(`${command} ${args.join(' ')}: timed out after ${timeoutMs} ms`));
       else if (result.code !== 0 && !options.allowFail) {
-        reject(new Error(`${command} ${args.join(' ')} exited ${signal ?? code}: ${result.stderr.trim().slice(-2000)}`));
+        reject(new Error(`${command} ${args.join(' ')} exited ${sig ?? code}: ${result.stderr.trim().slice(-2000)}`));
       } else resolve(result);
     });
   });
