@@ -145,7 +145,15 @@ export interface PushResult {
   json: {
     full_push_3: FullPushResult;
     full_push_2?: FullPushResult;
-    small_push: PairResult & { coordinator_s: number[]; coordinator_median_s: number; coordinator_ratio: number };
+    small_push: PairResult & {
+      coordinator_s: number[];
+      coordinator_median_s: number;
+      coordinator_ratio: number;
+      /** http-backend with its refs packed (pack-refs --all), as the nodes' housekeeping packs them. */
+      packed_http_backend_s: number[];
+      packed_http_backend_median_s: number;
+      packed_ratio: number;
+    };
     bulk_branches?: PairResult & { branches: number };
     concurrent: Array<{ node: ConcurrentResult; http_backend: ConcurrentResult }>;
     [key: string]: unknown;
@@ -281,7 +289,13 @@ export async function benchPush(settings: PushSettings): Promise<PushResult> {
     { name: 'node, round-robin', key: 'spread', times: [], url: (i) => `${cluster3.urls[i % cluster3.urls.length]}/${spreadRepo.repoId}.git`, repoId: spreadRepo.repoId },
     { name: `node, coordinator ${cluster3.nodes[direct.coordinator]!.serverId}`, key: 'direct', times: [], url: () => direct.url, repoId: direct.repoId },
     { name: 'nginx+git-http-backend', key: 'http', times: [], url: () => full3.http[full3.http.length - 1]! },
+    // Beside the headline: the same server with its refs packed, as every node's housekeeping packs a
+    // repo's many loose refs (lib/git/maintenance.ts) and http-backend's repos (no gc --auto finds work
+    // after one push) keep them loose: how much of the gap is that housekeeping.
+    { name: 'http-backend, refs packed', key: 'http-packed', times: [], url: () => packedHttp },
   ];
+  const packedHttp = full3.http[full3.http.length - 2]!;
+  await git(['pack-refs', '--all'], { ...serverGitEnv, GIT_DIR: path.join(projectRoot, packedHttp.slice(backend.url.length + 1)) });
   const notes = path.join(wc, 'bench-notes.txt');
   for (let i = 0; i <= smallRuns; i += 1) {
     await fs.appendFile(notes, `small push ${i}\n`);
@@ -302,7 +316,16 @@ export async function benchPush(settings: PushSettings): Promise<PushResult> {
   }
   const smallOf = (key: string): number[] => smallTargets.find((t) => t.key === key)!.times;
   const smallDirect = pair(smallOf('direct'), smallOf('http'));
-  const small = { ...pair(smallOf('spread'), smallOf('http')), coordinator_s: smallDirect.node_s, coordinator_median_s: smallDirect.node_median_s, coordinator_ratio: smallDirect.ratio };
+  const smallPacked = pair(smallOf('spread'), smallOf('http-packed'));
+  const small = {
+    ...pair(smallOf('spread'), smallOf('http')),
+    coordinator_s: smallDirect.node_s,
+    coordinator_median_s: smallDirect.node_median_s,
+    coordinator_ratio: smallDirect.ratio,
+    packed_http_backend_s: smallPacked.http_backend_s,
+    packed_http_backend_median_s: smallPacked.http_backend_median_s,
+    packed_ratio: smallPacked.ratio,
+  };
 
   // ---- c. many new branches in one push -----------------------------------------------------------
   // Into the first repos of a. (the fixture, untouched by b.); each run's branches have new names and
@@ -461,6 +484,7 @@ export async function benchPush(settings: PushSettings): Promise<PushResult> {
   }
   rows.push(row('b. 1-commit push, round-robin', smallRuns, small.node_median_s, small.http_backend_median_s, PUSH_TARGETS.small));
   rows.push(row('b. 1-commit push, coordinator', smallRuns, small.coordinator_median_s, small.http_backend_median_s));
+  rows.push(row('b. 1-commit push, round-robin, vs http-backend with refs packed', smallRuns, small.node_median_s, small.packed_http_backend_median_s));
   if (bulk) rows.push(row(`c. ${bulk.branches} new branches, round-robin`, runs, bulk.node_median_s, bulk.http_backend_median_s, PUSH_TARGETS.bulk));
   let report =
     '\n' +

@@ -237,6 +237,7 @@ async function main(): Promise<void> {
     'full push vs http-backend fsyncing refs as the nodes do, 3 nodes, round-robin',
     '1-commit push vs http-backend, 3 nodes, round-robin',
     '1-commit push vs http-backend, 3 nodes, coordinator',
+    '1-commit push vs http-backend with refs packed, 3 nodes, round-robin',
     `${size.bulkBranches} new branches in one push, 3 nodes, round-robin`,
     ...size.concurrencies.map((c) => `${c} concurrent clients, push + clone, 3 nodes`),
   ];
@@ -259,8 +260,9 @@ async function main(): Promise<void> {
       ratioRow(pushNames[2]!, 'median s', full.fsync_http_backend_s, full.node_s, undefined, `beside the headline: the baseline's repos fsync refs (core.fsync=${GIT_FSYNC}), as every node's do; git's default does not`),
       ratioRow(pushNames[3]!, 'median s', small.http_backend_s, small.node_s, PUSH_TARGETS.small, `fast-forward of main by one commit, ${size.smallRuns} runs`),
       ratioRow(pushNames[4]!, 'median s', small.http_backend_s, small.coordinator_s, undefined, 'beside the headline: straight to the coordinator'),
+      ratioRow(pushNames[5]!, 'median s', small.packed_http_backend_s, small.node_s, undefined, "beside the headline: the baseline's refs packed (pack-refs --all), as every node's housekeeping packs a repo's many loose refs; after one push http-backend's stay loose"),
     ];
-    if (bulk) out.push(ratioRow(pushNames[5]!, 'median s', bulk.http_backend_s, bulk.node_s, PUSH_TARGETS.bulk, 'refs only, onto the fixture'));
+    if (bulk) out.push(ratioRow(pushNames[6]!, 'median s', bulk.http_backend_s, bulk.node_s, PUSH_TARGETS.bulk, 'refs only, onto the fixture'));
     for (const c of r.json.concurrent) out.push(concurrentRow(c.node, c.http_backend));
     return out;
   });

@@ -138,6 +138,42 @@ export async function readRefFiles(repoPath: string): Promise<Record<string, str
   return refs;
 }
 
+/**
+ * How many loose ref files the repo holds under refs/, counted up to `limit` (the walk stops there:
+ * a repo of a million loose refs is not listed to learn that it holds more than a hundred). Lock
+ * files are not refs. Maintenance packs the refs beyond a threshold (lib/git/maintenance.ts).
+ */
+export async function countLooseRefs(repoPath: string, limit: number): Promise<number> {
+  let count = 0;
+  const walk = async (dir: string): Promise<void> => {
+    let entries: Dirent[];
+    try {
+      entries = await fs.readdir(path.join(repoPath, dir), { withFileTypes: true });
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ENOTDIR') return;
+      throw err;
+    }
+    for (const entry of entries) {
+      if (count >= limit) return;
+      if (entry.isDirectory()) await walk(`${dir}/${entry.name}`);
+      else if (entry.isFile() && !entry.name.endsWith('.lock')) count += 1;
+    }
+  };
+  await walk('refs');
+  return count;
+}
+
+/** The size of the repo's packed-refs file in bytes (0 when it has none). */
+export async function packedRefsBytes(repoPath: string): Promise<number> {
+  try {
+    return (await fs.stat(path.join(repoPath, 'packed-refs'))).size;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 0;
+    throw err;
+  }
+}
+
 function pick(all: Record<string, string>, refs: readonly string[]): Record<string, string> {
   const out: Record<string, string> = {};
   for (const ref of refs) if (all[ref] !== undefined) out[ref] = all[ref];

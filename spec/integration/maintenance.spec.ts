@@ -2,11 +2,13 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'chai';
 import { Cluster, GitClient, eventually, type TestNode, withCluster } from '../support/cluster.js';
+import { countLooseRefs } from '../../lib/git/git-refs.js';
 import { cloneLocal, commitFile, createRepo, diskState, expectFsckClean, expectPushed, repoVersion } from '../support/push-helpers.js';
 
 // Housekeeping: receive-pack runs no gc inside a push; every replica runs `git gc --auto` on a repo
 // once it has been quiet for GC_DELAY_MS. Each push leaves one more pack on every replica (peers
-// install the shipped pack as is), so without it a peer would collect packs without end.
+// install the shipped pack as is), so without it a peer would collect packs without end. A write
+// that leaves many loose refs has them packed on every replica soon after, quiet or not.
 
 describe('background gc on every replica (3-node cluster)', function () {
   let cluster: Cluster;
@@ -65,5 +67,44 @@ describe('background gc on every replica (3-node cluster)', function () {
     const next = await commitFile(git, work, 'n.txt', 'after gc\n');
     expectPushed(await git.run(['push', n1.gitUrl(repoId), 'HEAD:refs/heads/main'], { cwd: work }));
     await expectSettled(repoId, { 'refs/heads/main': next });
+  });
+});
+
+// Without the gc (its quiet time is ten minutes here), so only the ref check can have packed them.
+describe('packed refs on every replica (3-node cluster)', function () {
+  let cluster: Cluster;
+  let git: GitClient;
+  let n1: TestNode;
+  withCluster(3, { env: { GC_DELAY_MS: '600000' } }, (c, g) => {
+    [cluster, git] = [c, g];
+    n1 = c.nodes[0]!;
+  });
+
+  it('packs the refs of a push of many branches on every replica soon after it lands', async function () {
+    this.timeout(120_000);
+    const repoId = 'gc/many-refs';
+    await createRepo(cluster, n1, repoId);
+    const work = await cloneLocal(git, n1, repoId, 'gc-refs');
+    const tip = await commitFile(git, work, 'a.txt', 'a\n');
+    const lines = Array.from({ length: 40 }, (_, i) => `create refs/heads/topic/b${String(i).padStart(2, '0')} ${tip}`);
+    await git.ok(['update-ref', '--stdin'], { cwd: work, input: `${lines.join('\n')}\n` });
+    expectPushed(await git.run(['push', n1.gitUrl(repoId), 'HEAD:refs/heads/main', 'refs/heads/topic/*:refs/heads/topic/*'], { cwd: work }));
+    const expected: Record<string, string> = { 'refs/heads/main': tip };
+    for (let i = 0; i < 40; i += 1) expected[`refs/heads/topic/b${String(i).padStart(2, '0')}`] = tip;
+    // Every replica holds the 41 refs, none of them a loose file any more (they are in packed-refs),
+    // and git reads them all as before.
+    await eventually(async () => {
+      for (const node of cluster.nodes) {
+        expect(await countLooseRefs(node.repoDir(repoId), 100), `${node.serverId} loose refs`).to.equal(0);
+        expect((await diskState(git, node, repoId)).refs, node.serverId).to.deep.equal(expected);
+      }
+    }, 30_000);
+    // A push after the packing moves a packed ref as usual (it is a loose file again, until more come).
+    const next = await commitFile(git, work, 'a.txt', 'b\n');
+    expectPushed(await git.run(['push', n1.gitUrl(repoId), 'HEAD:refs/heads/topic/b07'], { cwd: work }));
+    await eventually(async () => {
+      for (const node of cluster.nodes) expect((await diskState(git, node, repoId)).refs, node.serverId).to.deep.equal({ ...expected, 'refs/heads/topic/b07': next });
+    }, 30_000);
+    for (const node of cluster.nodes) await expectFsckClean(git, node, repoId);
   });
 });
