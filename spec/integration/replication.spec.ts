@@ -226,9 +226,14 @@ describe('replicated pushes (3-node cluster)', function () {
       }
       for (const node of cluster.nodes) expect(await repoVersion(node, repoId)).to.deep.include({ generation: 1 });
       // The pack went to nodes 1 and 3 while the client was still sending it: the hook shipped
-      // only its index, and each of them took its streamed copy as the push's pack.
+      // only its index, and each of them took its streamed copy as the push's pack. The log line
+      // counts the copies taken before the client heard back: node 1 (which also carries the push
+      // to node 2) can be the slower peer, vote after the quorum was reached and take its copy a
+      // moment later (seen 1 run in 3 on a faster machine); the metric, read once every node has
+      // the commit, counts both.
       const committed = n2.logText().split('\n').filter((l) => l.includes('"push committed"') && l.includes(`"repo_id":"${repoId}"`));
-      expect(committed.map((l) => (JSON.parse(l) as { streamed_ahead?: number }).streamed_ahead)).to.deep.equal([2]);
+      expect(committed).to.have.length(1);
+      expect((JSON.parse(committed[0]!) as { streamed_ahead?: number }).streamed_ahead).to.be.oneOf([1, 2]);
       const shipped = await packShipments(n2);
       expect(shipped.streamed - shippedBefore.streamed, 'packs taken from the stream (metric)').to.equal(2);
       expect(shipped.uploaded - shippedBefore.uploaded, 'packs uploaded (metric)').to.equal(0);
