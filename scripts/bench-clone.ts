@@ -1,5 +1,6 @@
 import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
+import { countLooseRefs } from '../lib/git/git-refs.js';
 import {
   createRepo,
   envInt,
@@ -26,8 +27,9 @@ import { formatKiB } from './gen-fixture.js';
 //
 // 1. the fixture (.bench/fixture.git, made by gen-fixture if missing) is pushed into a fresh repo on a
 //    3-node cluster, through node-1;
-// 2. node-1's copy of the repo is copied into a project root served by git-http-backend, so both
-//    servers read the very same pack files (same bitmaps or none);
+// 2. node-1's copy of the repo (once its housekeeping has packed the pushed refs) is copied into a
+//    project root served by git-http-backend, so both servers read the very same files (same packs,
+//    bitmaps or none, packed refs);
 // 3. `git clone --bare -q` from each, alternating, one warm-up each and RUNS (default 5) timed runs;
 //    the clones from the cluster go round-robin over its nodes (run i to node i mod 3), as clients behind
 //    a load balancer would reach it.
@@ -83,6 +85,9 @@ export async function benchClone(settings: CloneSettings): Promise<CloneResult> 
   // The node keeps each repo at <data dir>/repos/<owner>/<name>.git (lib/storage/repo-store.ts).
   const nodeRepoPath = path.join(pushNode.dataDir, 'repos', `${REPO_ID}.git`);
   if (!existsSync(nodeRepoPath)) throw new Error(`cannot find ${pushNode.serverId}'s copy of ${REPO_ID} at ${nodeRepoPath}`);
+  // Copied once the node's housekeeping has packed the pushed refs (lib/git/maintenance.ts): a copy
+  // taken while pack-refs prunes the loose ones fails, or misses refs.
+  await waitFor(`${pushNode.serverId} to pack the pushed refs`, async () => (await countLooseRefs(nodeRepoPath, 1)) === 0, 30_000, 100);
   const projectRoot = path.join(work, 'git-root');
   const servedCopy = path.join(projectRoot, `${REPO_ID}.git`);
   await fs.mkdir(path.dirname(servedCopy), { recursive: true });
