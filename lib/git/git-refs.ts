@@ -80,6 +80,26 @@ const PLAIN_REF_PART = /^[A-Za-z0-9_+@-][A-Za-z0-9._+@-]*$/;
 const MAX_LOOSE_REF_FILES = 64;
 
 /**
+ * Every entry under the repo's refs/ directory, depth first, each directory given before what it
+ * holds (`ref` is its path from the repo, e.g. refs/heads/main); a directory that is gone is empty.
+ * The caller stops the walk by leaving its loop.
+ */
+async function* looseRefEntries(repoPath: string, dir = 'refs'): AsyncGenerator<{ ref: string; entry: Dirent }> {
+  let entries: Dirent[];
+  try {
+    entries = await fs.readdir(path.join(repoPath, dir), { withFileTypes: true });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw err;
+  }
+  for (const entry of entries) {
+    const ref = `${dir}/${entry.name}`;
+    yield { ref, entry };
+    if (entry.isDirectory()) yield* looseRefEntries(repoPath, ref);
+  }
+}
+
+/**
  * Every ref (private ones left out, as readRefs), read from the files backend directly: the loose ref
  * files under refs/, then packed-refs, a loose ref winning. The divergence check reads a repo's refs
  * here and on every peer every few seconds, and a git process each (as readRefs) kept an idle 3-node
@@ -96,26 +116,14 @@ export async function readRefFiles(repoPath: string): Promise<Record<string, str
   const loose = new Map<string, string>();
   const files: string[] = [];
   // Listed first, read only if there are few.
-  const walk = async (dir: string): Promise<boolean> => {
-    let entries: Dirent[];
-    try {
-      entries = await fs.readdir(path.join(repoPath, dir), { withFileTypes: true });
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return true;
-      throw err;
-    }
-    for (const entry of entries) {
+  const plain = async (): Promise<boolean> => {
+    for await (const { ref, entry } of looseRefEntries(repoPath)) {
       if (!PLAIN_REF_PART.test(entry.name) || entry.name.endsWith('.lock')) return false;
-      const ref = `${dir}/${entry.name}`;
-      if (entry.isDirectory()) {
-        if (!(await walk(ref))) return false;
-        continue;
-      }
-      if (!entry.isFile() || files.push(ref) > MAX_LOOSE_REF_FILES) return false;
+      if (!entry.isDirectory() && (!entry.isFile() || files.push(ref) > MAX_LOOSE_REF_FILES)) return false;
     }
     return true;
   };
-  if (!(await walk('refs'))) return readRefs(repoPath);
+  if (!(await plain())) return readRefs(repoPath);
   // At most MAX_LOOSE_REF_FILES files of 41 bytes: read synchronously (about a millisecond in all),
   // as readRefValues reads a few.
   for (const ref of files) {
@@ -145,22 +153,11 @@ export async function readRefFiles(repoPath: string): Promise<Record<string, str
  */
 export async function countLooseRefs(repoPath: string, limit: number): Promise<number> {
   let count = 0;
-  const walk = async (dir: string): Promise<void> => {
-    let entries: Dirent[];
-    try {
-      entries = await fs.readdir(path.join(repoPath, dir), { withFileTypes: true });
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT' || code === 'ENOTDIR') return;
-      throw err;
-    }
-    for (const entry of entries) {
-      if (count >= limit) return;
-      if (entry.isDirectory()) await walk(`${dir}/${entry.name}`);
-      else if (entry.isFile() && !entry.name.endsWith('.lock')) count += 1;
-    }
-  };
-  await walk('refs');
+  if (limit <= 0) return 0;
+  for await (const { entry } of looseRefEntries(repoPath)) {
+    if (entry.isFile() && !entry.name.endsWith('.lock')) count += 1;
+    if (count >= limit) break;
+  }
   return count;
 }
 

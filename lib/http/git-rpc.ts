@@ -248,8 +248,14 @@ export class GitSlots {
   acquire(client: string): { slot: Promise<GitSlot | GitSlotRefusal>; cancel: () => void } {
     const now = this.take(client);
     const { queue } = this;
-    const mine = this.waiting.filter((w) => w.client === client).length;
-    if (!('refused' in now) || queue === undefined || queue.waitMs <= 0 || this.waiting.length >= this.maxTotal || mine >= this.maxPerClient) {
+    // The queue is scanned only for an RPC that would wait: one that takes a slot at once costs nothing more.
+    if (
+      !('refused' in now) ||
+      queue === undefined ||
+      queue.waitMs <= 0 ||
+      this.waiting.length >= this.maxTotal ||
+      this.waiting.filter((w) => w.client === client).length >= this.maxPerClient
+    ) {
       return { slot: Promise.resolve(now), cancel: () => undefined };
     }
     let waiter!: Waiter;
