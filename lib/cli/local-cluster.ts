@@ -23,6 +23,8 @@ export const LOOPBACK = '127.0.0.1';
 
 const DEFAULT_START_TIMEOUT_MS = 30_000;
 const DEFAULT_STOP_TIMEOUT_MS = 10_000;
+/** How often `destroy` looks again for a node's processes after SIGKILLing them. */
+const DESTROY_POLL_MS = 20;
 /** A slow answer is still an answer: on a loaded machine /health can take seconds. */
 const HEALTH_REQUEST_TIMEOUT_MS = 5000;
 const HEALTH_POLL_MS = 25;
@@ -43,6 +45,14 @@ export interface ExitInfo {
 export type LogMode = 'file' | 'console';
 
 /** How every node of a cluster is launched. */
+/** A process working for a node, as /proc shows it (`state` is the stat letter: R, S, D, T, Z...). */
+export interface NodeProcess {
+  pid: number;
+  ppid: number;
+  state: string;
+  command: string;
+}
+
 export interface LaunchOptions {
   /** The environment every node inherits, under its own (default: this process's). */
   baseEnv: NodeJS.ProcessEnv;
@@ -360,6 +370,24 @@ export class LocalNode {
     return this.signalAndWait('SIGKILL', group, this.launch.stopTimeoutMs);
   }
 
+  /**
+   * SIGKILL to the node and to every process still working for it (its gits, and any an earlier kill
+   * of the node alone orphaned), then waits until all are gone, up to the stop timeout: what a
+   * teardown needs before it removes the data dir, into which a git still running would write.
+   */
+  async destroy(): Promise<void> {
+    await this.kill({ group: this.launch.group });
+    const deadline = Date.now() + this.launch.stopTimeoutMs;
+    for (;;) {
+      // A zombie is gone already (an orphan's may wait for a reaper that never comes, as in a container).
+      const left = this.processes().filter((p) => p.state !== 'Z');
+      if (left.length === 0) return;
+      if (Date.now() >= deadline) throw new Error(`${this.serverId}: still running after SIGKILL: ${left.map((p) => `${p.pid} ${p.command}`).join('; ')}`);
+      for (const p of left) signalProcess(p.pid, 'SIGKILL');
+      await sleepMs(DESTROY_POLL_MS);
+    }
+  }
+
   /** SIGSTOP (the whole group in group mode: a frozen machine, its gits included). */
   pause(): void {
     if (!this.child) throw new Error(`${this.serverId} is not running`);
@@ -410,9 +438,9 @@ export class LocalNode {
    * whose working directory is inside its DATA_DIR (git serving a repo, including grandchildren such
    * as pack-objects that outlive their parent). Reads /proc, so Linux only.
    */
-  processes(): { pid: number; ppid: number; command: string }[] {
+  processes(): NodeProcess[] {
     const self = this.child?.pid;
-    const out: { pid: number; ppid: number; command: string }[] = [];
+    const out: NodeProcess[] = [];
     for (const entry of readdirSync('/proc')) {
       if (!/^\d+$/.test(entry)) continue;
       const pid = Number(entry);
@@ -421,6 +449,7 @@ export class LocalNode {
         const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
         // pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses, so split after the last ')'.
         const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+        const state = fields[0] ?? '';
         const ppid = Number(fields[1]);
         const pgid = Number(fields[2]);
         let cwd = '';
@@ -431,7 +460,7 @@ export class LocalNode {
         }
         if ((self !== undefined && ppid === self) || this.groups.has(pgid) || cwd === this.dataDir || cwd.startsWith(`${this.dataDir}/`)) {
           const command = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ').trim();
-          out.push({ pid, ppid, command });
+          out.push({ pid, ppid, state, command });
         }
       } catch {
         // the process exited while we looked
@@ -592,8 +621,8 @@ export class LocalCluster<N extends LocalNode = LocalNode> {
     await Promise.all(this.nodes.map((n) => n.stop()));
   }
 
-  /** SIGKILL to every node (its whole group in group mode). */
+  /** SIGKILL to every node and every process working for it, waiting until all are gone (see LocalNode.destroy). */
   async kill(): Promise<void> {
-    await Promise.all(this.nodes.map((n) => n.kill({ group: n.leadsGroup })));
+    await Promise.all(this.nodes.map((n) => n.destroy()));
   }
 }

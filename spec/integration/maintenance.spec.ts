@@ -1,5 +1,8 @@
-import { promises as fs } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { promises as fs, readFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import { expect } from 'chai';
 import { Cluster, GitClient, eventually, type TestNode, withCluster } from '../support/cluster.js';
 import { countLooseRefs } from '../../lib/git/git-refs.js';
@@ -106,5 +109,65 @@ describe('packed refs on every replica (3-node cluster)', function () {
       for (const node of cluster.nodes) expect((await diskState(git, node, repoId)).refs, node.serverId).to.deep.equal({ ...expected, 'refs/heads/topic/b07': next });
     }, 30_000);
     for (const node of cluster.nodes) await expectFsckClean(git, node, repoId);
+  });
+});
+
+describe('teardown while housekeeping runs (3-node cluster)', function () {
+  // CI once failed in an after-all hook with ENOTEMPTY, removing a repo's refs/heads: the harness had
+  // SIGKILLed each node alone, and the `git pack-refs` its housekeeping had started ran on, pruning
+  // loose refs in the directory being removed. Here every node's pack-refs is a stand-in that stays
+  // (a shell script on the nodes' PATH), so the teardown always finds one running.
+
+  /** Running: /proc has it and it is no zombie (a dead orphan may wait for a reaper that never comes). */
+  const running = (pid: number): boolean => {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      return stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z';
+    } catch {
+      return false;
+    }
+  };
+
+  it('kills every git a node started before it removes the data dirs', async function () {
+    this.timeout(120_000);
+    const bin = await fs.mkdtemp(path.join(os.tmpdir(), 'quorum-git-stay-git-'));
+    const pidFile = path.join(bin, 'pack-refs.pids');
+    const realGit = (await promisify(execFile)('sh', ['-c', 'command -v git'])).stdout.trim();
+    // `exec`, so the pid written is the one that stays (with the repo as its working directory).
+    const script = `#!/bin/sh\nif [ "$1" = pack-refs ]; then echo $$ >> '${pidFile}'; exec sleep 300; fi\nexec '${realGit}' "$@"\n`;
+    await fs.writeFile(path.join(bin, 'git'), script, { mode: 0o755 });
+    let pids: number[] = [];
+    const [cluster, git] = await Promise.all([
+      Cluster.create(3, { env: { PATH: `${bin}:${process.env.PATH ?? ''}`, GC_DELAY_MS: '600000' } }),
+      GitClient.create(),
+    ]);
+    try {
+      await cluster.heal();
+      const n1 = cluster.nodes[0]!;
+      const repoId = 'gc/teardown';
+      await createRepo(cluster, n1, repoId);
+      const work = await cloneLocal(git, n1, repoId, 'gc-teardown');
+      const tip = await commitFile(git, work, 'a.txt', 'a\n');
+      const lines = Array.from({ length: 40 }, (_, i) => `create refs/heads/topic/b${i} ${tip}`);
+      await git.ok(['update-ref', '--stdin'], { cwd: work, input: `${lines.join('\n')}\n` });
+      expectPushed(await git.run(['push', n1.gitUrl(repoId), 'HEAD:refs/heads/main', 'refs/heads/topic/*:refs/heads/topic/*'], { cwd: work }));
+      // Every replica's housekeeping has started its pack-refs, and each is still running.
+      pids = await eventually(async () => {
+        const found = (await fs.readFile(pidFile, 'utf8')).trim().split('\n').map(Number);
+        expect(found, 'pack-refs started').to.have.length(3);
+        return found;
+      }, 30_000);
+      for (const pid of pids) expect(running(pid), `pack-refs ${pid} before the teardown`).to.equal(true);
+
+      await cluster.destroy();
+      for (const pid of pids) expect(running(pid), `pack-refs ${pid} after the teardown`).to.equal(false);
+      await fs.access(cluster.root).then(
+        () => expect.fail(`${cluster.root} is still there`),
+        (err: NodeJS.ErrnoException) => expect(err.code).to.equal('ENOENT'),
+      );
+    } finally {
+      for (const pid of pids) if (running(pid)) process.kill(pid, 'SIGKILL');
+      await Promise.all([cluster.destroy(), git.dispose(), fs.rm(bin, { recursive: true, force: true })]);
+    }
   });
 });

@@ -114,7 +114,7 @@ describe('TLS: a 3-node cluster over https', function () {
   });
 
   after(async function () {
-    await Promise.all((nodes ?? []).map((n) => n.kill()));
+    await Promise.all((nodes ?? []).map((n) => n.destroy()));
     await git?.dispose();
     if (root) await fs.rm(root, { recursive: true, force: true });
   });
