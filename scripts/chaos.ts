@@ -143,7 +143,12 @@ async function startCluster(): Promise<void> {
     startTimeoutMs: 30_000,
     stopTimeoutMs: 3000,
   });
-  onCleanup(() => cluster.stop());
+  // A graceful stop, then whatever still works in a data dir (the gits of a node killed alone) goes too,
+  // before the exit removes the root.
+  onCleanup(async () => {
+    await cluster.stop();
+    await cluster.kill();
+  });
   for (const node of cluster.nodes) {
     const relay = new Relay(node.port);
     await relay.listen(ports[NODE_COUNT + node.index]!);
