@@ -3,7 +3,7 @@ import { DEFAULT_REPO_SETTINGS, applySettingsChange, type RepoSettings } from '.
 import { PACK_FILE } from '../git/git-refs.js';
 import type { PeerInfo, RepoStateAnswer } from './peer-client.js';
 import { TXN_ID, formatRepoId, parseRepoId, refNameProblem } from '../core/repo-id.js';
-import type { CatalogEntry, NoVoteCode, NodeId, QueryAnswer, QueryOutcome, RefUpdate, RepoVersion, TxnMessage, TxnOp, Vote } from '../core/txn-core.js';
+import type { CatalogEntry, NoVoteCode, NodeId, QueryAnswer, QueryOutcome, RefUpdate, RepoFacts, RepoVersion, TxnMessage, TxnOp, Vote } from '../core/txn-core.js';
 
 // Peers trust no message blindly (issue 8). Every message a node receives from another node, and
 // every answer it gets back, is untrusted JSON until it has been through here: the result is a typed
@@ -55,7 +55,8 @@ const CATALOG_KEYS = ['state', 'epoch', 'generation', 'settings', 'settingsVersi
 const UPDATE_KEYS = ['ref', 'old', 'new'] as const;
 const VERSION_KEYS = ['epoch', 'generation'] as const;
 const QUERY_OUTCOMES = ['committed', 'accepted', 'aborted', 'prepared', 'refused', 'pending'] as const;
-const QUERY_KEYS = ['outcome', 'epoch', 'generation', 'acceptors'] as const;
+const QUERY_KEYS = ['outcome', 'epoch', 'generation', 'acceptors', 'repo'] as const;
+const REPO_FACTS_KEYS = ['epoch', 'generation', 'settingsVersion', 'held'] as const;
 
 // Compile-time: each list is exactly its type's keys (or members).
 const typesChecked: [
@@ -73,10 +74,11 @@ const typesChecked: [
   Exactly<NoVoteCode, (typeof NO_VOTE_CODES)[number]>,
   Exactly<QueryOutcome, (typeof QUERY_OUTCOMES)[number]>,
   Exactly<keyof Omit<QueryAnswer, 'effects'>, (typeof QUERY_KEYS)[number]>,
+  Exactly<keyof RepoFacts, (typeof REPO_FACTS_KEYS)[number]>,
   Exactly<keyof CatalogEntry, (typeof CATALOG_KEYS)[number]>,
   Exactly<TxnMessage['type'], 'prepare' | 'commitTxn' | 'abortTxn'>,
   Exactly<TxnOp['kind'], 'create' | 'delete' | 'push' | 'settings'>,
-] = [true, true, true, true, true, true, true, true, true, true, true, true, true, true, true, true, true];
+] = [true, true, true, true, true, true, true, true, true, true, true, true, true, true, true, true, true, true];
 void typesChecked;
 
 function bad(message: string): QuorumGitError {
@@ -316,6 +318,12 @@ export function parseQueryAnswer(value: unknown): Omit<QueryAnswer, 'effects'> {
   if (q.acceptors !== undefined) {
     if (!Array.isArray(q.acceptors) || q.acceptors.length > NODES_MAX) throw bad(`acceptors must list at most ${NODES_MAX} nodes`);
     out.acceptors = q.acceptors.map((a, i) => nodeUrl(a, `acceptors[${i}]`));
+  }
+  if (q.repo !== undefined) {
+    const r = record(q.repo, 'the repo facts');
+    onlyKeys(r, REPO_FACTS_KEYS, 'the repo facts');
+    if (typeof r.held !== 'boolean') throw bad('repo.held must be true or false');
+    out.repo = { epoch: versionNumber(r.epoch, 'epoch'), generation: versionNumber(r.generation, 'generation'), settingsVersion: versionNumber(r.settingsVersion, 'settingsVersion'), held: r.held };
   }
   return out;
 }

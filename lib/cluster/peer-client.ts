@@ -9,7 +9,7 @@ import got, { type Got } from 'got';
 import { systemClock, type Clock } from '../base/clock.js';
 import { parseCatalog, parsePeerInfo, parseQueryAnswer, parseRepoState, parseVote } from './internal-messages.js';
 import type { Logger } from '../base/logger.js';
-import type { CatalogEntry, NodeId, QueryOutcome, TxnMessage, Vote } from '../core/txn-core.js';
+import type { CatalogEntry, NodeId, QueryAnswer, TxnMessage, Vote } from '../core/txn-core.js';
 
 // The node-to-node transport: JSON over HTTP(S) to a peer's /internal API, authenticated with the
 // cluster secret, naming the sending node, and carrying the request id of the client request that
@@ -118,14 +118,10 @@ export class PeerClient {
     return parseVote(await this.requestJson<unknown>('POST', `${node}/internal/txn/${path}`, msg, requestId, timeoutMs));
   }
 
-  async queryTxn(
-    node: NodeId,
-    txnId: string,
-    opts: { refuse: boolean; asCoordinator: boolean },
-  ): Promise<{ outcome: QueryOutcome; epoch?: number; generation?: number; acceptors?: NodeId[] }> {
+  async queryTxn(node: NodeId, txnId: string, opts: { refuse: boolean; asCoordinator: boolean; repoId?: string }): Promise<Omit<QueryAnswer, 'effects'>> {
     const answer = await this.got
       .get(`${node}/internal/txn/${encodeURIComponent(txnId)}`, {
-        searchParams: { refuse: opts.refuse ? '1' : '0', coordinator: opts.asCoordinator ? '1' : '0' },
+        searchParams: { refuse: opts.refuse ? '1' : '0', coordinator: opts.asCoordinator ? '1' : '0', ...(opts.repoId === undefined ? {} : { repo: opts.repoId }) },
       })
       .json<unknown>();
     return parseQueryAnswer(answer);

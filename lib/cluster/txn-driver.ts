@@ -18,7 +18,7 @@ import {
   type ParticipantEffect,
   type RecoveryAnswer,
   type RecoveryStep,
-  type QueryOutcome,
+  type QueryAnswer,
   type RepoVersion,
   type TxnMessage,
   type TxnOp,
@@ -568,14 +568,17 @@ export class TxnDriver {
     return next;
   }
 
-  /** Answers another node's question about a transaction (recovery). */
-  async handleQuery(txnId: string, refuse: boolean, asCoordinator: boolean): Promise<{ outcome: QueryOutcome; epoch?: number; generation?: number; acceptors?: NodeId[] }> {
+  /**
+   * Answers another node's question about a transaction (recovery). With `repoId`, the answer says
+   * what this node holds of that repo, read once the answer's own effects (a refusal) are done.
+   */
+  async handleQuery(txnId: string, refuse: boolean, asCoordinator: boolean, repoId?: string): Promise<Omit<QueryAnswer, 'effects'>> {
     const answer = asCoordinator
       ? this.participant.onCoordinatorQuery(txnId, this.active.has(txnId))
       : this.participant.onQuery(txnId, refuse);
     for (const effect of answer.effects) await this.runParticipantEffect(effect);
     const { effects: _effects, ...rest } = answer;
-    return rest;
+    return repoId === undefined ? rest : { ...rest, repo: this.participant.repoFacts(repoId, txnId) };
   }
 
   /**
@@ -649,8 +652,8 @@ export class TxnDriver {
       try {
         answer =
           step.node === this.options.self
-            ? await this.handleQuery(recovery.txnId, step.refuse, step.asCoordinator)
-            : await this.options.transport.queryTxn(step.node, recovery.txnId, { refuse: step.refuse, asCoordinator: step.asCoordinator });
+            ? await this.handleQuery(recovery.txnId, step.refuse, step.asCoordinator, recovery.repoId)
+            : await this.options.transport.queryTxn(step.node, recovery.txnId, { refuse: step.refuse, asCoordinator: step.asCoordinator, repoId: recovery.repoId });
       } catch {
         answer = 'unreachable';
       }

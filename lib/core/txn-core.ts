@@ -40,6 +40,14 @@
 //   acknowledged push was applied by W nodes, so by a live one; with no live acceptance nothing live
 //   can ever apply it. It is what ends the two-fault wait, where a transaction's outcome rested on
 //   the answer of an acceptor that died for good (README, Limitations).
+//   A live acceptance does not show the commit was final, though: the dead node may have refused
+//   and, with the live refusals, proven an abort, then moved the repo on with another transaction
+//   at the version this one would give. Recovery's questions name the repo, and each answer says
+//   what the node holds of it; when a live node holds it past this transaction's base (or holds
+//   another transaction on it with an acceptance), the rule decides abort. That is safe too: while
+//   a commit is possibly final no other transaction at its base can gather W yes votes (its
+//   acceptors hold the repo, and the live refusers are fewer than W), so a live node past the base
+//   got there through this commit's history, and the node aborting it catches up from that one.
 // - An abort the coordinator decided is final at once: it never sent a commit, so no node accepted one.
 
 import type { ABORT_CODES, NO_VOTE_CODES } from './errors.js';
@@ -353,12 +361,14 @@ export class CoordinatorTxn {
 
   /**
    * Yes voters not yet heard from for the current phase (for a push, the coordinator's own is not
-   * awaited). While accepting, only the acceptors: a late yes voter asked to accept would hold an
-   * acceptance recovery cannot place (it is not among the acceptors the decision named).
+   * awaited). Until the decision is final, only the acceptors: a late yes voter asked to accept would
+   * hold an acceptance recovery cannot place (it is not among the acceptors the decision named). That
+   * holds with W <= 2 too, where the commit goes out marked final: a late voter applying it would make
+   * the commit final behind recovery's back (it counts acceptances and refusals among the acceptors).
    */
   private pendingAcks(): NodeId[] {
     const heard = this.phase === 'accepting' ? this.accepted : this.acks;
-    const asked = this.phase === 'accepting' ? this.yesVoters().filter((n) => this.acceptors.includes(n)) : this.yesVoters();
+    const asked = this.final ? this.yesVoters() : this.yesVoters().filter((n) => this.acceptors.includes(n));
     return asked.filter(
       (n) => !heard.has(n) && !this.refusals.has(n) && !(n === this.options.self && (this.selfCommitsLater || !this.final)),
     );
@@ -574,12 +584,28 @@ export type ParticipantEffect =
   | { type: 'reply'; vote: Vote };
 
 export type QueryOutcome = 'committed' | 'accepted' | 'aborted' | 'prepared' | 'refused' | 'pending';
+
+/**
+ * What a node answering a recovery question holds of the transaction's repo, when the asker named it:
+ * its version (zeros when it has none), and whether another transaction holds the repo with an
+ * acceptance of its commit (accepted, committing, or our own commit decision). See resolveInDoubt's
+ * `movedOn`.
+ */
+export interface RepoFacts {
+  epoch: number;
+  generation: number;
+  settingsVersion: number;
+  held: boolean;
+}
+
 export interface QueryAnswer {
   outcome: QueryOutcome;
   epoch?: number;
   generation?: number;
   /** With `accepted` or `committed`: the nodes that may accept the commit (see CoordinatorTxn). */
   acceptors?: NodeId[];
+  /** When the asker named the repo: what this node holds of it, read as it answered. */
+  repo?: RepoFacts;
   effects: ParticipantEffect[];
 }
 interface Decision {
@@ -1105,6 +1131,15 @@ export class Participant {
     return { outcome: 'refused', effects: [{ type: 'persist', entry: { t: 'refused', txnId } }] };
   }
 
+  /** What this node holds of `repoId` beside transaction `txnId` (see RepoFacts). */
+  repoFacts(repoId: string, txnId: string): RepoFacts {
+    const entry = this.repos.get(repoId);
+    const holder = this.locks.get(repoId);
+    const status = holder === undefined || holder === txnId ? undefined : this.txns.get(holder)?.status;
+    const held = status === 'accepted' || status === 'committing' || (holder !== undefined && holder !== txnId && this.decisions.get(holder)?.outcome === 'commit');
+    return { epoch: entry?.epoch ?? 0, generation: entry?.generation ?? 0, settingsVersion: entry?.settingsVersion ?? 0, held };
+  }
+
   /**
    * The question asked of the coordinator about its own transaction. Still running here: wait for it.
    * A commit decision it holds but cannot show final is reported as accepted (the asker counts it).
@@ -1334,6 +1369,12 @@ export function resolveInDoubt(
      * node answered, the live nodes' records decide (see the rules at the top of this file).
      */
     dead?: readonly NodeId[];
+    /**
+     * A live node that answered holds the repo past this transaction's base, or holds another
+     * transaction on it with an acceptance: the repo moved on without this transaction, so the
+     * live nodes' records must not commit it (see the rules at the top of this file).
+     */
+    movedOn?: boolean;
   },
   clusterSize: number,
   quorum: number,
@@ -1379,7 +1420,7 @@ export function resolveInDoubt(
         (self === 'accepted' && counts(ids.self)) ||
         (coordinatorLive && answers.coordinator === 'accepted' && counts(ids.coordinator)) ||
         answers.peers.some((a, i) => a === 'accepted' && !dead.has(ids.peers[i]!) && counts(ids.peers[i]));
-      return liveAcceptance ? 'commit' : 'abort';
+      return liveAcceptance && answers.movedOn !== true ? 'commit' : 'abort';
     }
   }
   return 'wait';
@@ -1400,7 +1441,7 @@ export function deathDeclarationProblem(node: NodeId, cluster: { self: NodeId; n
 }
 
 /** An answer to a recovery question: what the node holds (or that it could not be reached). */
-export type RecoveryAnswer = { outcome: QueryOutcome; epoch?: number; generation?: number; acceptors?: NodeId[] } | 'unreachable';
+export type RecoveryAnswer = { outcome: QueryOutcome; epoch?: number; generation?: number; acceptors?: NodeId[]; repo?: RepoFacts } | 'unreachable';
 
 /** The next thing recovery needs: a question to one node, or its conclusion. */
 export type RecoveryStep =
@@ -1439,6 +1480,8 @@ export class Recovery {
   protected readonly answers: PeerAnswer[] = [];
   private version: RepoVersion | undefined;
   private acceptors: NodeId[] | undefined;
+  /** What each node that answered holds of the repo (when it said), by node. */
+  private readonly facts = new Map<NodeId, RepoFacts>();
 
   constructor(
     protected readonly participant: Participant,
@@ -1464,6 +1507,11 @@ export class Recovery {
     return this.txn.txnId;
   }
 
+  /** The transaction's repo: named in every question, so each answer says what its node holds of it. */
+  get repoId(): string {
+    return this.txn.op.repoId;
+  }
+
   /** What the answers gathered so far hold, for the log line. */
   get gathered(): { coordinator: PeerAnswer; peers: PeerAnswer[]; acceptors?: NodeId[] } {
     return { coordinator: this.coordinatorAnswer, peers: [...this.answers], ...(this.acceptors ? { acceptors: this.acceptors } : {}) };
@@ -1485,6 +1533,8 @@ export class Recovery {
         this.version = { epoch: answer.epoch, generation: answer.generation ?? 0 };
       }
       if (answer.acceptors) this.acceptors = answer.acceptors;
+      const node = this.phase === 'coordinator' ? this.txn.coordinator : this.askIds[this.answers.length];
+      if (answer.repo && node !== undefined) this.facts.set(node, answer.repo);
     }
     if (this.phase === 'coordinator') {
       this.coordinatorAnswer = outcome;
@@ -1512,19 +1562,6 @@ export class Recovery {
     const peers = this.phase === 'done' && this.answers.length > 0 ? this.askIds.slice(0, this.answers.length) : [];
     const ids = { coordinator: coordinatorId, peers, self };
     const dead = this.participant.deadNodes();
-    const verdict = resolveInDoubt(
-      {
-        coordinator: this.coordinatorAnswer,
-        peers: this.answers,
-        self: selfState,
-        ...(this.acceptors ? { acceptors: this.acceptors, ids } : {}),
-        ...(dead.length > 0 ? { dead, ids } : {}),
-      },
-      nodes.length,
-      quorum,
-    );
-    if (verdict === 'abort') return { type: 'abort' };
-    if (verdict === 'wait') return { type: 'wait' };
     const { op } = this.txn;
     const decided = this.txn.ownDecision ? this.participant.decision(this.txn.txnId) : undefined;
     const fromDecision = decided?.epoch === undefined ? undefined : { epoch: decided.epoch, generation: decided.generation ?? 0 };
@@ -1536,6 +1573,32 @@ export class Recovery {
           : undefined;
     // A create or delete accepted here carries its epoch in our own record.
     const version = fromDecision ?? this.version ?? this.participant.acceptedVersion(this.txn.txnId) ?? fromOp;
+    const movedOn = [...this.facts].some(([node, facts]) => node !== self && !dead.includes(node) && movedPast(op, facts, version));
+    const verdict = resolveInDoubt(
+      {
+        coordinator: this.coordinatorAnswer,
+        peers: this.answers,
+        self: selfState,
+        ...(this.acceptors ? { acceptors: this.acceptors, ids } : {}),
+        ...(dead.length > 0 ? { dead, ids, movedOn } : {}),
+      },
+      nodes.length,
+      quorum,
+    );
+    if (verdict === 'abort') return { type: 'abort' };
+    if (verdict === 'wait') return { type: 'wait' };
     return version === undefined ? { type: 'wait' } : { type: 'commit', version };
   }
+}
+
+/**
+ * A node holding `facts` of the repo is past what `op` builds on (a push's or a settings change's
+ * base; a create's or delete's epoch `version`, when known), or holds another transaction on it with
+ * an acceptance: committing `op` there would give a second history at one version.
+ */
+export function movedPast(op: TxnOp, facts: RepoFacts, version: RepoVersion | undefined): boolean {
+  if (facts.held) return true;
+  if (op.kind === 'push') return compareVersions(facts, op.base) > 0;
+  if (op.kind === 'settings') return facts.epoch > op.base.epoch || (facts.epoch === op.base.epoch && facts.settingsVersion > op.base.settingsVersion);
+  return version !== undefined && facts.epoch >= version.epoch;
 }

@@ -132,7 +132,7 @@ export class InternalApi {
         return send(res, 200, await driver.handleMessage(msg, inlineFiles));
       }
       case 'internalQuery':
-        return send(res, 200, await driver.handleQuery(target.txnId, target.refuse, target.asCoordinator));
+        return send(res, 200, await driver.handleQuery(target.txnId, target.refuse, target.asCoordinator, target.repoId));
       case 'internalHook': {
         if (target.hook === 'proc-receive') throw new QuorumGitError('invalid_body', `this route takes an upgrade to ${PROC_RECEIVE_UPGRADE} (the proc-receive hook's)`);
         const body = await readBody(req, config.maxRefsPerPush * REF_UPDATE_BYTES);

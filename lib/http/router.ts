@@ -1,6 +1,6 @@
 import { QuorumGitError } from '../core/errors.js';
 import { PACK_FILE } from '../git/git-refs.js';
-import { STAGE_ID, TXN_ID, formatRepoId, parseRepoParts } from '../core/repo-id.js';
+import { STAGE_ID, TXN_ID, formatRepoId, parseRepoId, parseRepoParts } from '../core/repo-id.js';
 
 // Classifies every request before anything else sees it. Pure: a method and a raw URL in, a route
 // (plain data) out, or a QuorumGitError. The server only carries the route out.
@@ -23,7 +23,7 @@ export type Route =
   /** The operator declares a node dead for good, or readmits it (`quorum-git node`). */
   | { kind: 'internalMembership' }
   | { kind: 'internalTxn'; step: 'prepare' | 'commit' | 'abort' }
-  | { kind: 'internalQuery'; txnId: string; refuse: boolean; asCoordinator: boolean }
+  | { kind: 'internalQuery'; txnId: string; refuse: boolean; asCoordinator: boolean; repoId?: string }
   | { kind: 'internalHook'; hook: 'pre-receive' | 'proc-receive' }
   | { kind: 'internalPackUpload'; txnId: string; file: string }
   /** A push's pack streamed ahead of its transaction (lib/cluster/pack-tee.ts). */
@@ -114,7 +114,15 @@ export function route(method: string, rawUrl: string): Route {
       };
     }
     if (second === 'txn' && segments.length === 3 && method === 'GET' && TXN_ID.test(third!)) {
-      return { kind: 'internalQuery', txnId: third!, refuse: query.get('refuse') === '1', asCoordinator: query.get('coordinator') === '1' };
+      // `repo`: the transaction's repo, named by a node recovering it (the answer then says what this node holds of it).
+      const repo = query.get('repo');
+      return {
+        kind: 'internalQuery',
+        txnId: third!,
+        refuse: query.get('refuse') === '1',
+        asCoordinator: query.get('coordinator') === '1',
+        ...(repo === null ? {} : { repoId: formatRepoId(parseRepoId(repo)) }),
+      };
     }
     throw new QuorumGitError('not_found', 'no such internal route');
   }

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { CoordinatorTxn, deathDeclarationProblem, Participant, resolveInDoubt, ZERO_OID, type RecoveryStep, type TxnOp } from '../../lib/core/txn-core.js';
+import { CoordinatorTxn, deathDeclarationProblem, movedPast, Participant, resolveInDoubt, ZERO_OID, type RecoveryStep, type RepoFacts, type TxnOp } from '../../lib/core/txn-core.js';
 
 // A node declared dead for good by the operator (`quorum-git node declare-dead`): its records are
 // void, recovery stops asking it, and once every other node answered the live nodes' records decide.
@@ -20,7 +20,7 @@ function converse(
   p: Participant,
   txn: { txnId: string; op: TxnOp; coordinator: string; ownDecision?: boolean },
   cluster: { self: string; nodes: string[]; quorum: number },
-  answers: Record<string, { outcome: 'committed' | 'accepted' | 'aborted' | 'prepared' | 'refused' | 'pending'; epoch?: number; generation?: number }>,
+  answers: Record<string, { outcome: 'committed' | 'accepted' | 'aborted' | 'prepared' | 'refused' | 'pending'; epoch?: number; generation?: number; repo?: RepoFacts }>,
 ): { asked: string[]; step: RecoveryStep } {
   const recovery = p.recovery(txn, cluster);
   const asked: string[] = [];
@@ -52,6 +52,33 @@ describe('nodes declared dead for good', () => {
       const { asked, step } = converse(p, { txnId: 't1', op, coordinator: 'B', ownDecision: true }, cluster, { C: { outcome: 'refused' } });
       expect(asked).to.deep.equal(['C']);
       expect(step).to.deep.equal({ type: 'commit', version: { epoch: 1, generation: 1 } });
+    });
+
+    // Found by the simulation (seeds 21234 and 38055 of 3 nodes): A, prepared, had proven an abort with
+    // C's refusal (N - W + 1 = 2 refusals), released the repo and pushed to it with C at 1.1; then A died
+    // and was declared. B's logged decision is a live acceptance, but the commit was never final.
+    it('once A is declared dead, aborts when C holds the repo past the push\'s base: the repo moved on without it', () => {
+      const p = decided();
+      p.onMembership('A', true);
+      const past: RepoFacts = { epoch: 1, generation: 1, settingsVersion: 0, held: false };
+      expect(converse(p, { txnId: 't1', op, coordinator: 'B', ownDecision: true }, cluster, { C: { outcome: 'refused', repo: past } }).step).to.deep.equal({ type: 'abort' });
+    });
+
+    it('once A is declared dead, aborts when C holds another transaction on the repo with an acceptance', () => {
+      const p = decided();
+      p.onMembership('A', true);
+      const held: RepoFacts = { epoch: 1, generation: 0, settingsVersion: 0, held: true };
+      expect(converse(p, { txnId: 't1', op, coordinator: 'B', ownDecision: true }, cluster, { C: { outcome: 'refused', repo: held } }).step).to.deep.equal({ type: 'abort' });
+    });
+
+    it('once A is declared dead, still commits when C holds the repo at the push\'s base', () => {
+      const p = decided();
+      p.onMembership('A', true);
+      const atBase: RepoFacts = { epoch: 1, generation: 0, settingsVersion: 0, held: false };
+      expect(converse(p, { txnId: 't1', op, coordinator: 'B', ownDecision: true }, cluster, { C: { outcome: 'refused', repo: atBase } }).step).to.deep.equal({
+        type: 'commit',
+        version: { epoch: 1, generation: 1 },
+      });
     });
 
     it('still waits while C, the other live node, cannot be reached', () => {
@@ -115,6 +142,30 @@ describe('nodes declared dead for good', () => {
     it('is not applied with more than N - W nodes declared dead (an acknowledged push might live only on them)', () => {
       const three = { coordinator: 'N1', peers: ['N2', 'N4', 'N5'], self: 'N3' };
       expect(resolveInDoubt({ coordinator: 'unreachable', peers: ['unreachable', 'unreachable', 'refused'], self: 'prepared', ids: three, dead: ['N1', 'N2', 'N4'] }, 5, 3)).to.equal('wait');
+    });
+
+    it('aborts instead of committing on a live acceptance when the repo moved on', () => {
+      const declared = { coordinator: 'accepted' as const, peers: ['refused' as const, 'refused' as const, 'refused' as const], self: 'counted' as const, ids: { coordinator: 'N3', peers: ['N1', 'N4', 'N5'], self: 'N3' }, dead: ['N2'] };
+      expect(resolveInDoubt({ ...declared, peers: ['refused', 'unreachable', 'refused'] }, 5, 3)).to.equal('wait');
+      expect(resolveInDoubt({ ...declared, peers: ['refused', 'accepted', 'refused'] }, 5, 3)).to.equal('commit');
+      expect(resolveInDoubt({ ...declared, peers: ['refused', 'accepted', 'refused'], movedOn: true }, 5, 3)).to.equal('abort');
+    });
+
+    it('tells a repo moved past a push, a settings change, a create or a delete', () => {
+      const at = (epoch: number, generation: number, settingsVersion = 0, held = false): RepoFacts => ({ epoch, generation, settingsVersion, held });
+      expect(movedPast(op, at(1, 0), undefined)).to.equal(false);
+      expect(movedPast(op, at(0, 0), undefined)).to.equal(false);
+      expect(movedPast(op, at(1, 1), undefined)).to.equal(true);
+      expect(movedPast(op, at(2, 0), undefined)).to.equal(true);
+      expect(movedPast(op, at(1, 0, 0, true), undefined)).to.equal(true);
+      const settings: TxnOp = { kind: 'settings', repoId: 'o/r', settings: { visibility: 'private', collaborators: {}, protectedBranches: [] }, base: { epoch: 1, settingsVersion: 2 } };
+      expect(movedPast(settings, at(1, 9, 2), undefined)).to.equal(false);
+      expect(movedPast(settings, at(1, 0, 3), undefined)).to.equal(true);
+      expect(movedPast(settings, at(2, 0, 0), undefined)).to.equal(true);
+      const del: TxnOp = { kind: 'delete', repoId: 'o/r' };
+      expect(movedPast(del, at(2, 5), { epoch: 3, generation: 0 })).to.equal(false);
+      expect(movedPast(del, at(3, 0), { epoch: 3, generation: 0 })).to.equal(true);
+      expect(movedPast(del, at(9, 0), undefined)).to.equal(false);
     });
 
     it('counts acceptances only from the acceptors the decision named', () => {

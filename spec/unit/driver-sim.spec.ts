@@ -71,6 +71,23 @@ describe('driver simulation, a seed that found a late voter counted as an accept
   });
 });
 
+// Found by a sweep of 50,000 seeds on 3 nodes (2026-12-01), both with a node dead for good.
+// 17692: with W = 2 a commit goes out marked final (the coordinator's log and the first replica to
+// take it make W), and the commit timer's resend reached a yes vote that had come in after the
+// decision, so a node not among the acceptors applied it; a recovering acceptor counted refusals
+// among the named acceptors only and proved an abort of a push a third node had applied.
+// 21234: a yes voter proved an abort (its refusal and a non-voter's: N - W + 1), released the repo and
+// moved it on with that non-voter; once it was declared dead, the coordinator, finding its own logged
+// decision the only live acceptance, committed the aborted push at the version the others had taken.
+describe('driver simulation, seeds that found a commit applied where an abort was proven', () => {
+  for (const seed of [17692, 21234, 38055]) {
+    it(`seed ${seed} with 3 nodes keeps every invariant (npm run sim -- --seed ${seed} --nodes 3)`, async () => {
+      const report = await runSeed({ seed, nodes: 3 });
+      expect(report.violation).to.equal(undefined);
+    });
+  }
+});
+
 // The two-fault wait: a transaction whose outcome rests on an acceptor dead for good. Without the
 // operator's declaration the repo stays held for good (allowed, and counted in `blocked`); once the
 // dead node is declared, the live nodes decide and nothing is left in doubt.

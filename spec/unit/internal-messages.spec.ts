@@ -138,6 +138,12 @@ describe('answers from peers', () => {
     expect(parseQueryAnswer({ outcome: 'committed', epoch: 3, generation: 0, acceptors: [A] })).to.deep.equal({ outcome: 'committed', epoch: 3, generation: 0, acceptors: [A] });
     expect(refusal(() => parseQueryAnswer({ outcome: 'maybe' }))?.code).to.equal('invalid_body');
     expect(refusal(() => parseQueryAnswer({ outcome: 'committed', epoch: 1e300 }))?.code).to.equal('invalid_body');
+    // What the node holds of the repo the asker named (recovery's `movedOn`).
+    const repo = { epoch: 1, generation: 4, settingsVersion: 0, held: false };
+    expect(parseQueryAnswer({ outcome: 'refused', repo })).to.deep.equal({ outcome: 'refused', repo });
+    expect(refusal(() => parseQueryAnswer({ outcome: 'refused', repo: { ...repo, held: 'no' } }))?.code).to.equal('invalid_body');
+    expect(refusal(() => parseQueryAnswer({ outcome: 'refused', repo: { ...repo, extra: 1 } }))?.code).to.equal('invalid_body');
+    expect(refusal(() => parseQueryAnswer({ outcome: 'refused', repo: { ...repo, generation: -1 } }))?.code).to.equal('invalid_body');
   });
 
   it('refuses a repo-state answer about another repo, or with refs git would not take', () => {

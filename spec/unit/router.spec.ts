@@ -69,6 +69,7 @@ describe('router', () => {
     ['POST', '/alice/demo.git/git-upload-pack', { kind: 'gitRpc', repoId: 'alice/demo', service: 'upload-pack' }],
     ['POST', '/alice/demo/git-receive-pack', { kind: 'gitRpc', repoId: 'alice/demo', service: 'receive-pack' }],
     ['GET', '/internal/txn/s1-abc?refuse=1', { kind: 'internalQuery', txnId: 's1-abc', refuse: true, asCoordinator: false }],
+    ['GET', '/internal/txn/s1-abc?refuse=1&repo=alice%2Fdemo', { kind: 'internalQuery', txnId: 's1-abc', refuse: true, asCoordinator: false, repoId: 'alice/demo' }],
   ];
   for (const [method, url, expected] of table) {
     it(`routes ${method} ${url}`, () => {
@@ -84,6 +85,7 @@ describe('router', () => {
     ['GET', '/alice/%2e%2e/info/refs?service=git-upload-pack', 'invalid_path'],
     ['GET', '/repos/alice/demo.git', 'invalid_repo_id'],
     ['GET', '/repos/repos/x', 'reserved_owner'],
+    ['GET', '/internal/txn/s1-abc?repo=..%2Fetc', 'invalid_repo_id'],
     ['PUT', '/repos', 'method_not_allowed'],
     ['POST', '/health', 'method_not_allowed'],
     ['POST', '/health/ready', 'method_not_allowed'],

@@ -26,7 +26,7 @@ import {
   type CoordinatorResult,
   type LogEntry,
   type NodeId,
-  type QueryOutcome,
+  type QueryAnswer,
   type RefUpdate,
   type TxnMessage,
   type TxnOp,
@@ -330,8 +330,8 @@ export class Sim {
         if (m.type === 'commitTxn' || m.type === 'abortTxn') this.tracing && this.trace.push(`${from}:coord-send-${m.type}:${m.txnId}`);
         return this.request(inc, { kind: 'msg', from, to, txnId: m.txnId, msg: m }, (t) => t.driver.handleMessage(m), timeoutMs);
       },
-      queryTxn: (to: NodeId, txnId: string, opts: { refuse: boolean; asCoordinator: boolean }): Promise<{ outcome: QueryOutcome; epoch?: number; generation?: number }> =>
-        this.request(inc, { kind: 'query', from, to, txnId, ...opts }, (t) => t.driver.handleQuery(txnId, opts.refuse, opts.asCoordinator)),
+      queryTxn: (to: NodeId, txnId: string, opts: { refuse: boolean; asCoordinator: boolean; repoId?: string }): Promise<Omit<QueryAnswer, 'effects'>> =>
+        this.request(inc, { kind: 'query', from, to, txnId, ...opts }, (t) => t.driver.handleQuery(txnId, opts.refuse, opts.asCoordinator, opts.repoId)),
       catalog: (to: NodeId): Promise<Record<string, CatalogEntry>> =>
         this.request(inc, { kind: 'catalog', from, to, txnId: '' }, async (t) => structuredClone(t.driver.participant.catalog())),
     } as unknown as Transport;

@@ -125,12 +125,35 @@ describe('two-phase commit core', () => {
     it('a participant whose commits are all lost learns the outcome from the coordinator', async () => {
       const sim = new Sim([A, B, C], 2);
       const txn = sim.begin(A, create());
-      const dropB = { drop: (e: Envelope) => e.kind === 'msg' && e.msg.type === 'commitTxn' && e.to === B };
+      // B's vote is lost too, so the decision's acceptors are A and C: C makes it final; B, unanswered,
+      // is told the final commit (lost as well) and stays in doubt.
+      const dropB = { drop: (e: Envelope) => (e.kind === 'msg' && e.msg.type === 'commitTxn' && e.to === B) || (e.kind === 'reply' && e.from === B && e.about === 'prepare') };
       await sim.run(dropB);
       await sim.advance(1000, dropB);
+      committed(sim.results.get(txn));
       expect(sim.node(B).participant.inDoubt().map((t) => t.txnId)).to.deep.equal([txn]);
       expect(await sim.recover(B)).to.deep.equal({ [txn]: 'commit' });
       expect(sim.node(B).participant.repo('o/r')).to.deep.equal({ state: 'live', epoch: 1, generation: 0 });
+    });
+
+    it('with W = 2, a yes vote that came after the decision is not told to commit before the decision is final', async () => {
+      // Found by the simulation (seed 17692): the commit timer's resend reached a late yes voter with
+      // the commit marked final, so a node outside the acceptors applied a decision recovery then
+      // proved aborted (refusals counted among the acceptors). Here the votes of A and B decide; C's
+      // comes after; every commit to B, the other acceptor, is lost.
+      const sim = new Sim([A, B, C], 2);
+      const txn = sim.begin(A, create());
+      const dropB = { drop: (e: Envelope) => e.kind === 'msg' && e.msg.type === 'commitTxn' && e.to === B };
+      await sim.run(dropB);
+      await sim.advance(1000, dropB);
+      // Never final: the client hears that the outcome is left to recovery, and C was never asked.
+      expect(sim.results.get(txn)).to.deep.include({ outcome: 'committed', final: false, confirmed: [] });
+      expect(sim.node(C).participant.status(txn)).to.equal('prepared');
+      expect(sim.node(C).applied).to.deep.equal([]);
+      // B (prepared) and C (asked, so it refuses) are N - W + 1 refusals: abort, everywhere.
+      expect(await sim.recover(B)).to.deep.equal({ [txn]: 'abort' });
+      await sim.advance(1000);
+      for (const id of [A, B, C]) expect(sim.node(id).participant.repo('o/r'), id).to.equal(undefined);
     });
 
     it('gives the same outcome when every message is delivered twice, applying each change once', async () => {
