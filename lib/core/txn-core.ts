@@ -1135,8 +1135,9 @@ export class Participant {
   repoFacts(repoId: string, txnId: string): RepoFacts {
     const entry = this.repos.get(repoId);
     const holder = this.locks.get(repoId);
-    const status = holder === undefined || holder === txnId ? undefined : this.txns.get(holder)?.status;
-    const held = status === 'accepted' || status === 'committing' || (holder !== undefined && holder !== txnId && this.decisions.get(holder)?.outcome === 'commit');
+    const other = holder === txnId ? undefined : holder;
+    const status = other === undefined ? undefined : this.txns.get(other)?.status;
+    const held = status === 'accepted' || status === 'committing' || (other !== undefined && this.decisions.get(other)?.outcome === 'commit');
     return { epoch: entry?.epoch ?? 0, generation: entry?.generation ?? 0, settingsVersion: entry?.settingsVersion ?? 0, held };
   }
 

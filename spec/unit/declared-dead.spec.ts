@@ -168,6 +168,18 @@ describe('nodes declared dead for good', () => {
       expect(movedPast(del, at(9, 0), undefined)).to.equal(false);
     });
 
+    it('is told, by the node answering, what it holds of the repo beside the transaction asked about', () => {
+      const p = live();
+      p.replay({ t: 'prepared', txnId: 't1', op, coordinator: 'A' });
+      // Its own prepared record of the transaction asked about holds nothing "else".
+      expect(p.repoFacts('o/r', 't1')).to.deep.equal({ epoch: 1, generation: 0, settingsVersion: 0, held: false });
+      // Prepared only, another transaction cannot be final; accepted, it may be.
+      expect(p.repoFacts('o/r', 't0').held).to.equal(false);
+      p.replay({ t: 'accepted', txnId: 't1', epoch: 1, generation: 1 });
+      expect(p.repoFacts('o/r', 't0').held).to.equal(true);
+      expect(p.repoFacts('o/other', 't0')).to.deep.equal({ epoch: 0, generation: 0, settingsVersion: 0, held: false });
+    });
+
     it('counts acceptances only from the acceptors the decision named', () => {
       // N4 accepted though it is not an acceptor: it cannot make the commit final, so it proves nothing.
       expect(resolveInDoubt({ coordinator: 'accepted', peers: ['refused', 'accepted', 'refused'], self: 'accepted', acceptors: ['N1', 'N2', 'N3'], ids }, 5, 3)).to.equal('abort');

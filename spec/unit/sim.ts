@@ -885,8 +885,11 @@ function checkFinal(sim: Sim, quorum: number, acked: Acked[], ackedDeletes: Acke
       const p = node.participant;
       acceptors ??= p.acceptorsOf(txnId);
       const status = p.status(txnId);
-      if (status === 'committed' || status === 'committing' || status === 'aborted') return false;
-      if (status === 'accepted' || p.decision(txnId)?.outcome === 'commit') accepts += 1;
+      const decidedCommit = p.decision(txnId)?.outcome === 'commit';
+      // A coordinator's own replica of a push that was not confirmed is dropped ('aborted' here) while
+      // its commit decision stands: that settles nothing.
+      if (status === 'committed' || status === 'committing' || (status === 'aborted' && !decidedCommit)) return false;
+      if (status === 'accepted' || decidedCommit) accepts += 1;
     }
     if (!acceptors || !acceptors.some((a) => dead.has(a))) return false;
     const members = new Set(acceptors);
@@ -945,6 +948,9 @@ function checkFinal(sim: Sim, quorum: number, acked: Acked[], ackedDeletes: Acke
   }
   for (const d of ackedDeletes) {
     for (const node of live) {
+      // A replica held by a transaction whose dead acceptor decides cannot adopt the delete (as above);
+      // reads do not serve it as current (its peers are at the delete's epoch).
+      if (heldBlocked(node, d.op.repoId)) continue;
       const state = node.participant.repo(d.op.repoId);
       if (state?.state === 'live' && state.epoch <= d.epoch) throw new Violation(`(c) ${d.op.repoId} deleted at epoch ${d.epoch} (${d.txnId}) is live on ${node.id} at epoch ${state.epoch}`);
       if (state?.state !== 'live' && node.disk.repos.has(d.op.repoId)) throw new Violation(`(c) ${d.op.repoId} deleted but still on ${node.id}'s disk`);
