@@ -44,7 +44,6 @@ export interface ExitInfo {
  */
 export type LogMode = 'file' | 'console';
 
-/** How every node of a cluster is launched. */
 /** A process working for a node, as /proc shows it (`state` is the stat letter: R, S, D, T, Z...). */
 export interface NodeProcess {
   pid: number;
@@ -53,6 +52,7 @@ export interface NodeProcess {
   command: string;
 }
 
+/** How every node of a cluster is launched. */
 export interface LaunchOptions {
   /** The environment every node inherits, under its own (default: this process's). */
   baseEnv: NodeJS.ProcessEnv;
